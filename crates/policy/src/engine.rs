@@ -1,0 +1,526 @@
+//! The compiled policy and the matcher: one glob automaton per selector kind, hash maps for names,
+//! packages and digests.
+
+use std::cmp::Reverse;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use globset::{Candidate, Glob, GlobBuilder, GlobSet, GlobSetBuilder};
+use serde::Serialize;
+
+use crate::diag::Diagnostics;
+use crate::model::{Action, Date, Mode, PackageRef, PolicyInfo, Rule, Sha256};
+use crate::parse::{read_policy, Includes, PolicyDoc};
+
+/// Build a glob the way every selector uses it: `*` stays within one path component, `**`
+/// crosses components.
+pub(crate) fn glob(pattern: &str) -> Result<Glob, globset::Error> {
+    GlobBuilder::new(pattern)
+        .literal_separator(true)
+        .backslash_escape(true)
+        .build()
+}
+
+/// Which kind of selector matched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SelectorKind {
+    /// The SHA-256 of the executable or script.
+    Sha256,
+    /// A glob on the canonical executable path.
+    Path,
+    /// A glob on the canonical script path.
+    Script,
+    /// An installed package marker.
+    Package,
+    /// A name (basename, argv\[0\] basename or comm).
+    Name,
+}
+
+impl SelectorKind {
+    /// How specific a match of this kind is: higher wins.
+    pub fn specificity(self) -> u8 {
+        match self {
+            SelectorKind::Sha256 => 3,
+            SelectorKind::Path | SelectorKind::Script | SelectorKind::Package => 2,
+            SelectorKind::Name => 1,
+        }
+    }
+
+    /// The policy key of this selector kind.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SelectorKind::Sha256 => "sha256",
+            SelectorKind::Path => "path",
+            SelectorKind::Script => "script",
+            SelectorKind::Package => "package",
+            SelectorKind::Name => "name",
+        }
+    }
+}
+
+/// What is known about one program: a process at exec, or a file found installed.
+/// Fill in what you know; everything is optional.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Facts {
+    /// Candidate names: executable basename, argv\[0\] basename, comm.
+    pub names: Vec<String>,
+    /// Canonical (symlink-resolved) path of the executable.
+    pub exe_path: Option<PathBuf>,
+    /// Canonical path of the script an interpreter runs (or of a script file found installed).
+    pub script_path: Option<PathBuf>,
+    /// Installed package markers.
+    pub packages: Vec<PackageRef>,
+    /// SHA-256 of the executable.
+    pub exe_sha256: Option<Sha256>,
+    /// SHA-256 of the script.
+    pub script_sha256: Option<Sha256>,
+    /// The user the process runs as, or the file's owner.
+    pub user: Option<String>,
+    /// That user's groups.
+    pub groups: Vec<String>,
+    /// This machine's host name.
+    pub host: Option<String>,
+}
+
+impl Facts {
+    /// Add a candidate name, unless it is empty or already known.
+    pub fn add_name(&mut self, name: Option<String>) {
+        if let Some(n) = name {
+            if !n.is_empty() && !self.names.contains(&n) {
+                self.names.push(n);
+            }
+        }
+    }
+}
+
+/// The fact that a selector matched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Subject {
+    /// The executable (path or hash).
+    Exe,
+    /// The script (path or hash).
+    Script,
+    /// `Facts::packages[i]`.
+    Package(usize),
+    /// `Facts::names[i]`.
+    Name(usize),
+}
+
+/// The winning rule for one set of facts. Cheap to produce: indexes only, no strings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Decision {
+    /// Index of the rule in [`Policy::rules`].
+    pub rule: usize,
+    /// The rule's action (before mode and `enforce_from` are applied; see [`Policy::enforcement`]).
+    pub action: Action,
+    /// Which selector kind matched.
+    pub selector: SelectorKind,
+    /// Index of the matching value within that selector kind of the rule (for sha256: the digest
+    /// index in the rule's combined inline and file digests).
+    pub pattern: usize,
+    /// Which fact matched.
+    pub subject: Subject,
+}
+
+/// A decision spelled out: what matched, with the evidence.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Evidence {
+    /// The rule id.
+    pub rule_id: String,
+    /// The rule's action.
+    pub action: Action,
+    /// The selector kind that matched.
+    pub selector: SelectorKind,
+    /// The rule's value that matched (glob, name, package, digest).
+    pub pattern: String,
+    /// The fact that matched it (path, name, package, digest).
+    pub value: String,
+}
+
+/// Whether a decision is carried out, given the policy mode and the rule's `enforce_from`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "state", content = "since")]
+pub enum Enforcement {
+    /// The action is carried out.
+    Enforced,
+    /// The action would change the machine but only reports: the policy is in monitor mode.
+    Monitor,
+    /// The action would change the machine but only reports until this date.
+    NotYet(Date),
+    /// The action only reports (`report`) or allows (`allow`).
+    ReportOnly,
+}
+
+impl Enforcement {
+    /// True when the action is carried out.
+    pub fn is_enforced(self) -> bool {
+        self == Enforcement::Enforced
+    }
+}
+
+/// Counts of selectors, for summaries.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct SelectorCounts {
+    /// Name selectors.
+    pub names: usize,
+    /// Path globs.
+    pub paths: usize,
+    /// Script globs.
+    pub scripts: usize,
+    /// Package markers.
+    pub packages: usize,
+    /// Digests (inline and from files).
+    pub sha256: usize,
+}
+
+impl SelectorCounts {
+    /// All selectors together.
+    pub fn total(&self) -> usize {
+        self.names + self.paths + self.scripts + self.packages + self.sha256
+    }
+}
+
+#[derive(Debug, Clone)]
+struct GlobIndex {
+    set: GlobSet,
+    /// For each glob in `set`: (rule index, index within the rule's list).
+    owners: Vec<(u32, u32)>,
+}
+
+impl GlobIndex {
+    fn build<'r>(lists: impl Iterator<Item = &'r [String]>) -> Result<GlobIndex, globset::Error> {
+        let mut b = GlobSetBuilder::new();
+        let mut owners = Vec::new();
+        for (ri, list) in lists.enumerate() {
+            for (pi, g) in list.iter().enumerate() {
+                b.add(glob(g)?);
+                owners.push((ri as u32, pi as u32));
+            }
+        }
+        Ok(GlobIndex {
+            set: b.build()?,
+            owners,
+        })
+    }
+}
+
+/// A validated and compiled policy, ready to match.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    info: PolicyInfo,
+    rules: Vec<Rule>,
+    names: HashMap<String, Vec<(u32, u32)>>,
+    packages: HashMap<PackageRef, Vec<(u32, u32)>>,
+    sha256: HashMap<Sha256, Vec<(u32, u32)>>,
+    paths: GlobIndex,
+    scripts: GlobIndex,
+    exempt_hosts: Vec<Option<GlobSet>>,
+}
+
+impl Policy {
+    /// Read, validate and compile a policy in one step. `name` is how diagnostics name the file.
+    pub fn load(
+        name: &str,
+        text: &str,
+        includes: &dyn Includes,
+    ) -> Result<(Policy, Diagnostics), Diagnostics> {
+        let (doc, warnings) = read_policy(name, text, includes)?;
+        Ok((Policy::compile(doc), warnings))
+    }
+
+    /// Compile a validated policy.
+    pub fn compile(doc: PolicyDoc) -> Policy {
+        let PolicyDoc { info, rules } = doc;
+        let mut names: HashMap<String, Vec<(u32, u32)>> = HashMap::new();
+        let mut packages: HashMap<PackageRef, Vec<(u32, u32)>> = HashMap::new();
+        let mut sha256: HashMap<Sha256, Vec<(u32, u32)>> = HashMap::new();
+        for (ri, r) in rules.iter().enumerate() {
+            let ri = ri as u32;
+            for (i, n) in r.selectors.names.iter().enumerate() {
+                names.entry(n.clone()).or_default().push((ri, i as u32));
+            }
+            for (i, p) in r.selectors.packages.iter().enumerate() {
+                packages.entry(p.clone()).or_default().push((ri, i as u32));
+            }
+            for (i, d) in r.selectors.sha256.iter().enumerate() {
+                sha256.entry(*d).or_default().push((ri, i as u32));
+            }
+        }
+        // Every glob was compiled once during validation, so these cannot fail.
+        let paths = GlobIndex::build(rules.iter().map(|r| r.selectors.paths.as_slice()))
+            .expect("path globs were validated");
+        let scripts = GlobIndex::build(rules.iter().map(|r| r.selectors.scripts.as_slice()))
+            .expect("script globs were validated");
+        let exempt_hosts = rules
+            .iter()
+            .map(|r| {
+                if r.exempt.hosts.is_empty() {
+                    return None;
+                }
+                let mut b = GlobSetBuilder::new();
+                for h in &r.exempt.hosts {
+                    let g = GlobBuilder::new(h)
+                        .case_insensitive(true)
+                        .build()
+                        .expect("host globs were validated");
+                    b.add(g);
+                }
+                Some(b.build().expect("host globs were validated"))
+            })
+            .collect();
+        Policy {
+            info,
+            rules,
+            names,
+            packages,
+            sha256,
+            paths,
+            scripts,
+            exempt_hosts,
+        }
+    }
+
+    /// The `[policy]` table.
+    pub fn info(&self) -> &PolicyInfo {
+        &self.info
+    }
+
+    /// The rules in file order.
+    pub fn rules(&self) -> &[Rule] {
+        &self.rules
+    }
+
+    /// The rule a decision names.
+    pub fn rule(&self, d: &Decision) -> &Rule {
+        &self.rules[d.rule]
+    }
+
+    /// Selector counts over the whole policy.
+    pub fn selector_counts(&self) -> SelectorCounts {
+        let mut c = SelectorCounts::default();
+        for r in &self.rules {
+            c.names += r.selectors.names.len();
+            c.paths += r.selectors.paths.len();
+            c.scripts += r.selectors.scripts.len();
+            c.packages += r.selectors.packages.len();
+            c.sha256 += r.selectors.sha256.len();
+        }
+        c
+    }
+
+    /// True when some rule matches by SHA-256, so callers must hash to decide.
+    pub fn needs_sha256(&self) -> bool {
+        !self.sha256.is_empty()
+    }
+
+    /// True when some rule has `scripts` selectors.
+    pub fn has_scripts(&self) -> bool {
+        !self.scripts.owners.is_empty()
+    }
+
+    /// True when `path` matches some script glob (to find files for the script guard).
+    pub fn is_script_path(&self, path: &Path) -> bool {
+        self.scripts.set.is_match(path)
+    }
+
+    fn exempt(&self, rule: usize, facts: &Facts) -> bool {
+        let ex = &self.rules[rule].exempt;
+        if let Some(u) = &facts.user {
+            if ex.users.iter().any(|x| x == u) {
+                return true;
+            }
+        }
+        if !ex.groups.is_empty() && facts.groups.iter().any(|g| ex.groups.contains(g)) {
+            return true;
+        }
+        if let (Some(set), Some(h)) = (&self.exempt_hosts[rule], &facts.host) {
+            if set.is_match(h) {
+                return true;
+            }
+        }
+        false
+    }
+
+    /// The winning rule for `facts`, if any: the most specific match (sha256, then
+    /// path/script/package, then name); at equal specificity `allow` wins, then the stronger
+    /// action, then the earlier rule. Exempted rules do not match.
+    pub fn evaluate(&self, facts: &Facts) -> Option<Decision> {
+        let mut best: Option<(u8, u8, Reverse<usize>, Decision)> = None;
+        let mut consider =
+            |this: &Policy, rule: u32, pattern: u32, selector: SelectorKind, subject: Subject| {
+                let rule = rule as usize;
+                let action = this.rules[rule].action;
+                let key = (selector.specificity(), action.strength(), Reverse(rule));
+                if let Some((s, a, r, _)) = &best {
+                    if (*s, *a, *r) >= key {
+                        return;
+                    }
+                }
+                if this.exempt(rule, facts) {
+                    return;
+                }
+                best = Some((
+                    key.0,
+                    key.1,
+                    key.2,
+                    Decision {
+                        rule,
+                        action,
+                        selector,
+                        pattern: pattern as usize,
+                        subject,
+                    },
+                ));
+            };
+        for (digest, subject) in [
+            (&facts.exe_sha256, Subject::Exe),
+            (&facts.script_sha256, Subject::Script),
+        ] {
+            if let Some(hits) = digest.as_ref().and_then(|d| self.sha256.get(d)) {
+                for &(r, p) in hits {
+                    consider(self, r, p, SelectorKind::Sha256, subject);
+                }
+            }
+        }
+        for (path, index, kind, subject) in [
+            (
+                &facts.exe_path,
+                &self.paths,
+                SelectorKind::Path,
+                Subject::Exe,
+            ),
+            (
+                &facts.script_path,
+                &self.scripts,
+                SelectorKind::Script,
+                Subject::Script,
+            ),
+        ] {
+            if let Some(path) = path {
+                if index.owners.is_empty() {
+                    continue;
+                }
+                let cand = Candidate::new(path);
+                for g in index.set.matches_candidate(&cand) {
+                    let (r, p) = index.owners[g];
+                    consider(self, r, p, kind, subject);
+                }
+            }
+        }
+        for (i, pkg) in facts.packages.iter().enumerate() {
+            if let Some(hits) = self.packages.get(pkg) {
+                for &(r, p) in hits {
+                    consider(self, r, p, SelectorKind::Package, Subject::Package(i));
+                }
+            }
+        }
+        for (i, name) in facts.names.iter().enumerate() {
+            if let Some(hits) = self.names.get(name) {
+                for &(r, p) in hits {
+                    consider(self, r, p, SelectorKind::Name, Subject::Name(i));
+                }
+            }
+        }
+        best.map(|b| b.3)
+    }
+
+    /// Whether `d` is carried out on `today`: monitor mode and a future `enforce_from` turn
+    /// enforcing actions into reports.
+    pub fn enforcement(&self, d: &Decision, today: Date) -> Enforcement {
+        if !d.action.is_enforcing() {
+            return Enforcement::ReportOnly;
+        }
+        if self.info.mode == Mode::Monitor {
+            return Enforcement::Monitor;
+        }
+        match self.rules[d.rule].enforce_from {
+            Some(from) if today < from => Enforcement::NotYet(from),
+            _ => Enforcement::Enforced,
+        }
+    }
+
+    /// Spell out a decision with its evidence.
+    pub fn evidence(&self, d: &Decision, facts: &Facts) -> Evidence {
+        let rule = &self.rules[d.rule];
+        let sel = &rule.selectors;
+        let pattern = match d.selector {
+            SelectorKind::Sha256 => sel.sha256[d.pattern].to_string(),
+            SelectorKind::Path => sel.paths[d.pattern].clone(),
+            SelectorKind::Script => sel.scripts[d.pattern].clone(),
+            SelectorKind::Package => sel.packages[d.pattern].to_string(),
+            SelectorKind::Name => sel.names[d.pattern].clone(),
+        };
+        let value = match (d.selector, d.subject) {
+            (SelectorKind::Sha256, Subject::Exe) => facts.exe_sha256.map(|h| h.to_string()),
+            (SelectorKind::Sha256, Subject::Script) => facts.script_sha256.map(|h| h.to_string()),
+            (_, Subject::Exe) => facts.exe_path.as_ref().map(|p| p.display().to_string()),
+            (_, Subject::Script) => facts.script_path.as_ref().map(|p| p.display().to_string()),
+            (_, Subject::Package(i)) => facts.packages.get(i).map(|p| p.to_string()),
+            (_, Subject::Name(i)) => facts.names.get(i).cloned(),
+        }
+        .unwrap_or_default();
+        Evidence {
+            rule_id: rule.id.clone(),
+            action: rule.action,
+            selector: d.selector,
+            pattern,
+            value,
+        }
+    }
+
+    /// The text shown to the employee for a rule: the rule's message, else the policy's.
+    pub fn message_for<'a>(&'a self, rule: &'a Rule) -> Option<&'a str> {
+        rule.message.as_deref().or(self.info.message.as_deref())
+    }
+}
+
+/// Values for `%placeholder%` expansion in messages and URLs.
+#[derive(Debug, Clone, Default)]
+pub struct PlaceholderValues<'a> {
+    /// `%rule_id%`
+    pub rule_id: &'a str,
+    /// `%sha256%`
+    pub sha256: &'a str,
+    /// `%path%`
+    pub path: &'a str,
+    /// `%host%`
+    pub host: &'a str,
+    /// `%user%`
+    pub user: &'a str,
+}
+
+/// Replace `%rule_id%`, `%sha256%`, `%path%`, `%host%` and `%user%` in `template`. With
+/// `url_encode`, the values are percent-encoded (for `more_info_url`).
+pub fn expand_placeholders(template: &str, v: &PlaceholderValues<'_>, url_encode: bool) -> String {
+    let mut out = template.to_string();
+    for (key, val) in [
+        ("%rule_id%", v.rule_id),
+        ("%sha256%", v.sha256),
+        ("%path%", v.path),
+        ("%host%", v.host),
+        ("%user%", v.user),
+    ] {
+        if out.contains(key) {
+            let val = if url_encode {
+                percent_encode(val)
+            } else {
+                val.to_string()
+            };
+            out = out.replace(key, &val);
+        }
+    }
+    out
+}
+
+fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}

@@ -1,0 +1,344 @@
+//! The validated policy: what an admin wrote, with every value checked.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::Serialize;
+
+/// A plain calendar date (`enforce_from = 2026-12-01`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Date {
+    /// Year, e.g. 2026.
+    pub year: u16,
+    /// Month, 1 to 12.
+    pub month: u8,
+    /// Day of the month, 1 to 31.
+    pub day: u8,
+}
+
+impl Date {
+    /// The UTC date `secs` seconds after the Unix epoch.
+    pub fn from_unix_seconds(secs: i64) -> Date {
+        // Howard Hinnant's civil_from_days.
+        let z = secs.div_euclid(86_400) + 719_468;
+        let era = z.div_euclid(146_097);
+        let doe = z - era * 146_097;
+        let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+        let mp = (5 * doy + 2) / 153;
+        let day = (doy - (153 * mp + 2) / 5 + 1) as u8;
+        let month = if mp < 10 { mp + 3 } else { mp - 9 } as u8;
+        let year = (yoe + era * 400 + i64::from(month <= 2)) as u16;
+        Date { year, month, day }
+    }
+}
+
+impl fmt::Display for Date {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:04}-{:02}-{:02}", self.year, self.month, self.day)
+    }
+}
+
+impl Serialize for Date {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+macro_rules! keyword_enum {
+    ($(#[$doc:meta])* $name:ident { $($(#[$vdoc:meta])* $variant:ident => $text:literal,)* }) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+        #[serde(rename_all = "lowercase")]
+        pub enum $name {
+            $($(#[$vdoc])* $variant,)*
+        }
+
+        impl $name {
+            /// Every accepted keyword, in order.
+            pub const KEYWORDS: &'static [&'static str] = &[$($text,)*];
+
+            /// The keyword as written in a policy.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $text,)*
+                }
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = ();
+            fn from_str(s: &str) -> Result<Self, ()> {
+                match s {
+                    $($text => Ok($name::$variant),)*
+                    _ => Err(()),
+                }
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+keyword_enum! {
+    /// Whether the policy enforces or only reports.
+    Mode {
+        /// Block, kill and quarantine as the rules say.
+        Enforce => "enforce",
+        /// Report what would have been done; change nothing.
+        Monitor => "monitor",
+    }
+}
+
+keyword_enum! {
+    /// What a rule does when it matches.
+    Action {
+        /// Deny the exec before it runs where the kernel allows it, else kill the process.
+        Block => "block",
+        /// Let the exec happen, then kill the process.
+        Kill => "kill",
+        /// Move the installed file into quarantine.
+        Quarantine => "quarantine",
+        /// Record a violation and tell the employee; change nothing.
+        Report => "report",
+        /// An exception: this program is allowed even if another rule matches it.
+        Allow => "allow",
+    }
+}
+
+impl Action {
+    /// True for the actions that change something on the machine.
+    pub fn is_enforcing(self) -> bool {
+        matches!(self, Action::Block | Action::Kill | Action::Quarantine)
+    }
+
+    /// Order among non-allow actions at equal specificity: the stronger wins.
+    pub(crate) fn strength(self) -> u8 {
+        match self {
+            Action::Allow => 5,
+            Action::Block => 4,
+            Action::Kill => 3,
+            Action::Quarantine => 2,
+            Action::Report => 1,
+        }
+    }
+}
+
+keyword_enum! {
+    /// How risky the security review judged a tool.
+    Risk {
+        /// Low risk.
+        Low => "low",
+        /// Medium risk.
+        Medium => "medium",
+        /// High risk.
+        High => "high",
+        /// Critical risk.
+        Critical => "critical",
+    }
+}
+
+/// The `[policy]` table.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PolicyInfo {
+    /// Policy name.
+    pub name: String,
+    /// Policy version, free text (dates recommended).
+    pub version: String,
+    /// Enforce or monitor.
+    pub mode: Mode,
+    /// Default text shown to the employee.
+    pub message: Option<String>,
+    /// Link for more information, with `%placeholders%`.
+    pub more_info_url: Option<String>,
+}
+
+/// A package marker: an ecosystem and a package name, e.g. `npm:@anthropic-ai/claude-code`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct PackageRef {
+    /// The package ecosystem.
+    pub ecosystem: Ecosystem,
+    /// The package name, normalized for the ecosystem.
+    pub name: String,
+}
+
+impl PackageRef {
+    /// A package reference with the name normalized for its ecosystem
+    /// (PyPI: PEP 503; VS Code extensions: lower case).
+    pub fn new(ecosystem: Ecosystem, name: &str) -> PackageRef {
+        let name = match ecosystem {
+            Ecosystem::Npm => name.to_string(),
+            Ecosystem::Vscode => name.to_ascii_lowercase(),
+            Ecosystem::Pypi => {
+                let mut out = String::with_capacity(name.len());
+                let mut sep = false;
+                for c in name.chars() {
+                    if matches!(c, '-' | '_' | '.') {
+                        sep = true;
+                    } else {
+                        if sep && !out.is_empty() {
+                            out.push('-');
+                        }
+                        sep = false;
+                        out.push(c.to_ascii_lowercase());
+                    }
+                }
+                out
+            }
+        };
+        PackageRef { ecosystem, name }
+    }
+
+    /// Parse `ecosystem:name`.
+    pub fn parse(s: &str) -> Result<PackageRef, String> {
+        let (eco, name) = s
+            .split_once(':')
+            .ok_or_else(|| format!("`{s}` is not `ecosystem:name`"))?;
+        let ecosystem: Ecosystem = eco.parse().map_err(|()| {
+            format!(
+                "unknown package ecosystem `{eco}` (expected one of: {})",
+                Ecosystem::KEYWORDS.join(", ")
+            )
+        })?;
+        if name.is_empty() || name.chars().any(|c| c.is_whitespace()) {
+            return Err(format!("`{s}` has an empty or blank package name"));
+        }
+        Ok(PackageRef::new(ecosystem, name))
+    }
+}
+
+impl fmt::Display for PackageRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.ecosystem, self.name)
+    }
+}
+
+keyword_enum! {
+    /// Where a package comes from.
+    Ecosystem {
+        /// The npm registry (`node_modules/<name>/package.json`).
+        Npm => "npm",
+        /// PyPI (`<name>-<version>.dist-info`).
+        Pypi => "pypi",
+        /// VS Code-style editor extensions (`<publisher>.<name>-<version>` directories).
+        Vscode => "vscode",
+    }
+}
+
+/// A SHA-256 digest.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Sha256(pub [u8; 32]);
+
+impl Sha256 {
+    /// Parse 64 hexadecimal digits (either case).
+    pub fn from_hex(s: &str) -> Option<Sha256> {
+        let b = s.as_bytes();
+        if b.len() != 64 {
+            return None;
+        }
+        let mut out = [0u8; 32];
+        for (i, pair) in b.chunks_exact(2).enumerate() {
+            let hi = (pair[0] as char).to_digit(16)?;
+            let lo = (pair[1] as char).to_digit(16)?;
+            out[i] = (hi * 16 + lo) as u8;
+        }
+        Some(Sha256(out))
+    }
+}
+
+impl fmt::Display for Sha256 {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for b in self.0 {
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for Sha256 {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Sha256({self})")
+    }
+}
+
+impl Serialize for Sha256 {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// The `[rule.match]` table: the selectors of one rule.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Selectors {
+    /// Executable basenames, argv[0] basenames or comm values.
+    pub names: Vec<String>,
+    /// Globs on the canonical executable path.
+    pub paths: Vec<String>,
+    /// Globs on the canonical path of an interpreter's script.
+    pub scripts: Vec<String>,
+    /// Installed package markers.
+    pub packages: Vec<PackageRef>,
+    /// Digests, inline and from `sha256_files`.
+    pub sha256: Vec<Sha256>,
+}
+
+impl Selectors {
+    /// Number of selector values.
+    pub fn len(&self) -> usize {
+        self.names.len()
+            + self.paths.len()
+            + self.scripts.len()
+            + self.packages.len()
+            + self.sha256.len()
+    }
+
+    /// True when the rule has no selector at all.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The `[rule.exempt]` table: who a rule does not apply to.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Exemptions {
+    /// User names.
+    pub users: Vec<String>,
+    /// Group names.
+    pub groups: Vec<String>,
+    /// Host name globs.
+    pub hosts: Vec<String>,
+}
+
+/// One `[[rule]]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rule {
+    /// Unique kebab-case id.
+    pub id: String,
+    /// Human-readable name of the tool.
+    pub name: String,
+    /// Risk level.
+    pub risk: Risk,
+    /// Why it is banned (shown to the employee).
+    pub reason: String,
+    /// What happens on a match.
+    pub action: Action,
+    /// Before this date, enforcing actions only report and warn.
+    pub enforce_from: Option<Date>,
+    /// Overrides the policy message.
+    pub message: Option<String>,
+    /// The approved alternative to use instead.
+    pub alternative: Option<String>,
+    /// Whether to tell the employee.
+    pub notify: bool,
+    /// What the rule matches.
+    pub selectors: Selectors,
+    /// Who it does not apply to.
+    pub exempt: Exemptions,
+}
+
+/// Placeholders accepted in `message` and `more_info_url`.
+pub const PLACEHOLDERS: &[&str] = &["rule_id", "sha256", "path", "host", "user"];

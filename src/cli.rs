@@ -1,0 +1,187 @@
+//! The command line: `interdict policy check`, `interdict scan`.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::policy_file::{self, LoadError};
+use crate::scan::{self, ScanOptions};
+
+/// Documented exit codes.
+pub mod exit {
+    /// Success; for `scan`: compliant.
+    pub const OK: u8 = 0;
+    /// `scan`: violations were found.
+    pub const VIOLATIONS: u8 = 1;
+    /// An error: invalid policy, bad arguments, I/O failure.
+    pub const ERROR: u8 = 2;
+}
+
+/// interdict: endpoint software-policy enforcement.
+#[derive(Debug, Parser)]
+#[command(name = "interdict", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Work with policy files.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+    /// One-shot compliance check of this machine: running processes and installed software.
+    ///
+    /// Exit status: 0 compliant, 1 violations found, 2 error.
+    Scan {
+        /// The policy file.
+        #[arg(long, value_name = "FILE")]
+        policy: PathBuf,
+        /// An install root to walk (repeatable); replaces the default roots.
+        #[arg(long = "root", value_name = "DIR")]
+        roots: Vec<PathBuf>,
+        /// Do not look at running processes.
+        #[arg(long)]
+        no_processes: bool,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum PolicyCommand {
+    /// Validate policy files: every problem at once, as FILE:LINE:COL: error[CODE]: message.
+    ///
+    /// Exit status: 0 when every file is valid (warnings allowed), 2 otherwise.
+    Check {
+        /// Policy files.
+        #[arg(required = true, value_name = "FILE")]
+        files: Vec<PathBuf>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Format {
+    Text,
+    Json,
+}
+
+/// Entry point of the binary.
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() {
+                exit::ERROR
+            } else {
+                exit::OK
+            });
+        }
+    };
+    match run(cli) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("interdict: error: {e:#}");
+            ExitCode::from(exit::ERROR)
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<u8> {
+    match cli.command {
+        Command::Policy(PolicyCommand::Check { files }) => Ok(policy_check(&files)),
+        Command::Scan {
+            policy,
+            roots,
+            no_processes,
+            format,
+        } => {
+            let loaded = match policy_file::load(&policy) {
+                Ok(l) => l,
+                Err(e) => {
+                    eprint!("{e}");
+                    if matches!(e, LoadError::Io { .. }) {
+                        eprintln!();
+                    }
+                    return Ok(exit::ERROR);
+                }
+            };
+            for w in &loaded.warnings.0 {
+                eprintln!("{w}");
+            }
+            let report = scan::run(
+                &loaded,
+                &ScanOptions {
+                    roots,
+                    no_processes,
+                    progress: true,
+                },
+            );
+            let stdout = std::io::stdout();
+            let mut out = stdout.lock();
+            match format {
+                Format::Text => scan::render_text(&report, &mut out)?,
+                Format::Json => {
+                    serde_json::to_writer_pretty(&mut out, &report)?;
+                    writeln!(out)?;
+                }
+            }
+            out.flush().context("writing the report")?;
+            Ok(if report.compliant() {
+                exit::OK
+            } else {
+                exit::VIOLATIONS
+            })
+        }
+    }
+}
+
+fn policy_check(files: &[PathBuf]) -> u8 {
+    let mut code = exit::OK;
+    for file in files {
+        match policy_file::load(file) {
+            Ok(l) => {
+                for w in &l.warnings.0 {
+                    eprintln!("{w}");
+                }
+                let c = l.policy.selector_counts();
+                let info = l.policy.info();
+                println!(
+                    "{}: ok: policy {} {} ({}), {} rules, {} selectors ({} names, {} paths, {} scripts, {} packages, {} sha256), {} warnings",
+                    file.display(),
+                    info.name,
+                    info.version,
+                    info.mode,
+                    l.policy.rules().len(),
+                    c.total(),
+                    c.names,
+                    c.paths,
+                    c.scripts,
+                    c.packages,
+                    c.sha256,
+                    l.warnings.0.len(),
+                );
+            }
+            Err(LoadError::Invalid(d)) => {
+                eprint!("{d}");
+                eprintln!(
+                    "{}: rejected: {} errors, {} warnings",
+                    file.display(),
+                    d.errors().count(),
+                    d.warnings().count()
+                );
+                code = exit::ERROR;
+            }
+            Err(e @ LoadError::Io { .. }) => {
+                eprintln!("{e}");
+                code = exit::ERROR;
+            }
+        }
+    }
+    code
+}

@@ -1,0 +1,217 @@
+//! SHA-256 of files: streamed in 256 KiB reads (never loaded whole), through an already open
+//! descriptor, and memoized by file identity so a file is hashed once per run.
+
+use std::collections::HashMap;
+use std::fs::{File, Metadata, OpenOptions};
+use std::io::{self, Read};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::Path;
+use std::sync::{Arc, Condvar, Mutex};
+
+use interdict_policy::Sha256;
+use sha2::Digest;
+
+const CHUNK: usize = 256 * 1024;
+
+/// Hash everything readable from `reader`, returning the digest and the number of bytes.
+pub fn sha256_reader(mut reader: impl Read) -> io::Result<(Sha256, u64)> {
+    let mut hasher = sha2::Sha256::new();
+    let mut buf = vec![0u8; CHUNK];
+    let mut total = 0u64;
+    loop {
+        let n = match reader.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        hasher.update(&buf[..n]);
+        total += n as u64;
+    }
+    Ok((Sha256(hasher.finalize().into()), total))
+}
+
+/// Open `path` for hashing only if it is a regular file: never blocks on a FIFO, never becomes a
+/// controlling terminal, and checks the type on the open descriptor (the path may have changed
+/// since it was listed). With `follow = false` a final symlink is refused; `/proc/PID/exe` needs
+/// `follow = true`.
+pub fn open_regular(path: &Path, follow: bool) -> io::Result<(File, Metadata)> {
+    let mut flags = libc::O_NONBLOCK | libc::O_NOCTTY;
+    if !follow {
+        flags |= libc::O_NOFOLLOW;
+    }
+    let f = OpenOptions::new()
+        .read(true)
+        .custom_flags(flags)
+        .open(path)?;
+    let meta = f.metadata()?;
+    if !meta.is_file() {
+        return Err(io::Error::other("not a regular file"));
+    }
+    Ok((f, meta))
+}
+
+/// Identity of a file's contents for caching: a change to any field means "hash again".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct FileKey {
+    /// Device.
+    pub dev: u64,
+    /// Inode.
+    pub ino: u64,
+    /// Size in bytes.
+    pub size: u64,
+    /// Modification time, nanoseconds since the epoch.
+    pub mtime_ns: i128,
+    /// Status change time, nanoseconds since the epoch.
+    pub ctime_ns: i128,
+}
+
+impl FileKey {
+    /// The key of a file from its metadata.
+    pub fn of(m: &Metadata) -> FileKey {
+        FileKey {
+            dev: m.dev(),
+            ino: m.ino(),
+            size: m.size(),
+            mtime_ns: i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec()),
+            ctime_ns: i128::from(m.ctime()) * 1_000_000_000 + i128::from(m.ctime_nsec()),
+        }
+    }
+}
+
+enum Slot {
+    Done(Sha256),
+    Pending(Arc<(Mutex<Option<Option<Sha256>>>, Condvar)>),
+}
+
+/// A thread-safe memo of digests by [`FileKey`]: hard links, the same interpreter behind many
+/// processes, and a symlink and its target are hashed once. Concurrent requests for one file
+/// share one computation: the first hashes, the others wait for its result.
+#[derive(Default)]
+pub struct HashMemo {
+    map: Mutex<HashMap<FileKey, Slot>>,
+}
+
+impl std::fmt::Debug for HashMemo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let n = self.map.lock().map(|m| m.len()).unwrap_or(0);
+        f.debug_struct("HashMemo").field("entries", &n).finish()
+    }
+}
+
+impl HashMemo {
+    /// Hash an open file, or return the digest remembered (or being computed) for its identity.
+    /// The second value is true when no hashing was done by this call. The file is re-`fstat`ed
+    /// after hashing; if it changed meanwhile the digest is returned but not remembered.
+    pub fn hash_file(&self, file: &File, meta: &Metadata) -> io::Result<(Sha256, bool)> {
+        let key = FileKey::of(meta);
+        let waiter = {
+            let mut map = self.map.lock().expect("hash memo poisoned");
+            match map.get(&key) {
+                Some(Slot::Done(d)) => return Ok((*d, true)),
+                Some(Slot::Pending(w)) => Some(w.clone()),
+                None => {
+                    let w = Arc::new((Mutex::new(None), Condvar::new()));
+                    map.insert(key, Slot::Pending(w.clone()));
+                    drop(map);
+                    return self.compute(file, key, w);
+                }
+            }
+        };
+        if let Some(w) = waiter {
+            let (lock, cv) = &*w;
+            let mut done = lock.lock().expect("hash memo poisoned");
+            while done.is_none() {
+                done = cv.wait(done).expect("hash memo poisoned");
+            }
+            if let Some(Some(d)) = *done {
+                return Ok((d, true));
+            }
+        }
+        // The shared computation failed or the file changed under it: hash on our own.
+        sha256_reader(file).map(|(d, _)| (d, false))
+    }
+
+    fn compute(
+        &self,
+        file: &File,
+        key: FileKey,
+        w: Arc<(Mutex<Option<Option<Sha256>>>, Condvar)>,
+    ) -> io::Result<(Sha256, bool)> {
+        let result =
+            sha256_reader(file).and_then(|(d, _)| Ok((d, FileKey::of(&file.metadata()?) == key)));
+        let shared = match &result {
+            Ok((d, true)) => Some(*d),
+            _ => None,
+        };
+        {
+            let mut map = self.map.lock().expect("hash memo poisoned");
+            match shared {
+                Some(d) => map.insert(key, Slot::Done(d)),
+                None => map.remove(&key),
+            };
+        }
+        let (lock, cv) = &*w;
+        *lock.lock().expect("hash memo poisoned") = Some(shared);
+        cv.notify_all();
+        result.map(|(d, _)| (d, false))
+    }
+
+    /// Open `path` as a regular file and hash it through the memo.
+    pub fn hash_path(&self, path: &Path, follow: bool) -> io::Result<Sha256> {
+        let (f, m) = open_regular(path, follow)?;
+        self.hash_file(&f, &m).map(|(d, _)| d)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn known_digest() {
+        let (d, n) = sha256_reader(&b"abc"[..]).unwrap();
+        assert_eq!(n, 3);
+        assert_eq!(
+            d.to_string(),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
+
+    #[test]
+    fn concurrent_requests_share_one_computation() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("big");
+        std::fs::write(&p, vec![7u8; 8 << 20]).unwrap();
+        let memo = HashMemo::default();
+        let hashed_here: Vec<bool> = std::thread::scope(|s| {
+            let hs: Vec<_> = (0..4)
+                .map(|_| {
+                    s.spawn(|| {
+                        let (f, m) = open_regular(&p, false).unwrap();
+                        let (d, reused) = memo.hash_file(&f, &m).unwrap();
+                        (d, !reused)
+                    })
+                })
+                .collect();
+            let results: Vec<_> = hs.into_iter().map(|h| h.join().unwrap()).collect();
+            assert!(results.windows(2).all(|w| w[0].0 == w[1].0));
+            results.into_iter().map(|r| r.1).collect()
+        });
+        assert_eq!(
+            hashed_here.iter().filter(|h| **h).count(),
+            1,
+            "{hashed_here:?}"
+        );
+    }
+
+    #[test]
+    fn refuses_fifo_without_blocking() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+        let err = open_regular(&fifo, false).unwrap_err();
+        assert_eq!(err.to_string(), "not a regular file");
+    }
+}

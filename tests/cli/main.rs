@@ -1,0 +1,7 @@
+//! Integration tests of the `interdict` binary: one test binary, a module per command.
+
+mod common;
+mod npm_packages;
+mod policy_check;
+mod scan_installed;
+mod scan_processes;
