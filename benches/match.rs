@@ -93,6 +93,40 @@ fn bench(c: &mut Criterion) {
         g.bench_function(*name, |b| b.iter(|| policy.evaluate(black_box(facts))));
     }
     g.finish();
+
+    // The same decision without compilation, as a side-by-side baseline: every rule's globs
+    // tried one by one (what a first-match rule list like fapolicyd's does per event).
+    let naive: Vec<Vec<globset::GlobMatcher>> = policy
+        .rules()
+        .iter()
+        .map(|r| {
+            r.selectors
+                .paths
+                .iter()
+                .map(|g| {
+                    globset::GlobBuilder::new(g)
+                        .literal_separator(true)
+                        .build()
+                        .unwrap()
+                        .compile_matcher()
+                })
+                .collect()
+        })
+        .collect();
+    let mut g = c.benchmark_group("decision-10k-rules-uncompiled-baseline");
+    g.sample_size(20);
+    for (name, facts) in cases.iter().filter(|(n, _)| *n == "miss" || *n == "hit-path-glob") {
+        let exe = facts.exe_path.clone().unwrap();
+        g.bench_function(*name, |b| {
+            b.iter(|| {
+                naive
+                    .iter()
+                    .position(|globs| globs.iter().any(|m| m.is_match(black_box(&exe))))
+            })
+        });
+    }
+    g.finish();
+
     let mut g = c.benchmark_group("load-10k-rules");
     g.sample_size(10);
     g.bench_function("parse-validate-compile", |b| {

@@ -156,12 +156,11 @@ pub fn normalize_roots(roots: &[PathBuf], explicit: bool) -> (Vec<PathBuf>, Vec<
     (out, skipped)
 }
 
+/// Why a listed entry could not be read: a file that is gone was there when the walk listed it.
 fn describe(e: &io::Error) -> String {
     match e.raw_os_error() {
-        Some(libc::ELOOP) => "symlink loop".to_string(),
-        Some(libc::EACCES) | Some(libc::EPERM) => "permission denied".to_string(),
         Some(libc::ENOENT) => "vanished during the scan".to_string(),
-        _ => e.to_string(),
+        _ => crate::io_reason(e),
     }
 }
 

@@ -14,3 +14,19 @@ pub mod installed;
 pub mod policy_file;
 pub mod procs;
 pub mod scan;
+
+/// A short reason for an I/O error, for people: "no such file", "permission denied",
+/// "symlink loop", else the system's message without its "(os error N)" suffix.
+pub fn io_reason(e: &std::io::Error) -> String {
+    match e.raw_os_error() {
+        Some(libc::ELOOP) => return "symlink loop".to_string(),
+        Some(libc::EACCES) | Some(libc::EPERM) => return "permission denied".to_string(),
+        Some(libc::ENOENT) => return "no such file".to_string(),
+        _ => {}
+    }
+    let s = e.to_string();
+    match s.find(" (os error") {
+        Some(i) => s[..i].to_string(),
+        None => s,
+    }
+}

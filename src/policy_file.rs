@@ -28,7 +28,7 @@ pub struct LoadedPolicy {
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
     /// The file could not be read.
-    #[error("{path}: cannot read policy: {}", io_reason(source))]
+    #[error("{path}: cannot read policy: {}", crate::io_reason(source))]
     Io {
         /// The policy file.
         path: String,
@@ -60,7 +60,7 @@ impl DirIncludes {
 impl Includes for DirIncludes {
     fn read(&self, relative: &str) -> Result<IncludedFile, String> {
         let path = self.base.join(relative);
-        let text = read_limited(&path).map_err(|e| io_reason(&e))?;
+        let text = read_limited(&path).map_err(|e| crate::io_reason(&e))?;
         Ok(IncludedFile {
             display_name: path.display().to_string(),
             text,
@@ -82,21 +82,6 @@ fn read_limited(path: &Path) -> std::io::Result<String> {
         )));
     }
     Ok(text)
-}
-
-/// A short reason for an I/O error, without the "(os error N)" suffix.
-pub fn io_reason(e: &std::io::Error) -> String {
-    match e.kind() {
-        std::io::ErrorKind::NotFound => "no such file".to_string(),
-        std::io::ErrorKind::PermissionDenied => "permission denied".to_string(),
-        _ => {
-            let s = e.to_string();
-            match s.find(" (os error") {
-                Some(i) => s[..i].to_string(),
-                None => s,
-            }
-        }
-    }
 }
 
 /// Load, validate and compile the policy at `path`.

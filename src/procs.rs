@@ -157,6 +157,13 @@ pub fn script_arg(kind: Interpreter, argv: &[OsString]) -> Option<ScriptArg> {
 /// root (`/proc/PID/root`), with every symlink resolved. Falls back to the lexical path.
 pub fn resolve_script(pid: u32, cwd: Option<&Path>, arg: &OsStr) -> PathBuf {
     let p = Path::new(arg);
+    // `bash /dev/fd/3` and friends name the process's own descriptors, not ours.
+    for fd_dir in ["/dev/fd", "/proc/self/fd"] {
+        if let Ok(fd) = p.strip_prefix(fd_dir) {
+            let own = Path::new(&format!("/proc/{pid}/fd")).join(fd);
+            return std::fs::canonicalize(&own).unwrap_or(own);
+        }
+    }
     let joined = if p.is_absolute() {
         p.to_path_buf()
     } else {
@@ -213,7 +220,13 @@ pub fn facts_for(
                 if hash {
                     match memo.hash_path(&script, true) {
                         Ok(d) => facts.script_sha256 = Some(d),
-                        Err(e) => hash_error = Some(format!("script {}: {e}", script.display())),
+                        Err(e) => {
+                            hash_error = Some(format!(
+                                "script {}: {}",
+                                script.display(),
+                                crate::io_reason(&e)
+                            ))
+                        }
                     }
                 }
                 facts.script_path = Some(script);
@@ -226,7 +239,7 @@ pub fn facts_for(
     if hash && info.exe.is_some() {
         match exe_digest(info.pid, memo) {
             Ok(d) => facts.exe_sha256 = Some(d),
-            Err(e) => hash_error = Some(format!("exe: {e}")),
+            Err(e) => hash_error = Some(format!("exe: {}", crate::io_reason(&e))),
         }
     }
     if let Some(uid) = info.uid {
