@@ -115,7 +115,10 @@ fn bench(c: &mut Criterion) {
         .collect();
     let mut g = c.benchmark_group("decision-10k-rules-uncompiled-baseline");
     g.sample_size(20);
-    for (name, facts) in cases.iter().filter(|(n, _)| *n == "miss" || *n == "hit-path-glob") {
+    for (name, facts) in cases
+        .iter()
+        .filter(|(n, _)| *n == "miss" || *n == "hit-path-glob")
+    {
         let exe = facts.exe_path.clone().unwrap();
         g.bench_function(*name, |b| {
             b.iter(|| {
