@@ -512,7 +512,7 @@ mod tests {
             &Progress::default(),
             true,
         );
-        let skipped = r.err().expect("skipped");
+        let skipped = r.expect_err("skipped");
         assert_eq!(skipped.reason, "vanished during the scan");
         assert_eq!(skipped.path, p.to_string_lossy());
     }
