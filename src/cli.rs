@@ -50,6 +50,52 @@ enum Command {
         #[arg(long, value_enum, default_value_t = Format::Text)]
         format: Format,
     },
+    /// Run the agent (root service): block banned tools at launch, kill what gets through.
+    ///
+    /// Exit status: 0 after SIGTERM/SIGINT, 2 if the configuration or policy is invalid.
+    Agent {
+        /// The policy file (reloaded on SIGHUP, `interdict reload` and when it changes).
+        #[arg(long, value_name = "FILE")]
+        policy: PathBuf,
+        /// The agent configuration file (defaults apply without one).
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
+    /// Show the running agent's policy, sensors, counters and latency.
+    Status {
+        #[command(flatten)]
+        socket: SocketArgs,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+    },
+    /// Ask the running agent to reload its policy (exit 0 applied, 2 rejected).
+    Reload {
+        #[command(flatten)]
+        socket: SocketArgs,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+struct SocketArgs {
+    /// The agent's control socket.
+    #[arg(long, value_name = "PATH", conflicts_with = "config")]
+    socket: Option<PathBuf>,
+    /// Find the control socket in this agent configuration file.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+}
+
+impl SocketArgs {
+    fn path(&self) -> anyhow::Result<PathBuf> {
+        if let Some(s) = &self.socket {
+            return Ok(s.clone());
+        }
+        match crate::agent::config::load(self.config.as_deref()) {
+            Ok(c) => Ok(c.control_socket),
+            Err(e) => anyhow::bail!("{e}"),
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -95,6 +141,35 @@ pub fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<u8> {
     match cli.command {
         Command::Policy(PolicyCommand::Check { files }) => Ok(policy_check(&files)),
+        Command::Agent { policy, config } => {
+            tracing_subscriber::fmt()
+                .with_writer(std::io::stderr)
+                .with_target(false)
+                .init();
+            crate::agent::run(&policy, config.as_deref())
+        }
+        Command::Status { socket, format } => {
+            let line = crate::agent::control::request(&socket.path()?, "status")?;
+            match format {
+                Format::Json => print!("{line}"),
+                Format::Text => {
+                    let s: crate::agent::control::Status = serde_json::from_str(&line)?;
+                    print!("{}", crate::agent::control::render(&s));
+                }
+            }
+            Ok(exit::OK)
+        }
+        Command::Reload { socket } => {
+            let line = crate::agent::control::request(&socket.path()?, "reload")?;
+            let r: crate::agent::control::ReloadReply = serde_json::from_str(&line)?;
+            if r.applied {
+                println!("{}", r.message);
+                Ok(exit::OK)
+            } else {
+                eprintln!("{}", r.message);
+                Ok(exit::ERROR)
+            }
+        }
         Command::Scan {
             policy,
             roots,

@@ -84,6 +84,23 @@ enum Slot {
     Pending(Arc<(Mutex<Option<Option<Sha256>>>, Condvar)>),
 }
 
+impl FileKey {
+    /// The key of an open descriptor (`fstat`), or `None` if it cannot be read.
+    pub fn of_fd(fd: &impl std::os::fd::AsRawFd) -> Option<FileKey> {
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        if unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } < 0 {
+            return None;
+        }
+        Some(FileKey {
+            dev: st.st_dev,
+            ino: st.st_ino,
+            size: st.st_size as u64,
+            mtime_ns: i128::from(st.st_mtime) * 1_000_000_000 + i128::from(st.st_mtime_nsec),
+            ctime_ns: i128::from(st.st_ctime) * 1_000_000_000 + i128::from(st.st_ctime_nsec),
+        })
+    }
+}
+
 /// A thread-safe memo of digests by [`FileKey`]: hard links, the same interpreter behind many
 /// processes, and a symlink and its target are hashed once. Concurrent requests for one file
 /// share one computation: the first hashes, the others wait for its result.

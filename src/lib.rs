@@ -7,6 +7,7 @@
 //! Exit codes of the binary (see [`cli::exit`]): 0 success or compliant, 1 violations found,
 //! 2 error (bad policy, bad arguments, I/O failure).
 
+pub mod agent;
 pub mod cli;
 pub mod hash;
 pub mod host;

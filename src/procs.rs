@@ -31,6 +31,9 @@ pub struct ProcessInfo {
     pub uid: Option<u32>,
     /// Start time, seconds since the epoch.
     pub start_time: u64,
+    /// Start time in clock ticks since boot (`/proc/PID/stat` field 22), when read from /proc:
+    /// with the pid, a process identity that survives PID reuse.
+    pub start_ticks: Option<u64>,
 }
 
 /// Every running process except this one and kernel threads.
@@ -61,10 +64,63 @@ pub fn list() -> Vec<ProcessInfo> {
             cwd: p.cwd().map(Path::to_path_buf),
             uid: p.user_id().map(|u| **u),
             start_time: p.start_time(),
+            start_ticks: None,
         })
         .collect();
     out.sort_by_key(|p| p.pid);
     out
+}
+
+/// `(ppid, start ticks)` from `/proc/PID/stat`. The command name may hold spaces and
+/// parentheses, so fields are counted from the last `)`.
+pub fn read_stat(pid: u32) -> Option<(u32, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // f[0] is field 3 (state): ppid is field 4, starttime field 22.
+    Some((f.get(1)?.parse().ok()?, f.get(19)?.parse().ok()?))
+}
+
+/// Read one process straight from `/proc` (cheaper than a full listing; used per exec event).
+/// `None` when the process is already gone.
+pub fn read_proc(pid: u32) -> Option<ProcessInfo> {
+    let base = PathBuf::from(format!("/proc/{pid}"));
+    let (ppid, start_ticks) = read_stat(pid)?;
+    let status = std::fs::read_to_string(base.join("status")).ok()?;
+    let uid = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|u| u.parse().ok());
+    let comm = std::fs::read(base.join("comm"))
+        .map(|mut c| {
+            if c.last() == Some(&b'\n') {
+                c.pop();
+            }
+            OsString::from(OsStr::from_bytes(&c))
+        })
+        .unwrap_or_default();
+    let argv = std::fs::read(base.join("cmdline"))
+        .map(|c| {
+            c.split(|b| *b == 0)
+                .filter(|a| !a.is_empty())
+                .map(|a| OsString::from(OsStr::from_bytes(a)))
+                .collect()
+        })
+        .unwrap_or_default();
+    Some(ProcessInfo {
+        pid,
+        ppid: Some(ppid),
+        comm,
+        exe: std::fs::read_link(base.join("exe"))
+            .ok()
+            .map(|e| strip_deleted(&e)),
+        argv,
+        cwd: std::fs::read_link(base.join("cwd")).ok(),
+        uid,
+        start_time: 0,
+        start_ticks: Some(start_ticks),
+    })
 }
 
 /// `/proc/PID/exe` of a replaced or deleted file reads `PATH (deleted)`.
@@ -272,6 +328,16 @@ mod tests {
 
     fn argv(a: &[&str]) -> Vec<OsString> {
         a.iter().map(OsString::from).collect()
+    }
+
+    #[test]
+    fn reads_itself_from_proc() {
+        let me = read_proc(std::process::id()).unwrap();
+        assert_eq!(me.exe, Some(std::env::current_exe().unwrap()));
+        assert_eq!(me.uid, Some(unsafe { libc::getuid() }));
+        assert!(me.start_ticks.unwrap() > 0);
+        assert_eq!(me.ppid, Some(std::os::unix::process::parent_id()));
+        assert!(read_proc(u32::MAX - 1).is_none());
     }
 
     #[test]

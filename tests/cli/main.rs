@@ -1,5 +1,6 @@
 //! Integration tests of the `interdict` binary: one test binary, a module per command.
 
+mod agent;
 mod common;
 mod npm_packages;
 mod policy_check;

@@ -69,6 +69,8 @@ codes! {
     BadDate => "bad-date",
     /// An unknown `%placeholder%` in `message` or `more_info_url`.
     BadPlaceholder => "bad-placeholder",
+    /// A value out of range or otherwise unacceptable (configuration files).
+    BadValue => "bad-value",
     /// An empty string where a value is required.
     EmptyValue => "empty-value",
     /// A policy without any rule (refused: an empty policy is never what an admin meant).

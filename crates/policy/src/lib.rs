@@ -47,6 +47,7 @@
 
 mod diag;
 mod engine;
+pub mod fields;
 mod model;
 mod parse;
 

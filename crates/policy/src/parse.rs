@@ -5,13 +5,12 @@
 use std::collections::HashMap;
 use std::ops::Range;
 
-use toml::de::{DeTable, DeValue};
-use toml::Spanned;
+use toml::de::DeValue;
 
 use crate::diag::{Code, Diagnostic, Diagnostics, Severity, SourceText};
+use crate::fields::{Fields, Value};
 use crate::model::{
-    Action, Date, Exemptions, Mode, PackageRef, PolicyInfo, Risk, Rule, Selectors, Sha256,
-    PLACEHOLDERS,
+    Action, Exemptions, Mode, PackageRef, PolicyInfo, Risk, Rule, Selectors, Sha256, PLACEHOLDERS,
 };
 
 /// A file named by the policy (a `sha256_files` entry), as read by the caller.
@@ -47,20 +46,6 @@ pub struct PolicyDoc {
     pub info: PolicyInfo,
     /// The rules, in file order.
     pub rules: Vec<Rule>,
-}
-
-type Value<'i> = Spanned<DeValue<'i>>;
-
-fn type_name(v: &DeValue<'_>) -> &'static str {
-    match v {
-        DeValue::String(_) => "a string",
-        DeValue::Integer(_) => "an integer",
-        DeValue::Float(_) => "a float",
-        DeValue::Boolean(_) => "a boolean",
-        DeValue::Datetime(_) => "a date-time",
-        DeValue::Array(_) => "an array",
-        DeValue::Table(_) => "a table",
-    }
 }
 
 /// Executables a policy must never block; a rule that would is flagged with a warning.
@@ -106,171 +91,24 @@ pub const CRITICAL_PATHS: &[&str] = &[
 ];
 
 struct Reader<'s, 'i> {
-    src: &'s SourceText<'s>,
-    diags: Vec<Diagnostic>,
+    f: Fields<'s>,
     includes: &'i dyn Includes,
 }
 
+impl<'s> std::ops::Deref for Reader<'s, '_> {
+    type Target = Fields<'s>;
+    fn deref(&self) -> &Fields<'s> {
+        &self.f
+    }
+}
+
+impl std::ops::DerefMut for Reader<'_, '_> {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.f
+    }
+}
+
 impl Reader<'_, '_> {
-    fn err(&mut self, code: Code, span: Range<usize>, msg: impl Into<String>) {
-        let d = self.src.diag(Severity::Error, code, span, msg);
-        self.diags.push(d);
-    }
-
-    fn warn(&mut self, code: Code, span: Range<usize>, msg: impl Into<String>) {
-        let d = self.src.diag(Severity::Warning, code, span, msg);
-        self.diags.push(d);
-    }
-
-    fn wrong_type(&mut self, key: &str, want: &str, v: &Value<'_>) {
-        self.err(
-            Code::WrongType,
-            v.span(),
-            format!("`{key}` must be {want}, found {}", type_name(v.get_ref())),
-        );
-    }
-
-    fn unknown_key(
-        &mut self,
-        table: &str,
-        key: &Spanned<std::borrow::Cow<'_, str>>,
-        known: &[&str],
-    ) {
-        let name = key.get_ref();
-        let hint = suggest(name, known)
-            .map(|s| format!("; did you mean `{s}`?"))
-            .unwrap_or_default();
-        self.err(
-            Code::UnknownKey,
-            key.span(),
-            format!(
-                "unknown key `{name}` in {table} (expected one of: {}){hint}",
-                known.join(", ")
-            ),
-        );
-    }
-
-    fn string(&mut self, key: &str, v: &Value<'_>) -> Option<(String, Range<usize>)> {
-        match v.get_ref() {
-            DeValue::String(s) => {
-                if s.trim().is_empty() {
-                    self.err(
-                        Code::EmptyValue,
-                        v.span(),
-                        format!("`{key}` must not be empty"),
-                    );
-                    None
-                } else {
-                    Some((s.to_string(), v.span()))
-                }
-            }
-            _ => {
-                self.wrong_type(key, "a string", v);
-                None
-            }
-        }
-    }
-
-    fn string_list(&mut self, key: &str, v: &Value<'_>) -> Vec<(String, Range<usize>)> {
-        match v.get_ref() {
-            DeValue::Array(items) => {
-                let mut out = Vec::new();
-                for item in items.iter() {
-                    match item.get_ref() {
-                        DeValue::String(s) if s.trim().is_empty() => self.err(
-                            Code::EmptyValue,
-                            item.span(),
-                            format!("`{key}` must not contain empty strings"),
-                        ),
-                        DeValue::String(s) => out.push((s.to_string(), item.span())),
-                        _ => self.wrong_type(key, "an array of strings", item),
-                    }
-                }
-                out
-            }
-            _ => {
-                self.wrong_type(key, "an array of strings", v);
-                Vec::new()
-            }
-        }
-    }
-
-    fn boolean(&mut self, key: &str, v: &Value<'_>) -> Option<bool> {
-        match v.get_ref() {
-            DeValue::Boolean(b) => Some(*b),
-            _ => {
-                self.wrong_type(key, "true or false", v);
-                None
-            }
-        }
-    }
-
-    fn keyword<T: std::str::FromStr>(
-        &mut self,
-        key: &str,
-        v: &Value<'_>,
-        code: Code,
-        keywords: &[&str],
-    ) -> Option<T> {
-        let (s, span) = self.string(key, v)?;
-        match s.parse::<T>() {
-            Ok(t) => Some(t),
-            Err(_) => {
-                let hint = suggest(&s, keywords)
-                    .map(|k| format!("; did you mean `{k}`?"))
-                    .unwrap_or_default();
-                self.err(
-                    code,
-                    span,
-                    format!(
-                        "`{key}` is `{s}`, expected one of: {}{hint}",
-                        keywords.join(", ")
-                    ),
-                );
-                None
-            }
-        }
-    }
-
-    fn date(&mut self, key: &str, v: &Value<'_>) -> Option<Date> {
-        match v.get_ref() {
-            DeValue::Datetime(dt) => match (dt.date, dt.time, dt.offset) {
-                (Some(d), None, None) => Some(Date {
-                    year: d.year,
-                    month: d.month,
-                    day: d.day,
-                }),
-                _ => {
-                    self.err(
-                        Code::BadDate,
-                        v.span(),
-                        format!("`{key}` must be a plain date like 2026-12-01, without a time"),
-                    );
-                    None
-                }
-            },
-            DeValue::String(s) => {
-                self.err(
-                    Code::BadDate,
-                    v.span(),
-                    format!("`{key}` must be a bare TOML date like 2026-12-01, not the string \"{s}\" (drop the quotes)"),
-                );
-                None
-            }
-            other => {
-                self.err(
-                    Code::BadDate,
-                    v.span(),
-                    format!(
-                        "`{key}` must be a date like 2026-12-01, found {}",
-                        type_name(other)
-                    ),
-                );
-                None
-            }
-        }
-    }
-
     fn placeholders(&mut self, key: &str, text: &str, span: Range<usize>) {
         let bytes = text.as_bytes();
         let mut i = 0;
@@ -454,7 +292,7 @@ impl Reader<'_, '_> {
                         match self.includes.read(&f) {
                             Ok(file) => {
                                 let (digests, diags) = parse_sha256_file(&file);
-                                self.diags.extend(diags);
+                                self.extend(diags);
                                 sel.sha256.extend(digests);
                             }
                             Err(e) => self.err(
@@ -552,7 +390,7 @@ impl Reader<'_, '_> {
                             ok = false;
                         }
                         if let Some(first) = seen.get(&s) {
-                            let (l, c) = self.src.locate(first.start);
+                            let (l, c) = self.src().locate(first.start);
                             self.err(
                                 Code::DuplicateRuleId,
                                 span.clone(),
@@ -735,30 +573,6 @@ fn is_kebab(s: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
 }
 
-/// The known word closest to `word` (edit distance at most 2), for "did you mean" hints.
-fn suggest<'k>(word: &str, known: &[&'k str]) -> Option<&'k str> {
-    known
-        .iter()
-        .map(|k| (edit_distance(word, k), *k))
-        .filter(|(d, _)| *d <= 2)
-        .min()
-        .map(|(_, k)| k)
-}
-
-fn edit_distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut cur = vec![i + 1];
-        for (j, cb) in b.iter().enumerate() {
-            let sub = prev[j] + usize::from(ca != *cb);
-            cur.push(sub.min(prev[j + 1] + 1).min(cur[j] + 1));
-        }
-        prev = cur;
-    }
-    prev[b.len()]
-}
-
 /// Read and validate a policy. On success, the policy and its warnings; on failure, every
 /// diagnostic (errors and warnings), sorted by position. Never a partial policy.
 pub fn read_policy(
@@ -768,28 +582,19 @@ pub fn read_policy(
 ) -> Result<(PolicyDoc, Diagnostics), Diagnostics> {
     let src = SourceText::new(name, text);
     let mut r = Reader {
-        src: &src,
-        diags: Vec::new(),
+        f: Fields::new(&src),
         includes,
     };
-    let (root, syntax) = DeTable::parse_recoverable(text);
-    if !syntax.is_empty() {
-        for e in syntax {
-            let span = e.span().unwrap_or(0..0);
-            let msg = e.message().trim().replace('\n', " ");
-            r.err(Code::TomlSyntax, span, msg);
-        }
-        let mut d = Diagnostics(r.diags);
-        d.sort();
-        return Err(d);
-    }
+    let Some(root) = r.parse_document(text) else {
+        return Err(r.f.finish());
+    };
     let mut info = None;
     let mut rules = Vec::new();
     let mut rules_ok = true;
     let mut saw_policy = false;
     let mut saw_rule = false;
     let mut seen = HashMap::new();
-    for (k, v) in root.get_ref().iter() {
+    for (k, v) in root.iter() {
         match k.get_ref().as_ref() {
             "policy" => {
                 saw_policy = true;
@@ -825,8 +630,7 @@ pub fn read_policy(
             "the policy has no [[rule]]: an empty policy is refused (it is never what an admin meant)",
         );
     }
-    let mut diags = Diagnostics(r.diags);
-    diags.sort();
+    let diags = r.f.finish();
     if diags.has_errors() || !rules_ok {
         return Err(diags);
     }
@@ -848,12 +652,6 @@ mod tests {
         assert!(!is_kebab("a--b"));
         assert!(!is_kebab("-a"));
         assert!(!is_kebab("a_b"));
-    }
-
-    #[test]
-    fn suggestions() {
-        assert_eq!(suggest("nmes", &["names", "paths"]), Some("names"));
-        assert_eq!(suggest("zzzzzz", &["names", "paths"]), None);
     }
 
     #[test]

@@ -1,0 +1,276 @@
+//! The interdict event schema.
+//!
+//! One [`Event`] type for everything the agent reports: a denied exec, a killed process, a policy
+//! applied or rejected, the agent starting and stopping. Events are serialized as one JSON object
+//! per line (JSONL). Identifiers are UUIDv7 (time-ordered); command lines are bounded
+//! ([`MAX_ARGV_BYTES`]) and values that look like secrets are redacted before an event is built.
+#![deny(missing_docs)]
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+mod redact;
+pub use redact::{bound_argv, redact_argv, MAX_ARGV_BYTES, REDACTED, TRUNCATED};
+
+/// What happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    /// An exec was denied before it ran (fanotify).
+    ExecDenied,
+    /// A running process was killed.
+    ProcessKilled,
+    /// An exec matched a rule and was reported (report action, monitor mode, not yet enforced,
+    /// or a block that could not be carried out).
+    ExecReported,
+    /// A script open was denied (script guard).
+    ScriptDenied,
+    /// A policy was validated and put in force.
+    PolicyApplied,
+    /// A policy was rejected; the previous one stays in force.
+    PolicyRejected,
+    /// The agent started.
+    AgentStarted,
+    /// The agent stopped.
+    AgentStopped,
+    /// A sensor could not start or stopped working.
+    SensorDegraded,
+}
+
+/// What the agent did about a match.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// The exec or open failed with EPERM.
+    Denied,
+    /// The process was killed.
+    Killed,
+    /// The process could not be killed (gone already, or not permitted).
+    KillFailed,
+    /// Only reported, as the rule says.
+    Reported,
+    /// Would have been blocked or killed; monitor mode or `enforce_from` in the future.
+    WouldEnforce,
+    /// Allowed because the decision missed its deadline (fail-open); see `message`.
+    AllowedOnDeadline,
+    /// Denied because the decision missed its deadline (fail-closed).
+    DeniedOnDeadline,
+    /// Not enforced: the target is protected (the agent itself, PID 1, a critical binary).
+    Protected,
+}
+
+/// The rule that matched, with the evidence.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RuleRef {
+    /// Rule id.
+    pub id: String,
+    /// Rule name (the tool).
+    pub name: String,
+    /// low, medium, high or critical.
+    pub risk: String,
+    /// The configured action.
+    pub action: String,
+    /// The selector kind that matched.
+    pub selector: String,
+    /// The rule's value that matched (glob, name, package, digest).
+    pub pattern: String,
+    /// The fact that matched it.
+    pub matched: String,
+}
+
+/// The process involved.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessRef {
+    /// Process id.
+    pub pid: u32,
+    /// Parent process id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ppid: Option<u32>,
+    /// Executable path.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exe: Option<String>,
+    /// Arguments, redacted and bounded.
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub argv: Vec<String>,
+    /// Working directory.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cwd: Option<String>,
+    /// User id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub uid: Option<u32>,
+    /// User name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// Start time in clock ticks since boot (`/proc/PID/stat` field 22): with the pid, a unique
+    /// process identity.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<u64>,
+    /// The parent's executable.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parent_exe: Option<String>,
+}
+
+/// The file involved.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileRef {
+    /// Path.
+    pub path: String,
+    /// SHA-256, hex, when computed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    /// Size in bytes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
+}
+
+/// The policy in force.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyRef {
+    /// Policy name.
+    pub name: String,
+    /// Policy version.
+    pub version: String,
+    /// SHA-256 of the policy file.
+    pub sha256: String,
+    /// enforce or monitor.
+    pub mode: String,
+}
+
+/// One event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    /// UUIDv7.
+    pub id: String,
+    /// RFC 3339 UTC time with milliseconds.
+    pub time: String,
+    /// Stable host id (`/etc/machine-id`).
+    pub host_id: String,
+    /// Host name.
+    pub hostname: String,
+    /// What happened.
+    pub kind: EventKind,
+    /// What the agent did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<Outcome>,
+    /// The sensor that saw it (fanotify, proc_connector, poll, script_guard).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sensor: Option<String>,
+    /// The matching rule.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rule: Option<RuleRef>,
+    /// The process.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub process: Option<ProcessRef>,
+    /// The file.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub file: Option<FileRef>,
+    /// The policy in force.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub policy: Option<PolicyRef>,
+    /// Free text: diagnostics of a rejected policy, why a sensor degraded, ...
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// Who is reporting: the host's identity, stamped on every event.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Origin {
+    /// Stable host id.
+    pub host_id: String,
+    /// Host name.
+    pub hostname: String,
+}
+
+impl Origin {
+    /// A new event of `kind`, stamped now with a fresh UUIDv7.
+    pub fn event(&self, kind: EventKind) -> Event {
+        let now = SystemTime::now();
+        Event {
+            id: uuid::Uuid::now_v7().to_string(),
+            time: rfc3339(now),
+            host_id: self.host_id.clone(),
+            hostname: self.hostname.clone(),
+            kind,
+            outcome: None,
+            sensor: None,
+            rule: None,
+            process: None,
+            file: None,
+            policy: None,
+            message: None,
+        }
+    }
+}
+
+impl Event {
+    /// One line of JSON, without the newline.
+    pub fn to_json_line(&self) -> String {
+        serde_json::to_string(self).expect("events always serialize")
+    }
+}
+
+/// Format a time as RFC 3339 in UTC with millisecond precision, e.g. `2026-11-26T20:00:13.123Z`.
+pub fn rfc3339(t: SystemTime) -> String {
+    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = d.as_secs() as i64;
+    let (y, m, day) = civil_from_days(secs.div_euclid(86_400));
+    let sod = secs.rem_euclid(86_400);
+    format!(
+        "{y:04}-{m:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        sod / 3600,
+        (sod / 60) % 60,
+        sod % 60,
+        d.subsec_millis()
+    )
+}
+
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (yoe + era * 400 + i64::from(month <= 2), month, day)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn rfc3339_formats_utc_millis() {
+        let t = UNIX_EPOCH + Duration::from_millis(1_795_996_813_123);
+        assert_eq!(rfc3339(t), "2026-11-30T00:00:13.123Z");
+        assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
+    }
+
+    #[test]
+    fn ids_are_uuid_v7_and_ordered() {
+        let o = Origin::default();
+        let a = o.event(EventKind::AgentStarted);
+        std::thread::sleep(Duration::from_millis(2));
+        let b = o.event(EventKind::AgentStopped);
+        assert_eq!(uuid::Uuid::parse_str(&a.id).unwrap().get_version_num(), 7);
+        assert!(a.id < b.id);
+    }
+
+    #[test]
+    fn json_round_trip_skips_empty_fields() {
+        let mut e = Origin {
+            host_id: "h".into(),
+            hostname: "n".into(),
+        }
+        .event(EventKind::ExecDenied);
+        e.outcome = Some(Outcome::Denied);
+        let line = e.to_json_line();
+        assert!(line.contains("\"kind\":\"exec_denied\""), "{line}");
+        assert!(!line.contains("\"rule\""), "{line}");
+        let back: Event = serde_json::from_str(&line).unwrap();
+        assert_eq!(back, e);
+    }
+}

@@ -1,0 +1,306 @@
+//! The agent's configuration file: TOML, every key documented with its default, read like a
+//! policy (unknown keys rejected, every problem reported at once as `FILE:LINE:COL`).
+
+use std::path::{Path, PathBuf};
+
+use interdict_policy::fields::{Fields, Value};
+use interdict_policy::{Code, Diagnostics, SourceText};
+use toml::de::DeValue;
+
+/// What to answer when a decision misses its deadline or fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailMode {
+    /// Allow the exec (and kill it afterwards if it turns out banned).
+    Open,
+    /// Deny the exec.
+    Closed,
+}
+
+impl std::str::FromStr for FailMode {
+    type Err = ();
+    fn from_str(s: &str) -> Result<Self, ()> {
+        match s {
+            "open" => Ok(FailMode::Open),
+            "closed" => Ok(FailMode::Closed),
+            _ => Err(()),
+        }
+    }
+}
+
+/// The whole configuration, with defaults filled in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentConfig {
+    /// `[agent] state_dir`: where the agent keeps its state.
+    pub state_dir: PathBuf,
+    /// `[agent] event_log`: the local JSONL event log.
+    pub event_log: PathBuf,
+    /// `[agent] control_socket`: the Unix socket for `status` and `reload`.
+    pub control_socket: PathBuf,
+    /// `[agent] admin_group`: a group whose members may use the control socket besides root.
+    pub admin_group: Option<String>,
+    /// `[agent] event_queue`: events buffered between the sensors and the event log; when full,
+    /// new events are dropped and counted (`event_drops` in status).
+    pub event_queue: usize,
+    /// `[exec] fanotify`: the pre-exec guard.
+    pub fanotify: bool,
+    /// `[exec] mounts`: mounts to mark; empty = every local filesystem that can hold executables.
+    pub mounts: Vec<PathBuf>,
+    /// `[exec] deadline_ms`: every permission event is answered within this budget.
+    pub deadline_ms: u64,
+    /// `[exec] fail_mode`: the answer when the budget runs out or the decision fails.
+    pub fail_mode: FailMode,
+    /// `[exec] workers`: threads deciding cache misses (hashing).
+    pub workers: usize,
+    /// `[exec] queue`: permission events waiting for a worker; when full the event is answered
+    /// at once per `fail_mode` and counted (`queue_drops`).
+    pub queue: usize,
+    /// `[exec] proc_connector`: the netlink exec sensor (kills what got through).
+    pub proc_connector: bool,
+    /// `[exec] script_guard`: deny opens of banned interpreter scripts (fanotify on those files).
+    pub script_guard: bool,
+    /// `[exec] script_roots`: where the script guard looks for banned scripts; empty = the
+    /// scan's default install roots.
+    pub script_roots: Vec<PathBuf>,
+    /// `[exec] poll_interval_ms`: periodic process sweeps; 0 = only when neither kernel sensor
+    /// runs (then every 2 s).
+    pub poll_interval_ms: u64,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        AgentConfig {
+            state_dir: "/var/lib/interdict".into(),
+            event_log: "/var/log/interdict/events.jsonl".into(),
+            control_socket: "/run/interdict/control.sock".into(),
+            admin_group: None,
+            event_queue: 65_536,
+            fanotify: true,
+            mounts: Vec::new(),
+            deadline_ms: 1000,
+            fail_mode: FailMode::Open,
+            workers: 4,
+            queue: 4096,
+            proc_connector: true,
+            script_guard: true,
+            script_roots: Vec::new(),
+            poll_interval_ms: 0,
+        }
+    }
+}
+
+const AGENT_KEYS: &[&str] = &[
+    "state_dir",
+    "event_log",
+    "control_socket",
+    "admin_group",
+    "event_queue",
+];
+const EXEC_KEYS: &[&str] = &[
+    "fanotify",
+    "mounts",
+    "deadline_ms",
+    "fail_mode",
+    "workers",
+    "queue",
+    "proc_connector",
+    "script_guard",
+    "script_roots",
+    "poll_interval_ms",
+];
+
+fn absolute(f: &mut Fields<'_>, key: &str, v: &Value<'_>) -> Option<PathBuf> {
+    let (s, span) = f.string(key, v)?;
+    if !s.starts_with('/') {
+        f.err(
+            Code::BadValue,
+            span,
+            format!("`{key}` must be an absolute path"),
+        );
+        return None;
+    }
+    Some(PathBuf::from(s))
+}
+
+fn absolute_list(f: &mut Fields<'_>, key: &str, v: &Value<'_>) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for (s, span) in f.string_list(key, v) {
+        if s.starts_with('/') {
+            out.push(PathBuf::from(s));
+        } else {
+            f.err(
+                Code::BadValue,
+                span,
+                format!("`{key}` entries must be absolute paths"),
+            );
+        }
+    }
+    out
+}
+
+/// Parse and validate configuration text. `name` is how diagnostics name the file.
+pub fn parse(name: &str, text: &str) -> Result<AgentConfig, Diagnostics> {
+    let src = SourceText::new(name, text);
+    let mut f = Fields::new(&src);
+    let mut c = AgentConfig::default();
+    let Some(root) = f.parse_document(text) else {
+        return Err(f.finish());
+    };
+    for (k, v) in root.iter() {
+        let table = k.get_ref().as_ref();
+        let known = match table {
+            "agent" => AGENT_KEYS,
+            "exec" => EXEC_KEYS,
+            _ => {
+                f.unknown_key("the top level", k, &["agent", "exec"]);
+                continue;
+            }
+        };
+        let DeValue::Table(t) = v.get_ref() else {
+            f.wrong_type(table, "a table", v);
+            continue;
+        };
+        for (k, v) in t.iter() {
+            let key = k.get_ref().as_ref();
+            match (table, key) {
+                ("agent", "state_dir") => {
+                    c.state_dir = absolute(&mut f, key, v).unwrap_or(c.state_dir)
+                }
+                ("agent", "event_log") => {
+                    c.event_log = absolute(&mut f, key, v).unwrap_or(c.event_log)
+                }
+                ("agent", "control_socket") => {
+                    c.control_socket = absolute(&mut f, key, v).unwrap_or(c.control_socket)
+                }
+                ("agent", "admin_group") => c.admin_group = f.string(key, v).map(|s| s.0),
+                ("agent", "event_queue") => {
+                    if let Some(n) = f.integer(key, v, 1 << 24) {
+                        c.event_queue = (n as usize).max(1);
+                    }
+                }
+                ("exec", "fanotify") => c.fanotify = f.boolean(key, v).unwrap_or(c.fanotify),
+                ("exec", "mounts") => c.mounts = absolute_list(&mut f, key, v),
+                ("exec", "deadline_ms") => {
+                    if let Some(n) = f.integer(key, v, 60_000) {
+                        if n < 10 {
+                            f.err(
+                                Code::BadValue,
+                                v.span(),
+                                "`deadline_ms` must be at least 10",
+                            );
+                        }
+                        c.deadline_ms = n.max(10);
+                    }
+                }
+                ("exec", "fail_mode") => {
+                    if let Some(m) =
+                        f.keyword::<FailMode>(key, v, Code::BadValue, &["open", "closed"])
+                    {
+                        c.fail_mode = m;
+                    }
+                }
+                ("exec", "workers") => {
+                    if let Some(n) = f.integer(key, v, 64) {
+                        c.workers = (n as usize).max(1);
+                    }
+                }
+                ("exec", "queue") => {
+                    if let Some(n) = f.integer(key, v, 1 << 20) {
+                        c.queue = (n as usize).max(1);
+                    }
+                }
+                ("exec", "proc_connector") => {
+                    c.proc_connector = f.boolean(key, v).unwrap_or(c.proc_connector)
+                }
+                ("exec", "script_guard") => {
+                    c.script_guard = f.boolean(key, v).unwrap_or(c.script_guard)
+                }
+                ("exec", "script_roots") => c.script_roots = absolute_list(&mut f, key, v),
+                ("exec", "poll_interval_ms") => {
+                    if let Some(n) = f.integer(key, v, 86_400_000) {
+                        c.poll_interval_ms = n;
+                    }
+                }
+                _ => f.unknown_key(&format!("[{table}]"), k, known),
+            }
+        }
+    }
+    let d = f.finish();
+    if d.has_errors() {
+        Err(d)
+    } else {
+        Ok(c)
+    }
+}
+
+/// Why the configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{path}: cannot read configuration: {}", crate::io_reason(source))]
+    Io {
+        /// The file.
+        path: String,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The file is invalid.
+    #[error("{0}")]
+    Invalid(Diagnostics),
+}
+
+/// Load the configuration file, or the defaults when `path` is `None`.
+pub fn load(path: Option<&Path>) -> Result<AgentConfig, ConfigError> {
+    let Some(path) = path else {
+        return Ok(AgentConfig::default());
+    };
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+        path: path.display().to_string(),
+        source,
+    })?;
+    parse(&path.display().to_string(), &text).map_err(ConfigError::Invalid)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_gives_documented_defaults() {
+        assert_eq!(parse("c.toml", "").unwrap(), AgentConfig::default());
+    }
+
+    #[test]
+    fn every_problem_at_once() {
+        let text = "[agent]\nstate_dir = \"relative\"\nevent_lgo = \"/x\"\n\n[exec]\ndeadline_ms = 5\nfail_mode = \"sideways\"\nmounts = [\"/ok\", \"bad\"]\nfanotify = \"yes\"\n[extra]\n";
+        let err = parse("c.toml", text).unwrap_err().to_string();
+        let want = [
+            "c.toml:2:13: error[bad-value]: `state_dir` must be an absolute path",
+            "c.toml:3:1: error[unknown-key]: unknown key `event_lgo` in [agent]",
+            "c.toml:6:15: error[bad-value]: `deadline_ms` must be at least 10",
+            "c.toml:7:13: error[bad-value]: `fail_mode` is `sideways`, expected one of: open, closed",
+            "c.toml:8:18: error[bad-value]: `mounts` entries must be absolute paths",
+            "c.toml:9:12: error[wrong-type]: `fanotify` must be true or false, found a string",
+            "c.toml:10:2: error[unknown-key]: unknown key `extra` in the top level",
+        ];
+        for w in want {
+            assert!(err.contains(w), "missing {w:?} in:\n{err}");
+        }
+        assert_eq!(err.lines().count(), want.len(), "{err}");
+    }
+
+    #[test]
+    fn values_are_read() {
+        let c = parse(
+            "c.toml",
+            "[agent]\nevent_log = \"/tmp/e.jsonl\"\nadmin_group = \"it\"\n[exec]\nmounts = [\"/mnt/t\"]\ndeadline_ms = 250\nfail_mode = \"closed\"\nproc_connector = false\n",
+        )
+        .unwrap();
+        assert_eq!(c.event_log, PathBuf::from("/tmp/e.jsonl"));
+        assert_eq!(c.admin_group.as_deref(), Some("it"));
+        assert_eq!(c.mounts, vec![PathBuf::from("/mnt/t")]);
+        assert_eq!(
+            (c.deadline_ms, c.fail_mode, c.proc_connector),
+            (250, FailMode::Closed, false)
+        );
+    }
+}

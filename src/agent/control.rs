@@ -1,0 +1,223 @@
+//! The control socket: `interdict status` and `interdict reload` talk to the agent over a Unix
+//! socket, root-only by default (mode 0600), or root and one admin group (mode 0660). Every
+//! connection's peer credentials (`SO_PEERCRED`) are checked as well.
+//!
+//! Protocol: one request line (`status` or `reload`), one JSON reply line.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use interdict_event::PolicyRef;
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+
+use super::metrics::{CounterSnapshot, LatencySnapshot};
+use super::state::{SensorState, Shared};
+
+/// What `interdict status` shows.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Status {
+    /// interdict version.
+    pub version: String,
+    /// Agent process id.
+    pub pid: u32,
+    /// Seconds since start.
+    pub uptime_s: u64,
+    /// enforce or monitor.
+    pub mode: String,
+    /// The policy in force.
+    pub policy: PolicyRef,
+    /// Policy generation (1 at start, +1 per applied reload).
+    pub generation: u64,
+    /// Every sensor and its state.
+    pub sensors: Vec<SensorState>,
+    /// Counters.
+    pub counters: CounterSnapshot,
+    /// Decision latency of permission events.
+    pub latency: LatencySnapshot,
+    /// Resident memory in KiB.
+    pub rss_kib: u64,
+}
+
+/// The reply to `reload`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReloadReply {
+    /// True when the new policy is in force.
+    pub applied: bool,
+    /// What happened (the diagnostics of a rejected policy).
+    pub message: String,
+}
+
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.split_whitespace().next())
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// The status now.
+pub fn status(shared: &Shared, started: std::time::Instant) -> Status {
+    let active = shared.active.load();
+    let mut sensors = shared.sensors.lock().expect("sensors poisoned").clone();
+    sensors.sort_by(|a, b| a.name.cmp(&b.name));
+    Status {
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        pid: std::process::id(),
+        uptime_s: started.elapsed().as_secs(),
+        mode: active.loaded.policy.info().mode.to_string(),
+        policy: active.policy_ref(),
+        generation: active.generation,
+        sensors,
+        counters: shared.metrics.c.snapshot(),
+        latency: shared.metrics.latency.snapshot(),
+        rss_kib: rss_kib(),
+    }
+}
+
+fn group_gid(name: &str) -> Option<u32> {
+    let text = std::fs::read_to_string("/etc/group").ok()?;
+    text.lines().find_map(|l| {
+        let f: Vec<&str> = l.split(':').collect();
+        (f.len() >= 3 && f[0] == name)
+            .then(|| f[2].parse().ok())
+            .flatten()
+    })
+}
+
+/// Serve the control socket until shutdown.
+pub async fn serve(
+    shared: Arc<Shared>,
+    started: std::time::Instant,
+    reload: tokio::sync::mpsc::Sender<tokio::sync::oneshot::Sender<ReloadReply>>,
+) -> std::io::Result<()> {
+    let path = shared.config.control_socket.clone();
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let _ = std::fs::remove_file(&path);
+    let listener = tokio::net::UnixListener::bind(&path)?;
+    let admin_gid = shared.config.admin_group.as_deref().and_then(group_gid);
+    let mode = if admin_gid.is_some() { 0o660 } else { 0o600 };
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))?;
+    if let Some(gid) = admin_gid {
+        std::os::unix::fs::chown(&path, Some(0), Some(gid))?;
+    }
+    loop {
+        let (stream, _) = tokio::select! {
+            r = listener.accept() => r?,
+            _ = shared.shutdown.wait() => break,
+        };
+        let allowed = match stream.peer_cred() {
+            Ok(c) => {
+                c.uid() == 0
+                    || Some(c.gid()) == admin_gid
+                    || admin_gid.is_some_and(|g| {
+                        shared
+                            .accounts
+                            .groups_of(c.uid())
+                            .iter()
+                            .any(|n| group_gid(n) == Some(g))
+                    })
+            }
+            Err(_) => false,
+        };
+        let (shared, reload) = (shared.clone(), reload.clone());
+        tokio::spawn(async move {
+            let (r, mut w) = stream.into_split();
+            if !allowed {
+                let _ = w.write_all(b"{\"error\":\"permission denied\"}\n").await;
+                return;
+            }
+            let mut line = String::new();
+            let mut r = tokio::io::BufReader::new(r);
+            if tokio::time::timeout(Duration::from_secs(5), r.read_line(&mut line))
+                .await
+                .is_err()
+            {
+                return;
+            }
+            let reply = match line.trim() {
+                "status" => {
+                    serde_json::to_string(&status(&shared, started)).expect("status serializes")
+                }
+                "reload" => {
+                    let (tx, rx) = tokio::sync::oneshot::channel();
+                    let reply = if reload.send(tx).await.is_ok() {
+                        rx.await.unwrap_or(ReloadReply {
+                            applied: false,
+                            message: "the agent is shutting down".into(),
+                        })
+                    } else {
+                        ReloadReply {
+                            applied: false,
+                            message: "the agent is shutting down".into(),
+                        }
+                    };
+                    serde_json::to_string(&reply).expect("reply serializes")
+                }
+                other => {
+                    serde_json::json!({ "error": format!("unknown command `{other}`") }).to_string()
+                }
+            };
+            let _ = w.write_all(reply.as_bytes()).await;
+            let _ = w.write_all(b"\n").await;
+        });
+    }
+    let _ = std::fs::remove_file(&path);
+    Ok(())
+}
+
+/// Send one command to the agent and return its reply line.
+pub fn request(socket: &Path, command: &str) -> anyhow::Result<String> {
+    use anyhow::Context;
+    let mut s = std::os::unix::net::UnixStream::connect(socket)
+        .with_context(|| format!("cannot reach the agent at {}", socket.display()))?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    s.write_all(format!("{command}\n").as_bytes())?;
+    let mut line = String::new();
+    BufReader::new(s).read_line(&mut line)?;
+    if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
+        if let Some(e) = v.get("error").and_then(|e| e.as_str()) {
+            anyhow::bail!("the agent refused: {e}");
+        }
+    }
+    Ok(line)
+}
+
+/// Render a status for people.
+pub fn render(s: &Status) -> String {
+    let mut out = format!(
+        "interdict {} (pid {}), up {} s\npolicy: {} {} ({}), sha256 {}, generation {}\nsensors:\n",
+        s.version,
+        s.pid,
+        s.uptime_s,
+        s.policy.name,
+        s.policy.version,
+        s.mode,
+        s.policy.sha256,
+        s.generation
+    );
+    for x in &s.sensors {
+        out.push_str(&format!("  {:<15} {:<8} {}\n", x.name, x.state, x.detail));
+    }
+    let c = serde_json::to_value(&s.counters).expect("counters serialize");
+    out.push_str("counters:\n");
+    if let Some(map) = c.as_object() {
+        for (k, v) in map {
+            out.push_str(&format!("  {k:<22} {v}\n"));
+        }
+    }
+    out.push_str(&format!(
+        "decision latency: p50 {:.1} µs, p99 {:.1} µs, max {:.1} µs over {} decisions\nrss: {} KiB\n",
+        s.latency.p50_us, s.latency.p99_us, s.latency.max_us, s.latency.count, s.rss_kib
+    ));
+    out
+}

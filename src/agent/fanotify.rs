@@ -1,0 +1,628 @@
+//! The fanotify guard: exec permission events (`FAN_OPEN_EXEC_PERM`) on the configured mounts,
+//! and open permission events (`FAN_OPEN_PERM`) on the banned interpreter scripts themselves.
+//!
+//! Threads and what they may wait on:
+//! - the **reader** reads events and answers cache hits and the agent's own opens at once; a miss
+//!   goes to the workers through a bounded queue (when full: answered at once per `fail_mode`,
+//!   counted as `queue_drops`). It never logs, never touches the disk, never takes a lock held
+//!   by slow work (the cache lock is only held for a lookup or an insert);
+//! - **workers** decide misses: path rules on the descriptor's path, SHA-256 through the event's
+//!   own descriptor (never reopened by path), shared between concurrent execs of one file;
+//! - the **deadline** thread answers, per `fail_mode`, every event still unanswered after
+//!   `deadline_ms`; if the late decision turns out to be a block, the worker kills what started.
+//!
+//! Each event is answered exactly once (an atomic flag decides who answers). On a fatal error the
+//! reader stops and the fanotify descriptor is closed as soon as the workers let go of it; the
+//! kernel then lets pending events through.
+
+use std::collections::{HashMap, VecDeque};
+use std::ffi::CString;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use interdict_event::{EventKind, FileRef, Outcome};
+use interdict_policy::Facts;
+
+use super::config::FailMode;
+use super::judge::{self, Plan};
+use super::metrics::inc;
+use super::state::Shared;
+use crate::hash::FileKey;
+
+const FAN_ALLOW: u32 = 0x01;
+const FAN_DENY: u32 = 0x02;
+
+/// A decision remembered for a file identity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cached {
+    Allow,
+    Deny,
+}
+
+/// Decision cache keyed by file identity, kind of event and policy generation. Allow entries live
+/// until the policy changes; the whole cache is dropped past its size cap.
+#[derive(Debug, Default)]
+struct DecisionCache {
+    map: Mutex<HashMap<(FileKey, bool), (u64, Cached)>>,
+}
+
+const CACHE_CAP: usize = 65_536;
+
+impl DecisionCache {
+    fn get(&self, key: &(FileKey, bool), generation: u64) -> Option<Cached> {
+        let map = self.map.lock().expect("cache poisoned");
+        match map.get(key) {
+            Some((g, c)) if *g == generation => Some(*c),
+            _ => None,
+        }
+    }
+
+    fn put(&self, key: (FileKey, bool), generation: u64, c: Cached) {
+        let mut map = self.map.lock().expect("cache poisoned");
+        if map.len() >= CACHE_CAP {
+            map.clear();
+        }
+        map.insert(key, (generation, c));
+    }
+}
+
+/// One permission event waiting for its answer.
+struct Pending {
+    /// The event's descriptor: open on the file being executed (or the script being opened).
+    fd: OwnedFd,
+    pid: u32,
+    key: FileKey,
+    size: u64,
+    /// True for `FAN_OPEN_PERM` on a banned script; false for an exec.
+    script: bool,
+    answered: AtomicBool,
+    /// The process, read before a cached deny is answered (it is gone soon after).
+    info: Option<crate::procs::ProcessInfo>,
+    /// Set when the deadline answered first.
+    expired: AtomicBool,
+    start: Instant,
+}
+
+struct Guard {
+    fan: OwnedFd,
+    shared: Arc<Shared>,
+    cache: DecisionCache,
+    fail: u32,
+}
+
+impl Guard {
+    fn respond(&self, fd: RawFd, answer: u32) {
+        let r = libc::fanotify_response {
+            fd,
+            response: answer,
+        };
+        // A failed write means the event is gone (the process died); nothing to do.
+        unsafe {
+            libc::write(
+                self.fan.as_raw_fd(),
+                (&r as *const libc::fanotify_response).cast(),
+                std::mem::size_of::<libc::fanotify_response>(),
+            )
+        };
+    }
+
+    /// Answer once: true if this call answered.
+    fn answer_once(&self, p: &Pending, answer: u32) -> bool {
+        if p.answered.swap(true, Ordering::SeqCst) {
+            return false;
+        }
+        self.respond(p.fd.as_raw_fd(), answer);
+        true
+    }
+}
+
+/// What the fanotify guard covers, for status.
+#[derive(Debug, Clone)]
+pub struct Coverage {
+    /// Mounts marked for exec events.
+    pub mounts: Vec<PathBuf>,
+}
+
+/// A running guard: mark more script files through it.
+#[derive(Clone)]
+pub struct ScriptMarker {
+    fan: Arc<Guard>,
+}
+
+impl ScriptMarker {
+    /// Deny every open of `path` until the agent decides (`FAN_OPEN_PERM` on that file only).
+    pub fn mark(&self, path: &Path) -> std::io::Result<()> {
+        mark(
+            self.fan.fan.as_raw_fd(),
+            libc::FAN_MARK_ADD,
+            libc::FAN_OPEN_PERM,
+            path,
+        )
+    }
+}
+
+fn mark(fan: RawFd, flags: libc::c_uint, mask: u64, path: &Path) -> std::io::Result<()> {
+    let c = CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
+    let r = unsafe { libc::fanotify_mark(fan, flags, mask, libc::AT_FDCWD, c.as_ptr()) };
+    if r < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// Local filesystems that can hold executables, from `/proc/self/mountinfo`: every mount whose
+/// type is a disk or memory filesystem and that is not `noexec`.
+pub fn default_mounts() -> Vec<PathBuf> {
+    const TYPES: &[&str] = &[
+        "ext2", "ext3", "ext4", "xfs", "btrfs", "f2fs", "zfs", "tmpfs", "overlay", "vfat", "exfat",
+        "ntfs3", "squashfs", "erofs", "fuseblk", "reiserfs", "jfs",
+    ];
+    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let Some((pre, post)) = line.split_once(" - ") else {
+            continue;
+        };
+        let pre: Vec<&str> = pre.split_whitespace().collect();
+        let fstype = post.split_whitespace().next().unwrap_or("");
+        if pre.len() < 6 || !TYPES.contains(&fstype) || pre[5].split(',').any(|o| o == "noexec") {
+            continue;
+        }
+        let mp = pre[4].replace("\\040", " ");
+        if mp.starts_with("/proc") || mp.starts_with("/sys") || mp.starts_with("/dev") {
+            continue;
+        }
+        out.push(PathBuf::from(mp));
+    }
+    out
+}
+
+/// Start the guard. Returns the script marker, or why it could not start.
+pub fn start(shared: Arc<Shared>) -> Result<ScriptMarker, String> {
+    let cfg = &shared.config;
+    let fd = unsafe {
+        libc::fanotify_init(
+            libc::FAN_CLASS_CONTENT | libc::FAN_CLOEXEC,
+            (libc::O_RDONLY | libc::O_LARGEFILE | libc::O_CLOEXEC) as libc::c_uint,
+        )
+    };
+    if fd < 0 {
+        let e = std::io::Error::last_os_error();
+        return Err(match e.raw_os_error() {
+            Some(libc::EPERM) => "not permitted (needs root / CAP_SYS_ADMIN)".to_string(),
+            Some(libc::ENOSYS) => "kernel without fanotify".to_string(),
+            _ => format!("fanotify_init: {e}"),
+        });
+    }
+    let fan = unsafe { OwnedFd::from_raw_fd(fd) };
+    let mounts = if cfg.mounts.is_empty() {
+        default_mounts()
+    } else {
+        cfg.mounts.clone()
+    };
+    let mut marked = Vec::new();
+    let mut failed = Vec::new();
+    for m in &mounts {
+        match mark(
+            fan.as_raw_fd(),
+            libc::FAN_MARK_ADD | libc::FAN_MARK_MOUNT,
+            libc::FAN_OPEN_EXEC_PERM,
+            m,
+        ) {
+            Ok(()) => {
+                if let Ok(meta) = std::fs::metadata(m) {
+                    use std::os::unix::fs::MetadataExt;
+                    shared
+                        .fanotify_devs
+                        .lock()
+                        .expect("devs poisoned")
+                        .insert(meta.dev());
+                }
+                marked.push(m.clone())
+            }
+            Err(e) => failed.push(format!("{}: {}", m.display(), crate::io_reason(&e))),
+        }
+    }
+    if marked.is_empty() {
+        return Err(format!("no mount could be marked ({})", failed.join("; ")));
+    }
+    let guard = Arc::new(Guard {
+        fan,
+        shared: shared.clone(),
+        cache: DecisionCache::default(),
+        fail: match cfg.fail_mode {
+            FailMode::Open => FAN_ALLOW,
+            FailMode::Closed => FAN_DENY,
+        },
+    });
+    let detail = format!(
+        "exec guard on {} mount(s): {}{}",
+        marked.len(),
+        marked
+            .iter()
+            .map(|m| m.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", "),
+        if failed.is_empty() {
+            String::new()
+        } else {
+            format!("; not marked: {}", failed.join("; "))
+        }
+    );
+    shared.set_sensor("fanotify", "running", detail);
+
+    let (work_tx, work_rx) = sync_channel::<Arc<Pending>>(cfg.queue);
+    let work_rx = Arc::new(Mutex::new(work_rx));
+    let (dl_tx, dl_rx) = std::sync::mpsc::channel::<Arc<Pending>>();
+    let deadline = Duration::from_millis(cfg.deadline_ms);
+    for i in 0..cfg.workers {
+        let (g, rx) = (guard.clone(), work_rx.clone());
+        std::thread::Builder::new()
+            .name(format!("fan-worker-{i}"))
+            .spawn(move || worker(g, rx))
+            .map_err(|e| e.to_string())?;
+    }
+    {
+        let g = guard.clone();
+        std::thread::Builder::new()
+            .name("fan-deadline".into())
+            .spawn(move || deadline_loop(g, dl_rx, deadline))
+            .map_err(|e| e.to_string())?;
+    }
+    {
+        let g = guard.clone();
+        std::thread::Builder::new()
+            .name("fan-reader".into())
+            .spawn(move || reader(g, work_tx, dl_tx))
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(ScriptMarker { fan: guard })
+}
+
+fn reader(
+    g: Arc<Guard>,
+    work: SyncSender<Arc<Pending>>,
+    deadlines: std::sync::mpsc::Sender<Arc<Pending>>,
+) {
+    let shared = g.shared.clone();
+    let me = std::process::id();
+    let mut buf = vec![0u8; 64 * 1024];
+    let meta_len = std::mem::size_of::<libc::fanotify_event_metadata>();
+    let fatal = loop {
+        let mut fds = [
+            libc::pollfd {
+                fd: g.fan.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: shared.shutdown.fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        let r = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+        if r < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::EINTR) {
+                continue;
+            }
+            break Some(format!("poll: {e}"));
+        }
+        if shared.shutdown.is_triggered() {
+            break None;
+        }
+        let n = unsafe { libc::read(g.fan.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            match e.raw_os_error() {
+                Some(libc::EINTR) | Some(libc::EAGAIN) => continue,
+                _ => break Some(format!("read: {e}")),
+            }
+        }
+        let n = n as usize;
+        let mut off = 0;
+        while off + meta_len <= n {
+            let m: libc::fanotify_event_metadata =
+                unsafe { std::ptr::read_unaligned(buf[off..].as_ptr().cast()) };
+            if m.vers != libc::FANOTIFY_METADATA_VERSION {
+                // Not a layout we understand: answer nothing more, close the descriptor.
+                return finish(&g, Some("fanotify metadata version mismatch".into()));
+            }
+            off += (m.event_len as usize).max(meta_len);
+            if m.mask & libc::FAN_Q_OVERFLOW != 0 {
+                inc(&shared.metrics.c.fanotify_overflows);
+            }
+            if m.fd < 0 {
+                continue;
+            }
+            let fd = unsafe { OwnedFd::from_raw_fd(m.fd) };
+            let script = m.mask & libc::FAN_OPEN_PERM != 0;
+            if !script {
+                inc(&shared.metrics.c.execs_seen);
+            }
+            handle(&g, fd, m.pid as u32, script, me, &work, &deadlines);
+        }
+    };
+    finish(&g, fatal);
+}
+
+fn finish(g: &Guard, fatal: Option<String>) {
+    if let Some(why) = fatal {
+        g.shared.set_sensor(
+            "fanotify",
+            "failed",
+            format!("stopped: {why}; descriptor closed"),
+        );
+        let mut e = g.shared.event(EventKind::SensorDegraded);
+        e.sensor = Some("fanotify".into());
+        e.message = Some(why);
+        g.shared.emit(e);
+    } else {
+        g.shared.set_sensor("fanotify", "stopped", "shut down");
+    }
+}
+
+fn handle(
+    g: &Arc<Guard>,
+    fd: OwnedFd,
+    pid: u32,
+    script: bool,
+    me: u32,
+    work: &SyncSender<Arc<Pending>>,
+    deadlines: &std::sync::mpsc::Sender<Arc<Pending>>,
+) {
+    let start = Instant::now();
+    let shared = &g.shared;
+    // The agent's own opens and execs are always allowed.
+    if pid == me {
+        g.respond(fd.as_raw_fd(), FAN_ALLOW);
+        return;
+    }
+    let Some(key) = FileKey::of_fd(&fd) else {
+        g.respond(fd.as_raw_fd(), g.fail);
+        return;
+    };
+    if shared.protected.contains(key.dev, key.ino) {
+        g.respond(fd.as_raw_fd(), FAN_ALLOW);
+        return;
+    }
+    let generation = shared.active.load().generation;
+    if let Some(c) = g.cache.get(&(key, script), generation) {
+        inc(&shared.metrics.c.cache_hits);
+        match c {
+            Cached::Allow => g.respond(fd.as_raw_fd(), FAN_ALLOW),
+            Cached::Deny => {
+                // Read the process while it still waits in exec (memory, not disk): the event
+                // needs it, and it exits right after the deny.
+                let info = crate::procs::read_proc(pid);
+                g.respond(fd.as_raw_fd(), FAN_DENY);
+                count_deny(shared, script);
+                // The event (with the evidence) is built off this thread.
+                let p = Arc::new(Pending {
+                    fd,
+                    pid,
+                    key,
+                    size: key.size,
+                    script,
+                    answered: AtomicBool::new(true),
+                    info,
+                    expired: AtomicBool::new(false),
+                    start,
+                });
+                let _ = work.try_send(p);
+            }
+        }
+        shared
+            .metrics
+            .latency
+            .record(start.elapsed().as_nanos() as u64);
+        return;
+    }
+    inc(&shared.metrics.c.cache_misses);
+    let p = Arc::new(Pending {
+        fd,
+        pid,
+        key,
+        size: key.size,
+        script,
+        answered: AtomicBool::new(false),
+        info: None,
+        expired: AtomicBool::new(false),
+        start,
+    });
+    match work.try_send(p.clone()) {
+        Ok(()) => {
+            let _ = deadlines.send(p);
+        }
+        Err(TrySendError::Full(p)) | Err(TrySendError::Disconnected(p)) => {
+            inc(&shared.metrics.c.queue_drops);
+            g.answer_once(&p, g.fail);
+            if g.fail == FAN_DENY {
+                count_deny(shared, script);
+            }
+        }
+    }
+}
+
+fn count_deny(shared: &Shared, script: bool) {
+    if script {
+        inc(&shared.metrics.c.scripts_denied);
+    } else {
+        inc(&shared.metrics.c.denied);
+    }
+}
+
+fn deadline_loop(g: Arc<Guard>, rx: Receiver<Arc<Pending>>, deadline: Duration) {
+    // Every event gets the same budget, so deadlines arrive in order: a queue suffices.
+    let mut queue: VecDeque<Arc<Pending>> = VecDeque::new();
+    loop {
+        let timeout = match queue.front() {
+            Some(p) => (p.start + deadline).saturating_duration_since(Instant::now()),
+            None => Duration::from_secs(3600),
+        };
+        match rx.recv_timeout(timeout) {
+            Ok(p) => queue.push_back(p),
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => {
+                // The reader stopped: answer whatever is still waiting, then leave.
+                for p in queue.drain(..) {
+                    g.answer_once(&p, g.fail);
+                }
+                return;
+            }
+        }
+        let now = Instant::now();
+        while let Some(p) = queue.front() {
+            if p.answered.load(Ordering::SeqCst) {
+                queue.pop_front();
+                continue;
+            }
+            if p.start + deadline > now {
+                break;
+            }
+            let p = queue.pop_front().expect("front exists");
+            p.expired.store(true, Ordering::SeqCst);
+            if g.answer_once(&p, g.fail) {
+                inc(&g.shared.metrics.c.deadline_expirations);
+                if g.fail == FAN_DENY {
+                    count_deny(&g.shared, p.script);
+                }
+            }
+        }
+    }
+}
+
+fn worker(g: Arc<Guard>, rx: Arc<Mutex<Receiver<Arc<Pending>>>>) {
+    loop {
+        let next = rx.lock().expect("work queue poisoned").recv();
+        let Ok(p) = next else { return };
+        decide(&g, &p);
+    }
+}
+
+/// Decide a cache miss (or describe a cached deny), answer if still unanswered, record.
+fn decide(g: &Guard, p: &Pending) {
+    let shared = &g.shared;
+    let active = shared.active.load_full();
+    let policy = &active.loaded.policy;
+    let path =
+        std::fs::read_link(format!("/proc/self/fd/{}", p.fd.as_raw_fd())).unwrap_or_default();
+    let mut facts = Facts {
+        host: Some(shared.origin.hostname.clone()),
+        ..Facts::default()
+    };
+    facts.add_name(path.file_name().map(|n| n.to_string_lossy().into_owned()));
+    let info = p.info.clone().or_else(|| crate::procs::read_proc(p.pid));
+    if let Some(uid) = info.as_ref().and_then(|i| i.uid) {
+        facts.user = Some(shared.accounts.user_name(uid));
+        facts.groups = shared.accounts.groups_of(uid);
+    }
+    let mut hash_failed = false;
+    let digest = if policy.needs_sha256() {
+        // Hash through the event's own descriptor: no second open by path, no race.
+        let f = p.fd.try_clone().map(std::fs::File::from);
+        match f.and_then(|f| {
+            let m = f.metadata()?;
+            shared.memo.hash_file(&f, &m)
+        }) {
+            Ok((d, _)) => Some(d),
+            Err(_) => {
+                hash_failed = true;
+                None
+            }
+        }
+    } else {
+        None
+    };
+    if p.script {
+        facts.script_path = Some(path.clone());
+        facts.script_sha256 = digest;
+    } else {
+        facts.exe_path = Some(path.clone());
+        facts.exe_sha256 = digest;
+    }
+    let decision = policy.evaluate(&facts);
+    let plan = judge::plan(policy, decision.as_ref(), shared.today());
+    let deny = plan == Plan::Stop;
+    let already_answered = p.answered.load(Ordering::SeqCst);
+    if !already_answered {
+        let answer = if hash_failed && !deny {
+            g.fail
+        } else if deny {
+            FAN_DENY
+        } else {
+            FAN_ALLOW
+        };
+        if g.answer_once(p, answer) {
+            shared
+                .metrics
+                .latency
+                .record(p.start.elapsed().as_nanos() as u64);
+            if answer == FAN_DENY {
+                count_deny(shared, p.script);
+            }
+        }
+        if !hash_failed && FileKey::of_fd(&p.fd) == Some(p.key) {
+            g.cache.put(
+                (p.key, p.script),
+                active.generation,
+                if deny { Cached::Deny } else { Cached::Allow },
+            );
+        }
+    }
+    let Some(d) = decision else { return };
+    let j = judge::Judged {
+        policy,
+        decision: &d,
+        facts: &facts,
+    };
+    let late = p.expired.load(Ordering::SeqCst) && g.fail == FAN_ALLOW;
+    match plan {
+        Plan::Allow => {}
+        Plan::Stop if !late => {
+            let mut e = shared.event(if p.script {
+                EventKind::ScriptDenied
+            } else {
+                EventKind::ExecDenied
+            });
+            e.outcome = Some(Outcome::Denied);
+            e.sensor = Some(if p.script { "script_guard" } else { "fanotify" }.into());
+            e.rule = Some(judge::rule_ref(policy, &d, &facts));
+            e.process = Some(match &info {
+                Some(i) => judge::process_ref(shared, i),
+                None => interdict_event::ProcessRef {
+                    pid: p.pid,
+                    ..Default::default()
+                },
+            });
+            e.file = Some(FileRef {
+                path: path.display().to_string(),
+                sha256: digest.map(|h| h.to_string()),
+                size: Some(p.size),
+            });
+            shared.emit(e);
+        }
+        // Allowed by the deadline but banned, or a kill rule: kill what was started.
+        Plan::Stop | Plan::Kill => {
+            if let Some(i) = &info {
+                let note = late.then(|| "decision missed its deadline; the exec was allowed (fail_mode = open), then killed".to_string());
+                judge::act_on_running(shared, "fanotify", i, j, Plan::Kill, note);
+            }
+        }
+        // Reported here, where the process is known even if it exits at once; the proc
+        // connector leaves execs on marked mounts to this guard.
+        Plan::Report | Plan::WouldEnforce => {
+            if let Some(i) = &info {
+                judge::act_on_running(shared, "fanotify", i, j, plan, None);
+            }
+        }
+    }
+}

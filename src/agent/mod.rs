@@ -1,0 +1,389 @@
+//! `interdict agent`: the root service that stops banned tools at launch.
+//!
+//! Sensors (each with its own threads, each watching the shutdown signal):
+//! - [`fanotify`]: pre-exec deny on the marked mounts, and the script guard;
+//! - [`proc_connector`]: every exec, killing what got through;
+//! - [`sweep`]: all running processes at start-up and after every policy change; periodic
+//!   polling when neither kernel sensor runs.
+//!
+//! Events go through a bounded queue to the local JSONL event log; the policy is reloaded on
+//! SIGHUP, `interdict reload` and changes to the policy file, and a policy that does not validate
+//! is rejected with the last good one kept in force.
+
+pub mod config;
+pub mod control;
+pub mod fanotify;
+pub mod judge;
+pub mod metrics;
+pub mod proc_connector;
+pub mod state;
+pub mod sweep;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use interdict_event::{Event, EventKind, Origin};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::policy_file::{self, LoadError};
+use control::ReloadReply;
+use state::Shared;
+
+/// Exit codes of `interdict agent`.
+pub mod exit {
+    /// Stopped by SIGTERM or SIGINT.
+    pub const OK: u8 = 0;
+    /// The configuration or the policy is invalid, or the agent could not start.
+    pub const ERROR: u8 = 2;
+}
+
+fn host_id() -> String {
+    std::fs::read_to_string("/etc/machine-id")
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| format!("hostname:{}", crate::host::hostname()))
+}
+
+/// Run the agent until SIGTERM or SIGINT.
+pub fn run(policy_path: &Path, config_path: Option<&Path>) -> anyhow::Result<u8> {
+    let config = match config::load(config_path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprint!("{e}");
+            if matches!(e, config::ConfigError::Io { .. }) {
+                eprintln!();
+            }
+            return Ok(exit::ERROR);
+        }
+    };
+    let loaded = match policy_file::load(policy_path) {
+        Ok(l) => l,
+        Err(e) => {
+            eprint!("{e}");
+            if matches!(e, LoadError::Io { .. }) {
+                eprintln!();
+            }
+            return Ok(exit::ERROR);
+        }
+    };
+    for w in &loaded.warnings.0 {
+        tracing::warn!("{w}");
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(run_async(policy_path.to_path_buf(), config, loaded))
+}
+
+async fn run_async(
+    policy_path: PathBuf,
+    config: config::AgentConfig,
+    loaded: policy_file::LoadedPolicy,
+) -> anyhow::Result<u8> {
+    let started = Instant::now();
+    let origin = Origin {
+        host_id: host_id(),
+        hostname: crate::host::hostname(),
+    };
+    let (sink, events_rx) = state::EventSink::new(config.event_queue);
+    let shared = state::shared(config, policy_path, loaded, origin, sink)?;
+    let writer = tokio::task::spawn_blocking({
+        let (path, metrics) = (shared.config.event_log.clone(), shared.metrics.clone());
+        move || write_events(&path, &metrics, events_rx)
+    });
+
+    // Sensors.
+    let cfg = shared.config.clone();
+    let marker = if cfg.fanotify {
+        match fanotify::start(shared.clone()) {
+            Ok(m) => Some(m),
+            Err(why) => {
+                shared.set_sensor("fanotify", "failed", why);
+                None
+            }
+        }
+    } else {
+        shared.set_sensor("fanotify", "disabled", "[exec] fanotify = false");
+        None
+    };
+    if cfg.proc_connector {
+        if let Err(why) = proc_connector::start(shared.clone()) {
+            shared.set_sensor("proc_connector", "failed", why);
+        }
+    } else {
+        shared.set_sensor(
+            "proc_connector",
+            "disabled",
+            "[exec] proc_connector = false",
+        );
+    }
+    let kernel_sensors = marker.is_some()
+        || shared
+            .proc_connector_running
+            .load(std::sync::atomic::Ordering::SeqCst);
+    let poll_ms = match (cfg.poll_interval_ms, kernel_sensors) {
+        (0, true) => None,
+        (0, false) => Some(2000),
+        (ms, _) => Some(ms),
+    };
+    match poll_ms {
+        Some(ms) => {
+            if let Err(why) = sweep::start_polling(shared.clone(), Duration::from_millis(ms)) {
+                shared.set_sensor("poll", "failed", why);
+            }
+        }
+        None => shared.set_sensor(
+            "poll",
+            "idle",
+            "sweeps at start-up and after policy changes",
+        ),
+    }
+    match (&marker, cfg.script_guard) {
+        (Some(_), true) => shared.set_sensor("script_guard", "running", "marking banned scripts"),
+        (None, true) => shared.set_sensor("script_guard", "failed", "needs the fanotify guard"),
+        (_, false) => shared.set_sensor("script_guard", "disabled", "[exec] script_guard = false"),
+    }
+
+    let summary = {
+        let s = shared.sensors.lock().expect("sensors poisoned");
+        s.iter()
+            .map(|x| format!("{}={} ({})", x.name, x.state, x.detail))
+            .collect::<Vec<_>>()
+            .join("; ")
+    };
+    let degraded = unsafe { libc::geteuid() } != 0;
+    tracing::info!(
+        "interdict agent started{}: policy {} {} ({}); sensors: {summary}",
+        if degraded {
+            " WITHOUT ROOT (degraded: no blocking, no kills of other users' processes)"
+        } else {
+            ""
+        },
+        shared.active.load().loaded.policy.info().name,
+        shared.active.load().loaded.policy.info().version,
+        shared.active.load().loaded.policy.info().mode,
+    );
+    let mut e = shared.event(EventKind::AgentStarted);
+    e.message = Some(summary);
+    shared.emit(e);
+    let mut e = shared.event(EventKind::PolicyApplied);
+    e.message = Some("initial policy".into());
+    shared.emit(e);
+    metrics::inc(&shared.metrics.c.policies_applied);
+
+    // Start-up work off the async thread: mark banned scripts, sweep what already runs.
+    let marker = Arc::new(marker);
+    refresh_after_policy_change(&shared, &marker);
+
+    // Reloads: SIGHUP, the control socket, the policy file changing.
+    let (reload_tx, mut reload_rx) = mpsc::channel::<oneshot::Sender<ReloadReply>>(16);
+    let (file_tx, mut file_rx) = mpsc::channel::<()>(1);
+    let _watcher = watch_policy(&shared.policy_path, file_tx)
+        .map_err(|e| tracing::warn!("policy file watch unavailable: {e}"))
+        .ok();
+    let control = tokio::spawn(control::serve(shared.clone(), started, reload_tx));
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+    loop {
+        tokio::select! {
+            _ = hup.recv() => { reload(&shared, &marker, "SIGHUP").await; }
+            Some(reply) = reload_rx.recv() => {
+                let r = reload(&shared, &marker, "interdict reload").await;
+                let _ = reply.send(r);
+            }
+            Some(()) = file_rx.recv() => {
+                // Editors write in several steps: let the file settle.
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                while file_rx.try_recv().is_ok() {}
+                reload(&shared, &marker, "policy file changed").await;
+            }
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        }
+    }
+    tracing::info!("interdict agent stopping");
+    let mut e = shared.event(EventKind::AgentStopped);
+    e.message = Some(format!(
+        "counters: {}",
+        serde_json::to_string(&shared.metrics.c.snapshot())?
+    ));
+    shared.emit(e);
+    shared.shutdown.trigger();
+    let _ = control.await;
+    drop(shared);
+    let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;
+    Ok(exit::OK)
+}
+
+/// Validate the policy file; if it is valid and different, put it in force, flush cached
+/// decisions, re-mark scripts and sweep. The last good policy stays otherwise.
+async fn reload(
+    shared: &Arc<Shared>,
+    marker: &Arc<Option<fanotify::ScriptMarker>>,
+    why: &str,
+) -> ReloadReply {
+    let path = shared.policy_path.clone();
+    let loaded = tokio::task::spawn_blocking(move || policy_file::load(&path))
+        .await
+        .expect("policy load does not panic");
+    match loaded {
+        Ok(l) => {
+            let current = shared.active.load();
+            if l.sha256 == current.loaded.sha256 {
+                return ReloadReply {
+                    applied: true,
+                    message: format!("policy unchanged ({}); nothing to do", l.sha256),
+                };
+            }
+            let generation = current.generation + 1;
+            let msg = format!(
+                "policy {} {} applied ({why}); generation {generation}",
+                l.policy.info().name,
+                l.policy.info().version
+            );
+            for w in &l.warnings.0 {
+                tracing::warn!("{w}");
+            }
+            shared.active.store(Arc::new(state::Active {
+                loaded: l,
+                generation,
+            }));
+            metrics::inc(&shared.metrics.c.policies_applied);
+            tracing::info!("{msg}");
+            let mut e = shared.event(EventKind::PolicyApplied);
+            e.message = Some(msg.clone());
+            shared.emit(e);
+            refresh_after_policy_change(shared, marker);
+            ReloadReply {
+                applied: true,
+                message: msg,
+            }
+        }
+        Err(err) => {
+            metrics::inc(&shared.metrics.c.policies_rejected);
+            let text = err.to_string();
+            tracing::error!("policy rejected ({why}); the previous policy stays in force:\n{text}");
+            let mut e = shared.event(EventKind::PolicyRejected);
+            e.message = Some(text.clone());
+            shared.emit(e);
+            ReloadReply {
+                applied: false,
+                message: format!("policy rejected; the previous policy stays in force:\n{text}"),
+            }
+        }
+    }
+}
+
+fn refresh_after_policy_change(shared: &Arc<Shared>, marker: &Arc<Option<fanotify::ScriptMarker>>) {
+    let (shared, marker) = (shared.clone(), marker.clone());
+    std::thread::spawn(move || {
+        if let (Some(m), true) = (marker.as_ref(), shared.config.script_guard) {
+            let n = mark_scripts(&shared, m);
+            shared.set_sensor(
+                "script_guard",
+                "running",
+                format!("{n} banned script file(s) marked"),
+            );
+        }
+        sweep::sweep(&shared, "sweep");
+    });
+}
+
+/// Find the banned interpreter scripts under the script roots and mark each for the guard.
+fn mark_scripts(shared: &Shared, marker: &fanotify::ScriptMarker) -> usize {
+    let active = shared.active.load_full();
+    let policy = &active.loaded.policy;
+    if !policy.has_scripts() {
+        return 0;
+    }
+    let roots = if shared.config.script_roots.is_empty() {
+        crate::installed::default_roots(&shared.accounts)
+    } else {
+        shared.config.script_roots.clone()
+    };
+    let (roots, _) = crate::installed::normalize_roots(&roots, false);
+    let mut n = 0;
+    for root in roots {
+        for entry in walkdir::WalkDir::new(root)
+            .follow_links(false)
+            .into_iter()
+            .flatten()
+        {
+            if entry.file_type().is_file()
+                && policy.is_script_path(entry.path())
+                && marker.mark(entry.path()).is_ok()
+            {
+                n += 1;
+            }
+        }
+    }
+    n
+}
+
+fn watch_policy(path: &Path, tx: mpsc::Sender<()>) -> notify::Result<notify::RecommendedWatcher> {
+    use notify::Watcher;
+    let file = path.file_name().map(|f| f.to_os_string());
+    let mut w = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+        if let Ok(ev) = res {
+            if ev.kind.is_access() {
+                return;
+            }
+            if ev
+                .paths
+                .iter()
+                .any(|p| p.file_name().map(|f| f.to_os_string()) == file)
+            {
+                let _ = tx.try_send(());
+            }
+        }
+    })?;
+    // Watch the folder: editors replace the file rather than write it in place.
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    w.watch(&dir, notify::RecursiveMode::NonRecursive)?;
+    Ok(w)
+}
+
+/// The event log writer: appends one JSON line per event, flushing when the queue is empty.
+/// It ends when every sender is gone (the agent's shared state dropped at shutdown).
+fn write_events(path: &Path, metrics: &metrics::Metrics, mut rx: mpsc::Receiver<Event>) {
+    if let Some(dir) = path.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path);
+    let mut out = match file {
+        Ok(f) => std::io::BufWriter::new(f),
+        Err(e) => {
+            tracing::error!("cannot open the event log {}: {e}", path.display());
+            while rx.blocking_recv().is_some() {
+                metrics::inc(&metrics.c.event_write_errors);
+            }
+            return;
+        }
+    };
+    while let Some(e) = rx.blocking_recv() {
+        let mut write = |e: Event| {
+            if writeln!(out, "{}", e.to_json_line()).is_ok() {
+                metrics::inc(&metrics.c.events_written);
+            } else {
+                metrics::inc(&metrics.c.event_write_errors);
+            }
+        };
+        write(e);
+        while let Ok(e) = rx.try_recv() {
+            write(e);
+        }
+        if out.flush().is_err() {
+            metrics::inc(&metrics.c.event_write_errors);
+        }
+    }
+}

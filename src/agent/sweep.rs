@@ -1,0 +1,114 @@
+//! Judging processes that already run: one process (per proc-connector exec event) or all of
+//! them (a sweep at start-up, after every policy change, after a netlink overflow, and
+//! periodically when no kernel sensor runs).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::judge;
+use super::metrics::inc;
+use super::state::Shared;
+use crate::procs;
+
+/// Judge one running process and act on the verdict.
+pub fn judge_pid(shared: &Shared, pid: u32, sensor: &str) {
+    let Some(info) = procs::read_proc(pid) else {
+        return; // already gone
+    };
+    let active = shared.active.load_full();
+    let policy = &active.loaded.policy;
+    let pf = procs::facts_for(
+        &info,
+        &shared.accounts,
+        &shared.origin.hostname,
+        &shared.memo,
+        policy.needs_sha256(),
+    );
+    let Some(d) = policy.evaluate(&pf.facts) else {
+        return;
+    };
+    let plan = judge::plan(policy, Some(&d), shared.today());
+    if sensor == "proc_connector"
+        && matches!(plan, judge::Plan::Report | judge::Plan::WouldEnforce)
+        && d.subject == interdict_policy::Subject::Exe
+        && on_marked_mount(shared, pid)
+    {
+        return; // the fanotify guard reported this exec already
+    }
+    let j = judge::Judged {
+        policy,
+        decision: &d,
+        facts: &pf.facts,
+    };
+    judge::act_on_running(shared, sensor, &info, j, plan, None);
+}
+
+fn on_marked_mount(shared: &Shared, pid: u32) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(m) = std::fs::metadata(format!("/proc/{pid}/exe")) else {
+        return false;
+    };
+    shared
+        .fanotify_devs
+        .lock()
+        .expect("devs poisoned")
+        .contains(&m.dev())
+}
+
+/// Every process id in `/proc`, except this process.
+pub fn all_pids() -> Vec<u32> {
+    let me = std::process::id();
+    let mut pids: Vec<u32> = std::fs::read_dir("/proc")
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse().ok()))
+                .filter(|p| *p != me)
+                .collect()
+        })
+        .unwrap_or_default();
+    pids.sort_unstable();
+    pids
+}
+
+/// Judge every running process.
+pub fn sweep(shared: &Shared, sensor: &str) {
+    inc(&shared.metrics.c.sweeps);
+    for pid in all_pids() {
+        if shared.shutdown.is_triggered() {
+            return;
+        }
+        judge_pid(shared, pid, sensor);
+    }
+}
+
+/// Start periodic polling every `interval`.
+pub fn start_polling(shared: Arc<Shared>, interval: Duration) -> Result<(), String> {
+    shared.set_sensor(
+        "poll",
+        "running",
+        format!("sweep every {} ms", interval.as_millis()),
+    );
+    std::thread::Builder::new()
+        .name("poll".into())
+        .spawn(move || loop {
+            let mut pfd = libc::pollfd {
+                fd: shared.shutdown.fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            unsafe {
+                libc::poll(
+                    &mut pfd,
+                    1,
+                    interval.as_millis().min(i32::MAX as u128) as i32,
+                )
+            };
+            if shared.shutdown.is_triggered() {
+                shared.set_sensor("poll", "stopped", "shut down");
+                return;
+            }
+            sweep(&shared, "poll");
+        })
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}

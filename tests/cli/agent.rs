@@ -1,0 +1,832 @@
+//! The agent against the real kernel, as root: fanotify marks only on a tmpfs the test mounted,
+//! the proc connector, pidfd kills, reloads. Every agent runs under `timeout` and is stopped (by
+//! its PID) and the tmpfs unmounted when the test ends, even on failure.
+//!
+//! Every banned fixture is unique to its test (a random tail appended to a copy of a system
+//! binary, or a path inside the test's own folders), so that the proc connector of one test's
+//! agent, which sees every exec on the machine, never matches anything else.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::common::*;
+
+/// A tmpfs mounted for one test; unmounted on drop.
+pub struct TmpMount {
+    pub dir: tempfile::TempDir,
+}
+
+impl TmpMount {
+    pub fn new() -> TmpMount {
+        let dir = tempfile::Builder::new()
+            .prefix("interdict-mnt-")
+            .tempdir()
+            .unwrap();
+        let st = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=256m,mode=0755", "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .unwrap();
+        assert!(st.success(), "mount tmpfs on {}", dir.path().display());
+        TmpMount { dir }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for TmpMount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(self.dir.path()).status();
+        // Busy (a process still has it open): detach it so nothing is left mounted.
+        let _ = Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// A copy of a system binary with a random tail: runs the same, hashes uniquely.
+pub fn unique_copy(src: &str, dst: &Path) -> String {
+    let mut bytes = std::fs::read(src).unwrap();
+    bytes.extend_from_slice(
+        format!(
+            "\ninterdict-test-{}-{:?}\n",
+            std::process::id(),
+            Instant::now()
+        )
+        .as_bytes(),
+    );
+    bytes.extend_from_slice(&rand_tail());
+    write(dst, &bytes, 0o755);
+    sha256sum(dst)
+}
+
+fn rand_tail() -> Vec<u8> {
+    let mut b = [0u8; 16];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b))
+        .unwrap();
+    b.to_vec()
+}
+
+/// A running agent with its own folder (policy, config, event log, control socket).
+pub struct Agent {
+    pub child: Child,
+    pub dir: tempfile::TempDir,
+    pub policy: PathBuf,
+}
+
+pub const POLICY_HEAD: &str = "[policy]\nname = \"test\"\nversion = \"1\"\nmode = \"enforce\"\n";
+
+pub fn rule(id: &str, action: &str, matcher: &str) -> String {
+    format!(
+        "\n[[rule]]\nid = \"{id}\"\nname = \"Tool {id}\"\nrisk = \"high\"\nreason = \"test ban {id}\"\naction = \"{action}\"\nalternative = \"use the approved tool\"\n[rule.match]\n{matcher}\n"
+    )
+}
+
+impl Agent {
+    /// Start an agent; `exec` is the body of the `[exec]` table.
+    pub fn start(policy: &str, exec: &str) -> Agent {
+        Agent::start_as(policy, exec, None)
+    }
+
+    pub fn start_as(policy: &str, exec: &str, user: Option<&str>) -> Agent {
+        let dir = tempfile::Builder::new()
+            .prefix("interdict-agent-")
+            .tempdir()
+            .unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+        let policy_path = dir.path().join("policy.toml");
+        std::fs::write(&policy_path, policy).unwrap();
+        let config = dir.path().join("agent.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[agent]\nstate_dir = \"{d}/state\"\nevent_log = \"{d}/events.jsonl\"\ncontrol_socket = \"{d}/control.sock\"\n\n[exec]\n{exec}\n",
+                d = dir.path().display()
+            ),
+        )
+        .unwrap();
+        for p in [&policy_path, &config] {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o666)).unwrap();
+        }
+        let mut cmd = match user {
+            Some(u) => {
+                let mut c = Command::new("setpriv");
+                c.args([
+                    &format!("--reuid={u}"),
+                    "--regid=nogroup",
+                    "--clear-groups",
+                    "timeout",
+                    "300",
+                ]);
+                c
+            }
+            None => {
+                let mut c = Command::new("timeout");
+                c.arg("300");
+                c
+            }
+        };
+        cmd.arg(env!("CARGO_BIN_EXE_interdict"))
+            .arg("agent")
+            .arg("--policy")
+            .arg(&policy_path)
+            .arg("--config")
+            .arg(&config)
+            .stdout(std::fs::File::create(dir.path().join("agent.out")).unwrap())
+            .stderr(std::fs::File::create(dir.path().join("agent.err")).unwrap());
+        let child = cmd.spawn().unwrap();
+        let agent = Agent {
+            child,
+            dir,
+            policy: policy_path,
+        };
+        agent.wait_ready();
+        agent
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.dir.path().join("control.sock")
+    }
+
+    /// Ready: answering status, and the start-up sweep (which follows script marking) done.
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            if let Some(s) = self.try_status() {
+                if s["counters"]["sweeps"].as_u64().unwrap_or(0) >= 1 {
+                    return;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("agent never became ready:\n{}", self.stderr());
+    }
+
+    pub fn try_status(&self) -> Option<Value> {
+        let out = interdict()
+            .args(["status", "--format", "json", "--socket"])
+            .arg(self.socket())
+            .output()
+            .ok()?;
+        out.status
+            .success()
+            .then(|| serde_json::from_slice(&out.stdout).ok())
+            .flatten()
+    }
+
+    pub fn status(&self) -> Value {
+        self.try_status()
+            .unwrap_or_else(|| panic!("no status:\n{}", self.stderr()))
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("agent.err")).unwrap_or_default()
+    }
+
+    pub fn events(&self) -> Vec<Value> {
+        std::fs::read_to_string(self.dir.path().join("events.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad event line {l}: {e}")))
+            .collect()
+    }
+
+    /// Wait until an event satisfies `pred`; panic with the events seen otherwise.
+    pub fn wait_event(&self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(e) = self.events().into_iter().find(|e| pred(e)) {
+                return e;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "no event {what}; events:\n{:#?}\nagent stderr:\n{}",
+                    self.events(),
+                    self.stderr()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn reload(&self) -> Run {
+        run(interdict().args(["reload", "--socket"]).arg(self.socket()))
+    }
+
+    /// SIGTERM, wait for a clean exit; the event log is complete afterwards.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return st;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        panic!("agent did not stop on SIGTERM:\n{}", self.stderr());
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            // The agent runs under `timeout`, which passes SIGTERM on.
+            unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+            for _ in 0..200 {
+                if self.child.try_wait().ok().flatten().is_some() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Run a program; `Err` holds the exec error (EPERM when denied).
+fn exec(path: &Path, args: &[&str]) -> std::io::Result<std::process::ExitStatus> {
+    Command::new(path)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+}
+
+fn assert_denied(path: &Path) {
+    match exec(path, &[]) {
+        Err(e) => assert_eq!(
+            e.raw_os_error(),
+            Some(libc::EPERM),
+            "{}: {e}",
+            path.display()
+        ),
+        Ok(st) => panic!("{} ran ({st}) but should have been denied", path.display()),
+    }
+}
+
+fn events_of<'a>(events: &'a [Value], kind: &str, file: &Path) -> Vec<&'a Value> {
+    let f = file.to_string_lossy();
+    events
+        .iter()
+        .filter(|e| e["kind"] == kind && e["file"]["path"] == *f)
+        .collect()
+}
+
+#[test]
+fn blocks_by_path_name_and_sha256_including_renamed_copies_hardlinks_and_symlinks() {
+    let mnt = TmpMount::new();
+    let m = mnt.path();
+    let by_path = m.join("tools/blocked-by-path");
+    unique_copy("/bin/true", &by_path);
+    let name = format!("banned-name-{}", std::process::id());
+    let by_name = m.join("bin").join(&name);
+    unique_copy("/bin/true", &by_name);
+    let hashed = m.join("orig/hashed-tool");
+    let digest = unique_copy("/bin/true", &hashed);
+    let renamed = m.join("elsewhere/innocent");
+    write(&renamed, &std::fs::read(&hashed).unwrap(), 0o755);
+    let hardlink = m.join("elsewhere/hardlink");
+    std::fs::hard_link(&hashed, &hardlink).unwrap();
+    let symlink = m.join("elsewhere/symlink");
+    std::os::unix::fs::symlink(&hashed, &symlink).unwrap();
+    let allowed = m.join("tools/allowed");
+    unique_copy("/bin/true", &allowed);
+
+    let policy = format!(
+        "{POLICY_HEAD}{}{}{}",
+        rule(
+            "by-path",
+            "block",
+            &format!("paths = [\"{}/tools/blocked-*\"]", m.display())
+        ),
+        rule("by-name", "block", &format!("names = [\"{name}\"]")),
+        rule("by-hash", "block", &format!("sha256 = [\"{digest}\"]")),
+    );
+    let mut agent = Agent::start(&policy, &format!("mounts = [\"{}\"]", m.display()));
+    for p in [&by_path, &by_name, &hashed, &renamed, &hardlink, &symlink] {
+        assert_denied(p);
+    }
+    assert!(
+        exec(&allowed, &[]).unwrap().success(),
+        "an allowed program runs normally"
+    );
+    // Twice more each, to go through the decision cache.
+    for p in [&by_path, &renamed] {
+        assert_denied(p);
+    }
+    let status = agent.status();
+    assert!(
+        status["counters"]["cache_hits"].as_u64().unwrap() >= 2,
+        "{status:#}"
+    );
+    assert_eq!(agent.stop().code(), Some(0));
+
+    let events = agent.events();
+    let denied = |p: &Path, rule: &str, selector: &str, times: usize| {
+        let es = events_of(&events, "exec_denied", p);
+        assert_eq!(es.len(), times, "exec_denied for {}: {es:#?}", p.display());
+        for e in es {
+            assert_eq!(e["rule"]["id"], rule);
+            assert_eq!(e["rule"]["selector"], selector);
+            assert_eq!(e["outcome"], "denied");
+            assert!(e["process"]["pid"].as_u64().unwrap() > 0);
+        }
+    };
+    denied(&by_path, "by-path", "path", 2);
+    denied(&by_name, "by-name", "name", 1);
+    // The kernel reports the path the file was opened by: a symlink resolves to its target, a
+    // hard link is a path of its own.
+    denied(&hashed, "by-hash", "sha256", 2);
+    denied(&hardlink, "by-hash", "sha256", 1);
+    denied(&renamed, "by-hash", "sha256", 2);
+    assert!(events.iter().any(|e| e["kind"] == "agent_started"));
+    assert!(events.iter().any(|e| e["kind"] == "agent_stopped"));
+}
+
+#[test]
+fn a_banned_program_on_an_unmarked_path_is_killed_before_it_finishes() {
+    let mnt = TmpMount::new(); // marked, but the program lives elsewhere
+    let dir = tempfile::tempdir().unwrap();
+    let banned = dir.path().join("unmarked-banned");
+    let digest = unique_copy("/bin/sleep", &banned);
+    let marker = dir.path().join("finished");
+    let policy = format!(
+        "{POLICY_HEAD}{}",
+        rule("kill-me", "block", &format!("sha256 = [\"{digest}\"]"))
+    );
+    let agent = Agent::start(&policy, &format!("mounts = [\"{}\"]", mnt.path().display()));
+    let st = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "'{}' 3 && touch '{}'",
+            banned.display(),
+            marker.display()
+        ))
+        .status()
+        .unwrap();
+    assert!(!st.success(), "the banned program finished");
+    assert!(!marker.exists(), "the banned program finished its work");
+    let e = agent.wait_event("process_killed", |e| {
+        e["kind"] == "process_killed" && e["process"]["exe"] == banned.to_string_lossy().as_ref()
+    });
+    assert_eq!(e["outcome"], "killed");
+    assert_eq!(e["sensor"], "proc_connector");
+    assert_eq!(e["rule"]["id"], "kill-me");
+    assert_eq!(e["file"]["sha256"], digest);
+}
+
+#[test]
+fn a_memfd_exec_of_a_banned_binary_is_killed() {
+    let mnt = TmpMount::new();
+    let dir = tempfile::tempdir().unwrap();
+    let bytes_path = dir.path().join("payload.bin");
+    let digest = unique_copy("/bin/sleep", &bytes_path);
+    let policy = format!(
+        "{POLICY_HEAD}{}",
+        rule("memfd", "kill", &format!("sha256 = [\"{digest}\"]"))
+    );
+    let marker = dir.path().join("finished");
+    let script = dir.path().join("memfd.py");
+    std::fs::write(
+        &script,
+        format!(
+            "import os\nfd = os.memfd_create('innocent', 0)\nos.write(fd, open('{}', 'rb').read())\nos.execve(fd, ['innocent', '3'], dict(os.environ))\n",
+            bytes_path.display()
+        ),
+    )
+    .unwrap();
+    let agent = Agent::start(&policy, &format!("mounts = [\"{}\"]", mnt.path().display()));
+    let st = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "/usr/bin/python3 '{}' && touch '{}'",
+            script.display(),
+            marker.display()
+        ))
+        .status()
+        .unwrap();
+    assert!(!st.success());
+    assert!(!marker.exists(), "the memfd program finished its work");
+    let e = agent.wait_event("memfd kill", |e| {
+        e["kind"] == "process_killed" && e["rule"]["id"] == "memfd"
+    });
+    assert_eq!(e["outcome"], "killed");
+    assert!(
+        e["process"]["exe"]
+            .as_str()
+            .unwrap()
+            .starts_with("/memfd:innocent"),
+        "{e:#}"
+    );
+}
+
+#[test]
+fn monitor_mode_and_future_enforce_from_report_without_blocking() {
+    let mnt = TmpMount::new();
+    let m = mnt.path();
+    let a = m.join("monitored");
+    let da = unique_copy("/bin/true", &a);
+    let policy = format!(
+        "{}{}",
+        POLICY_HEAD.replace("enforce", "monitor"),
+        rule("watched", "block", &format!("sha256 = [\"{da}\"]"))
+    );
+    let agent = Agent::start(&policy, &format!("mounts = [\"{}\"]", m.display()));
+    assert!(
+        exec(&a, &[]).unwrap().success(),
+        "monitor mode must not block"
+    );
+    let e = agent.wait_event("exec_reported", |e| {
+        e["kind"] == "exec_reported" && e["rule"]["id"] == "watched"
+    });
+    assert_eq!(e["outcome"], "would_enforce");
+    drop(agent);
+
+    let b = m.join("later");
+    let db = unique_copy("/bin/true", &b);
+    let policy = format!(
+        "{POLICY_HEAD}{}",
+        rule("later", "block", &format!("sha256 = [\"{db}\"]"))
+            .replace("[rule.match]", "enforce_from = 2999-01-01\n[rule.match]")
+    );
+    let agent = Agent::start(&policy, &format!("mounts = [\"{}\"]", m.display()));
+    assert!(
+        exec(&b, &[]).unwrap().success(),
+        "a future enforce_from must not block"
+    );
+    let e = agent.wait_event("exec_reported", |e| {
+        e["kind"] == "exec_reported" && e["rule"]["id"] == "later"
+    });
+    assert_eq!(e["outcome"], "would_enforce");
+}
+
+#[test]
+fn a_broken_policy_on_reload_leaves_the_old_one_in_force() {
+    let mnt = TmpMount::new();
+    let m = mnt.path();
+    let banned = m.join("reload-banned");
+    let digest = unique_copy("/bin/true", &banned);
+    let good = format!(
+        "{POLICY_HEAD}{}",
+        rule("ban", "block", &format!("sha256 = [\"{digest}\"]"))
+    );
+    let agent = Agent::start(&good, &format!("mounts = [\"{}\"]", m.display()));
+    assert_denied(&banned);
+
+    std::fs::write(
+        &agent.policy,
+        good.replace("action = \"block\"", "action = \"obliterate\""),
+    )
+    .unwrap();
+    let r = agent.reload();
+    r.expect_code(2);
+    assert!(r.stderr.contains("error[bad-action]"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("previous policy stays in force"),
+        "{}",
+        r.stderr
+    );
+    assert_denied(&banned);
+    agent.wait_event("policy_rejected", |e| e["kind"] == "policy_rejected");
+    assert_eq!(agent.status()["generation"], 1);
+    assert!(
+        agent.status()["counters"]["policies_rejected"]
+            .as_u64()
+            .unwrap()
+            >= 1
+    );
+
+    // A valid change applies, and the cached deny is flushed with it.
+    std::fs::write(
+        &agent.policy,
+        good.replace("action = \"block\"", "action = \"report\""),
+    )
+    .unwrap();
+    let r = agent.reload();
+    r.expect_code(0);
+    assert!(
+        exec(&banned, &[]).unwrap().success(),
+        "report-only after reload"
+    );
+    assert!(agent.status()["generation"].as_u64().unwrap() >= 2);
+}
+
+#[test]
+fn the_policy_file_changing_reloads_it() {
+    let mnt = TmpMount::new();
+    let m = mnt.path();
+    let tool = m.join("watched-tool");
+    let digest = unique_copy("/bin/true", &tool);
+    let report = format!(
+        "{POLICY_HEAD}{}",
+        rule("ban", "report", &format!("sha256 = [\"{digest}\"]"))
+    );
+    let agent = Agent::start(&report, &format!("mounts = [\"{}\"]", m.display()));
+    assert!(exec(&tool, &[]).unwrap().success());
+    // Replace the file the way editors do: write a new one, rename it over the old.
+    let tmp = agent.dir.path().join("policy.toml.new");
+    std::fs::write(
+        &tmp,
+        report.replace("action = \"report\"", "action = \"block\""),
+    )
+    .unwrap();
+    std::fs::rename(&tmp, &agent.policy).unwrap();
+    agent.wait_event("policy_applied after the change", |e| {
+        e["kind"] == "policy_applied"
+            && e["message"]
+                .as_str()
+                .unwrap_or("")
+                .contains("policy file changed")
+    });
+    assert_denied(&tool);
+}
+
+#[test]
+fn the_script_guard_stops_interpreters_before_they_read_the_script() {
+    let mnt = TmpMount::new();
+    let m = mnt.path();
+    let cli = m.join("prefix/lib/node_modules/@anthropic-ai/claude-code/cli.js");
+    let marker = m.join("node-ran");
+    write(
+        &cli,
+        format!(
+            "require('fs').writeFileSync('{}', 'ran')\n",
+            marker.display()
+        )
+        .as_bytes(),
+        0o644,
+    );
+    let sh_script = m.join("agents/run-agent.sh");
+    let sh_marker = m.join("sh-ran");
+    write(
+        &sh_script,
+        format!("touch '{}'\n", sh_marker.display()).as_bytes(),
+        0o644,
+    );
+    let py_script = m.join("agents/agent.py");
+    let py_marker = m.join("py-ran");
+    write(
+        &py_script,
+        format!("open('{}', 'w').write('ran')\n", py_marker.display()).as_bytes(),
+        0o644,
+    );
+    let allowed_script = m.join("agents/fine.sh");
+    write(&allowed_script, b"exit 0\n", 0o644);
+    let policy = format!(
+        "{POLICY_HEAD}{}",
+        rule(
+            "scripts",
+            "block",
+            "scripts = [\"**/node_modules/@anthropic-ai/claude-code/cli.js\", \"**/agents/run-agent.sh\", \"**/agents/agent.py\"]"
+        )
+    );
+    // Without the proc connector, which would kill the interpreters instead: this test is about
+    // the guard denying the open.
+    let agent = Agent::start(
+        &policy,
+        &format!(
+            "mounts = [\"{d}\"]\nscript_roots = [\"{d}\"]\nproc_connector = false",
+            d = m.display()
+        ),
+    );
+    let s = agent.status();
+    let guard = s["sensors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["name"] == "script_guard")
+        .unwrap()
+        .clone();
+    assert!(
+        guard["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("3 banned script"),
+        "{guard:#}"
+    );
+
+    let node = Command::new("node").arg(&cli).output().unwrap();
+    assert!(!node.status.success());
+    assert!(
+        String::from_utf8_lossy(&node.stderr).contains("EPERM"),
+        "{}",
+        String::from_utf8_lossy(&node.stderr)
+    );
+    let sh = Command::new("sh").arg(&sh_script).output().unwrap();
+    assert!(!sh.status.success());
+    assert!(
+        String::from_utf8_lossy(&sh.stderr).contains("Operation not permitted"),
+        "{sh:?}"
+    );
+    let py = Command::new("/usr/bin/python3")
+        .arg(&py_script)
+        .output()
+        .unwrap();
+    assert!(!py.status.success());
+    assert!(
+        String::from_utf8_lossy(&py.stderr).contains("Operation not permitted"),
+        "{py:?}"
+    );
+    for mk in [&marker, &sh_marker, &py_marker] {
+        assert!(!mk.exists(), "{} ran", mk.display());
+    }
+    assert!(Command::new("sh")
+        .arg(&allowed_script)
+        .status()
+        .unwrap()
+        .success());
+    let e = agent.wait_event("script_denied", |e| {
+        e["kind"] == "script_denied" && e["file"]["path"] == cli.to_string_lossy().as_ref()
+    });
+    assert_eq!(e["sensor"], "script_guard");
+    assert_eq!(e["rule"]["selector"], "script");
+}
+
+#[test]
+fn an_exec_storm_denies_every_banned_exec_without_hanging_and_counters_add_up() {
+    let mnt = TmpMount::new();
+    let m = mnt.path();
+    let ok = m.join("storm-ok");
+    unique_copy("/bin/true", &ok);
+    let bad = m.join("storm-bad");
+    let digest = unique_copy("/bin/true", &bad);
+    let policy = format!(
+        "{POLICY_HEAD}{}",
+        rule("storm", "block", &format!("sha256 = [\"{digest}\"]"))
+    );
+    let mut agent = Agent::start(&policy, &format!("mounts = [\"{}\"]", m.display()));
+    let before = agent.status()["counters"].clone();
+    // A shell loop: thousands of fork+execs, every tenth one banned.
+    let script = format!(
+        "ok=0; denied=0; other=0; i=0\nwhile [ $i -lt 3000 ]; do\n  if [ $((i % 10)) -eq 0 ]; then\n    if '{bad}' 2>/dev/null; then other=$((other+1)); else denied=$((denied+1)); fi\n  else\n    if '{ok}'; then ok=$((ok+1)); else other=$((other+1)); fi\n  fi\n  i=$((i+1))\ndone\necho \"$ok $denied $other\"\n",
+        bad = bad.display(),
+        ok = ok.display()
+    );
+    let out = Command::new("timeout")
+        .args(["240", "sh", "-c", &script])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "storm did not finish: {out:?}");
+    let counts: Vec<u64> = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .map(|n| n.parse().unwrap())
+        .collect();
+    assert_eq!(counts, vec![2700, 300, 0], "ok, denied, other");
+    let after = agent.status()["counters"].clone();
+    let delta = |k: &str| after[k].as_u64().unwrap() - before[k].as_u64().unwrap();
+    assert_eq!(delta("denied"), 300, "{after:#}");
+    assert_eq!(delta("execs_seen"), 3000, "{after:#}");
+    assert_eq!(
+        delta("cache_hits") + delta("cache_misses") + delta("queue_drops"),
+        3000,
+        "{after:#}"
+    );
+    assert_eq!(delta("deadline_expirations"), 0, "{after:#}");
+    agent.stop();
+    assert_eq!(
+        events_of(&agent.events(), "exec_denied", &bad).len() as u64
+            + after["event_drops"].as_u64().unwrap(),
+        300
+    );
+}
+
+#[test]
+fn the_agent_protects_its_own_binary_whatever_the_policy_says() {
+    let mnt = TmpMount::new();
+    let m = mnt.path();
+    // Run the agent from a copy on the marked tmpfs, with a policy that bans that very file. The
+    // copy is unique, so that this agent's proc connector never matches another test's interdict.
+    let own = m.join("interdict-copy");
+    let digest = unique_copy(env!("CARGO_BIN_EXE_interdict"), &own);
+    let policy = format!(
+        "{POLICY_HEAD}{}",
+        rule("self", "block", &format!("sha256 = [\"{digest}\"]"))
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("policy.toml");
+    std::fs::write(&p, &policy).unwrap();
+    let c = dir.path().join("agent.toml");
+    std::fs::write(
+        &c,
+        format!(
+            "[agent]\nevent_log = \"{d}/events.jsonl\"\ncontrol_socket = \"{d}/control.sock\"\n[exec]\nmounts = [\"{m}\"]\n",
+            d = dir.path().display(),
+            m = m.display()
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new("timeout")
+        .arg("120")
+        .arg(&own)
+        .args(["agent", "--policy"])
+        .arg(&p)
+        .arg("--config")
+        .arg(&c)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let sock = dir.path().join("control.sock");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !sock.exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    // Another exec of the agent's own binary is allowed, not denied.
+    let st = Command::new(&own).arg("--version").output();
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let _ = child.wait();
+    let st = st.expect("the agent's own binary must not be denied");
+    assert!(st.status.success());
+}
+
+#[test]
+fn status_is_root_only_and_the_agent_runs_degraded_without_root() {
+    let agent = Agent::start_as(
+        &format!(
+            "{POLICY_HEAD}{}",
+            rule("x", "report", "paths = [\"/nonexistent/for-this-test\"]")
+        ),
+        "poll_interval_ms = 500",
+        Some("nobody"),
+    );
+    let s = agent.status();
+    let state = |n: &str| {
+        s["sensors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["name"] == n)
+            .unwrap_or_else(|| panic!("{s:#}"))["state"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(state("fanotify"), "failed");
+    assert_eq!(state("poll"), "running");
+    assert!(
+        agent.stderr().contains("WITHOUT ROOT"),
+        "{}",
+        agent.stderr()
+    );
+    // The socket is 0600 and owned by the agent's user; another unprivileged user is refused.
+    let out = Command::new("setpriv")
+        .args([
+            "--reuid=daemon",
+            "--regid=daemon",
+            "--clear-groups",
+            env!("CARGO_BIN_EXE_interdict"),
+            "status",
+            "--socket",
+        ])
+        .arg(agent.socket())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("cannot reach the agent"),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn an_invalid_config_is_refused_with_every_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = dir.path().join("agent.toml");
+    std::fs::write(&c, "[exec]\nfail_mode = \"maybe\"\ndeadline = 5\n").unwrap();
+    let p = dir.path().join("p.toml");
+    std::fs::write(
+        &p,
+        format!("{POLICY_HEAD}{}", rule("x", "report", "names = [\"x\"]")),
+    )
+    .unwrap();
+    let r = run(interdict()
+        .arg("agent")
+        .arg("--policy")
+        .arg(&p)
+        .arg("--config")
+        .arg(&c));
+    r.expect_code(2);
+    assert!(
+        r.stderr.contains("agent.toml:2:13: error[bad-value]"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        r.stderr
+            .contains("agent.toml:3:1: error[unknown-key]: unknown key `deadline` in [exec]"),
+        "{}",
+        r.stderr
+    );
+}
