@@ -176,19 +176,9 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             no_processes,
             format,
         } => {
-            let loaded = match policy_file::load(&policy) {
-                Ok(l) => l,
-                Err(e) => {
-                    eprint!("{e}");
-                    if matches!(e, LoadError::Io { .. }) {
-                        eprintln!();
-                    }
-                    return Ok(exit::ERROR);
-                }
+            let Some(loaded) = policy_file::load_or_print(&policy) else {
+                return Ok(exit::ERROR);
             };
-            for w in &loaded.warnings.0 {
-                eprintln!("{w}");
-            }
             let report = scan::run(
                 &loaded,
                 &ScanOptions {

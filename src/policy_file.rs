@@ -105,3 +105,23 @@ pub fn load(path: &Path) -> Result<LoadedPolicy, LoadError> {
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
+
+/// Load a policy for a command: warnings and errors go to stderr; `None` when it did not load.
+pub fn load_or_print(path: &Path) -> Option<LoadedPolicy> {
+    match load(path) {
+        Ok(l) => {
+            for w in &l.warnings.0 {
+                eprintln!("{w}");
+            }
+            Some(l)
+        }
+        Err(e) => {
+            let text = e.to_string();
+            eprint!("{text}");
+            if !text.ends_with('\n') {
+                eprintln!();
+            }
+            None
+        }
+    }
+}

@@ -77,7 +77,6 @@ struct Pending {
     fd: OwnedFd,
     pid: u32,
     key: FileKey,
-    size: u64,
     /// True for `FAN_OPEN_PERM` on a banned script; false for an exec.
     script: bool,
     answered: AtomicBool,
@@ -86,6 +85,29 @@ struct Pending {
     /// Set when the deadline answered first.
     expired: AtomicBool,
     start: Instant,
+}
+
+impl Pending {
+    fn new(
+        fd: OwnedFd,
+        pid: u32,
+        key: FileKey,
+        script: bool,
+        start: Instant,
+        answered: bool,
+        info: Option<crate::procs::ProcessInfo>,
+    ) -> Arc<Pending> {
+        Arc::new(Pending {
+            fd,
+            pid,
+            key,
+            script,
+            answered: AtomicBool::new(answered),
+            info,
+            expired: AtomicBool::new(false),
+            start,
+        })
+    }
 }
 
 struct Guard {
@@ -296,28 +318,10 @@ fn reader(
     let mut buf = vec![0u8; 64 * 1024];
     let meta_len = std::mem::size_of::<libc::fanotify_event_metadata>();
     let fatal = loop {
-        let mut fds = [
-            libc::pollfd {
-                fd: g.fan.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            },
-            libc::pollfd {
-                fd: shared.shutdown.fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            },
-        ];
-        let r = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
-        if r < 0 {
-            let e = std::io::Error::last_os_error();
-            if e.raw_os_error() == Some(libc::EINTR) {
-                continue;
-            }
-            break Some(format!("poll: {e}"));
-        }
-        if shared.shutdown.is_triggered() {
-            break None;
+        match shared.shutdown.wait_readable(g.fan.as_raw_fd()) {
+            Ok(true) => {}
+            Ok(false) => break None,
+            Err(e) => break Some(format!("poll: {e}")),
         }
         let n = unsafe { libc::read(g.fan.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
         if n < 0 {
@@ -406,18 +410,7 @@ fn handle(
                 g.respond(fd.as_raw_fd(), FAN_DENY);
                 count_deny(shared, script);
                 // The event (with the evidence) is built off this thread.
-                let p = Arc::new(Pending {
-                    fd,
-                    pid,
-                    key,
-                    size: key.size,
-                    script,
-                    answered: AtomicBool::new(true),
-                    info,
-                    expired: AtomicBool::new(false),
-                    start,
-                });
-                let _ = work.try_send(p);
+                let _ = work.try_send(Pending::new(fd, pid, key, script, start, true, info));
             }
         }
         shared
@@ -427,17 +420,7 @@ fn handle(
         return;
     }
     inc(&shared.metrics.c.cache_misses);
-    let p = Arc::new(Pending {
-        fd,
-        pid,
-        key,
-        size: key.size,
-        script,
-        answered: AtomicBool::new(false),
-        info: None,
-        expired: AtomicBool::new(false),
-        start,
-    });
+    let p = Pending::new(fd, pid, key, script, start, false, None);
     match work.try_send(p.clone()) {
         Ok(()) => {
             let _ = deadlines.send(p);
@@ -606,7 +589,7 @@ fn decide(g: &Guard, p: &Pending) {
             e.file = Some(FileRef {
                 path: path.display().to_string(),
                 sha256: digest.map(|h| h.to_string()),
-                size: Some(p.size),
+                size: Some(p.key.size),
             });
             shared.emit(e);
         }

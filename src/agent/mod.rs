@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use interdict_event::{Event, EventKind, Origin};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::policy_file::{self, LoadError};
+use crate::policy_file;
 use control::ReloadReply;
 use state::Shared;
 
@@ -59,19 +59,9 @@ pub fn run(policy_path: &Path, config_path: Option<&Path>) -> anyhow::Result<u8>
             return Ok(exit::ERROR);
         }
     };
-    let loaded = match policy_file::load(policy_path) {
-        Ok(l) => l,
-        Err(e) => {
-            eprint!("{e}");
-            if matches!(e, LoadError::Io { .. }) {
-                eprintln!();
-            }
-            return Ok(exit::ERROR);
-        }
+    let Some(loaded) = policy_file::load_or_print(policy_path) else {
+        return Ok(exit::ERROR);
     };
-    for w in &loaded.warnings.0 {
-        tracing::warn!("{w}");
-    }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;

@@ -94,27 +94,10 @@ pub fn start(shared: Arc<Shared>) -> Result<(), String> {
 fn run(shared: Arc<Shared>, sock: OwnedFd) {
     let mut buf = vec![0u8; 64 * 1024];
     let why = loop {
-        let mut fds = [
-            libc::pollfd {
-                fd: sock.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            },
-            libc::pollfd {
-                fd: shared.shutdown.fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            },
-        ];
-        if unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) } < 0 {
-            let e = std::io::Error::last_os_error();
-            if e.raw_os_error() == Some(libc::EINTR) {
-                continue;
-            }
-            break Some(format!("poll: {e}"));
-        }
-        if shared.shutdown.is_triggered() {
-            break None;
+        match shared.shutdown.wait_readable(sock.as_raw_fd()) {
+            Ok(true) => {}
+            Ok(false) => break None,
+            Err(e) => break Some(format!("poll: {e}")),
         }
         let n = unsafe { libc::recv(sock.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
         if n < 0 {

@@ -82,6 +82,32 @@ impl Shutdown {
         self.efd.as_raw_fd()
     }
 
+    /// Block until `fd` is readable (`Ok(true)`) or shutdown is triggered (`Ok(false)`).
+    pub fn wait_readable(&self, fd: RawFd) -> std::io::Result<bool> {
+        loop {
+            let mut fds = [
+                libc::pollfd {
+                    fd,
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+                libc::pollfd {
+                    fd: self.fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+            ];
+            if unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) } < 0 {
+                let e = std::io::Error::last_os_error();
+                if e.raw_os_error() == Some(libc::EINTR) {
+                    continue;
+                }
+                return Err(e);
+            }
+            return Ok(!self.is_triggered());
+        }
+    }
+
     /// Wait until triggered.
     pub async fn wait(&self) {
         loop {
