@@ -27,7 +27,7 @@ impl TmpMount {
             .tempdir()
             .unwrap();
         let st = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", "size=256m,mode=0755", "tmpfs"])
+            .args(["-t", "tmpfs", "-o", "size=1g,mode=0755", "tmpfs"])
             .arg(dir.path())
             .status()
             .unwrap();
@@ -828,5 +828,113 @@ fn an_invalid_config_is_refused_with_every_problem() {
             .contains("agent.toml:3:1: error[unknown-key]: unknown key `deadline` in [exec]"),
         "{}",
         r.stderr
+    );
+}
+
+/// A banned binary big enough that hashing it takes longer than the deadline.
+fn big_banned(dir: &Path) -> (PathBuf, String) {
+    let big = dir.join("big-banned");
+    let mut bytes = std::fs::read("/bin/sleep").unwrap();
+    bytes.extend_from_slice(&rand_tail());
+    bytes.resize(bytes.len() + (400 << 20), 0);
+    bytes.extend_from_slice(&rand_tail());
+    write(&big, &bytes, 0o755);
+    let digest = sha256sum(&big);
+    (big, digest)
+}
+
+#[test]
+fn a_late_decision_fails_open_then_kills_what_it_let_start() {
+    let mnt = TmpMount::new();
+    let (big, digest) = big_banned(mnt.path());
+    let marker = mnt.path().join("finished");
+    let policy = format!(
+        "{POLICY_HEAD}{}",
+        rule("late", "block", &format!("sha256 = [\"{digest}\"]"))
+    );
+    // The proc connector is off: the kill must come from the guard's own late decision.
+    let agent = Agent::start(
+        &policy,
+        &format!(
+            "mounts = [\"{}\"]\ndeadline_ms = 10\nfail_mode = \"open\"\nproc_connector = false",
+            mnt.path().display()
+        ),
+    );
+    let st = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "'{}' 5 && touch '{}'",
+            big.display(),
+            marker.display()
+        ))
+        .status()
+        .unwrap();
+    assert!(!st.success());
+    assert!(
+        !marker.exists(),
+        "the late-judged program finished its work"
+    );
+    let e = agent.wait_event("late kill", |e| {
+        e["kind"] == "process_killed" && e["rule"]["id"] == "late"
+    });
+    assert_eq!(e["outcome"], "killed");
+    assert!(
+        e["message"]
+            .as_str()
+            .unwrap()
+            .contains("missed its deadline"),
+        "{e:#}"
+    );
+    assert!(
+        agent.status()["counters"]["deadline_expirations"]
+            .as_u64()
+            .unwrap()
+            >= 1
+    );
+}
+
+#[test]
+fn a_late_decision_fails_closed_when_configured() {
+    let mnt = TmpMount::new();
+    let (big, digest) = big_banned(mnt.path());
+    let unbanned = mnt.path().join("big-but-allowed");
+    std::fs::copy(&big, &unbanned).unwrap();
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&unbanned)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, b"x"))
+        .unwrap();
+    let policy = format!(
+        "{POLICY_HEAD}{}",
+        rule("late", "block", &format!("sha256 = [\"{digest}\"]"))
+    );
+    let agent = Agent::start(
+        &policy,
+        &format!(
+            "mounts = [\"{}\"]\ndeadline_ms = 10\nfail_mode = \"closed\"",
+            mnt.path().display()
+        ),
+    );
+    // Even an allowed program is denied while its first decision is late...
+    assert_denied(&unbanned);
+    // ...and once decided (and cached) it runs.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match exec(&unbanned, &["0"]) {
+            Ok(st) => {
+                assert!(st.success());
+                break;
+            }
+            Err(e) if e.raw_os_error() == Some(libc::EPERM) && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(100))
+            }
+            Err(e) => panic!("never allowed: {e}"),
+        }
+    }
+    assert!(
+        agent.status()["counters"]["deadline_expirations"]
+            .as_u64()
+            .unwrap()
+            >= 1
     );
 }

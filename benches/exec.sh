@@ -1,0 +1,145 @@
+#!/usr/bin/env bash
+# Exec overhead, side by side in one run: N fork+execs of a small program on a marked tmpfs with
+# no agent, with interdict (fanotify guard + proc connector, cached decisions), and with fapolicyd
+# (Debian's package) configured with an equivalent deny rule. Also: first-exec decision latency
+# for a 200 MB binary, proc-connector kill latency, and the agent's RSS and idle CPU.
+#
+# Usage (root): benches/exec.sh [N]        (default N = 5000; ROUNDS=3)
+# Installs fapolicyd from Debian's packages if missing. Runs every daemon under `timeout`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+N=${1:-5000}
+ROUNDS=${ROUNDS:-3}
+[ "$(id -u)" = 0 ] || { echo "run as root"; exit 2; }
+command -v fapolicyd >/dev/null || { apt-get update -qq; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq fapolicyd >/dev/null; }
+cargo build --release --quiet
+BIN=$PWD/target/release/interdict
+WORK=$(mktemp -d /tmp/interdict-exec-bench.XXXXXX)
+MNT=$WORK/mnt
+mkdir -p "$MNT"
+mount -t tmpfs -o size=512m tmpfs "$MNT"
+AGENT_PID=""; FAPO_PID=""
+cleanup() {
+  [ -n "$AGENT_PID" ] && kill "$AGENT_PID" 2>/dev/null || true
+  [ -n "$FAPO_PID" ] && kill "$FAPO_PID" 2>/dev/null || true
+  sleep 0.5
+  umount "$MNT" 2>/dev/null || umount -l "$MNT" 2>/dev/null || true
+  [ -f "$WORK/fapolicyd.conf.orig" ] && cp "$WORK/fapolicyd.conf.orig" /etc/fapolicyd/fapolicyd.conf
+  [ -f "$WORK/compiled.rules.orig" ] && cp "$WORK/compiled.rules.orig" /etc/fapolicyd/compiled.rules
+  [ -f "$WORK/compiled.rules.orig" ] || rm -f /etc/fapolicyd/compiled.rules
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+cc -O2 -o "$WORK/spawn" benches/support/spawn.c
+cp /bin/true "$MNT/ok"
+cp /bin/true "$MNT/banned"; printf 'bench-%s' "$$" >> "$MNT/banned"
+BANNED_SHA=$(sha256sum "$MNT/banned" | cut -d' ' -f1)
+cat > "$WORK/policy.toml" <<POL
+[policy]
+name = "bench"
+version = "1"
+mode = "enforce"
+[[rule]]
+id = "banned"
+name = "Banned"
+risk = "high"
+reason = "bench"
+action = "block"
+[rule.match]
+paths = ["$MNT/banned"]
+sha256 = ["$BANNED_SHA"]
+POL
+cat > "$WORK/agent.toml" <<CFG
+[agent]
+event_log = "$WORK/events.jsonl"
+control_socket = "$WORK/control.sock"
+[exec]
+mounts = ["$MNT"]
+script_roots = ["$MNT"]
+CFG
+
+spawn() { "$WORK/spawn" "$N" "$MNT/ok"; }
+
+start_agent() {
+  timeout 600 "$BIN" agent --policy "$WORK/policy.toml" --config "$WORK/agent.toml" 2>"$WORK/agent.err" &
+  AGENT_PID=$!
+  for _ in $(seq 100); do [ -S "$WORK/control.sock" ] && break; sleep 0.1; done
+  sleep 1
+}
+stop_agent() { kill "$AGENT_PID"; wait "$AGENT_PID" 2>/dev/null || true; AGENT_PID=""; }
+
+start_fapolicyd() {
+  cp /etc/fapolicyd/fapolicyd.conf "$WORK/fapolicyd.conf.orig"
+  [ -f /etc/fapolicyd/compiled.rules ] && cp /etc/fapolicyd/compiled.rules "$WORK/compiled.rules.orig"
+  sed -i 's/^watch_fs = .*/watch_fs = tmpfs/; s/^trust = .*/trust = file/' /etc/fapolicyd/fapolicyd.conf
+  printf 'deny perm=execute all : path=%s\nallow perm=any all : all\n' "$MNT/banned" > /etc/fapolicyd/compiled.rules
+  mkdir -p /run/fapolicyd /var/lib/fapolicyd; chown fapolicyd:fapolicyd /run/fapolicyd /var/lib/fapolicyd 2>/dev/null || true
+  timeout 600 fapolicyd --debug-deny >/dev/null 2>"$WORK/fapolicyd.err" &
+  FAPO_PID=$!
+  # fapolicyd is ready once it denies the banned program.
+  for _ in $(seq 100); do sleep 0.2; "$MNT/banned" 2>/dev/null || break; done
+}
+stop_fapolicyd() { kill "$FAPO_PID"; wait "$FAPO_PID" 2>/dev/null || true; FAPO_PID=""; }
+
+declare -A R
+for round in $(seq "$ROUNDS"); do
+  R[none]+="$(spawn)|"
+  start_agent; R[interdict]+="$(spawn)|"; stop_agent
+  start_fapolicyd; R[fapolicyd]+="$(spawn)|"; stop_fapolicyd
+done
+echo "exec overhead: $N fork+execs of /bin/true on a marked tmpfs, $ROUNDS rounds, median round"
+med() { tr '|' '\n' | grep -v '^$' | sort -n -k1,1 | awk '{a[NR]=$0} END {print a[int((NR+1)/2)]}'; }
+base=$(echo "${R[none]}" | med | cut -d' ' -f1)
+for k in none interdict fapolicyd; do
+  m=$(echo "${R[$k]}" | med)
+  set -- $m
+  printf '  %-10s %8.1f us/exec  p50 %7.1f us  p99 %7.1f us  failed %s  ratio to none %.3f\n' "$k" "$1" "$2" "$3" "$4" "$(awk "BEGIN{print $1/$base}")"
+done
+
+# First exec of a 200 MB binary (hash on every miss) vs a cached one, with the agent.
+head -c $((200 << 20)) /dev/zero > "$WORK/pad"
+start_agent
+first=(); cached=()
+for i in $(seq 10); do
+  cat /bin/true "$WORK/pad" > "$MNT/big-$i"; chmod +x "$MNT/big-$i"
+  s=$(date +%s%N); "$MNT/big-$i"; e=$(date +%s%N); first+=($(( (e - s) / 1000 )))
+  s=$(date +%s%N); "$MNT/big-$i"; e=$(date +%s%N); cached+=($(( (e - s) / 1000 )))
+done
+stop_agent
+nofirst=()
+for i in $(seq 10); do
+  s=$(date +%s%N); "$MNT/big-$i"; e=$(date +%s%N); nofirst+=($(( (e - s) / 1000 )))
+done
+pct() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {printf "p50 %d us, p99(max of 10) %d us", a[int((NR+1)/2)], a[NR]}'; }
+echo "200 MB binary, exec wall time: first exec with interdict: $(pct "${first[@]}"); cached: $(pct "${cached[@]}"); no agent: $(pct "${nofirst[@]}")"
+
+# Kill latency of the proc-connector path: a banned program on an unmarked path.
+cp /bin/sleep "$WORK/killme"; printf 'kill-%s' "$$" >> "$WORK/killme"
+KILL_SHA=$(sha256sum "$WORK/killme" | cut -d' ' -f1)
+sed -i "s/^sha256 = .*/sha256 = [\"$BANNED_SHA\", \"$KILL_SHA\"]/" "$WORK/policy.toml"
+start_agent
+python3 - "$WORK/killme" <<'PY'
+import subprocess, sys, time, statistics
+lat = []
+for _ in range(50):
+    s = time.monotonic()
+    p = subprocess.Popen([sys.argv[1], "5"])
+    p.wait()
+    lat.append((time.monotonic() - s) * 1e3)
+    assert p.returncode == -9, p.returncode
+lat.sort()
+print(f"kill latency (spawn to death, proc connector): p50 {lat[len(lat)//2]:.2f} ms, p99 {lat[int(len(lat)*0.99)]:.2f} ms, max {lat[-1]:.2f} ms over {len(lat)} runs")
+PY
+# Idle footprint with the shipped pack.
+stop_agent
+cp policies/ai-coding-agents.toml "$WORK/policy.toml"; cp -r policies/hashes "$WORK/"
+start_agent
+t0=$(awk '{print $14+$15}' /proc/$AGENT_PID/stat 2>/dev/null || echo 0)
+PID=$(pgrep -P "$AGENT_PID" interdict || echo "$AGENT_PID")
+t0=$(awk '{print $14+$15}' /proc/$PID/stat)
+sleep 30
+t1=$(awk '{print $14+$15}' /proc/$PID/stat)
+rss=$(awk '/VmRSS/ {print $2}' /proc/$PID/status)
+echo "idle with the shipped pack: RSS $rss KiB, CPU $(awk "BEGIN{printf \"%.3f\", ($t1-$t0)/$(getconf CLK_TCK)/30*100}") % over 30 s"
+stop_agent
