@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Exec overhead, side by side in one run: N fork+execs of a small program on a marked tmpfs with
-# no agent, with interdict (fanotify guard + proc connector, cached decisions), and with fapolicyd
+# no agent, with interdict (fanotify guard + proc connector, cached decisions), with interdict's
+# fanotify guard alone (proc_connector = false: what fapolicyd does), and with fapolicyd
 # (Debian's package) configured with an equivalent deny rule. Also: first-exec decision latency
 # for a 200 MB binary, proc-connector kill latency, and the agent's RSS and idle CPU.
 #
@@ -62,17 +63,24 @@ CFG
 spawn() { "$WORK/spawn" "$N" "$MNT/ok"; }
 
 start_agent() {
-  timeout 600 "$BIN" agent --policy "$WORK/policy.toml" --config "$WORK/agent.toml" 2>"$WORK/agent.err" &
+  cp "$WORK/agent.toml" "$WORK/agent-run.toml"
+  [ -n "${1:-}" ] && echo "$1" >> "$WORK/agent-run.toml"
+  timeout 600 "$BIN" agent --policy "$WORK/policy.toml" --config "$WORK/agent-run.toml" 2>"$WORK/agent.err" &
   AGENT_PID=$!
-  for _ in $(seq 100); do [ -S "$WORK/control.sock" ] && break; sleep 0.1; done
-  sleep 1
+  # Ready once the start-up sweep of running processes is done (it hashes their executables).
+  for _ in $(seq 300); do
+    "$BIN" status --format json --socket "$WORK/control.sock" 2>/dev/null | grep -q '"sweeps":[1-9]' && break
+    sleep 0.1
+  done
 }
 stop_agent() { kill "$AGENT_PID"; wait "$AGENT_PID" 2>/dev/null || true; AGENT_PID=""; }
 
 start_fapolicyd() {
-  cp /etc/fapolicyd/fapolicyd.conf "$WORK/fapolicyd.conf.orig"
-  [ -f /etc/fapolicyd/compiled.rules ] && cp /etc/fapolicyd/compiled.rules "$WORK/compiled.rules.orig"
-  sed -i 's/^watch_fs = .*/watch_fs = tmpfs/; s/^trust = .*/trust = file/' /etc/fapolicyd/fapolicyd.conf
+  # Keep the package's own files once; restored after each run and at exit.
+  [ -f "$WORK/fapolicyd.conf.orig" ] || cp /etc/fapolicyd/fapolicyd.conf "$WORK/fapolicyd.conf.orig"
+  if [ -f /etc/fapolicyd/compiled.rules ] && [ ! -f "$WORK/compiled.rules.orig" ]; then cp /etc/fapolicyd/compiled.rules "$WORK/compiled.rules.orig"; fi
+  # Root throughout: dropping to the fapolicyd user fails in this sandbox ("Cannot change to uid").
+  sed -i 's/^watch_fs = .*/watch_fs = tmpfs/; s/^trust = .*/trust = file/; s/^uid = .*/uid = root/; s/^gid = .*/gid = root/' /etc/fapolicyd/fapolicyd.conf
   printf 'deny perm=execute all : path=%s\nallow perm=any all : all\n' "$MNT/banned" > /etc/fapolicyd/compiled.rules
   mkdir -p /run/fapolicyd /var/lib/fapolicyd; chown fapolicyd:fapolicyd /run/fapolicyd /var/lib/fapolicyd 2>/dev/null || true
   timeout 600 fapolicyd --debug-deny >/dev/null 2>"$WORK/fapolicyd.err" &
@@ -80,37 +88,48 @@ start_fapolicyd() {
   # fapolicyd is ready once it denies the banned program.
   for _ in $(seq 100); do sleep 0.2; "$MNT/banned" 2>/dev/null || break; done
 }
-stop_fapolicyd() { kill "$FAPO_PID"; wait "$FAPO_PID" 2>/dev/null || true; FAPO_PID=""; }
+stop_fapolicyd() {
+  kill "$FAPO_PID" 2>/dev/null || true; wait "$FAPO_PID" 2>/dev/null || true; FAPO_PID=""
+  cp "$WORK/fapolicyd.conf.orig" /etc/fapolicyd/fapolicyd.conf
+  if [ -f "$WORK/compiled.rules.orig" ]; then cp "$WORK/compiled.rules.orig" /etc/fapolicyd/compiled.rules; else rm -f /etc/fapolicyd/compiled.rules; fi
+}
 
+agent_cpu() { awk '{print $14+$15}' "/proc/$(pgrep -P "$AGENT_PID" interdict)/stat"; }
 declare -A R
+CPU=""
 for round in $(seq "$ROUNDS"); do
   R[none]+="$(spawn)|"
-  start_agent; R[interdict]+="$(spawn)|"; stop_agent
+  start_agent; c0=$(agent_cpu); R[interdict]+="$(spawn)|"; c1=$(agent_cpu); stop_agent
+  CPU+="$(awk "BEGIN{print ($c1-$c0)/$(getconf CLK_TCK)*1e6/$N}") "
+  start_agent "proc_connector = false"; R[interdict_guard]+="$(spawn)|"; stop_agent
   start_fapolicyd; R[fapolicyd]+="$(spawn)|"; stop_fapolicyd
 done
 echo "exec overhead: $N fork+execs of /bin/true on a marked tmpfs, $ROUNDS rounds, median round"
 med() { tr '|' '\n' | grep -v '^$' | sort -n -k1,1 | awk '{a[NR]=$0} END {print a[int((NR+1)/2)]}'; }
 base=$(echo "${R[none]}" | med | cut -d' ' -f1)
-for k in none interdict fapolicyd; do
+for k in none interdict interdict_guard fapolicyd; do
   m=$(echo "${R[$k]}" | med)
   set -- $m
-  printf '  %-10s %8.1f us/exec  p50 %7.1f us  p99 %7.1f us  failed %s  ratio to none %.3f\n' "$k" "$1" "$2" "$3" "$4" "$(awk "BEGIN{print $1/$base}")"
+  printf '  %-16s %8.1f us/exec  p50 %7.1f us  p99 %7.1f us  failed %s  ratio to none %.3f\n' "$k" "$1" "$2" "$3" "$4" "$(awk "BEGIN{print $1/$base}")"
 done
+echo "  interdict agent CPU per exec (all threads), per round: $CPU us"
 
 # First exec of a 200 MB binary (hash on every miss) vs a cached one, with the agent.
 head -c $((200 << 20)) /dev/zero > "$WORK/pad"
 start_agent
 first=(); cached=()
-for i in $(seq 10); do
-  cat /bin/true "$WORK/pad" > "$MNT/big-$i"; chmod +x "$MNT/big-$i"
-  s=$(date +%s%N); "$MNT/big-$i"; e=$(date +%s%N); first+=($(( (e - s) / 1000 )))
-  s=$(date +%s%N); "$MNT/big-$i"; e=$(date +%s%N); cached+=($(( (e - s) / 1000 )))
-done
-stop_agent
 nofirst=()
 for i in $(seq 10); do
-  s=$(date +%s%N); "$MNT/big-$i"; e=$(date +%s%N); nofirst+=($(( (e - s) / 1000 )))
+  # A new file each time (new identity, new digest): every first exec is a miss that hashes.
+  cat /bin/true "$WORK/pad" > "$MNT/big"; printf '%s' "$i" >> "$MNT/big"; chmod +x "$MNT/big"
+  s=$(date +%s%N); "$MNT/big"; e=$(date +%s%N); first+=($(( (e - s) / 1000 )))
+  s=$(date +%s%N); "$MNT/big"; e=$(date +%s%N); cached+=($(( (e - s) / 1000 )))
 done
+stop_agent
+for i in $(seq 10); do
+  s=$(date +%s%N); "$MNT/big"; e=$(date +%s%N); nofirst+=($(( (e - s) / 1000 )))
+done
+rm -f "$MNT/big"
 pct() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {printf "p50 %d us, p99(max of 10) %d us", a[int((NR+1)/2)], a[NR]}'; }
 echo "200 MB binary, exec wall time: first exec with interdict: $(pct "${first[@]}"); cached: $(pct "${cached[@]}"); no agent: $(pct "${nofirst[@]}")"
 
@@ -135,8 +154,7 @@ PY
 stop_agent
 cp policies/ai-coding-agents.toml "$WORK/policy.toml"; cp -r policies/hashes "$WORK/"
 start_agent
-t0=$(awk '{print $14+$15}' /proc/$AGENT_PID/stat 2>/dev/null || echo 0)
-PID=$(pgrep -P "$AGENT_PID" interdict || echo "$AGENT_PID")
+PID=$(pgrep -P "$AGENT_PID" interdict)
 t0=$(awk '{print $14+$15}' /proc/$PID/stat)
 sleep 30
 t1=$(awk '{print $14+$15}' /proc/$PID/stat)

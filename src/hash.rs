@@ -174,6 +174,14 @@ impl HashMemo {
         result.map(|(d, _)| (d, false))
     }
 
+    /// The digest remembered for `key`, if its computation is done.
+    pub fn get(&self, key: &FileKey) -> Option<Sha256> {
+        match self.map.lock().expect("hash memo poisoned").get(key) {
+            Some(Slot::Done(d)) => Some(*d),
+            _ => None,
+        }
+    }
+
     /// Open `path` as a regular file and hash it through the memo.
     pub fn hash_path(&self, path: &Path, follow: bool) -> io::Result<Sha256> {
         let (f, m) = open_regular(path, follow)?;

@@ -3,7 +3,7 @@
 //! runs.
 
 use std::ffi::{OsStr, OsString};
-use std::os::unix::ffi::OsStrExt;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 
 use interdict_policy::{Facts, Sha256};
@@ -27,7 +27,7 @@ pub struct ProcessInfo {
     pub argv: Vec<OsString>,
     /// Working directory.
     pub cwd: Option<PathBuf>,
-    /// Real user id.
+    /// User id (from /proc: the owner of `/proc/PID`, i.e. the effective uid).
     pub uid: Option<u32>,
     /// Start time, seconds since the epoch.
     pub start_time: u64,
@@ -71,36 +71,94 @@ pub fn list() -> Vec<ProcessInfo> {
     out
 }
 
-/// `(ppid, start ticks)` from `/proc/PID/stat`. The command name may hold spaces and
-/// parentheses, so fields are counted from the last `)`.
-pub fn read_stat(pid: u32) -> Option<(u32, u64)> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = &stat[stat.rfind(')')? + 1..];
+/// The fields of `/proc/PID/stat` the agent uses: (ppid, start ticks, comm). The command name
+/// may hold spaces and parentheses, so fields are counted from the last `)`.
+fn parse_stat(stat: &[u8]) -> Option<(u32, u64, OsString)> {
+    let open = stat.iter().position(|b| *b == b'(')?;
+    let close = stat.iter().rposition(|b| *b == b')')?;
+    let comm = OsString::from(OsStr::from_bytes(stat.get(open + 1..close)?));
+    let rest = std::str::from_utf8(stat.get(close + 1..)?).ok()?;
     let f: Vec<&str> = rest.split_whitespace().collect();
     // f[0] is field 3 (state): ppid is field 4, starttime field 22.
-    Some((f.get(1)?.parse().ok()?, f.get(19)?.parse().ok()?))
+    Some((f.get(1)?.parse().ok()?, f.get(19)?.parse().ok()?, comm))
 }
 
-/// Read one process straight from `/proc` (cheaper than a full listing; used per exec event).
-/// `None` when the process is already gone.
+/// `(ppid, start ticks)` from `/proc/PID/stat`.
+pub fn read_stat(pid: u32) -> Option<(u32, u64)> {
+    let stat = std::fs::read(format!("/proc/{pid}/stat")).ok()?;
+    parse_stat(&stat).map(|(ppid, start, _)| (ppid, start))
+}
+
+/// A process's working directory (read on demand: only interpreters and events need it).
+pub fn cwd_of(pid: u32) -> Option<PathBuf> {
+    std::fs::read_link(format!("/proc/{pid}/cwd")).ok()
+}
+
+fn read_at(dir: &std::os::fd::OwnedFd, name: &std::ffi::CStr) -> Option<Vec<u8>> {
+    use std::io::Read;
+    use std::os::fd::{AsRawFd, FromRawFd};
+    let fd = unsafe {
+        libc::openat(
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            libc::O_RDONLY | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return None;
+    }
+    let mut f = unsafe { std::fs::File::from_raw_fd(fd) };
+    // One read covers stat and almost every command line; longer ones are read to the end.
+    let mut buf = vec![0u8; 4096];
+    let n = f.read(&mut buf).ok()?;
+    buf.truncate(n);
+    if n == 4096 {
+        f.read_to_end(&mut buf).ok()?;
+    }
+    Some(buf)
+}
+
+fn readlink_at(dir: &std::os::fd::OwnedFd, name: &std::ffi::CStr) -> Option<PathBuf> {
+    use std::os::fd::AsRawFd;
+    let mut buf = vec![0u8; libc::PATH_MAX as usize];
+    let n = unsafe {
+        libc::readlinkat(
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    if n < 0 {
+        return None;
+    }
+    buf.truncate(n as usize);
+    Some(PathBuf::from(OsString::from_vec(buf)))
+}
+
+/// Read one process straight from `/proc`, cheaply (this runs for every exec on the machine):
+/// one directory descriptor, then `stat` (ppid, start time, comm), `exe` and `cmdline` relative
+/// to it; the user is the owner of `/proc/PID` (the effective uid). The working directory is left
+/// out ([`cwd_of`]). `None` when the process is already gone.
 pub fn read_proc(pid: u32) -> Option<ProcessInfo> {
-    let base = PathBuf::from(format!("/proc/{pid}"));
-    let (ppid, start_ticks) = read_stat(pid)?;
-    let status = std::fs::read_to_string(base.join("status")).ok()?;
-    let uid = status
-        .lines()
-        .find_map(|l| l.strip_prefix("Uid:"))
-        .and_then(|l| l.split_whitespace().next())
-        .and_then(|u| u.parse().ok());
-    let comm = std::fs::read(base.join("comm"))
-        .map(|mut c| {
-            if c.last() == Some(&b'\n') {
-                c.pop();
-            }
-            OsString::from(OsStr::from_bytes(&c))
-        })
-        .unwrap_or_default();
-    let argv = std::fs::read(base.join("cmdline"))
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    let path = std::ffi::CString::new(format!("/proc/{pid}")).ok()?;
+    let fd = unsafe {
+        libc::open(
+            path.as_ptr(),
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return None;
+    }
+    let dir = unsafe { OwnedFd::from_raw_fd(fd) };
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    if unsafe { libc::fstat(dir.as_raw_fd(), &mut st) } < 0 {
+        return None;
+    }
+    let (ppid, start_ticks, comm) = parse_stat(&read_at(&dir, c"stat")?)?;
+    let argv = read_at(&dir, c"cmdline")
         .map(|c| {
             c.split(|b| *b == 0)
                 .filter(|a| !a.is_empty())
@@ -112,12 +170,10 @@ pub fn read_proc(pid: u32) -> Option<ProcessInfo> {
         pid,
         ppid: Some(ppid),
         comm,
-        exe: std::fs::read_link(base.join("exe"))
-            .ok()
-            .map(|e| strip_deleted(&e)),
+        exe: readlink_at(&dir, c"exe").map(|e| strip_deleted(&e)),
         argv,
-        cwd: std::fs::read_link(base.join("cwd")).ok(),
-        uid,
+        cwd: None,
+        uid: Some(st.st_uid),
         start_time: 0,
         start_ticks: Some(start_ticks),
     })
@@ -194,7 +250,8 @@ pub fn script_arg(kind: Interpreter, argv: &[OsString]) -> Option<ScriptArg> {
                     .next()
                     .map(|m| ScriptArg::Module(m.to_string_lossy().into_owned()))
             }
-            b"-c" | b"-e" | b"--eval" | b"-p" | b"--print" => return None,
+            // Inline code, or the script on standard input (`python3 - ARGS`: ARGS are arguments).
+            b"-c" | b"-e" | b"--eval" | b"-p" | b"--print" | b"-" => return None,
             b"--" => return args.next().map(|a| ScriptArg::File(a.clone())),
             b"run" if matches!(kind, Interpreter::Bun | Interpreter::Deno) => continue,
             _ if s.starts_with(b"-m") && kind == Interpreter::Python && s.len() > 2 => {
@@ -271,7 +328,8 @@ pub fn facts_for(
     if let Some(kind) = interpreter(&exe_name) {
         match script_arg(kind, &info.argv) {
             Some(ScriptArg::File(arg)) => {
-                let script = resolve_script(info.pid, info.cwd.as_deref(), &arg);
+                let cwd = info.cwd.clone().or_else(|| cwd_of(info.pid));
+                let script = resolve_script(info.pid, cwd.as_deref(), &arg);
                 facts.add_name(basename(script.as_os_str()));
                 if hash {
                     match memo.hash_path(&script, true) {
@@ -309,9 +367,17 @@ pub fn facts_for(
     }
 }
 
-/// SHA-256 of the file a process is running, read through `/proc/PID/exe`.
+/// SHA-256 of the file a process is running, read through `/proc/PID/exe`; a file hashed
+/// before costs one `stat`.
 pub fn exe_digest(pid: u32, memo: &HashMemo) -> std::io::Result<Sha256> {
-    memo.hash_path(Path::new(&format!("/proc/{pid}/exe")), true)
+    let exe = format!("/proc/{pid}/exe");
+    if let Some(d) = std::fs::metadata(&exe)
+        .ok()
+        .and_then(|m| memo.get(&crate::hash::FileKey::of(&m)))
+    {
+        return Ok(d);
+    }
+    memo.hash_path(Path::new(&exe), true)
 }
 
 /// The command line joined for display (lossy for non-UTF-8 arguments).
@@ -328,6 +394,13 @@ mod tests {
 
     fn argv(a: &[&str]) -> Vec<OsString> {
         a.iter().map(OsString::from).collect()
+    }
+
+    #[test]
+    fn stat_with_odd_command_names() {
+        let s = b"42 (a) b (c)) S 7 42 42 0 -1 4194304 1 0 0 0 0 0 0 0 20 0 1 0 123456 0 0";
+        assert_eq!(parse_stat(s), Some((7, 123456, OsString::from("a) b (c)"))));
+        assert_eq!(parse_stat(b"garbage"), None);
     }
 
     #[test]

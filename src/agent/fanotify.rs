@@ -15,7 +15,7 @@
 //! reader stops and the fanotify descriptor is closed as soon as the workers let go of it; the
 //! kernel then lets pending events through.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::ffi::CString;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
@@ -31,45 +31,11 @@ use interdict_policy::Facts;
 use super::config::FailMode;
 use super::judge::{self, Plan};
 use super::metrics::inc;
-use super::state::Shared;
+use super::state::{Cached, Shared};
 use crate::hash::FileKey;
 
 const FAN_ALLOW: u32 = 0x01;
 const FAN_DENY: u32 = 0x02;
-
-/// A decision remembered for a file identity.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Cached {
-    Allow,
-    Deny,
-}
-
-/// Decision cache keyed by file identity, kind of event and policy generation. Allow entries live
-/// until the policy changes; the whole cache is dropped past its size cap.
-#[derive(Debug, Default)]
-struct DecisionCache {
-    map: Mutex<HashMap<(FileKey, bool), (u64, Cached)>>,
-}
-
-const CACHE_CAP: usize = 65_536;
-
-impl DecisionCache {
-    fn get(&self, key: &(FileKey, bool), generation: u64) -> Option<Cached> {
-        let map = self.map.lock().expect("cache poisoned");
-        match map.get(key) {
-            Some((g, c)) if *g == generation => Some(*c),
-            _ => None,
-        }
-    }
-
-    fn put(&self, key: (FileKey, bool), generation: u64, c: Cached) {
-        let mut map = self.map.lock().expect("cache poisoned");
-        if map.len() >= CACHE_CAP {
-            map.clear();
-        }
-        map.insert(key, (generation, c));
-    }
-}
 
 /// One permission event waiting for its answer.
 struct Pending {
@@ -113,7 +79,6 @@ impl Pending {
 struct Guard {
     fan: OwnedFd,
     shared: Arc<Shared>,
-    cache: DecisionCache,
     fail: u32,
 }
 
@@ -258,7 +223,6 @@ pub fn start(shared: Arc<Shared>) -> Result<ScriptMarker, String> {
     let guard = Arc::new(Guard {
         fan,
         shared: shared.clone(),
-        cache: DecisionCache::default(),
         fail: match cfg.fail_mode {
             FailMode::Open => FAN_ALLOW,
             FailMode::Closed => FAN_DENY,
@@ -399,7 +363,7 @@ fn handle(
         return;
     }
     let generation = shared.active.load().generation;
-    if let Some(c) = g.cache.get(&(key, script), generation) {
+    if let Some(c) = shared.decisions.get(&(key, script), generation) {
         inc(&shared.metrics.c.cache_hits);
         match c {
             Cached::Allow => g.respond(fd.as_raw_fd(), FAN_ALLOW),
@@ -553,8 +517,11 @@ fn decide(g: &Guard, p: &Pending) {
                 count_deny(shared, p.script);
             }
         }
-        if !hash_failed && FileKey::of_fd(&p.fd) == Some(p.key) {
-            g.cache.put(
+        // Only "nothing to do" and "deny" are cached: a report, a kill or a would-enforce must
+        // be acted on at every exec.
+        let cacheable = matches!(plan, Plan::Allow | Plan::Stop);
+        if cacheable && !hash_failed && FileKey::of_fd(&p.fd) == Some(p.key) {
+            shared.decisions.put(
                 (p.key, p.script),
                 active.generation,
                 if deny { Cached::Deny } else { Cached::Allow },

@@ -65,7 +65,11 @@ pub fn process_ref(shared: &Shared, info: &ProcessInfo) -> ProcessRef {
         ppid: info.ppid,
         exe: info.exe.as_ref().map(|e| e.display().to_string()),
         argv,
-        cwd: info.cwd.as_ref().map(|c| c.display().to_string()),
+        cwd: info
+            .cwd
+            .clone()
+            .or_else(|| crate::procs::cwd_of(info.pid))
+            .map(|c| c.display().to_string()),
         uid: info.uid,
         user: info.uid.map(|u| shared.accounts.user_name(u)),
         start_time: info.start_ticks,

@@ -16,6 +16,9 @@ const CN_IDX_PROC: u32 = 1;
 const CN_VAL_PROC: u32 = 1;
 const PROC_CN_MCAST_LISTEN: u32 = 1;
 const PROC_EVENT_EXEC: u32 = 2;
+/// The events this listener asks for. Kernels since 6.6 filter per listener when the
+/// subscription carries a mask; older ones ignore it and send every process event.
+const FILTER_MASK: u32 = PROC_EVENT_EXEC;
 const NLMSG_HDRLEN: usize = 16;
 const CN_MSG_LEN: usize = 20;
 
@@ -55,8 +58,9 @@ fn open_socket() -> std::io::Result<OwnedFd> {
     if r < 0 {
         return Err(std::io::Error::last_os_error());
     }
-    // nlmsghdr + cn_msg + op: subscribe to process events.
-    let mut msg = [0u8; NLMSG_HDRLEN + CN_MSG_LEN + 4];
+    // nlmsghdr + cn_msg + proc_input { op, event_type }: subscribe to exec events only. Kernels
+    // before 6.6 read just the op and send every process event (the others are skipped below).
+    let mut msg = [0u8; NLMSG_HDRLEN + CN_MSG_LEN + 8];
     let total = msg.len() as u32;
     msg[0..4].copy_from_slice(&total.to_ne_bytes());
     msg[4..6].copy_from_slice(&(libc::NLMSG_DONE as u16).to_ne_bytes());
@@ -64,8 +68,9 @@ fn open_socket() -> std::io::Result<OwnedFd> {
     let cn = NLMSG_HDRLEN;
     msg[cn..cn + 4].copy_from_slice(&CN_IDX_PROC.to_ne_bytes());
     msg[cn + 4..cn + 8].copy_from_slice(&CN_VAL_PROC.to_ne_bytes());
-    msg[cn + 16..cn + 18].copy_from_slice(&4u16.to_ne_bytes());
-    msg[cn + CN_MSG_LEN..].copy_from_slice(&PROC_CN_MCAST_LISTEN.to_ne_bytes());
+    msg[cn + 16..cn + 18].copy_from_slice(&8u16.to_ne_bytes());
+    msg[cn + CN_MSG_LEN..cn + CN_MSG_LEN + 4].copy_from_slice(&PROC_CN_MCAST_LISTEN.to_ne_bytes());
+    msg[cn + CN_MSG_LEN + 4..].copy_from_slice(&FILTER_MASK.to_ne_bytes());
     let r = unsafe { libc::send(sock.as_raw_fd(), msg.as_ptr().cast(), msg.len(), 0) };
     if r < 0 {
         return Err(std::io::Error::last_os_error());
@@ -99,18 +104,47 @@ fn run(shared: Arc<Shared>, sock: OwnedFd) {
             Ok(false) => break None,
             Err(e) => break Some(format!("poll: {e}")),
         }
-        let n = unsafe { libc::recv(sock.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+        // Drain every queued message before polling again: one wake-up per burst of execs.
+        if let Some(why) = drain(&shared, &sock, &mut buf) {
+            break Some(why);
+        }
+    };
+    shared.proc_connector_running.store(false, Ordering::SeqCst);
+    match why {
+        Some(w) => {
+            shared.set_sensor("proc_connector", "failed", w.clone());
+            let mut e = shared.event(interdict_event::EventKind::SensorDegraded);
+            e.sensor = Some("proc_connector".into());
+            e.message = Some(w);
+            shared.emit(e);
+        }
+        None => shared.set_sensor("proc_connector", "stopped", "shut down"),
+    }
+}
+
+/// Read and handle messages until the socket is empty. `Some(why)` on a fatal error.
+fn drain(shared: &Shared, sock: &OwnedFd, buf: &mut [u8]) -> Option<String> {
+    loop {
+        let n = unsafe {
+            libc::recv(
+                sock.as_raw_fd(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                libc::MSG_DONTWAIT,
+            )
+        };
         if n < 0 {
             let e = std::io::Error::last_os_error();
             match e.raw_os_error() {
-                Some(libc::EINTR) | Some(libc::EAGAIN) => continue,
+                Some(libc::EAGAIN) => return None,
+                Some(libc::EINTR) => continue,
                 Some(libc::ENOBUFS) => {
                     // Events were lost: look at everything that runs now.
                     inc(&shared.metrics.c.netlink_overflows);
-                    sweep::sweep(&shared, "proc_connector");
+                    sweep::sweep(shared, "proc_connector");
                     continue;
                 }
-                _ => break Some(format!("recv: {e}")),
+                _ => return Some(format!("recv: {e}")),
             }
         }
         let n = n as usize;
@@ -127,22 +161,11 @@ fn run(shared: Arc<Shared>, sock: OwnedFd) {
                 if what == PROC_EVENT_EXEC {
                     let tgid = i32::from_ne_bytes(ev[20..24].try_into().expect("4 bytes"));
                     inc(&shared.metrics.c.proc_events);
-                    on_exec(&shared, tgid as u32);
+                    on_exec(shared, tgid as u32);
                 }
             }
             off += (len + 3) & !3;
         }
-    };
-    shared.proc_connector_running.store(false, Ordering::SeqCst);
-    match why {
-        Some(w) => {
-            shared.set_sensor("proc_connector", "failed", w.clone());
-            let mut e = shared.event(interdict_event::EventKind::SensorDegraded);
-            e.sensor = Some("proc_connector".into());
-            e.message = Some(w);
-            shared.emit(e);
-        }
-        None => shared.set_sensor("proc_connector", "stopped", "shut down"),
     }
 }
 

@@ -1,7 +1,7 @@
 //! State shared by every sensor: the policy in force (swapped atomically), metrics, the event
 //! sink, the shutdown signal, the protected files and the guarded killer.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
@@ -247,6 +247,44 @@ impl Killer {
     }
 }
 
+/// A decision remembered for a file identity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cached {
+    /// Nothing to do: nothing (or an `allow` rule) matched the file itself.
+    Allow,
+    /// The exec (or script open) is denied.
+    Deny,
+}
+
+/// Decision cache keyed by file identity, kind of event and policy generation. Allow entries live
+/// until the policy changes; the whole cache is dropped past its size cap.
+#[derive(Debug, Default)]
+pub struct DecisionCache {
+    map: Mutex<HashMap<(crate::hash::FileKey, bool), (u64, Cached)>>,
+}
+
+const CACHE_CAP: usize = 65_536;
+
+impl DecisionCache {
+    /// The decision for `key` under policy `generation`, if cached.
+    pub fn get(&self, key: &(crate::hash::FileKey, bool), generation: u64) -> Option<Cached> {
+        let map = self.map.lock().expect("cache poisoned");
+        match map.get(key) {
+            Some((g, c)) if *g == generation => Some(*c),
+            _ => None,
+        }
+    }
+
+    /// Remember a decision.
+    pub fn put(&self, key: (crate::hash::FileKey, bool), generation: u64, c: Cached) {
+        let mut map = self.map.lock().expect("cache poisoned");
+        if map.len() >= CACHE_CAP {
+            map.clear();
+        }
+        map.insert(key, (generation, c));
+    }
+}
+
 /// Everything the sensors share.
 #[derive(Debug)]
 pub struct Shared {
@@ -268,6 +306,8 @@ pub struct Shared {
     pub protected: Protected,
     /// Guarded kills.
     pub killer: Killer,
+    /// Decisions by file identity, from the fanotify guard (the proc connector reads them).
+    pub decisions: DecisionCache,
     /// Digests by file identity, shared by every sensor.
     pub memo: HashMemo,
     /// Users and groups.
@@ -332,6 +372,7 @@ pub fn shared(
         shutdown: Shutdown::new()?,
         protected: Protected::discover(),
         killer: Killer::default(),
+        decisions: DecisionCache::default(),
         memo: HashMemo::default(),
         accounts: Accounts::load(),
         sensors: Mutex::new(Vec::new()),

@@ -7,6 +7,7 @@
 //! agent, which sees every exec on the machine, never matches anything else.
 
 use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -937,4 +938,39 @@ fn a_late_decision_fails_closed_when_configured() {
             .unwrap()
             >= 1
     );
+}
+
+#[test]
+fn every_exec_of_a_reported_or_killed_tool_is_handled_not_only_the_first() {
+    let mnt = TmpMount::new();
+    let m = mnt.path();
+    let reported = m.join("reported-tool");
+    let dr = unique_copy("/bin/true", &reported);
+    let killed = m.join("killed-tool");
+    let dk = unique_copy("/bin/sleep", &killed);
+    let policy = format!(
+        "{POLICY_HEAD}{}{}",
+        rule("reported", "report", &format!("sha256 = [\"{dr}\"]")),
+        rule("killed", "kill", &format!("sha256 = [\"{dk}\"]")),
+    );
+    let mut agent = Agent::start(&policy, &format!("mounts = [\"{}\"]", m.display()));
+    for _ in 0..3 {
+        assert!(exec(&reported, &[]).unwrap().success());
+        let st = exec(&killed, &["5"]).unwrap();
+        assert_eq!(
+            st.signal(),
+            Some(libc::SIGKILL),
+            "every exec of a kill-rule tool is killed"
+        );
+    }
+    agent.stop();
+    let events = agent.events();
+    let n = |kind: &str, rule: &str| {
+        events
+            .iter()
+            .filter(|e| e["kind"] == kind && e["rule"]["id"] == rule)
+            .count()
+    };
+    assert_eq!(n("exec_reported", "reported"), 3, "{events:#?}");
+    assert_eq!(n("process_killed", "killed"), 3, "{events:#?}");
 }
