@@ -77,6 +77,19 @@ fn rand_tail() -> Vec<u8> {
     b.to_vec()
 }
 
+/// The `[exec]` body that marks only `m`.
+fn marks(m: &Path) -> String {
+    format!("mounts = [\"{}\"]", m.display())
+}
+
+/// A policy with one rule of `action` on `digest`.
+fn hash_policy(id: &str, action: &str, digest: &str) -> String {
+    format!(
+        "{POLICY_HEAD}{}",
+        rule(id, action, &format!("sha256 = [\"{digest}\"]"))
+    )
+}
+
 /// A running agent with its own folder (policy, config, event log, control socket).
 pub struct Agent {
     pub child: Child,
@@ -315,7 +328,7 @@ fn blocks_by_path_name_and_sha256_including_renamed_copies_hardlinks_and_symlink
         rule("by-name", "block", &format!("names = [\"{name}\"]")),
         rule("by-hash", "block", &format!("sha256 = [\"{digest}\"]")),
     );
-    let mut agent = Agent::start(&policy, &format!("mounts = [\"{}\"]", m.display()));
+    let mut agent = Agent::start(&policy, &marks(m));
     for p in [&by_path, &by_name, &hashed, &renamed, &hardlink, &symlink] {
         assert_denied(p);
     }
@@ -363,11 +376,8 @@ fn a_banned_program_on_an_unmarked_path_is_killed_before_it_finishes() {
     let banned = dir.path().join("unmarked-banned");
     let digest = unique_copy("/bin/sleep", &banned);
     let marker = dir.path().join("finished");
-    let policy = format!(
-        "{POLICY_HEAD}{}",
-        rule("kill-me", "block", &format!("sha256 = [\"{digest}\"]"))
-    );
-    let agent = Agent::start(&policy, &format!("mounts = [\"{}\"]", mnt.path().display()));
+    let policy = hash_policy("kill-me", "block", &digest);
+    let agent = Agent::start(&policy, &marks(mnt.path()));
     let st = Command::new("sh")
         .arg("-c")
         .arg(format!(
@@ -394,10 +404,7 @@ fn a_memfd_exec_of_a_banned_binary_is_killed() {
     let dir = tempfile::tempdir().unwrap();
     let bytes_path = dir.path().join("payload.bin");
     let digest = unique_copy("/bin/sleep", &bytes_path);
-    let policy = format!(
-        "{POLICY_HEAD}{}",
-        rule("memfd", "kill", &format!("sha256 = [\"{digest}\"]"))
-    );
+    let policy = hash_policy("memfd", "kill", &digest);
     let marker = dir.path().join("finished");
     let script = dir.path().join("memfd.py");
     std::fs::write(
@@ -408,7 +415,7 @@ fn a_memfd_exec_of_a_banned_binary_is_killed() {
         ),
     )
     .unwrap();
-    let agent = Agent::start(&policy, &format!("mounts = [\"{}\"]", mnt.path().display()));
+    let agent = Agent::start(&policy, &marks(mnt.path()));
     let st = Command::new("sh")
         .arg("-c")
         .arg(format!(
@@ -444,7 +451,7 @@ fn monitor_mode_and_future_enforce_from_report_without_blocking() {
         POLICY_HEAD.replace("enforce", "monitor"),
         rule("watched", "block", &format!("sha256 = [\"{da}\"]"))
     );
-    let agent = Agent::start(&policy, &format!("mounts = [\"{}\"]", m.display()));
+    let agent = Agent::start(&policy, &marks(m));
     assert!(
         exec(&a, &[]).unwrap().success(),
         "monitor mode must not block"
@@ -462,7 +469,7 @@ fn monitor_mode_and_future_enforce_from_report_without_blocking() {
         rule("later", "block", &format!("sha256 = [\"{db}\"]"))
             .replace("[rule.match]", "enforce_from = 2999-01-01\n[rule.match]")
     );
-    let agent = Agent::start(&policy, &format!("mounts = [\"{}\"]", m.display()));
+    let agent = Agent::start(&policy, &marks(m));
     assert!(
         exec(&b, &[]).unwrap().success(),
         "a future enforce_from must not block"
@@ -479,11 +486,8 @@ fn a_broken_policy_on_reload_leaves_the_old_one_in_force() {
     let m = mnt.path();
     let banned = m.join("reload-banned");
     let digest = unique_copy("/bin/true", &banned);
-    let good = format!(
-        "{POLICY_HEAD}{}",
-        rule("ban", "block", &format!("sha256 = [\"{digest}\"]"))
-    );
-    let agent = Agent::start(&good, &format!("mounts = [\"{}\"]", m.display()));
+    let good = hash_policy("ban", "block", &digest);
+    let agent = Agent::start(&good, &marks(m));
     assert_denied(&banned);
 
     std::fs::write(
@@ -530,11 +534,8 @@ fn the_policy_file_changing_reloads_it() {
     let m = mnt.path();
     let tool = m.join("watched-tool");
     let digest = unique_copy("/bin/true", &tool);
-    let report = format!(
-        "{POLICY_HEAD}{}",
-        rule("ban", "report", &format!("sha256 = [\"{digest}\"]"))
-    );
-    let agent = Agent::start(&report, &format!("mounts = [\"{}\"]", m.display()));
+    let report = hash_policy("ban", "report", &digest);
+    let agent = Agent::start(&report, &marks(m));
     assert!(exec(&tool, &[]).unwrap().success());
     // Replace the file the way editors do: write a new one, rename it over the old.
     let tmp = agent.dir.path().join("policy.toml.new");
@@ -663,11 +664,8 @@ fn an_exec_storm_denies_every_banned_exec_without_hanging_and_counters_add_up() 
     unique_copy("/bin/true", &ok);
     let bad = m.join("storm-bad");
     let digest = unique_copy("/bin/true", &bad);
-    let policy = format!(
-        "{POLICY_HEAD}{}",
-        rule("storm", "block", &format!("sha256 = [\"{digest}\"]"))
-    );
-    let mut agent = Agent::start(&policy, &format!("mounts = [\"{}\"]", m.display()));
+    let policy = hash_policy("storm", "block", &digest);
+    let mut agent = Agent::start(&policy, &marks(m));
     let before = agent.status()["counters"].clone();
     // A shell loop: thousands of fork+execs, every tenth one banned.
     let script = format!(
@@ -711,10 +709,7 @@ fn the_agent_protects_its_own_binary_whatever_the_policy_says() {
     // copy is unique, so that this agent's proc connector never matches another test's interdict.
     let own = m.join("interdict-copy");
     let digest = unique_copy(env!("CARGO_BIN_EXE_interdict"), &own);
-    let policy = format!(
-        "{POLICY_HEAD}{}",
-        rule("self", "block", &format!("sha256 = [\"{digest}\"]"))
-    );
+    let policy = hash_policy("self", "block", &digest);
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("policy.toml");
     std::fs::write(&p, &policy).unwrap();
@@ -849,10 +844,7 @@ fn a_late_decision_fails_open_then_kills_what_it_let_start() {
     let mnt = TmpMount::new();
     let (big, digest) = big_banned(mnt.path());
     let marker = mnt.path().join("finished");
-    let policy = format!(
-        "{POLICY_HEAD}{}",
-        rule("late", "block", &format!("sha256 = [\"{digest}\"]"))
-    );
+    let policy = hash_policy("late", "block", &digest);
     // The proc connector is off: the kill must come from the guard's own late decision.
     let agent = Agent::start(
         &policy,
@@ -905,10 +897,7 @@ fn a_late_decision_fails_closed_when_configured() {
         .open(&unbanned)
         .and_then(|mut f| std::io::Write::write_all(&mut f, b"x"))
         .unwrap();
-    let policy = format!(
-        "{POLICY_HEAD}{}",
-        rule("late", "block", &format!("sha256 = [\"{digest}\"]"))
-    );
+    let policy = hash_policy("late", "block", &digest);
     let agent = Agent::start(
         &policy,
         &format!(
@@ -953,7 +942,7 @@ fn every_exec_of_a_reported_or_killed_tool_is_handled_not_only_the_first() {
         rule("reported", "report", &format!("sha256 = [\"{dr}\"]")),
         rule("killed", "kill", &format!("sha256 = [\"{dk}\"]")),
     );
-    let mut agent = Agent::start(&policy, &format!("mounts = [\"{}\"]", m.display()));
+    let mut agent = Agent::start(&policy, &marks(m));
     for _ in 0..3 {
         assert!(exec(&reported, &[]).unwrap().success());
         let st = exec(&killed, &["5"]).unwrap();
