@@ -271,6 +271,7 @@ async fn reload(
 fn refresh_after_policy_change(shared: &Arc<Shared>, marker: &Arc<Option<fanotify::ScriptMarker>>) {
     let (shared, marker) = (shared.clone(), marker.clone());
     std::thread::spawn(move || {
+        warn_about_protected(&shared);
         if let (Some(m), true) = (marker.as_ref(), shared.config.script_guard) {
             let n = mark_scripts(&shared, m);
             shared.set_sensor(
@@ -281,6 +282,56 @@ fn refresh_after_policy_change(shared: &Arc<Shared>, marker: &Arc<Option<fanotif
         }
         sweep::sweep(&shared, "sweep");
     });
+}
+
+/// Say so, once per policy, when the policy would block or kill a file the agent protects (its
+/// own binary, PID 1's executable, the critical system programs): those are never enforced on.
+fn warn_about_protected(shared: &Shared) {
+    let active = shared.active.load_full();
+    let policy = &active.loaded.policy;
+    let mut paths: Vec<PathBuf> = ["/proc/self/exe", "/proc/1/exe"]
+        .iter()
+        .filter_map(|p| std::fs::read_link(p).ok())
+        .collect();
+    paths.extend(interdict_policy::CRITICAL_PATHS.iter().map(PathBuf::from));
+    for path in paths {
+        let Ok(canonical) = std::fs::canonicalize(&path) else {
+            continue;
+        };
+        let mut facts = interdict_policy::Facts {
+            exe_path: Some(canonical.clone()),
+            ..Default::default()
+        };
+        facts.add_name(path.file_name().map(|n| n.to_string_lossy().into_owned()));
+        facts.add_name(
+            canonical
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned()),
+        );
+        if policy.needs_sha256() {
+            facts.exe_sha256 = shared.memo.hash_path(&canonical, false).ok();
+        }
+        let Some(d) = policy.evaluate(&facts) else {
+            continue;
+        };
+        if !matches!(
+            judge::plan(policy, Some(&d), shared.today()),
+            judge::Plan::Stop | judge::Plan::Kill
+        ) {
+            continue;
+        }
+        let rule = &policy.rule(&d).id;
+        tracing::warn!(
+            "rule `{rule}` matches {}, which interdict protects: it will never be blocked or killed",
+            canonical.display()
+        );
+        let mut e = shared.event(EventKind::ExecReported);
+        e.outcome = Some(interdict_event::Outcome::Protected);
+        e.rule = Some(judge::rule_ref(policy, &d, &facts));
+        e.file = judge::file_ref(&facts, None);
+        e.message = Some("the policy would block a protected file; refused".into());
+        shared.emit(e);
+    }
 }
 
 /// Find the banned interpreter scripts under the script roots and mark each for the guard.

@@ -745,6 +745,41 @@ fn the_agent_protects_its_own_binary_whatever_the_policy_says() {
     let _ = child.wait();
     let st = st.expect("the agent's own binary must not be denied");
     assert!(st.status.success());
+    // And it said, once, that the policy asks for something it refuses to do.
+    let events = std::fs::read_to_string(dir.path().join("events.jsonl")).unwrap();
+    let protected: Vec<Value> = events
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|e| e["outcome"] == "protected" && e["rule"]["id"] == "self")
+        .collect();
+    assert!(!protected.is_empty(), "no protected warning in:\n{events}");
+    assert_eq!(protected[0]["file"]["path"], own.to_string_lossy().as_ref());
+}
+
+#[test]
+fn sighup_reloads_the_policy() {
+    let mnt = TmpMount::new();
+    let m = mnt.path();
+    let tool = m.join("hup-tool");
+    let digest = unique_copy("/bin/true", &tool);
+    // The policy file is a symlink into another folder, so that the file watcher does not see
+    // the edit: only SIGHUP can bring it in.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let target = elsewhere.path().join("real-policy.toml");
+    std::fs::write(&target, hash_policy("hup", "report", &digest)).unwrap();
+    let agent = Agent::start(&hash_policy("hup", "report", &digest), &marks(m));
+    std::fs::remove_file(&agent.policy).unwrap();
+    std::os::unix::fs::symlink(&target, &agent.policy).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(exec(&tool, &[]).unwrap().success());
+    std::fs::write(&target, hash_policy("hup", "block", &digest)).unwrap();
+    // The agent runs under `timeout`; signal the agent itself.
+    let agent_pid = agent.status()["pid"].as_u64().unwrap() as i32;
+    unsafe { libc::kill(agent_pid, libc::SIGHUP) };
+    agent.wait_event("policy_applied on SIGHUP", |e| {
+        e["kind"] == "policy_applied" && e["message"].as_str().unwrap_or("").contains("SIGHUP")
+    });
+    assert_denied(&tool);
 }
 
 #[test]
