@@ -61,6 +61,31 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
     },
+    /// Send a sample notification to a user's desktop and terminal, to check a machine.
+    ///
+    /// Exit status: 0 shown on the desktop, 2 not (the reason is printed).
+    NotifyTest {
+        /// The user to notify.
+        #[arg(long)]
+        user: String,
+    },
+    /// (internal) Send one notification read on stdin; run by the agent as the user.
+    #[command(hide = true)]
+    NotifyHelper,
+    /// Say which rule matches a file or package folder, why, and what to use instead.
+    ///
+    /// Needs no root. Exit status: 0 no rule (or an allow rule), 1 a rule applies, 2 error.
+    Explain {
+        /// The file or folder.
+        path: PathBuf,
+        /// The policy file.
+        #[arg(
+            long,
+            value_name = "FILE",
+            default_value = "/etc/interdict/policy.toml"
+        )]
+        policy: PathBuf,
+    },
     /// Show the running agent's policy, sensors, counters and latency.
     Status {
         #[command(flatten)]
@@ -148,6 +173,18 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 .init();
             crate::agent::run(&policy, config.as_deref())
         }
+        Command::NotifyHelper => {
+            crate::notify::helper_main()?;
+            Ok(exit::OK)
+        }
+        Command::NotifyTest { user } => notify_test(&user),
+        Command::Explain { path, policy } => {
+            let Some(loaded) = policy_file::load_or_print(&policy) else {
+                return Ok(exit::ERROR);
+            };
+            let stdout = std::io::stdout();
+            crate::explain::explain(&loaded, &path, &mut stdout.lock())
+        }
         Command::Status { socket, format } => {
             let line = crate::agent::control::request(&socket.path()?, "status")?;
             match format {
@@ -202,6 +239,40 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             } else {
                 exit::VIOLATIONS
             })
+        }
+    }
+}
+
+fn notify_test(user: &str) -> anyhow::Result<u8> {
+    use crate::notify::{DesktopBackend, LinuxDesktop, Notice, NoticeKind};
+    let accounts = crate::host::Accounts::load();
+    let uid = match user.parse::<u32>() {
+        Ok(u) => u,
+        Err(_) => accounts
+            .uid_of(user)
+            .ok_or_else(|| anyhow::anyhow!("no such user: {user}"))?,
+    };
+    let notice = Notice {
+        kind: NoticeKind::Blocked,
+        uid,
+        rule_id: "notify-test".into(),
+        tool: "Sample Tool (interdict notify-test)".into(),
+        reason: "This is a test notification from IT; nothing was blocked".into(),
+        risk: "low".into(),
+        message: None,
+        alternative: Some("Nothing to do".into()),
+        more_info_url: None,
+        path: "/nonexistent/sample-tool".into(),
+        tty_nr: None,
+    };
+    match LinuxDesktop::default().notify(&notice) {
+        Ok(()) => {
+            println!("sent to {user} (uid {uid}): {}", notice.summary());
+            Ok(exit::OK)
+        }
+        Err(e) => {
+            eprintln!("not shown to {user} (uid {uid}): {e}");
+            Ok(exit::ERROR)
         }
     }
 }

@@ -89,6 +89,11 @@ impl Accounts {
         self.by_uid.get(&uid)
     }
 
+    /// The uid of a user name.
+    pub fn uid_of(&self, name: &str) -> Option<u32> {
+        self.by_uid.values().find(|a| a.name == name).map(|a| a.uid)
+    }
+
     /// The user name for a uid, or the number when unknown.
     pub fn user_name(&self, uid: u32) -> String {
         self.by_uid(uid)

@@ -211,7 +211,8 @@ fn is_npm_manifest(path: &Path) -> bool {
         && up.parent().and_then(Path::file_name) == Some(OsStr::new("node_modules"))
 }
 
-fn read_npm_manifest(path: &Path) -> io::Result<PackageFound> {
+/// The package a `package.json` declares.
+pub fn read_npm_manifest(path: &Path) -> io::Result<PackageFound> {
     use std::io::Read;
     let (f, meta) = open_regular(path, false)?;
     if meta.len() > MAX_MANIFEST_BYTES {

@@ -9,9 +9,11 @@
 
 pub mod agent;
 pub mod cli;
+pub mod explain;
 pub mod hash;
 pub mod host;
 pub mod installed;
+pub mod notify;
 pub mod policy_file;
 pub mod procs;
 pub mod scan;

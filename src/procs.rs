@@ -34,6 +34,8 @@ pub struct ProcessInfo {
     /// Start time in clock ticks since boot (`/proc/PID/stat` field 22), when read from /proc:
     /// with the pid, a process identity that survives PID reuse.
     pub start_ticks: Option<u64>,
+    /// The controlling terminal (`/proc/PID/stat` field 7), when read from /proc and there is one.
+    pub tty_nr: Option<u32>,
 }
 
 /// Every running process except this one and kernel threads.
@@ -65,28 +67,34 @@ pub fn list() -> Vec<ProcessInfo> {
             uid: p.user_id().map(|u| **u),
             start_time: p.start_time(),
             start_ticks: None,
+            tty_nr: None,
         })
         .collect();
     out.sort_by_key(|p| p.pid);
     out
 }
 
-/// The fields of `/proc/PID/stat` the agent uses: (ppid, start ticks, comm). The command name
-/// may hold spaces and parentheses, so fields are counted from the last `)`.
-fn parse_stat(stat: &[u8]) -> Option<(u32, u64, OsString)> {
+/// The fields of `/proc/PID/stat` the agent uses: (ppid, start ticks, comm, tty_nr). The
+/// command name may hold spaces and parentheses, so fields are counted from the last `)`.
+fn parse_stat(stat: &[u8]) -> Option<(u32, u64, OsString, u32)> {
     let open = stat.iter().position(|b| *b == b'(')?;
     let close = stat.iter().rposition(|b| *b == b')')?;
     let comm = OsString::from(OsStr::from_bytes(stat.get(open + 1..close)?));
     let rest = std::str::from_utf8(stat.get(close + 1..)?).ok()?;
     let f: Vec<&str> = rest.split_whitespace().collect();
-    // f[0] is field 3 (state): ppid is field 4, starttime field 22.
-    Some((f.get(1)?.parse().ok()?, f.get(19)?.parse().ok()?, comm))
+    // f[0] is field 3 (state): ppid is field 4, tty_nr field 7, starttime field 22.
+    Some((
+        f.get(1)?.parse().ok()?,
+        f.get(19)?.parse().ok()?,
+        comm,
+        f.get(4)?.parse::<i64>().ok()? as u32,
+    ))
 }
 
 /// `(ppid, start ticks)` from `/proc/PID/stat`.
 pub fn read_stat(pid: u32) -> Option<(u32, u64)> {
     let stat = std::fs::read(format!("/proc/{pid}/stat")).ok()?;
-    parse_stat(&stat).map(|(ppid, start, _)| (ppid, start))
+    parse_stat(&stat).map(|(ppid, start, _, _)| (ppid, start))
 }
 
 /// A process's working directory (read on demand: only interpreters and events need it).
@@ -157,7 +165,7 @@ pub fn read_proc(pid: u32) -> Option<ProcessInfo> {
     if unsafe { libc::fstat(dir.as_raw_fd(), &mut st) } < 0 {
         return None;
     }
-    let (ppid, start_ticks, comm) = parse_stat(&read_at(&dir, c"stat")?)?;
+    let (ppid, start_ticks, comm, tty_nr) = parse_stat(&read_at(&dir, c"stat")?)?;
     let argv = read_at(&dir, c"cmdline")
         .map(|c| {
             c.split(|b| *b == 0)
@@ -176,6 +184,7 @@ pub fn read_proc(pid: u32) -> Option<ProcessInfo> {
         uid: Some(st.st_uid),
         start_time: 0,
         start_ticks: Some(start_ticks),
+        tty_nr: (tty_nr != 0).then_some(tty_nr),
     })
 }
 
@@ -399,7 +408,10 @@ mod tests {
     #[test]
     fn stat_with_odd_command_names() {
         let s = b"42 (a) b (c)) S 7 42 42 0 -1 4194304 1 0 0 0 0 0 0 0 20 0 1 0 123456 0 0";
-        assert_eq!(parse_stat(s), Some((7, 123456, OsString::from("a) b (c)"))));
+        assert_eq!(
+            parse_stat(s),
+            Some((7, 123456, OsString::from("a) b (c)"), 0))
+        );
         assert_eq!(parse_stat(b"garbage"), None);
     }
 

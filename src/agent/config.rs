@@ -64,6 +64,18 @@ pub struct AgentConfig {
     /// `[exec] poll_interval_ms`: periodic process sweeps; 0 = only when neither kernel sensor
     /// runs (then every 2 s).
     pub poll_interval_ms: u64,
+    /// `[notify] enabled`: tell employees at all (false = the global silent switch).
+    pub notify: bool,
+    /// `[notify] desktop`: desktop notifications on the user's session bus.
+    pub notify_desktop: bool,
+    /// `[notify] terminal`: one line on the process's terminal.
+    pub notify_terminal: bool,
+    /// `[notify] interval_s`: at most one notice per user and rule in this many seconds; the
+    /// rest are counted (`notices_suppressed`).
+    pub notify_interval_s: u64,
+    /// `[notify] queue`: notices waiting for delivery; when full, new ones are dropped and
+    /// counted (`notices_dropped`).
+    pub notify_queue: usize,
 }
 
 impl Default for AgentConfig {
@@ -84,6 +96,11 @@ impl Default for AgentConfig {
             script_guard: true,
             script_roots: Vec::new(),
             poll_interval_ms: 0,
+            notify: true,
+            notify_desktop: true,
+            notify_terminal: true,
+            notify_interval_s: 300,
+            notify_queue: 1024,
         }
     }
 }
@@ -95,6 +112,7 @@ const AGENT_KEYS: &[&str] = &[
     "admin_group",
     "event_queue",
 ];
+const NOTIFY_KEYS: &[&str] = &["enabled", "desktop", "terminal", "interval_s", "queue"];
 const EXEC_KEYS: &[&str] = &[
     "fanotify",
     "mounts",
@@ -150,8 +168,9 @@ pub fn parse(name: &str, text: &str) -> Result<AgentConfig, Diagnostics> {
         let known = match table {
             "agent" => AGENT_KEYS,
             "exec" => EXEC_KEYS,
+            "notify" => NOTIFY_KEYS,
             _ => {
-                f.unknown_key("the top level", k, &["agent", "exec"]);
+                f.unknown_key("the top level", k, &["agent", "exec", "notify"]);
                 continue;
             }
         };
@@ -220,6 +239,23 @@ pub fn parse(name: &str, text: &str) -> Result<AgentConfig, Diagnostics> {
                         c.poll_interval_ms = n;
                     }
                 }
+                ("notify", "enabled") => c.notify = f.boolean(key, v).unwrap_or(c.notify),
+                ("notify", "desktop") => {
+                    c.notify_desktop = f.boolean(key, v).unwrap_or(c.notify_desktop)
+                }
+                ("notify", "terminal") => {
+                    c.notify_terminal = f.boolean(key, v).unwrap_or(c.notify_terminal)
+                }
+                ("notify", "interval_s") => {
+                    if let Some(n) = f.integer(key, v, 86_400 * 7) {
+                        c.notify_interval_s = n;
+                    }
+                }
+                ("notify", "queue") => {
+                    if let Some(n) = f.integer(key, v, 1 << 20) {
+                        c.notify_queue = (n as usize).max(1);
+                    }
+                }
                 _ => f.unknown_key(&format!("[{table}]"), k, known),
             }
         }
@@ -280,7 +316,7 @@ mod tests {
             "c.toml:7:13: error[bad-value]: `fail_mode` is `sideways`, expected one of: open, closed",
             "c.toml:8:18: error[bad-value]: `mounts` entries must be absolute paths",
             "c.toml:9:12: error[wrong-type]: `fanotify` must be true or false, found a string",
-            "c.toml:10:2: error[unknown-key]: unknown key `extra` in the top level",
+            "c.toml:10:2: error[unknown-key]: unknown key `extra` in the top level (expected one of: agent, exec, notify)",
         ];
         for w in want {
             assert!(err.contains(w), "missing {w:?} in:\n{err}");

@@ -559,6 +559,9 @@ fn decide(g: &Guard, p: &Pending) {
                 size: Some(p.key.size),
             });
             shared.emit(e);
+            if let Some(i) = &info {
+                judge::tell(shared, j, i, crate::notify::NoticeKind::Blocked);
+            }
         }
         // Allowed by the deadline but banned, or a kill rule: kill what was started.
         Plan::Stop | Plan::Kill => {

@@ -97,6 +97,57 @@ pub fn file_ref(facts: &Facts, size: Option<u64>) -> Option<FileRef> {
     })
 }
 
+/// The notice for the employee who ran `info`, unless the rule says `notify = false`.
+pub fn notice(
+    shared: &Shared,
+    j: Judged<'_>,
+    info: &ProcessInfo,
+    kind: crate::notify::NoticeKind,
+) -> Option<crate::notify::Notice> {
+    let rule = j.policy.rule(j.decision);
+    if !rule.notify {
+        return None;
+    }
+    let uid = info.uid?;
+    let user = shared.accounts.user_name(uid);
+    let file = file_ref(j.facts, None);
+    let path = file.as_ref().map(|f| f.path.clone()).unwrap_or_default();
+    let sha = file.and_then(|f| f.sha256).unwrap_or_default();
+    let more_info_url = j.policy.info().more_info_url.as_deref().map(|u| {
+        interdict_policy::expand_placeholders(
+            u,
+            &interdict_policy::PlaceholderValues {
+                rule_id: &rule.id,
+                sha256: &sha,
+                path: &path,
+                host: &shared.origin.hostname,
+                user: &user,
+            },
+            true,
+        )
+    });
+    Some(crate::notify::Notice {
+        kind,
+        uid,
+        rule_id: rule.id.clone(),
+        tool: rule.name.clone(),
+        reason: rule.reason.clone(),
+        risk: rule.risk.to_string(),
+        message: j.policy.message_for(rule).map(str::to_string),
+        alternative: rule.alternative.clone(),
+        more_info_url,
+        path,
+        tty_nr: info.tty_nr,
+    })
+}
+
+/// Queue the notice for a decision, if the rule wants one.
+pub fn tell(shared: &Shared, j: Judged<'_>, info: &ProcessInfo, kind: crate::notify::NoticeKind) {
+    if let Some(n) = notice(shared, j, info, kind) {
+        shared.notices.send(n, &shared.metrics);
+    }
+}
+
 /// A decision with what it was made on.
 #[derive(Debug, Clone, Copy)]
 pub struct Judged<'a> {
@@ -119,6 +170,7 @@ pub fn act_on_running(
     plan: Plan,
     note: Option<String>,
 ) {
+    use crate::notify::NoticeKind;
     let m = &shared.metrics.c;
     let (kind, outcome) = match plan {
         Plan::Allow => return,
@@ -164,6 +216,15 @@ pub fn act_on_running(
     e.file = file_ref(j.facts, None);
     e.message = note;
     shared.emit(e);
+    let told = match outcome {
+        Outcome::Killed => Some(NoticeKind::Killed),
+        Outcome::Reported => Some(NoticeKind::Reported),
+        Outcome::WouldEnforce => Some(NoticeKind::Warned),
+        _ => None,
+    };
+    if let Some(k) = told {
+        tell(shared, j, info, k);
+    }
 }
 
 fn is_protected_exe(shared: &Shared, pid: u32) -> bool {

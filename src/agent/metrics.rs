@@ -68,6 +68,16 @@ counters! {
     events_written,
     /// Events that could not be written to the event log.
     event_write_errors,
+    /// Desktop notifications delivered.
+    notices_sent,
+    /// Lines written to terminals.
+    notices_terminal,
+    /// Notices not sent: the same user and rule were told within `interval_s`.
+    notices_suppressed,
+    /// Deliveries that failed (no session bus, no notification server, logged out, ...).
+    notices_failed,
+    /// Notices dropped because the notice queue was full.
+    notices_dropped,
 }
 
 const BUCKETS: usize = 40;

@@ -79,7 +79,27 @@ async fn run_async(
         hostname: crate::host::hostname(),
     };
     let (sink, events_rx) = state::EventSink::new(config.event_queue);
-    let shared = state::shared(config, policy_path, loaded, origin, sink)?;
+    let (notices, notices_rx) = state::NoticeSink::new(config.notify, config.notify_queue);
+    let shared = state::shared(config, policy_path, loaded, origin, sink, notices)?;
+    match notices_rx {
+        Some(rx) => {
+            let s = shared.clone();
+            std::thread::Builder::new()
+                .name("notifier".into())
+                .spawn(move || notifier(s, rx))?;
+            shared.set_sensor(
+                "notifier",
+                "running",
+                format!(
+                    "desktop {}, terminal {}, at most one notice per user and rule every {} s",
+                    on_off(shared.config.notify_desktop),
+                    on_off(shared.config.notify_terminal),
+                    shared.config.notify_interval_s
+                ),
+            );
+        }
+        None => shared.set_sensor("notifier", "disabled", "[notify] enabled = false"),
+    }
     let writer = tokio::task::spawn_blocking({
         let (path, metrics) = (shared.config.event_log.clone(), shared.metrics.clone());
         move || write_events(&path, &metrics, events_rx)
@@ -389,6 +409,54 @@ fn watch_policy(path: &Path, tx: mpsc::Sender<()>) -> notify::Result<notify::Rec
     };
     w.watch(&dir, notify::RecursiveMode::NonRecursive)?;
     Ok(w)
+}
+
+fn on_off(b: bool) -> &'static str {
+    if b {
+        "on"
+    } else {
+        "off"
+    }
+}
+
+/// Deliver notices to employees: rate-limited per user and rule, terminal first (instant), then
+/// the desktop. Failures are counted, never retried, never fatal.
+fn notifier(shared: Arc<Shared>, rx: std::sync::mpsc::Receiver<crate::notify::Notice>) {
+    use crate::notify::{DesktopBackend, LinuxDesktop, RateLimiter};
+    let m = &shared.metrics.c;
+    let mut limiter = RateLimiter::new(Duration::from_secs(shared.config.notify_interval_s));
+    let desktop = LinuxDesktop::default();
+    loop {
+        let n = match rx.recv_timeout(Duration::from_millis(500)) {
+            Ok(n) => n,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                if shared.shutdown.is_triggered() {
+                    return;
+                }
+                continue;
+            }
+            Err(_) => return,
+        };
+        if !limiter.allow(n.uid, &n.rule_id, Instant::now()) {
+            metrics::inc(&m.notices_suppressed);
+            continue;
+        }
+        if shared.config.notify_terminal && n.tty_nr.is_some() {
+            match crate::notify::write_terminal(&n) {
+                Ok(()) => metrics::inc(&m.notices_terminal),
+                Err(_) => metrics::inc(&m.notices_failed),
+            }
+        }
+        if shared.config.notify_desktop {
+            match desktop.notify(&n) {
+                Ok(()) => metrics::inc(&m.notices_sent),
+                Err(e) => {
+                    metrics::inc(&m.notices_failed);
+                    tracing::debug!("notice for uid {} not shown: {e}", n.uid);
+                }
+            }
+        }
+    }
 }
 
 /// The event log writer: appends one JSON line per event, flushing when the queue is empty.

@@ -142,6 +142,39 @@ impl EventSink {
     }
 }
 
+/// Where notices for employees go: a bounded queue to the notifier thread; when full (or when
+/// notifications are off) a notice is dropped and counted.
+#[derive(Debug, Clone)]
+pub struct NoticeSink {
+    tx: Option<std::sync::mpsc::SyncSender<crate::notify::Notice>>,
+}
+
+impl NoticeSink {
+    /// A sink and its receiving end; `enabled = false` gives a sink that drops silently.
+    pub fn new(
+        enabled: bool,
+        capacity: usize,
+    ) -> (
+        NoticeSink,
+        Option<std::sync::mpsc::Receiver<crate::notify::Notice>>,
+    ) {
+        if !enabled {
+            return (NoticeSink { tx: None }, None);
+        }
+        let (tx, rx) = std::sync::mpsc::sync_channel(capacity);
+        (NoticeSink { tx: Some(tx) }, Some(rx))
+    }
+
+    /// Queue a notice without waiting.
+    pub fn send(&self, n: crate::notify::Notice, metrics: &Metrics) {
+        if let Some(tx) = &self.tx {
+            if tx.try_send(n).is_err() {
+                inc(&metrics.c.notices_dropped);
+            }
+        }
+    }
+}
+
 /// State of one sensor, for `status` and the start-up line.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SensorState {
@@ -300,6 +333,8 @@ pub struct Shared {
     pub origin: Origin,
     /// Where events go.
     pub events: EventSink,
+    /// Where notices for employees go.
+    pub notices: NoticeSink,
     /// Stop signal.
     pub shutdown: Shutdown,
     /// Never blocked, never killed.
@@ -358,6 +393,7 @@ pub fn shared(
     loaded: LoadedPolicy,
     origin: Origin,
     events: EventSink,
+    notices: NoticeSink,
 ) -> std::io::Result<Arc<Shared>> {
     Ok(Arc::new(Shared {
         config,
@@ -369,6 +405,7 @@ pub fn shared(
         metrics: Arc::new(Metrics::default()),
         origin,
         events,
+        notices,
         shutdown: Shutdown::new()?,
         protected: Protected::discover(),
         killer: Killer::default(),

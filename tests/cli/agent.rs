@@ -78,12 +78,12 @@ fn rand_tail() -> Vec<u8> {
 }
 
 /// The `[exec]` body that marks only `m`.
-fn marks(m: &Path) -> String {
+pub fn marks(m: &Path) -> String {
     format!("mounts = [\"{}\"]", m.display())
 }
 
 /// A policy with one rule of `action` on `digest`.
-fn hash_policy(id: &str, action: &str, digest: &str) -> String {
+pub fn hash_policy(id: &str, action: &str, digest: &str) -> String {
     format!(
         "{POLICY_HEAD}{}",
         rule(id, action, &format!("sha256 = [\"{digest}\"]"))
