@@ -220,8 +220,10 @@ pub struct LinuxDesktop {
     pub exe: PathBuf,
     /// Where session buses live (`/run/user`).
     pub runtime_root: PathBuf,
-    /// How long the helper may take.
+    /// How long the helper may take to deliver.
     pub timeout: Duration,
+    /// What opens the "More info" link (default `xdg-open`, run as the user).
+    pub opener: Option<PathBuf>,
 }
 
 impl Default for LinuxDesktop {
@@ -230,6 +232,7 @@ impl Default for LinuxDesktop {
             exe: PathBuf::from("/proc/self/exe"),
             runtime_root: PathBuf::from("/run/user"),
             timeout: Duration::from_secs(5),
+            opener: None,
         }
     }
 }
@@ -255,7 +258,7 @@ impl DesktopBackend for LinuxDesktop {
             .uid(notice.uid)
             .gid(gid)
             .stdin(Stdio::piped())
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .map_err(|e| NotifyError::Failed(format!("notify helper: {e}")))?;
@@ -263,35 +266,45 @@ impl DesktopBackend for LinuxDesktop {
         if let Some(mut stdin) = child.stdin.take() {
             let _ = stdin.write_all(&json);
         }
-        let deadline = Instant::now() + self.timeout;
-        loop {
-            match child.try_wait() {
-                Ok(Some(st)) if st.success() => return Ok(()),
-                Ok(Some(st)) => {
-                    let mut err = String::new();
-                    if let Some(mut e) = child.stderr.take() {
-                        let _ = std::io::Read::read_to_string(&mut e, &mut err);
-                    }
-                    return Err(NotifyError::Failed(format!(
-                        "notify helper {st}: {}",
-                        err.trim()
-                    )));
-                }
-                Ok(None) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(10))
-                }
-                _ => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    return Err(NotifyError::Failed("notify helper timed out".into()));
-                }
-            }
+        // Delivered once the helper says `sent`; it may stay to wait for a click on the link,
+        // so it is reaped in the background.
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line);
+            let _ = tx.send(line);
+        });
+        let sent = matches!(rx.recv_timeout(self.timeout), Ok(l) if l.starts_with("sent "));
+        if sent {
+            std::thread::spawn(move || {
+                let _ = child.wait();
+            });
+            return Ok(());
         }
+        let _ = child.kill();
+        let _ = child.wait();
+        let mut err = String::new();
+        if let Some(mut e) = child.stderr.take() {
+            let _ = std::io::Read::read_to_string(&mut e, &mut err);
+        }
+        Err(NotifyError::Failed(format!(
+            "notify helper: {}",
+            err.trim()
+        )))
     }
 }
 
-/// The helper's side: read a notice on stdin and send it to `DBUS_SESSION_BUS_ADDRESS`.
+/// How long a helper keeps waiting for a click on "More info".
+pub const ACTION_WAIT: Duration = Duration::from_secs(15 * 60);
+
+/// The helper's side: read a notice on stdin and send it to `DBUS_SESSION_BUS_ADDRESS`. Prints
+/// `sent ID` once the server has it. Where the server supports actions and the notice has a
+/// link, it then waits (at most [`ACTION_WAIT`]) for a click on "More info" and opens the link
+/// with `INTERDICT_OPENER` (default `xdg-open`), as the user it runs as.
 pub fn helper_main() -> anyhow::Result<()> {
+    use futures_util::StreamExt;
+    use zbus::zvariant::Value;
     let mut input = Vec::new();
     std::io::Read::read_to_end(&mut std::io::stdin(), &mut input)?;
     let notice: Notice = serde_json::from_slice(&input)?;
@@ -303,15 +316,37 @@ pub fn helper_main() -> anyhow::Result<()> {
         let conn = zbus::connection::Builder::address(address.as_str())?
             .build()
             .await?;
-        let mut hints: HashMap<&str, zbus::zvariant::Value<'_>> = HashMap::new();
-        hints.insert("urgency", zbus::zvariant::Value::U8(notice.urgency()));
-        hints.insert("category", zbus::zvariant::Value::from("x-interdict"));
-        let actions: Vec<&str> = Vec::new();
-        let reply = conn
+        const DEST: &str = "org.freedesktop.Notifications";
+        const PATH: &str = "/org/freedesktop/Notifications";
+        let caps: Vec<String> = conn
+            .call_method(Some(DEST), PATH, Some(DEST), "GetCapabilities", &())
+            .await?
+            .body()
+            .deserialize()?;
+        let with_action = notice.more_info_url.is_some() && caps.iter().any(|c| c == "actions");
+        // Listen before sending, so that no click can be missed.
+        let mut signals = if with_action {
+            let rule = zbus::MatchRule::builder()
+                .msg_type(zbus::message::Type::Signal)
+                .interface(DEST)?
+                .build();
+            Some(zbus::MessageStream::for_match_rule(rule, &conn, Some(16)).await?)
+        } else {
+            None
+        };
+        let actions: Vec<&str> = if with_action {
+            vec!["default", "More info"]
+        } else {
+            Vec::new()
+        };
+        let mut hints: HashMap<&str, Value<'_>> = HashMap::new();
+        hints.insert("urgency", Value::U8(notice.urgency()));
+        hints.insert("category", Value::from("x-interdict"));
+        let id: u32 = conn
             .call_method(
-                Some("org.freedesktop.Notifications"),
-                "/org/freedesktop/Notifications",
-                Some("org.freedesktop.Notifications"),
+                Some(DEST),
+                PATH,
+                Some(DEST),
                 "Notify",
                 &(
                     "interdict",
@@ -324,9 +359,40 @@ pub fn helper_main() -> anyhow::Result<()> {
                     -1i32,
                 ),
             )
-            .await?;
-        let id: u32 = reply.body().deserialize()?;
-        println!("{id}");
+            .await?
+            .body()
+            .deserialize()?;
+        println!("sent {id}");
+        std::io::stdout().flush()?;
+        let Some(signals) = signals.as_mut() else {
+            return anyhow::Ok(());
+        };
+        let wait = async {
+            while let Some(Ok(msg)) = signals.next().await {
+                let header = msg.header();
+                match header.member().map(|m| m.as_str()) {
+                    Some("ActionInvoked") => {
+                        let (nid, _key): (u32, String) = msg.body().deserialize()?;
+                        if nid == id {
+                            let opener = std::env::var("INTERDICT_OPENER")
+                                .unwrap_or_else(|_| "xdg-open".into());
+                            let url = notice.more_info_url.clone().unwrap_or_default();
+                            std::process::Command::new(opener).arg(url).status()?;
+                            return anyhow::Ok(());
+                        }
+                    }
+                    Some("NotificationClosed") => {
+                        let (nid, _reason): (u32, u32) = msg.body().deserialize()?;
+                        if nid == id {
+                            return anyhow::Ok(());
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            anyhow::Ok(())
+        };
+        let _ = tokio::time::timeout(ACTION_WAIT, wait).await;
         anyhow::Ok(())
     })
 }

@@ -76,6 +76,9 @@ pub struct AgentConfig {
     /// `[notify] queue`: notices waiting for delivery; when full, new ones are dropped and
     /// counted (`notices_dropped`).
     pub notify_queue: usize,
+    /// `[notify] opener`: the program that opens the "More info" link, run as the user
+    /// (default `xdg-open`).
+    pub notify_opener: Option<PathBuf>,
 }
 
 impl Default for AgentConfig {
@@ -101,6 +104,7 @@ impl Default for AgentConfig {
             notify_terminal: true,
             notify_interval_s: 300,
             notify_queue: 1024,
+            notify_opener: None,
         }
     }
 }
@@ -112,7 +116,14 @@ const AGENT_KEYS: &[&str] = &[
     "admin_group",
     "event_queue",
 ];
-const NOTIFY_KEYS: &[&str] = &["enabled", "desktop", "terminal", "interval_s", "queue"];
+const NOTIFY_KEYS: &[&str] = &[
+    "enabled",
+    "desktop",
+    "terminal",
+    "interval_s",
+    "queue",
+    "opener",
+];
 const EXEC_KEYS: &[&str] = &[
     "fanotify",
     "mounts",
@@ -251,6 +262,7 @@ pub fn parse(name: &str, text: &str) -> Result<AgentConfig, Diagnostics> {
                         c.notify_interval_s = n;
                     }
                 }
+                ("notify", "opener") => c.notify_opener = absolute(&mut f, key, v),
                 ("notify", "queue") => {
                     if let Some(n) = f.integer(key, v, 1 << 20) {
                         c.notify_queue = (n as usize).max(1);

@@ -425,7 +425,10 @@ fn notifier(shared: Arc<Shared>, rx: std::sync::mpsc::Receiver<crate::notify::No
     use crate::notify::{DesktopBackend, LinuxDesktop, RateLimiter};
     let m = &shared.metrics.c;
     let mut limiter = RateLimiter::new(Duration::from_secs(shared.config.notify_interval_s));
-    let desktop = LinuxDesktop::default();
+    let desktop = LinuxDesktop {
+        opener: shared.config.notify_opener.clone(),
+        ..LinuxDesktop::default()
+    };
     loop {
         let n = match rx.recv_timeout(Duration::from_millis(500)) {
             Ok(n) => n,

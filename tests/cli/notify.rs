@@ -191,9 +191,26 @@ fn a_blocked_program_shows_one_critical_desktop_notification_per_interval() {
     let mnt = TmpMount::new();
     let banned = mnt.path().join("desk-banned");
     let digest = unique_copy("/bin/true", &banned);
+    // "More info" opens the link with the configured opener, run as the user: here a script
+    // that records what it was asked to open.
+    let opened = session.dir.path().join("opened.txt");
+    let opener = session.dir.path().join("opener.sh");
+    write(
+        &opener,
+        format!("#!/bin/sh\necho \"$1\" >> '{}'\n", opened.display()).as_bytes(),
+        0o755,
+    );
+    let policy = hash_policy("desk", "block", &digest).replace(
+        "mode = \"enforce\"\n",
+        "mode = \"enforce\"\nmore_info_url = \"https://it.example.com/sw?rule=%rule_id%\"\n",
+    );
     let agent = Agent::start(
-        &hash_policy("desk", "block", &digest),
-        &format!("{}\n\n[notify]\ninterval_s = 3600", marks(mnt.path())),
+        &policy,
+        &format!(
+            "{}\n\n[notify]\ninterval_s = 3600\nopener = \"{}\"",
+            marks(mnt.path()),
+            opener.display()
+        ),
     );
     for _ in 0..3 {
         let st = run_as_user(&banned).unwrap();
@@ -223,6 +240,10 @@ fn a_blocked_program_shows_one_critical_desktop_notification_per_interval() {
     let body = items[0]["body"]["data"].as_str().unwrap();
     assert!(body.contains("test ban desk (high risk)"), "{body}");
     assert!(body.contains("Instead: use the approved tool"), "{body}");
+    assert!(
+        body.contains("More: https://it.example.com/sw?rule=desk"),
+        "{body}"
+    );
     let c = &agent.status()["counters"];
     assert_eq!(c["notices_sent"], 1, "{c:#}");
     assert_eq!(c["notices_suppressed"], 2, "{c:#}");
