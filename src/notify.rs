@@ -34,6 +34,8 @@ pub enum NoticeKind {
     Reported,
     /// The program ran, but will be blocked (monitor mode, or a later `enforce_from`).
     Warned,
+    /// The program was found installed.
+    Installed,
 }
 
 /// One message for one employee.
@@ -71,16 +73,24 @@ impl Notice {
             NoticeKind::Killed => format!("Stopped: {}", self.tool),
             NoticeKind::Reported => format!("Not approved: {}", self.tool),
             NoticeKind::Warned => format!("Will be blocked: {}", self.tool),
+            NoticeKind::Installed => format!("Not allowed here: {}", self.tool),
         }
     }
 
     /// The notification's text: why, what to use instead, where to read more.
     pub fn body(&self) -> String {
-        let mut b = format!(
+        let mut b = String::new();
+        if self.kind == NoticeKind::Installed {
+            b.push_str(&format!(
+                "You installed it at {}, which is not allowed. ",
+                self.path
+            ));
+        }
+        b.push_str(&format!(
             "{} ({} risk).",
             self.reason.trim_end_matches('.'),
             self.risk
-        );
+        ));
         if let Some(m) = &self.message {
             b.push('\n');
             b.push_str(m);
@@ -100,7 +110,7 @@ impl Notice {
     pub fn urgency(&self) -> u8 {
         match self.kind {
             NoticeKind::Blocked | NoticeKind::Killed => 2,
-            NoticeKind::Reported | NoticeKind::Warned => 1,
+            NoticeKind::Reported | NoticeKind::Warned | NoticeKind::Installed => 1,
         }
     }
 
@@ -111,6 +121,7 @@ impl Notice {
             NoticeKind::Killed => "stopped",
             NoticeKind::Reported => "reported the use of",
             NoticeKind::Warned => "will soon block",
+            NoticeKind::Installed => "found the banned install of",
         };
         let mut line = format!(
             "interdict: {what} {} ({}): {}",
@@ -430,6 +441,19 @@ mod tests {
         assert!(n
             .terminal_line()
             .starts_with("interdict: blocked Claude Code (Anthropic) (/home/ann/"));
+    }
+
+    #[test]
+    fn install_notices_say_where() {
+        let n = Notice {
+            kind: NoticeKind::Installed,
+            ..notice(NoticeKind::Blocked)
+        };
+        assert_eq!(n.summary(), "Not allowed here: Claude Code (Anthropic)");
+        assert!(n
+            .body()
+            .starts_with("You installed it at /home/ann/.local/share/claude/versions/2.1.0, which is not allowed. Classified"));
+        assert_eq!(n.urgency(), 1);
     }
 
     #[test]

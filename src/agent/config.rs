@@ -76,6 +76,14 @@ pub struct AgentConfig {
     /// `[notify] queue`: notices waiting for delivery; when full, new ones are dropped and
     /// counted (`notices_dropped`).
     pub notify_queue: usize,
+    /// `[install] watch`: watch the install roots and report banned installs at once.
+    pub install_watch: bool,
+    /// `[install] roots`: install roots; empty = the scan's default roots.
+    pub install_roots: Vec<PathBuf>,
+    /// `[install] rescan_interval_s`: full rescans this often (and after overflows).
+    pub rescan_interval_s: u64,
+    /// `[install] debounce_ms`: wait this long after the last change in a package folder.
+    pub install_debounce_ms: u64,
     /// `[notify] opener`: the program that opens the "More info" link, run as the user
     /// (default `xdg-open`).
     pub notify_opener: Option<PathBuf>,
@@ -105,6 +113,10 @@ impl Default for AgentConfig {
             notify_interval_s: 300,
             notify_queue: 1024,
             notify_opener: None,
+            install_watch: true,
+            install_roots: Vec::new(),
+            rescan_interval_s: 6 * 3600,
+            install_debounce_ms: 500,
         }
     }
 }
@@ -124,6 +136,7 @@ const NOTIFY_KEYS: &[&str] = &[
     "queue",
     "opener",
 ];
+const INSTALL_KEYS: &[&str] = &["watch", "roots", "rescan_interval_s", "debounce_ms"];
 const EXEC_KEYS: &[&str] = &[
     "fanotify",
     "mounts",
@@ -180,8 +193,9 @@ pub fn parse(name: &str, text: &str) -> Result<AgentConfig, Diagnostics> {
             "agent" => AGENT_KEYS,
             "exec" => EXEC_KEYS,
             "notify" => NOTIFY_KEYS,
+            "install" => INSTALL_KEYS,
             _ => {
-                f.unknown_key("the top level", k, &["agent", "exec", "notify"]);
+                f.unknown_key("the top level", k, &["agent", "exec", "notify", "install"]);
                 continue;
             }
         };
@@ -262,6 +276,20 @@ pub fn parse(name: &str, text: &str) -> Result<AgentConfig, Diagnostics> {
                         c.notify_interval_s = n;
                     }
                 }
+                ("install", "watch") => {
+                    c.install_watch = f.boolean(key, v).unwrap_or(c.install_watch)
+                }
+                ("install", "roots") => c.install_roots = absolute_list(&mut f, key, v),
+                ("install", "rescan_interval_s") => {
+                    if let Some(n) = f.integer(key, v, 86_400 * 30) {
+                        c.rescan_interval_s = n.max(1);
+                    }
+                }
+                ("install", "debounce_ms") => {
+                    if let Some(n) = f.integer(key, v, 60_000) {
+                        c.install_debounce_ms = n;
+                    }
+                }
                 ("notify", "opener") => c.notify_opener = absolute(&mut f, key, v),
                 ("notify", "queue") => {
                     if let Some(n) = f.integer(key, v, 1 << 20) {
@@ -328,7 +356,7 @@ mod tests {
             "c.toml:7:13: error[bad-value]: `fail_mode` is `sideways`, expected one of: open, closed",
             "c.toml:8:18: error[bad-value]: `mounts` entries must be absolute paths",
             "c.toml:9:12: error[wrong-type]: `fanotify` must be true or false, found a string",
-            "c.toml:10:2: error[unknown-key]: unknown key `extra` in the top level (expected one of: agent, exec, notify)",
+            "c.toml:10:2: error[unknown-key]: unknown key `extra` in the top level (expected one of: agent, exec, notify, install)",
         ];
         for w in want {
             assert!(err.contains(w), "missing {w:?} in:\n{err}");

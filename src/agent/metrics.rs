@@ -78,6 +78,12 @@ counters! {
     notices_failed,
     /// Notices dropped because the notice queue was full.
     notices_dropped,
+    /// Banned installs found.
+    installs_detected,
+    /// Banned installs gone again.
+    installs_removed,
+    /// Full rescans of the install roots.
+    install_rescans,
 }
 
 const BUCKETS: usize = 40;

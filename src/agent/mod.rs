@@ -13,6 +13,7 @@
 pub mod config;
 pub mod control;
 pub mod fanotify;
+pub mod install_watch;
 pub mod judge;
 pub mod metrics;
 pub mod proc_connector;
@@ -184,6 +185,19 @@ async fn run_async(
     shared.emit(e);
     metrics::inc(&shared.metrics.c.policies_applied);
 
+    let install = if cfg.install_watch {
+        match install_watch::start(shared.clone()) {
+            Ok(tx) => Some(tx),
+            Err(why) => {
+                shared.set_sensor("install_watch", "failed", why);
+                None
+            }
+        }
+    } else {
+        shared.set_sensor("install_watch", "disabled", "[install] watch = false");
+        None
+    };
+
     // Start-up work off the async thread: mark banned scripts, sweep what already runs.
     let marker = Arc::new(marker);
     refresh_after_policy_change(&shared, &marker);
@@ -200,16 +214,16 @@ async fn run_async(
     let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
     loop {
         tokio::select! {
-            _ = hup.recv() => { reload(&shared, &marker, "SIGHUP").await; }
+            _ = hup.recv() => { reload(&shared, &marker, &install, "SIGHUP").await; }
             Some(reply) = reload_rx.recv() => {
-                let r = reload(&shared, &marker, "interdict reload").await;
+                let r = reload(&shared, &marker, &install, "interdict reload").await;
                 let _ = reply.send(r);
             }
             Some(()) = file_rx.recv() => {
                 // Editors write in several steps: let the file settle.
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 while file_rx.try_recv().is_ok() {}
-                reload(&shared, &marker, "policy file changed").await;
+                reload(&shared, &marker, &install, "policy file changed").await;
             }
             _ = term.recv() => break,
             _ = int.recv() => break,
@@ -234,6 +248,7 @@ async fn run_async(
 async fn reload(
     shared: &Arc<Shared>,
     marker: &Arc<Option<fanotify::ScriptMarker>>,
+    install: &Option<std::sync::mpsc::Sender<install_watch::WatchMsg>>,
     why: &str,
 ) -> ReloadReply {
     let path = shared.policy_path.clone();
@@ -268,6 +283,9 @@ async fn reload(
             e.message = Some(msg.clone());
             shared.emit(e);
             refresh_after_policy_change(shared, marker);
+            if let Some(tx) = install {
+                let _ = tx.send(install_watch::WatchMsg::Rescan("policy changed"));
+            }
             ReloadReply {
                 applied: true,
                 message: msg,

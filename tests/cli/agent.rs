@@ -112,6 +112,11 @@ impl Agent {
     }
 
     pub fn start_as(policy: &str, exec: &str, user: Option<&str>) -> Agent {
+        // Safety: a test never lets the agent mark every filesystem (that is, `/`).
+        assert!(
+            exec.contains("mounts = [") || exec.contains("fanotify = false") || user.is_some(),
+            "a test agent must mark only its own tmpfs, or run without fanotify"
+        );
         let dir = tempfile::Builder::new()
             .prefix("interdict-agent-")
             .tempdir()
@@ -119,11 +124,12 @@ impl Agent {
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
         let policy_path = dir.path().join("policy.toml");
         std::fs::write(&policy_path, policy).unwrap();
+        std::fs::create_dir_all(dir.path().join("installs")).unwrap();
         let config = dir.path().join("agent.toml");
         std::fs::write(
             &config,
             format!(
-                "[agent]\nstate_dir = \"{d}/state\"\nevent_log = \"{d}/events.jsonl\"\ncontrol_socket = \"{d}/control.sock\"\n\n[exec]\n{exec}\n",
+                "[agent]\nstate_dir = \"{d}/state\"\nevent_log = \"{d}/events.jsonl\"\ncontrol_socket = \"{d}/control.sock\"\n\n[install]\nroots = [\"{d}/installs\"]\n\n[exec]\n{exec}\n",
                 d = dir.path().display()
             ),
         )
@@ -997,4 +1003,67 @@ fn every_exec_of_a_reported_or_killed_tool_is_handled_not_only_the_first() {
     };
     assert_eq!(n("exec_reported", "reported"), 3, "{events:#?}");
     assert_eq!(n("process_killed", "killed"), 3, "{events:#?}");
+}
+
+#[test]
+fn a_banned_install_is_reported_once_per_package_and_its_removal_too() {
+    let pkg = format!("@interdict-test/banned-agent-{}", std::process::id());
+    let policy = format!(
+        "{POLICY_HEAD}{}",
+        rule(
+            "agent-pkg",
+            "report",
+            &format!("packages = [\"npm:{pkg}\"]")
+        )
+    );
+    // This test is about install watching: the exec sensors stay off (and mark nothing).
+    let agent = Agent::start(&policy, "fanotify = false\nproc_connector = false");
+    let root = agent.dir.path().join("installs");
+    let status = agent.status();
+    let watch = status["sensors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "install_watch")
+        .unwrap()
+        .clone();
+    assert_eq!(watch["state"], "running", "{watch:#}");
+    // An npm-like install: many files, the manifest among them.
+    let dir = root.join("lib/node_modules").join(&pkg);
+    for i in 0..300 {
+        write(&dir.join(format!("dist/chunk-{i}.js")), b"//", 0o644);
+    }
+    write(
+        &dir.join("package.json"),
+        format!("{{\"name\": \"{pkg}\", \"version\": \"1.0.0\"}}").as_bytes(),
+        0o644,
+    );
+    let e = agent.wait_event("installed_detected", |e| e["kind"] == "installed_detected");
+    assert_eq!(e["rule"]["id"], "agent-pkg");
+    assert_eq!(e["rule"]["selector"], "package");
+    assert_eq!(e["file"]["path"], dir.to_string_lossy().as_ref());
+    assert_eq!(e["message"], format!("package npm:{pkg} 1.0.0"));
+    assert_eq!(e["process"]["user"], "root");
+    std::thread::sleep(Duration::from_secs(2));
+    let detected = agent
+        .events()
+        .iter()
+        .filter(|e| e["kind"] == "installed_detected")
+        .count();
+    assert_eq!(
+        detected,
+        1,
+        "one event per package, however many files:\n{:#?}",
+        agent.events()
+    );
+
+    std::fs::remove_dir_all(root.join("lib/node_modules")).unwrap();
+    let e = agent.wait_event("installed_removed", |e| e["kind"] == "installed_removed");
+    assert_eq!(e["file"]["path"], dir.to_string_lossy().as_ref());
+    assert!(
+        agent.status()["counters"]["installs_detected"]
+            .as_u64()
+            .unwrap()
+            == 1
+    );
 }

@@ -36,6 +36,10 @@ pub enum EventKind {
     AgentStopped,
     /// A sensor could not start or stopped working.
     SensorDegraded,
+    /// A banned package or binary was found installed.
+    InstalledDetected,
+    /// A banned package or binary reported before is gone.
+    InstalledRemoved,
 }
 
 /// What the agent did about a match.
