@@ -386,3 +386,62 @@ fn explain_says_which_rule_why_and_instead_without_root() {
     r.expect_code(0);
     assert!(r.stdout.contains("no rule"), "{}", r.stdout);
 }
+
+/// What a pseudo-terminal showed while `program` ran (and two seconds after).
+fn on_a_terminal(program: &Path) -> String {
+    let out = Command::new("timeout")
+        .args(["30", "script", "-qec"])
+        .arg(format!("'{}'; sleep 2", program.display()))
+        .arg("/dev/null")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn rules_with_notify_false_and_the_silent_switch_tell_nobody() {
+    let mnt = TmpMount::new();
+    let loud = mnt.path().join("loud-banned");
+    let dl = unique_copy("/bin/true", &loud);
+    let quiet = mnt.path().join("quiet-banned");
+    let dq = unique_copy("/bin/true", &quiet);
+    let policy = format!(
+        "{}{}",
+        hash_policy("loud", "block", &dl),
+        crate::agent::rule("quiet", "block", &format!("sha256 = [\"{dq}\"]"))
+            .replace("[rule.match]", "notify = false\n[rule.match]")
+    );
+    let agent = Agent::start(
+        &policy,
+        &format!("{}\n\n[notify]\ndesktop = false", marks(mnt.path())),
+    );
+    assert!(on_a_terminal(&loud).contains("interdict: blocked Tool loud"));
+    let shown = on_a_terminal(&quiet);
+    assert!(shown.contains("Operation not permitted"), "{shown}");
+    assert!(
+        !shown.contains("interdict:"),
+        "a notify = false rule spoke:\n{shown}"
+    );
+    drop(agent);
+
+    let agent = Agent::start(
+        &policy,
+        &format!("{}\n\n[notify]\nenabled = false", marks(mnt.path())),
+    );
+    let shown = on_a_terminal(&loud);
+    assert!(shown.contains("Operation not permitted"), "{shown}");
+    assert!(
+        !shown.contains("interdict:"),
+        "the silent switch did not silence:\n{shown}"
+    );
+    let s = agent.status();
+    let n = s["sensors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["name"] == "notifier")
+        .unwrap()
+        .clone();
+    assert_eq!(n["state"], "disabled");
+}
