@@ -86,6 +86,9 @@ enum Command {
         )]
         policy: PathBuf,
     },
+    /// The quarantine store: list entries, restore one.
+    #[command(subcommand)]
+    Quarantine(QuarantineCommand),
     /// Show the running agent's policy, sensors, counters and latency.
     Status {
         #[command(flatten)]
@@ -121,6 +124,47 @@ impl SocketArgs {
             Err(e) => anyhow::bail!("{e}"),
         }
     }
+}
+
+#[derive(Debug, clap::Args)]
+struct StateArgs {
+    /// The agent's state folder (holds `quarantine/`).
+    #[arg(long, value_name = "DIR", conflicts_with = "config")]
+    state_dir: Option<PathBuf>,
+    /// Find the state folder in this agent configuration file.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+}
+
+impl StateArgs {
+    fn path(&self) -> anyhow::Result<PathBuf> {
+        if let Some(s) = &self.state_dir {
+            return Ok(s.clone());
+        }
+        match crate::agent::config::load(self.config.as_deref()) {
+            Ok(c) => Ok(c.state_dir),
+            Err(e) => anyhow::bail!("{e}"),
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+enum QuarantineCommand {
+    /// List quarantined files.
+    List {
+        #[command(flatten)]
+        state: StateArgs,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+    },
+    /// Put a quarantined file back, with its bytes, owner, group and mode.
+    Restore {
+        /// The entry id (from `quarantine list`).
+        id: String,
+        #[command(flatten)]
+        state: StateArgs,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -172,6 +216,37 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 .with_target(false)
                 .init();
             crate::agent::run(&policy, config.as_deref())
+        }
+        Command::Quarantine(QuarantineCommand::List { state, format }) => {
+            let store = crate::quarantine::Store::open(&state.path()?)?;
+            let entries = store.list();
+            match format {
+                Format::Json => println!("{}", serde_json::to_string_pretty(&entries)?),
+                Format::Text => {
+                    for e in &entries {
+                        println!(
+                            "{}  {}  rule {}  uid {} gid {} mode {:o}  {} bytes  sha256 {}  {}",
+                            e.id,
+                            e.time,
+                            e.rule_id,
+                            e.uid,
+                            e.gid,
+                            e.mode,
+                            e.size,
+                            e.sha256,
+                            e.original_path.display()
+                        );
+                    }
+                    println!("{} quarantined file(s)", entries.len());
+                }
+            }
+            Ok(exit::OK)
+        }
+        Command::Quarantine(QuarantineCommand::Restore { id, state }) => {
+            let store = crate::quarantine::Store::open(&state.path()?)?;
+            let e = store.restore(&id)?;
+            println!("restored {} to {}", e.id, e.original_path.display());
+            Ok(exit::OK)
         }
         Command::NotifyHelper => {
             crate::notify::helper_main()?;

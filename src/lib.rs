@@ -16,6 +16,7 @@ pub mod installed;
 pub mod notify;
 pub mod policy_file;
 pub mod procs;
+pub mod quarantine;
 pub mod scan;
 
 /// A short reason for an I/O error, for people: "no such file", "permission denied",

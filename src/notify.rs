@@ -36,6 +36,8 @@ pub enum NoticeKind {
     Warned,
     /// The program was found installed.
     Installed,
+    /// The program was found installed and moved into quarantine.
+    Quarantined,
 }
 
 /// One message for one employee.
@@ -74,6 +76,7 @@ impl Notice {
             NoticeKind::Reported => format!("Not approved: {}", self.tool),
             NoticeKind::Warned => format!("Will be blocked: {}", self.tool),
             NoticeKind::Installed => format!("Not allowed here: {}", self.tool),
+            NoticeKind::Quarantined => format!("Quarantined: {}", self.tool),
         }
     }
 
@@ -111,6 +114,7 @@ impl Notice {
         match self.kind {
             NoticeKind::Blocked | NoticeKind::Killed => 2,
             NoticeKind::Reported | NoticeKind::Warned | NoticeKind::Installed => 1,
+            NoticeKind::Quarantined => 2,
         }
     }
 
@@ -122,6 +126,7 @@ impl Notice {
             NoticeKind::Reported => "reported the use of",
             NoticeKind::Warned => "will soon block",
             NoticeKind::Installed => "found the banned install of",
+            NoticeKind::Quarantined => "quarantined",
         };
         let mut line = format!(
             "interdict: {what} {} ({}): {}",

@@ -291,23 +291,79 @@ fn report(shared: &Shared, f: &Found, kind: EventKind) {
         EventKind::InstalledDetected => inc(&shared.metrics.c.installs_detected),
         _ => inc(&shared.metrics.c.installs_removed),
     }
-    if kind == EventKind::InstalledDetected {
-        if let Some(uid) = owner {
-            let info = crate::procs::ProcessInfo {
-                pid: 0,
-                ppid: None,
-                comm: Default::default(),
-                exe: None,
-                argv: Vec::new(),
-                cwd: None,
-                uid: Some(uid),
-                start_time: 0,
-                start_ticks: None,
-                tty_nr: None,
-            };
-            judge::tell(shared, j, &info, crate::notify::NoticeKind::Installed);
-        }
+    if kind != EventKind::InstalledDetected {
+        return;
     }
+    let told = match quarantine_if_asked(shared, f) {
+        Some(Ok(entry)) => {
+            let mut q = shared.event(EventKind::InstalledQuarantined);
+            q.outcome = Some(Outcome::Quarantined);
+            q.sensor = Some("install_watch".into());
+            q.rule = Some(judge::rule_ref(policy, &f.decision, &f.facts));
+            q.file = Some(FileRef {
+                path: entry.original_path.display().to_string(),
+                sha256: Some(entry.sha256.clone()),
+                size: Some(entry.size),
+            });
+            q.message = Some(format!("quarantine entry {}", entry.id));
+            shared.emit(q);
+            inc(&shared.metrics.c.installs_quarantined);
+            crate::notify::NoticeKind::Quarantined
+        }
+        Some(Err(e)) => {
+            let mut q = shared.event(EventKind::InstalledQuarantined);
+            q.outcome = Some(Outcome::QuarantineFailed);
+            q.sensor = Some("install_watch".into());
+            q.rule = Some(judge::rule_ref(policy, &f.decision, &f.facts));
+            q.message = Some(e.to_string());
+            shared.emit(q);
+            crate::notify::NoticeKind::Installed
+        }
+        None => crate::notify::NoticeKind::Installed,
+    };
+    if let Some(uid) = owner {
+        let info = crate::procs::ProcessInfo {
+            pid: 0,
+            ppid: None,
+            comm: Default::default(),
+            exe: None,
+            argv: Vec::new(),
+            cwd: None,
+            uid: Some(uid),
+            start_time: 0,
+            start_ticks: None,
+            tty_nr: None,
+        };
+        judge::tell(shared, j, &info, told);
+    }
+}
+
+/// Quarantine a found file when its rule says so and the policy enforces today. `None` when
+/// the rule does not ask for it (or the find is a package folder, which is reported only).
+fn quarantine_if_asked(
+    shared: &Shared,
+    f: &Found,
+) -> Option<Result<crate::quarantine::Entry, crate::quarantine::QuarantineError>> {
+    let active = shared.active.load_full();
+    let policy = &active.loaded.policy;
+    let rule = policy.rule(&f.decision);
+    if rule.on_install != interdict_policy::OnInstall::Quarantine || f.package.is_some() {
+        return None;
+    }
+    // Monitor mode and a future enforce_from change nothing on disk.
+    let today = shared.today();
+    if policy.info().mode == interdict_policy::Mode::Monitor
+        || rule.enforce_from.is_some_and(|d| today < d)
+    {
+        return None;
+    }
+    let roots = roots_now(shared);
+    let system = (!rule.allow_system_files)
+        .then(|| crate::quarantine::SystemFiles::load(Path::new("/var/lib/dpkg/info")));
+    Some(
+        crate::quarantine::Store::open(&shared.config.state_dir)
+            .and_then(|s| s.quarantine(&f.canonical, &roots, &rule.id, system.as_ref())),
+    )
 }
 
 #[cfg(test)]

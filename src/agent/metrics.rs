@@ -84,6 +84,8 @@ counters! {
     installs_removed,
     /// Full rescans of the install roots.
     install_rescans,
+    /// Banned files moved into quarantine.
+    installs_quarantined,
 }
 
 const BUCKETS: usize = 40;

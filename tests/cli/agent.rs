@@ -126,10 +126,19 @@ impl Agent {
         std::fs::write(&policy_path, policy).unwrap();
         std::fs::create_dir_all(dir.path().join("installs")).unwrap();
         let config = dir.path().join("agent.toml");
+        // Tests that configure [install] themselves say so in `exec`.
+        let install = if exec.contains("[install]") {
+            String::new()
+        } else {
+            format!(
+                "[install]\nroots = [\"{}/installs\"]\n\n",
+                dir.path().display()
+            )
+        };
         std::fs::write(
             &config,
             format!(
-                "[agent]\nstate_dir = \"{d}/state\"\nevent_log = \"{d}/events.jsonl\"\ncontrol_socket = \"{d}/control.sock\"\n\n[install]\nroots = [\"{d}/installs\"]\n\n[exec]\n{exec}\n",
+                "[agent]\nstate_dir = \"{d}/state\"\nevent_log = \"{d}/events.jsonl\"\ncontrol_socket = \"{d}/control.sock\"\n\n{install}[exec]\n{exec}\n",
                 d = dir.path().display()
             ),
         )
@@ -1066,4 +1075,81 @@ fn a_banned_install_is_reported_once_per_package_and_its_removal_too() {
             .unwrap()
             == 1
     );
+}
+
+#[test]
+fn a_banned_file_installed_on_another_filesystem_is_quarantined_and_restored_exactly() {
+    let mnt = TmpMount::new();
+    let m = mnt.path();
+    let elsewhere = tempfile::tempdir().unwrap();
+    let sample = elsewhere.path().join("sample");
+    let digest = unique_copy("/bin/true", &sample);
+    let policy = hash_policy("quarantined", "quarantine", &digest);
+    // The install root is a tmpfs; the state folder (and the store) is on the disk: the move is
+    // a copy, fsync, rename and unlink.
+    let mut agent = Agent::start(
+        &policy,
+        &format!("fanotify = false\nproc_connector = false\n\n[install]\nroots = [\"{}\"]\ndebounce_ms = 200", m.display()),
+    );
+    let installed = m.join("home/ann/.local/bin/innocent-name");
+    write(&installed, &std::fs::read(&sample).unwrap(), 0o750);
+    std::os::unix::fs::chown(&installed, Some(65534), Some(65534)).unwrap();
+    std::fs::set_permissions(&installed, std::fs::Permissions::from_mode(0o750)).unwrap();
+    let e = agent.wait_event("installed_quarantined", |e| {
+        e["kind"] == "installed_quarantined"
+    });
+    assert_eq!(e["outcome"], "quarantined", "{e:#}");
+    assert_eq!(e["file"]["path"], installed.to_string_lossy().as_ref());
+    assert_eq!(e["file"]["sha256"], digest);
+    assert!(!installed.exists(), "nothing is left behind");
+    let detected = agent.wait_event("installed_detected", |e| e["kind"] == "installed_detected");
+    assert_eq!(detected["rule"]["selector"], "sha256");
+
+    let state = agent.dir.path().join("state");
+    let r = run(interdict()
+        .args(["quarantine", "list", "--format", "json", "--state-dir"])
+        .arg(&state));
+    r.expect_code(0);
+    let entries = r.json();
+    let entry = entries
+        .as_array()
+        .unwrap()
+        .first()
+        .unwrap_or_else(|| panic!("{entries:#}"))
+        .clone();
+    assert_eq!(entry["original_path"], installed.to_string_lossy().as_ref());
+    assert_eq!(
+        (entry["uid"].as_u64(), entry["mode"].as_u64()),
+        (Some(65534), Some(0o750))
+    );
+    // The store is root-only and holds nothing executable.
+    let store = state.join("quarantine");
+    assert_eq!(
+        std::fs::metadata(&store).unwrap().permissions().mode() & 0o777,
+        0o700
+    );
+    for f in std::fs::read_dir(&store).unwrap() {
+        assert_eq!(
+            f.unwrap().metadata().unwrap().permissions().mode() & 0o111,
+            0
+        );
+    }
+
+    agent.stop(); // stop watching before putting it back (the state folder stays)
+    let id = entry["id"].as_str().unwrap();
+    let r = run(interdict()
+        .args(["quarantine", "restore", id, "--state-dir"])
+        .arg(&state));
+    r.expect_code(0);
+    let meta = std::fs::metadata(&installed).unwrap();
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(
+        (meta.uid(), meta.gid(), meta.mode() & 0o7777),
+        (65534, 65534, 0o750)
+    );
+    assert_eq!(sha256sum(&installed), digest);
+    let r = run(interdict()
+        .args(["quarantine", "list", "--state-dir"])
+        .arg(&state));
+    assert!(r.stdout.contains("0 quarantined file(s)"), "{}", r.stdout);
 }

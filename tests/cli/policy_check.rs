@@ -129,5 +129,5 @@ fn scan_refuses_an_invalid_policy_with_every_diagnostic() {
         "a rejected policy must not produce a report: {}",
         r.stdout
     );
-    assert_eq!(r.stderr.matches("error[").count(), 17, "{}", r.stderr);
+    assert_eq!(r.stderr.matches("error[").count(), 18, "{}", r.stderr);
 }

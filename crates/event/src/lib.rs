@@ -40,6 +40,8 @@ pub enum EventKind {
     InstalledDetected,
     /// A banned package or binary reported before is gone.
     InstalledRemoved,
+    /// A banned file was moved into the quarantine store.
+    InstalledQuarantined,
 }
 
 /// What the agent did about a match.
@@ -62,6 +64,10 @@ pub enum Outcome {
     DeniedOnDeadline,
     /// Not enforced: the target is protected (the agent itself, PID 1, a critical binary).
     Protected,
+    /// Moved into the quarantine store.
+    Quarantined,
+    /// Quarantine was refused or failed; see `message`.
+    QuarantineFailed,
 }
 
 /// The rule that matched, with the evidence.

@@ -57,8 +57,8 @@ pub use engine::{
     SelectorCounts, SelectorKind, Subject,
 };
 pub use model::{
-    Action, Date, Ecosystem, Exemptions, Mode, PackageRef, PolicyInfo, Risk, Rule, Selectors,
-    Sha256, PLACEHOLDERS,
+    Action, Date, Ecosystem, Exemptions, Mode, OnInstall, PackageRef, PolicyInfo, Risk, Rule,
+    Selectors, Sha256, PLACEHOLDERS,
 };
 pub use parse::{
     parse_sha256_file, read_policy, IncludedFile, Includes, NoIncludes, PolicyDoc, CRITICAL_NAMES,

@@ -129,6 +129,16 @@ impl Action {
 }
 
 keyword_enum! {
+    /// What happens to a banned file found installed.
+    OnInstall {
+        /// Report it (and tell its owner).
+        Report => "report",
+        /// Move it into the quarantine store.
+        Quarantine => "quarantine",
+    }
+}
+
+keyword_enum! {
     /// How risky the security review judged a tool.
     Risk {
         /// Low risk.
@@ -334,6 +344,11 @@ pub struct Rule {
     pub alternative: Option<String>,
     /// Whether to tell the employee.
     pub notify: bool,
+    /// What happens to a matching file found installed (default: quarantine for the
+    /// `quarantine` action, report otherwise).
+    pub on_install: OnInstall,
+    /// Whether files owned by a system package (dpkg/rpm) may be quarantined.
+    pub allow_system_files: bool,
     /// What the rule matches.
     pub selectors: Selectors,
     /// Who it does not apply to.

@@ -10,7 +10,8 @@ use toml::de::DeValue;
 use crate::diag::{Code, Diagnostic, Diagnostics, Severity, SourceText};
 use crate::fields::{Fields, Value};
 use crate::model::{
-    Action, Exemptions, Mode, PackageRef, PolicyInfo, Risk, Rule, Selectors, Sha256, PLACEHOLDERS,
+    Action, Exemptions, Mode, OnInstall, PackageRef, PolicyInfo, Risk, Rule, Selectors, Sha256,
+    PLACEHOLDERS,
 };
 
 /// A file named by the policy (a `sha256_files` entry), as read by the caller.
@@ -356,6 +357,8 @@ impl Reader<'_, '_> {
             "message",
             "alternative",
             "notify",
+            "on_install",
+            "allow_system_files",
             "match",
             "exempt",
         ];
@@ -374,6 +377,8 @@ impl Reader<'_, '_> {
         let mut message = None;
         let mut alternative = None;
         let mut notify = Some(true);
+        let mut on_install = None;
+        let mut allow_system_files = Some(false);
         let mut selectors = None;
         let mut match_span = v.span();
         let mut exempt = Exemptions::default();
@@ -428,6 +433,18 @@ impl Reader<'_, '_> {
                     ok &= alternative.is_some();
                 }
                 "notify" => notify = self.boolean("notify", val),
+                "on_install" => {
+                    on_install = self.keyword::<OnInstall>(
+                        "on_install",
+                        val,
+                        Code::BadValue,
+                        OnInstall::KEYWORDS,
+                    );
+                    ok &= on_install.is_some();
+                }
+                "allow_system_files" => {
+                    allow_system_files = self.boolean("allow_system_files", val)
+                }
                 "match" => {
                     match_span = k.span();
                     selectors = self.selectors(val);
@@ -528,6 +545,12 @@ impl Reader<'_, '_> {
             message,
             alternative,
             notify: notify?,
+            on_install: on_install.unwrap_or(if action == Action::Quarantine {
+                OnInstall::Quarantine
+            } else {
+                OnInstall::Report
+            }),
+            allow_system_files: allow_system_files?,
             selectors,
             exempt,
         })
