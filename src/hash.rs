@@ -174,6 +174,25 @@ impl HashMemo {
         result.map(|(d, _)| (d, false))
     }
 
+    /// Remember digests computed earlier (from the persistent cache).
+    pub fn preload(&self, entries: impl IntoIterator<Item = (FileKey, Sha256)>) {
+        let mut map = self.map.lock().expect("hash memo poisoned");
+        for (k, d) in entries {
+            map.entry(k).or_insert(Slot::Done(d));
+        }
+    }
+
+    /// Every finished digest, for the persistent cache.
+    pub fn entries(&self) -> Vec<(FileKey, Sha256)> {
+        let map = self.map.lock().expect("hash memo poisoned");
+        map.iter()
+            .filter_map(|(k, s)| match s {
+                Slot::Done(d) => Some((*k, *d)),
+                Slot::Pending(_) => None,
+            })
+            .collect()
+    }
+
     /// The digest remembered for `key`, if its computation is done.
     pub fn get(&self, key: &FileKey) -> Option<Sha256> {
         match self.map.lock().expect("hash memo poisoned").get(key) {

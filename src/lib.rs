@@ -11,6 +11,7 @@ pub mod agent;
 pub mod cli;
 pub mod explain;
 pub mod hash;
+pub mod hash_cache;
 pub mod host;
 pub mod installed;
 pub mod notify;

@@ -169,20 +169,27 @@ fn watch_new_roots(
 
 fn scan_paths(shared: &Shared, paths: &[PathBuf]) -> Vec<Found> {
     let active = shared.active.load_full();
+    let progress = Progress::default();
     let existing: Vec<PathBuf> = paths
         .iter()
         .filter(|p| p.symlink_metadata().is_ok())
         .cloned()
         .collect();
-    installed::scan(
+    let found = installed::scan(
         &active.loaded.policy,
         &existing,
         &shared.accounts,
         &shared.origin.hostname,
         &shared.memo,
-        &Progress::default(),
-    )
-    .found
+        &progress,
+    );
+    shared.metrics.c.install_hashed_bytes.fetch_add(
+        progress
+            .hashed_bytes
+            .load(std::sync::atomic::Ordering::Relaxed),
+        std::sync::atomic::Ordering::Relaxed,
+    );
+    found.found
 }
 
 /// Re-examine changed package folders: report what is new, and what is gone.
@@ -236,6 +243,31 @@ fn rescan(shared: &Shared, roots: &[PathBuf], seen: &mut Seen, why: &str) {
         }
     }
     *seen = now;
+    save_hash_cache(shared);
+}
+
+/// Where the persistent hash cache lives.
+pub fn hash_cache_path(shared: &Shared) -> PathBuf {
+    shared.config.state_dir.join("hashcache.bin")
+}
+
+/// Write the digests known so far to the persistent cache.
+pub fn save_hash_cache(shared: &Shared) {
+    if let Err(e) = crate::hash_cache::save(&hash_cache_path(shared), &shared.memo.entries()) {
+        tracing::warn!("hash cache not saved: {e}");
+    }
+}
+
+/// Load the persistent cache into the shared memo; a damaged one is counted and ignored.
+pub fn load_hash_cache(shared: &Shared) {
+    match crate::hash_cache::load(&hash_cache_path(shared)) {
+        Ok(entries) => shared.memo.preload(entries),
+        Err(crate::hash_cache::CacheError::Missing) => {}
+        Err(e) => {
+            inc(&shared.metrics.c.hash_cache_rejected);
+            tracing::warn!("{e}; it will be rebuilt");
+        }
+    }
 }
 
 fn key_of(shared: &Shared, f: &Found) -> (String, PathBuf) {

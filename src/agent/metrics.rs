@@ -86,6 +86,10 @@ counters! {
     install_rescans,
     /// Banned files moved into quarantine.
     installs_quarantined,
+    /// Bytes hashed by install scans (files whose identity the hash cache did not know).
+    install_hashed_bytes,
+    /// Persistent hash cache files found damaged at start-up (then rebuilt).
+    hash_cache_rejected,
 }
 
 const BUCKETS: usize = 40;

@@ -186,6 +186,7 @@ async fn run_async(
     metrics::inc(&shared.metrics.c.policies_applied);
 
     let install = if cfg.install_watch {
+        install_watch::load_hash_cache(&shared);
         match install_watch::start(shared.clone()) {
             Ok(tx) => Some(tx),
             Err(why) => {
@@ -237,6 +238,9 @@ async fn run_async(
     ));
     shared.emit(e);
     shared.shutdown.trigger();
+    if shared.config.install_watch {
+        install_watch::save_hash_cache(&shared);
+    }
     let _ = control.await;
     drop(shared);
     let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;

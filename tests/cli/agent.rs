@@ -182,6 +182,26 @@ impl Agent {
         agent
     }
 
+    /// Stop the agent and start it again with the same files (root only).
+    pub fn restart(&mut self) {
+        self.stop();
+        let d = self.dir.path();
+        let _ = std::fs::remove_file(d.join("control.sock"));
+        self.child = Command::new("timeout")
+            .arg("300")
+            .arg(env!("CARGO_BIN_EXE_interdict"))
+            .arg("agent")
+            .arg("--policy")
+            .arg(&self.policy)
+            .arg("--config")
+            .arg(d.join("agent.toml"))
+            .stdout(std::fs::File::create(d.join("agent.out")).unwrap())
+            .stderr(std::fs::File::create(d.join("agent.err")).unwrap())
+            .spawn()
+            .unwrap();
+        self.wait_ready();
+    }
+
     pub fn socket(&self) -> PathBuf {
         self.dir.path().join("control.sock")
     }
@@ -1152,4 +1172,66 @@ fn a_banned_file_installed_on_another_filesystem_is_quarantined_and_restored_exa
         .args(["quarantine", "list", "--state-dir"])
         .arg(&state));
     assert!(r.stdout.contains("0 quarantined file(s)"), "{}", r.stdout);
+}
+
+#[test]
+fn the_hash_cache_survives_a_restart_and_a_corrupt_one_is_rebuilt() {
+    let mut files = Vec::new();
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("root");
+    for i in 0..20 {
+        let p = root.join(format!("bin/tool-{i}"));
+        unique_copy("/bin/true", &p);
+        files.push(p);
+    }
+    let policy = hash_policy("cache", "report", &"0".repeat(64));
+    let mut agent = Agent::start(
+        &policy,
+        &format!(
+            "fanotify = false\nproc_connector = false\n\n[install]\nroots = [\"{}\"]",
+            root.display()
+        ),
+    );
+    let wait_rescan = |a: &Agent| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let c = a.status()["counters"].clone();
+            if c["install_rescans"].as_u64().unwrap() >= 1 {
+                return c;
+            }
+            assert!(Instant::now() < deadline, "no rescan: {c:#}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let cold = wait_rescan(&agent);
+    let bytes: u64 = files
+        .iter()
+        .map(|f| std::fs::metadata(f).unwrap().len())
+        .sum();
+    assert!(
+        cold["install_hashed_bytes"].as_u64().unwrap() >= bytes,
+        "{cold:#}"
+    );
+    assert_eq!(cold["hash_cache_rejected"], 0);
+
+    // A restart hashes nothing that did not change.
+    agent.restart();
+    let warm = wait_rescan(&agent);
+    assert_eq!(warm["install_hashed_bytes"], 0, "{warm:#}");
+    assert_eq!(warm["hash_cache_rejected"], 0);
+
+    // A damaged cache is detected, not trusted, and rebuilt.
+    agent.stop();
+    let cache = agent.dir.path().join("state/hashcache.bin");
+    let mut b = std::fs::read(&cache).unwrap();
+    let mid = b.len() / 2;
+    b[mid] ^= 0xff;
+    std::fs::write(&cache, &b).unwrap();
+    agent.restart();
+    let rebuilt = wait_rescan(&agent);
+    assert_eq!(rebuilt["hash_cache_rejected"], 1, "{rebuilt:#}");
+    assert!(
+        rebuilt["install_hashed_bytes"].as_u64().unwrap() >= bytes,
+        "{rebuilt:#}"
+    );
 }
