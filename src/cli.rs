@@ -46,6 +46,9 @@ enum Command {
         /// Do not look at running processes.
         #[arg(long)]
         no_processes: bool,
+        /// The agent's state folder: hashes learned there are used too (when it exists).
+        #[arg(long, value_name = "DIR", default_value = "/var/lib/interdict")]
+        state_dir: PathBuf,
         /// Output format.
         #[arg(long, value_enum, default_value_t = Format::Text)]
         format: Format,
@@ -86,6 +89,9 @@ enum Command {
         )]
         policy: PathBuf,
     },
+    /// Hashes learned on this host from files that path, script or package rules matched.
+    #[command(subcommand)]
+    Hashes(HashesCommand),
     /// The quarantine store: list entries, restore one.
     #[command(subcommand)]
     Quarantine(QuarantineCommand),
@@ -146,6 +152,18 @@ impl StateArgs {
             Err(e) => anyhow::bail!("{e}"),
         }
     }
+}
+
+#[derive(Debug, Subcommand)]
+enum HashesCommand {
+    /// List learned hashes.
+    List {
+        #[command(flatten)]
+        state: StateArgs,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -217,6 +235,26 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 .init();
             crate::agent::run(&policy, config.as_deref())
         }
+        Command::Hashes(HashesCommand::List { state, format }) => {
+            let set = crate::learned::LearnedSet::load(&state.path()?)?;
+            match format {
+                Format::Json => println!("{}", serde_json::to_string_pretty(&set)?),
+                Format::Text => {
+                    for e in &set.entries {
+                        println!(
+                            "{}  rule {}  first seen {} at {} (by {})",
+                            e.sha256,
+                            e.rule_id,
+                            e.first_seen,
+                            e.path.display(),
+                            e.selector
+                        );
+                    }
+                    println!("{} learned hash(es)", set.entries.len());
+                }
+            }
+            Ok(exit::OK)
+        }
         Command::Quarantine(QuarantineCommand::List { state, format }) => {
             let store = crate::quarantine::Store::open(&state.path()?)?;
             let entries = store.list();
@@ -286,11 +324,21 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             policy,
             roots,
             no_processes,
+            state_dir,
             format,
         } => {
-            let Some(loaded) = policy_file::load_or_print(&policy) else {
+            let Some(mut loaded) = policy_file::load_or_print(&policy) else {
                 return Ok(exit::ERROR);
             };
+            match crate::learned::LearnedSet::load(&state_dir) {
+                Ok(set) => {
+                    set.apply(&mut loaded.policy);
+                }
+                Err(e) => eprintln!(
+                    "interdict: learned hashes in {} not used: {e}",
+                    state_dir.display()
+                ),
+            }
             let report = scan::run(
                 &loaded,
                 &ScanOptions {

@@ -14,6 +14,7 @@ pub mod hash;
 pub mod hash_cache;
 pub mod host;
 pub mod installed;
+pub mod learned;
 pub mod notify;
 pub mod policy_file;
 pub mod procs;

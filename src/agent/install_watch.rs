@@ -326,6 +326,28 @@ fn report(shared: &Shared, f: &Found, kind: EventKind) {
     if kind != EventKind::InstalledDetected {
         return;
     }
+    // A file matched by a path or script glob: learn its digest, so that a renamed copy of it is
+    // caught by hash. (Names are too weak to learn from; package markers are folders.)
+    use interdict_policy::SelectorKind;
+    if matches!(
+        f.decision.selector,
+        SelectorKind::Path | SelectorKind::Script
+    ) && f.package.is_none()
+    {
+        let digest = f
+            .facts
+            .exe_sha256
+            .or(f.facts.script_sha256)
+            .or_else(|| shared.memo.hash_path(&f.canonical, false).ok());
+        if let Some(d) = digest {
+            shared.learn(
+                &policy.rule(&f.decision).id,
+                d,
+                &f.canonical,
+                f.decision.selector.as_str(),
+            );
+        }
+    }
     let told = match quarantine_if_asked(shared, f) {
         Some(Ok(entry)) => {
             let mut q = shared.event(EventKind::InstalledQuarantined);

@@ -90,6 +90,8 @@ counters! {
     install_hashed_bytes,
     /// Persistent hash cache files found damaged at start-up (then rebuilt).
     hash_cache_rejected,
+    /// Digests learned from files that path, script or package rules matched.
+    hashes_learned,
 }
 
 const BUCKETS: usize = 40;

@@ -277,6 +277,12 @@ async fn reload(
             for w in &l.warnings.0 {
                 tracing::warn!("{w}");
             }
+            let mut l = l;
+            shared
+                .learned
+                .lock()
+                .expect("learned poisoned")
+                .apply(&mut l.policy);
             shared.active.store(Arc::new(state::Active {
                 loaded: l,
                 generation,

@@ -341,6 +341,8 @@ pub struct Shared {
     pub protected: Protected,
     /// Guarded kills.
     pub killer: Killer,
+    /// Digests learned on this host (persisted in the state folder).
+    pub learned: Mutex<crate::learned::LearnedSet>,
     /// Decisions by file identity, from the fanotify guard (the proc connector reads them).
     pub decisions: DecisionCache,
     /// Digests by file identity, shared by every sensor.
@@ -357,6 +359,35 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// Remember `digest` as a hash of `rule_id` (a file its path, script or package selector
+    /// matched) and put it in force at once: a renamed copy is then caught by hash.
+    pub fn learn(
+        &self,
+        rule_id: &str,
+        digest: interdict_policy::Sha256,
+        path: &std::path::Path,
+        selector: &str,
+    ) {
+        {
+            let mut set = self.learned.lock().expect("learned poisoned");
+            if !set.add(rule_id, digest, path, selector) {
+                return;
+            }
+            if let Err(e) = set.save(&self.config.state_dir) {
+                tracing::warn!("learned hashes not saved: {e}");
+            }
+        }
+        let current = self.active.load_full();
+        let mut loaded = current.loaded.clone();
+        if loaded.policy.learn(rule_id, digest) {
+            self.active.store(Arc::new(Active {
+                loaded,
+                generation: current.generation + 1,
+            }));
+            inc(&self.metrics.c.hashes_learned);
+        }
+    }
+
     /// A new event stamped with this host and the policy in force.
     pub fn event(&self, kind: EventKind) -> Event {
         let mut e = self.origin.event(kind);
@@ -390,12 +421,18 @@ impl Shared {
 pub fn shared(
     config: AgentConfig,
     policy_path: PathBuf,
-    loaded: LoadedPolicy,
+    mut loaded: LoadedPolicy,
     origin: Origin,
     events: EventSink,
     notices: NoticeSink,
 ) -> std::io::Result<Arc<Shared>> {
+    let learned = crate::learned::LearnedSet::load(&config.state_dir).unwrap_or_else(|e| {
+        tracing::warn!("learned hashes unreadable, starting afresh: {e}");
+        crate::learned::LearnedSet::default()
+    });
+    learned.apply(&mut loaded.policy);
     Ok(Arc::new(Shared {
+        learned: Mutex::new(learned),
         config,
         policy_path,
         active: ArcSwap::from_pointee(Active {

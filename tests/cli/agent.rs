@@ -1235,3 +1235,65 @@ fn the_hash_cache_survives_a_restart_and_a_corrupt_one_is_rebuilt() {
         "{rebuilt:#}"
     );
 }
+
+#[test]
+fn a_hash_learned_from_a_path_match_catches_a_renamed_copy_everywhere() {
+    let mnt = TmpMount::new();
+    let m = mnt.path();
+    let policy = format!(
+        "{POLICY_HEAD}{}",
+        rule(
+            "learner",
+            "block",
+            &format!("paths = [\"{}/app/versions/*\"]", m.display())
+        )
+    );
+    let agent = Agent::start(
+        &policy,
+        &format!(
+            "{}\n\n[install]\nroots = [\"{}\"]\ndebounce_ms = 200",
+            marks(m),
+            m.display()
+        ),
+    );
+    let original = m.join("app/versions/2.1.0");
+    let digest = unique_copy("/bin/true", &original);
+    let e = agent.wait_event("detected by path", |e| {
+        e["kind"] == "installed_detected" && e["rule"]["selector"] == "path"
+    });
+    assert_eq!(e["file"]["path"], original.to_string_lossy().as_ref());
+    // The digest is learned: a renamed copy elsewhere is refused by hash.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while agent.status()["counters"]["hashes_learned"]
+        .as_u64()
+        .unwrap()
+        < 1
+    {
+        assert!(Instant::now() < deadline, "nothing learned");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let renamed = m.join("downloads/innocent");
+    write(&renamed, &std::fs::read(&original).unwrap(), 0o755);
+    assert_denied(&renamed);
+    let state = agent.dir.path().join("state");
+    let r = run(interdict()
+        .args(["hashes", "list", "--format", "json", "--state-dir"])
+        .arg(&state));
+    r.expect_code(0);
+    let learned = r.json();
+    assert_eq!(learned["entries"][0]["sha256"], digest, "{learned:#}");
+    assert_eq!(learned["entries"][0]["rule_id"], "learner");
+    // The one-shot scan uses the learned hashes too.
+    let p = agent.dir.path().join("policy.toml");
+    let r = run(interdict()
+        .args(["scan", "--no-processes", "--format", "json", "--policy"])
+        .arg(&p)
+        .arg("--state-dir")
+        .arg(&state)
+        .arg("--root")
+        .arg(m.join("downloads")));
+    r.expect_code(1);
+    let v = violation_at(&r.json(), &renamed);
+    assert_eq!(v["selector"], "sha256");
+    assert_eq!(v["rule_id"], "learner");
+}

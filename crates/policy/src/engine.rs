@@ -281,6 +281,24 @@ impl Policy {
         }
     }
 
+    /// Add a digest to a rule's `sha256` selectors (a learned hash: the digest of a file one of
+    /// its other selectors matched). False when the rule does not exist or already has it.
+    pub fn learn(&mut self, rule_id: &str, digest: Sha256) -> bool {
+        let Some(ri) = self.rules.iter().position(|r| r.id == rule_id) else {
+            return false;
+        };
+        let list = &mut self.rules[ri].selectors.sha256;
+        if list.contains(&digest) {
+            return false;
+        }
+        list.push(digest);
+        self.sha256
+            .entry(digest)
+            .or_default()
+            .push((ri as u32, (list.len() - 1) as u32));
+        true
+    }
+
     /// The `[policy]` table.
     pub fn info(&self) -> &PolicyInfo {
         &self.info

@@ -382,3 +382,19 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn learned_hashes_catch_renamed_copies() {
+    let mut p = policy(&rule("by-path", "block", r#"paths = ["**/versions/*"]"#));
+    let d = Sha256::from_hex(HASH_A).unwrap();
+    let mut renamed = exe("/tmp/renamed");
+    renamed.exe_sha256 = Some(d);
+    assert!(p.evaluate(&renamed).is_none());
+    assert!(p.learn("by-path", d));
+    assert!(!p.learn("by-path", d), "learned once");
+    assert!(!p.learn("no-such-rule", d));
+    let dec = p.evaluate(&renamed).unwrap();
+    assert_eq!(dec.selector, SelectorKind::Sha256);
+    assert_eq!(p.evidence(&dec, &renamed).pattern, HASH_A);
+    assert!(p.needs_sha256());
+}
