@@ -59,7 +59,11 @@ fn roots_now(shared: &Shared) -> Vec<PathBuf> {
 type Seen = HashMap<(String, PathBuf), Found>;
 
 /// Start the watcher. Returns a sender for rescan requests (policy changes).
-pub fn start(shared: Arc<Shared>) -> Result<std::sync::mpsc::Sender<WatchMsg>, String> {
+/// With `guard`, every banned script file found is marked for the script guard at once.
+pub fn start(
+    shared: Arc<Shared>,
+    guard: Option<super::fanotify::ScriptMarker>,
+) -> Result<std::sync::mpsc::Sender<WatchMsg>, String> {
     let roots = roots_now(&shared);
     let (tx, rx) = channel::<WatchMsg>();
     let wtx = tx.clone();
@@ -98,7 +102,7 @@ pub fn start(shared: Arc<Shared>) -> Result<std::sync::mpsc::Sender<WatchMsg>, S
     let s = shared.clone();
     std::thread::Builder::new()
         .name("install-watch".into())
-        .spawn(move || run(s, rx, roots, watcher))
+        .spawn(move || run(s, rx, roots, watcher, guard))
         .map_err(|e| e.to_string())?;
     let _ = tx.send(WatchMsg::Rescan("start-up"));
     Ok(tx)
@@ -109,7 +113,9 @@ fn run(
     rx: Receiver<WatchMsg>,
     mut roots: Vec<PathBuf>,
     mut watcher: notify::RecommendedWatcher,
+    guard: Option<super::fanotify::ScriptMarker>,
 ) {
+    let guard = guard.as_ref();
     let debounce = Duration::from_millis(shared.config.install_debounce_ms);
     let rescan_every = Duration::from_secs(shared.config.rescan_interval_s.max(1));
     let mut seen: Seen = HashMap::new();
@@ -135,7 +141,7 @@ fn run(
             }
             Ok(WatchMsg::Rescan(why)) => {
                 watch_new_roots(&shared, &mut roots, &mut watcher);
-                rescan(&shared, &roots, &mut seen, why);
+                rescan(&shared, &roots, &mut seen, why, guard);
                 next_rescan = Instant::now() + rescan_every;
                 continue;
             }
@@ -144,11 +150,11 @@ fn run(
         }
         if !pending.is_empty() && last_change.elapsed() >= debounce {
             let units: Vec<PathBuf> = pending.drain().collect();
-            examine(&shared, &units, &mut seen);
+            examine(&shared, &units, &mut seen, guard);
         }
         if Instant::now() >= next_rescan {
             watch_new_roots(&shared, &mut roots, &mut watcher);
-            rescan(&shared, &roots, &mut seen, "periodic");
+            rescan(&shared, &roots, &mut seen, "periodic", guard);
             next_rescan = Instant::now() + rescan_every;
         }
     }
@@ -193,7 +199,12 @@ fn scan_paths(shared: &Shared, paths: &[PathBuf]) -> Vec<Found> {
 }
 
 /// Re-examine changed package folders: report what is new, and what is gone.
-fn examine(shared: &Shared, units: &[PathBuf], seen: &mut Seen) {
+fn examine(
+    shared: &Shared,
+    units: &[PathBuf],
+    seen: &mut Seen,
+    guard: Option<&super::fanotify::ScriptMarker>,
+) {
     let found = scan_paths(shared, units);
     let mut now: HashSet<(String, PathBuf)> = HashSet::new();
     for f in found {
@@ -201,6 +212,7 @@ fn examine(shared: &Shared, units: &[PathBuf], seen: &mut Seen) {
         now.insert(key.clone());
         if let std::collections::hash_map::Entry::Vacant(v) = seen.entry(key) {
             report(shared, &f, EventKind::InstalledDetected);
+            mark_script(&f, guard);
             v.insert(f);
         }
     }
@@ -219,7 +231,13 @@ fn examine(shared: &Shared, units: &[PathBuf], seen: &mut Seen) {
 }
 
 /// A full rescan of every root.
-fn rescan(shared: &Shared, roots: &[PathBuf], seen: &mut Seen, why: &str) {
+fn rescan(
+    shared: &Shared,
+    roots: &[PathBuf],
+    seen: &mut Seen,
+    why: &str,
+    guard: Option<&super::fanotify::ScriptMarker>,
+) {
     inc(&shared.metrics.c.install_rescans);
     tracing::debug!("install rescan ({why})");
     let found = scan_paths(shared, roots);
@@ -230,6 +248,7 @@ fn rescan(shared: &Shared, roots: &[PathBuf], seen: &mut Seen, why: &str) {
     for (k, f) in &now {
         if !seen.contains_key(k) {
             report(shared, f, EventKind::InstalledDetected);
+            mark_script(f, guard);
         }
     }
     let gone: Vec<_> = seen
@@ -244,6 +263,15 @@ fn rescan(shared: &Shared, roots: &[PathBuf], seen: &mut Seen, why: &str) {
     }
     *seen = now;
     save_hash_cache(shared);
+}
+
+/// A banned interpreter script found installed: deny its opens from now on.
+fn mark_script(f: &Found, guard: Option<&super::fanotify::ScriptMarker>) {
+    if let (Some(g), Some(script)) = (guard, &f.facts.script_path) {
+        if f.decision.action != interdict_policy::Action::Allow && f.package.is_none() {
+            let _ = g.mark(script);
+        }
+    }
 }
 
 /// Where the persistent hash cache lives.

@@ -187,7 +187,12 @@ async fn run_async(
 
     let install = if cfg.install_watch {
         install_watch::load_hash_cache(&shared);
-        match install_watch::start(shared.clone()) {
+        let guard = if cfg.script_guard {
+            marker.clone()
+        } else {
+            None
+        };
+        match install_watch::start(shared.clone(), guard) {
             Ok(tx) => Some(tx),
             Err(why) => {
                 shared.set_sensor("install_watch", "failed", why);

@@ -1297,3 +1297,50 @@ fn a_hash_learned_from_a_path_match_catches_a_renamed_copy_everywhere() {
     assert_eq!(v["selector"], "sha256");
     assert_eq!(v["rule_id"], "learner");
 }
+
+#[test]
+fn a_banned_script_installed_after_start_up_is_guarded_at_once() {
+    let mnt = TmpMount::new();
+    let m = mnt.path();
+    let empty = tempfile::tempdir().unwrap();
+    let policy = format!(
+        "{POLICY_HEAD}{}",
+        rule(
+            "late-script",
+            "block",
+            "scripts = [\"**/node_modules/@anthropic-ai/claude-code/cli.js\"]"
+        )
+    );
+    // The start-up script search finds nothing; the script arrives later, by install.
+    let agent = Agent::start(
+        &policy,
+        &format!(
+            "{}\nscript_roots = [\"{}\"]\nproc_connector = false\n\n[install]\nroots = [\"{}\"]\ndebounce_ms = 200",
+            marks(m),
+            empty.path().display(),
+            m.display()
+        ),
+    );
+    let cli = m.join("lib/node_modules/@anthropic-ai/claude-code/cli.js");
+    let marker = m.join("ran");
+    write(
+        &cli,
+        format!(
+            "require('fs').writeFileSync('{}', 'ran')\n",
+            marker.display()
+        )
+        .as_bytes(),
+        0o644,
+    );
+    agent.wait_event("installed_detected", |e| {
+        e["kind"] == "installed_detected" && e["rule"]["selector"] == "script"
+    });
+    let out = Command::new("node").arg(&cli).output().unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("EPERM"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!marker.exists());
+}

@@ -6,6 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
+use std::time::Duration;
 
 use crate::common::*;
 
@@ -18,7 +19,7 @@ pub const PACKAGES: &[&str] = &[
 
 /// The prefix holding the installed packages: `$INTERDICT_NPM_FIXTURES`, or a cache folder under
 /// the target directory. Installed once; a `.complete` marker names what it holds.
-fn prefix() -> &'static Path {
+pub fn prefix() -> &'static Path {
     static PREFIX: OnceLock<PathBuf> = OnceLock::new();
     PREFIX.get_or_init(|| {
         let dir = std::env::var_os("INTERDICT_NPM_FIXTURES")
@@ -166,4 +167,75 @@ fn a_renamed_copy_of_the_real_claude_binary_is_caught_by_sha256() {
     assert_eq!(v["selector"], "sha256");
     assert_eq!(v["sha256"], sha256sum(&real));
     assert_eq!(violations(&j).len(), 1, "{j:#}");
+}
+
+#[test]
+fn the_agent_reports_a_real_claude_code_install_once_per_package_and_binary() {
+    use crate::agent::Agent;
+    let root = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(shipped_pack()).unwrap();
+    let agent_dir_policy = text.replace(
+        "hashes/",
+        &format!("{}/hashes/", repo().join("policies").display()),
+    );
+    let mut agent = Agent::start(
+        &agent_dir_policy,
+        &format!(
+            "fanotify = false\nproc_connector = false\n\n[install]\nroots = [\"{}\"]\ndebounce_ms = 300",
+            root.path().display()
+        ),
+    );
+    // "Install" the real packages, as npm lays them out.
+    let dest = root.path().join("lib/node_modules/@anthropic-ai");
+    std::fs::create_dir_all(&dest).unwrap();
+    let st = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(nm("@anthropic-ai/claude-code"))
+        .arg(nm("@anthropic-ai/claude-code-linux-x64"))
+        .arg(&dest)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    for pkg in [
+        "npm:@anthropic-ai/claude-code",
+        "npm:@anthropic-ai/claude-code-linux-x64",
+    ] {
+        agent.wait_event(pkg, |e| {
+            e["kind"] == "installed_detected"
+                && e["message"]
+                    .as_str()
+                    .unwrap_or("")
+                    .starts_with(&format!("package {pkg} "))
+        });
+    }
+    let binary = agent.wait_event("the binary", |e| {
+        e["kind"] == "installed_detected" && e["rule"]["selector"] == "sha256"
+    });
+    assert_eq!(binary["rule"]["id"], "claude-code");
+    std::thread::sleep(Duration::from_secs(2));
+    agent.stop();
+    let events = agent.events();
+    let detected: Vec<_> = events
+        .iter()
+        .filter(|e| e["kind"] == "installed_detected")
+        .collect();
+    for pkg in [
+        "npm:@anthropic-ai/claude-code ",
+        "npm:@anthropic-ai/claude-code-linux-x64 ",
+    ] {
+        let n = detected
+            .iter()
+            .filter(|e| {
+                e["message"]
+                    .as_str()
+                    .unwrap_or("")
+                    .starts_with(&format!("package {pkg}"))
+            })
+            .count();
+        assert_eq!(n, 1, "{pkg}: {detected:#?}");
+    }
+    assert!(
+        detected.iter().all(|e| e["rule"]["id"] == "claude-code"),
+        "{detected:#?}"
+    );
 }
