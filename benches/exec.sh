@@ -31,6 +31,7 @@ cleanup() {
   rm -rf "$WORK"
 }
 trap cleanup EXIT
+trap 'exit 130' INT TERM
 
 cc -O2 -o "$WORK/spawn" benches/support/spawn.c
 cp /bin/true "$MNT/ok"
@@ -69,7 +70,8 @@ start_agent() {
   AGENT_PID=$!
   # Ready once the start-up sweep of running processes is done (it hashes their executables).
   for _ in $(seq 300); do
-    "$BIN" status --format json --socket "$WORK/control.sock" 2>/dev/null | grep -q '"sweeps":[1-9]' && break
+    "$BIN" status --format json --socket "$WORK/control.sock" > "$WORK/status.json" 2>/dev/null \
+      && grep -q '"sweeps":[1-9]' "$WORK/status.json" && break
     sleep 0.1
   done
 }

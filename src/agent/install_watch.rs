@@ -238,7 +238,6 @@ fn rescan(
     why: &str,
     guard: Option<&super::fanotify::ScriptMarker>,
 ) {
-    inc(&shared.metrics.c.install_rescans);
     tracing::debug!("install rescan ({why})");
     let found = scan_paths(shared, roots);
     let mut now: HashMap<(String, PathBuf), Found> = HashMap::new();
@@ -263,6 +262,8 @@ fn rescan(
     }
     *seen = now;
     save_hash_cache(shared);
+    // Counted when done: a reader of `install_rescans` sees the rescan's results.
+    inc(&shared.metrics.c.install_rescans);
 }
 
 /// A banned interpreter script found installed: deny its opens from now on.

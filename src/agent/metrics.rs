@@ -82,7 +82,7 @@ counters! {
     installs_detected,
     /// Banned installs gone again.
     installs_removed,
-    /// Full rescans of the install roots.
+    /// Full rescans of the install roots, counted when finished.
     install_rescans,
     /// Banned files moved into quarantine.
     installs_quarantined,

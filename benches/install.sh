@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# Install watching, measured: the agent's full rescan of a synthetic tree cold (nothing known),
+# warm (after a restart, with the persistent hash cache), and `find | xargs sha256sum` over the
+# same executables, in one run; then the detection latency of an npm-like install (from its last
+# file landing to the `installed_detected` event), with the default debounce of 500 ms.
+#
+# Usage (root): benches/install.sh [FILES] [TOTAL_MIB]     (defaults 50000 files, 2048 MiB)
+# The agent runs with fanotify and the proc connector off (nothing is marked) under `timeout`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+FILES=${1:-50000}
+TOTAL_MIB=${2:-2048}
+cargo build --release --quiet
+BIN=$PWD/target/release/interdict
+WORK=$(mktemp -d /tmp/interdict-install-bench.XXXXXX)
+AGENT_PID=""
+cleanup() { [ -n "$AGENT_PID" ] && kill "$AGENT_PID" 2>/dev/null; sleep 0.3; rm -rf "$WORK"; }
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+TREE=$WORK/tree
+python3 - "$TREE" "$FILES" "$TOTAL_MIB" <<'PY'
+import os, random, sys
+root, files, total = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]) << 20
+random.seed(7)
+sizes = [random.paretovariate(1.2) for _ in range(files // 2)]
+scale = total / sum(sizes)
+block = os.urandom(1 << 20)
+for i, s in enumerate(sizes):
+    d = os.path.join(root, f"d{i % 211}", f"e{i % 17}")
+    os.makedirs(d, exist_ok=True)
+    n = max(1, int(s * scale)); p = os.path.join(d, f"tool-{i}")
+    with open(p, "wb") as f:
+        while n > 0:
+            k = min(n, len(block)); f.write(block[:k]); n -= k
+    os.chmod(p, 0o755)
+    with open(os.path.join(d, f"data-{i}.txt"), "w") as f:
+        f.write("x" * 100)
+PY
+BYTES=$(find "$TREE" -type f -perm /111 -printf '%s\n' | awk '{s+=$1} END {print s}')
+cat > "$WORK/agent.toml" <<CFG
+[agent]
+state_dir = "$WORK/state"
+event_log = "$WORK/events.jsonl"
+control_socket = "$WORK/control.sock"
+[exec]
+fanotify = false
+proc_connector = false
+[install]
+roots = ["$TREE"]
+CFG
+# The shipped pack has sha256 rules, so every executable is hashed.
+cp policies/ai-coding-agents.toml "$WORK/policy.toml"; cp -r policies/hashes "$WORK/"
+now() { date +%s.%N; }
+# Sets RESCAN to the seconds from start to the end of the first full rescan (in this shell, so
+# AGENT_PID stays known).
+rescan_time() {
+  local s; s=$(now)
+  timeout 900 "$BIN" agent --policy "$WORK/policy.toml" --config "$WORK/agent.toml" 2>>"$WORK/agent.err" &
+  AGENT_PID=$!
+  # (Not `status | grep -q`: with pipefail, grep closing the pipe early fails the pipeline.)
+  until "$BIN" status --format json --socket "$WORK/control.sock" > "$WORK/status.json" 2>/dev/null \
+      && grep -q '"install_rescans":[1-9]' "$WORK/status.json"; do sleep 0.05; done
+  RESCAN=$(awk "BEGIN{print $(now) - $s}")
+}
+stop() { kill "$AGENT_PID" 2>/dev/null || true; wait "$AGENT_PID" 2>/dev/null || true; AGENT_PID=""; }
+find "$TREE" -type f -perm /111 -print0 | xargs -0 cat > /dev/null   # page cache warm for all
+rescan_time; cold=$RESCAN; stop
+rm -f "$WORK/control.sock"
+rescan_time; warm=$RESCAN
+s=$(now); find "$TREE" -type f -perm /111 -print0 | xargs -0 sha256sum > /dev/null; e=$(now)
+sum=$(awk "BEGIN{print $e - $s}")
+echo "tree: $(find "$TREE" -type f | wc -l) files, $((BYTES >> 20)) MiB executable; $(nproc) cores; page cache warm"
+printf 'agent full rescan, cold (hash everything):     %7.3f s\n' "$cold"
+printf 'agent full rescan, warm (after a restart):     %7.3f s   cold/warm %.1fx\n' "$warm" "$(awk "BEGIN{print $cold/$warm}")"
+printf 'find | xargs sha256sum over the executables:   %7.3f s   sha256sum/cold %.2fx\n' "$sum" "$(awk "BEGIN{print $sum/$cold}")"
+
+# Detection latency: an npm-like install of a banned package, 2000 files, then the event.
+lat=()
+for i in $(seq 5); do
+  pkg="$TREE/lib/node_modules/@anthropic-ai/claude-code"
+  rm -rf "$TREE/lib"
+  sleep 1.5
+  mkdir -p "$pkg/dist"
+  for j in $(seq 2000); do echo "//" > "$pkg/dist/f$j.js"; done
+  echo '{"name": "@anthropic-ai/claude-code", "version": "9.9.'"$i"'"}' > "$pkg/package.json"
+  s=$(now)
+  until grep -q "\"package npm:@anthropic-ai/claude-code 9.9.$i\"" "$WORK/events.jsonl" 2>/dev/null; do sleep 0.01; done
+  e=$(now)
+  lat+=("$(awk "BEGIN{printf \"%d\", ($e - $s) * 1000}")")
+done
+printf 'detection latency (last file -> installed_detected), 5 installs of 2000 files: %s ms (debounce 500 ms)\n' "${lat[*]}"
+stop
