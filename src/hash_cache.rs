@@ -6,7 +6,6 @@
 //! SHA-256 of everything before it. A file that is short, long, of another version or whose
 //! checksum does not match is rejected whole and rebuilt: never trusted in part.
 
-use std::io::Write;
 use std::path::Path;
 
 use interdict_policy::Sha256;
@@ -102,20 +101,7 @@ pub fn load(path: &Path) -> Result<Vec<(FileKey, Sha256)>, CacheError> {
 
 /// Write a cache file atomically (temporary file, fsync, rename), root-only.
 pub fn save(path: &Path, entries: &[(FileKey, Sha256)]) -> std::io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    f.write_all(&encode(entries))?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)
+    crate::fsutil::write_atomic(path, &encode(entries), 0o600)
 }
 
 #[cfg(test)]

@@ -4,7 +4,6 @@
 //!
 //! Kept in `STATE_DIR/learned.json`, written atomically (temporary file, fsync, rename).
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use interdict_policy::{Policy, Sha256};
@@ -49,19 +48,8 @@ impl LearnedSet {
 
     /// Write the set atomically.
     pub fn save(&self, state_dir: &Path) -> std::io::Result<()> {
-        use std::os::unix::fs::OpenOptionsExt;
-        std::fs::create_dir_all(state_dir)?;
-        let path = Self::path(state_dir);
-        let tmp = path.with_extension("tmp");
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        f.write_all(&serde_json::to_vec_pretty(self).expect("serializes"))?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, &path)
+        let bytes = serde_json::to_vec_pretty(self).expect("serializes");
+        crate::fsutil::write_atomic(&Self::path(state_dir), &bytes, 0o600)
     }
 
     /// Remember a digest for a rule; false when it was known.

@@ -8,7 +8,7 @@
 //! of the original. Manifest entries are written to a temporary file and renamed into place.
 
 use std::fs;
-use std::io::{self, Write};
+use std::io;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
@@ -178,20 +178,8 @@ impl Store {
 
     fn write_entry(&self, e: &Entry) -> Result<(), QuarantineError> {
         let path = self.manifest(&e.id);
-        let tmp = self.dir.join(format!("{}.json.tmp", e.id));
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(io_err(&tmp))?;
-        f.write_all(&serde_json::to_vec_pretty(e).expect("entries serialize"))
-            .and_then(|()| f.sync_all())
-            .map_err(io_err(&tmp))?;
-        fs::rename(&tmp, &path).map_err(io_err(&path))?;
-        fs::File::open(&self.dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io_err(&self.dir))
+        let bytes = serde_json::to_vec_pretty(e).expect("entries serialize");
+        crate::fsutil::write_atomic(&path, &bytes, 0o600).map_err(io_err(&path))
     }
 
     /// Every entry, oldest first. Unreadable manifest files are skipped.
