@@ -120,15 +120,25 @@ struct SocketArgs {
     config: Option<PathBuf>,
 }
 
+/// A path given on the command line, or else the one the agent configuration (its defaults
+/// without `--config`) names.
+fn given_or_configured(
+    given: &Option<PathBuf>,
+    config: &Option<PathBuf>,
+    pick: impl FnOnce(crate::agent::config::AgentConfig) -> PathBuf,
+) -> anyhow::Result<PathBuf> {
+    if let Some(p) = given {
+        return Ok(p.clone());
+    }
+    match crate::agent::config::load(config.as_deref()) {
+        Ok(c) => Ok(pick(c)),
+        Err(e) => anyhow::bail!("{e}"),
+    }
+}
+
 impl SocketArgs {
     fn path(&self) -> anyhow::Result<PathBuf> {
-        if let Some(s) = &self.socket {
-            return Ok(s.clone());
-        }
-        match crate::agent::config::load(self.config.as_deref()) {
-            Ok(c) => Ok(c.control_socket),
-            Err(e) => anyhow::bail!("{e}"),
-        }
+        given_or_configured(&self.socket, &self.config, |c| c.control_socket)
     }
 }
 
@@ -144,13 +154,7 @@ struct StateArgs {
 
 impl StateArgs {
     fn path(&self) -> anyhow::Result<PathBuf> {
-        if let Some(s) = &self.state_dir {
-            return Ok(s.clone());
-        }
-        match crate::agent::config::load(self.config.as_deref()) {
-            Ok(c) => Ok(c.state_dir),
-            Err(e) => anyhow::bail!("{e}"),
-        }
+        given_or_configured(&self.state_dir, &self.config, |c| c.state_dir)
     }
 }
 
