@@ -165,7 +165,7 @@ fn describe(e: &io::Error) -> String {
 }
 
 fn lossy(p: &Path) -> String {
-    p.to_string_lossy().into_owned()
+    crate::path_text(p)
 }
 
 fn name_of(p: &Path) -> Option<String> {
@@ -248,7 +248,12 @@ pub fn scan(
     let mut out = InstalledScan::default();
     let mut items = Vec::new();
     for root in roots {
-        for entry in WalkDir::new(root).follow_links(false) {
+        // Roots are canonical; a root that is a symlink is a changed path handed in by the
+        // install watcher, and is looked at as the link it is, never walked through.
+        for entry in WalkDir::new(root)
+            .follow_links(false)
+            .follow_root_links(false)
+        {
             progress.files.fetch_add(1, Ordering::Relaxed);
             let entry = match entry {
                 Ok(e) => e,
@@ -386,12 +391,18 @@ fn file_facts(
             path: lossy(file),
             reason: describe(&e),
         };
-        let (f, m) = open_regular(file, false).map_err(skip)?;
-        let (d, cached) = memo.hash_file(&f, &m).map_err(skip)?;
-        if !cached {
-            progress.hashed_bytes.fetch_add(m.len(), Ordering::Relaxed);
+        // A file whose identity (dev, inode, size, mtime, ctime) is known needs no open: the
+        // walk's lstat already says it has not changed since it was hashed.
+        if let Some(d) = memo.get(&crate::hash::FileKey::of(meta)) {
+            Some(d)
+        } else {
+            let (f, m) = open_regular(file, false).map_err(skip)?;
+            let (d, cached) = memo.hash_file(&f, &m).map_err(skip)?;
+            if !cached {
+                progress.hashed_bytes.fetch_add(m.len(), Ordering::Relaxed);
+            }
+            Some(d)
         }
-        Some(d)
     } else {
         None
     };

@@ -37,3 +37,27 @@ pub fn io_reason(e: &std::io::Error) -> String {
         None => s,
     }
 }
+
+/// A path as text for reports and events: UTF-8 as is, any byte that is not valid UTF-8 written
+/// as `\xNN`, so that a name made to be unreadable still names exactly one file.
+pub fn path_text(p: &std::path::Path) -> String {
+    use std::os::unix::ffi::OsStrExt;
+    let mut out = String::new();
+    for chunk in p.as_os_str().as_bytes().utf8_chunks() {
+        out.push_str(chunk.valid());
+        for b in chunk.invalid() {
+            out.push_str(&format!("\\x{b:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn path_text_escapes_bytes_that_are_not_utf8() {
+        use std::os::unix::ffi::OsStrExt;
+        let p = std::path::Path::new(std::ffi::OsStr::from_bytes(b"/opt/\xff\xfeclaude-\xc3\xa9"));
+        assert_eq!(super::path_text(p), "/opt/\\xFF\\xFEclaude-é");
+    }
+}

@@ -208,18 +208,14 @@ pub fn run(loaded: &LoadedPolicy, opts: &ScanOptions) -> ScanReport {
             let path = info
                 .exe
                 .as_ref()
-                .map(|e| e.display().to_string())
+                .map(|e| crate::path_text(e))
                 .unwrap_or_default();
             if let Some(mut v) =
                 violation(policy, &d, &pf.facts, today, ViolationKind::Running, path)
             {
                 v.pid = Some(info.pid);
                 v.command_line = Some(procs::command_line(&info.argv));
-                v.target = pf
-                    .facts
-                    .script_path
-                    .as_ref()
-                    .map(|s| s.display().to_string());
+                v.target = pf.facts.script_path.as_ref().map(|s| crate::path_text(s));
                 v.sha256 = pf.facts.exe_sha256.map(|h| h.to_string());
                 violations.push(v);
             }
@@ -243,12 +239,12 @@ pub fn run(loaded: &LoadedPolicy, opts: &ScanOptions) -> ScanReport {
             &f.facts,
             today,
             ViolationKind::Installed,
-            f.path.display().to_string(),
+            crate::path_text(&f.path),
         ) else {
             continue;
         };
         if f.canonical != f.path {
-            v.target = Some(f.canonical.display().to_string());
+            v.target = Some(crate::path_text(&f.canonical));
         }
         v.sha256 = f
             .facts

@@ -38,6 +38,9 @@ pub struct Status {
     pub counters: CounterSnapshot,
     /// Decision latency of permission events.
     pub latency: LatencySnapshot,
+    /// Duration of the last full rescan of the install roots, in microseconds (0 before the first).
+    #[serde(default)]
+    pub last_rescan_us: u64,
     /// Resident memory in KiB.
     pub rss_kib: u64,
 }
@@ -78,6 +81,10 @@ pub fn status(shared: &Shared, started: std::time::Instant) -> Status {
         sensors,
         counters: shared.metrics.c.snapshot(),
         latency: shared.metrics.latency.snapshot(),
+        last_rescan_us: shared
+            .metrics
+            .last_rescan_us
+            .load(std::sync::atomic::Ordering::Relaxed),
         rss_kib: rss_kib(),
     }
 }
@@ -219,5 +226,11 @@ pub fn render(s: &Status) -> String {
         "decision latency: p50 {:.1} µs, p99 {:.1} µs, max {:.1} µs over {} decisions\nrss: {} KiB\n",
         s.latency.p50_us, s.latency.p99_us, s.latency.max_us, s.latency.count, s.rss_kib
     ));
+    if s.last_rescan_us > 0 {
+        out.push_str(&format!(
+            "last install rescan: {:.1} ms\n",
+            s.last_rescan_us as f64 / 1000.0
+        ));
+    }
     out
 }

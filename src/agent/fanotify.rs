@@ -554,7 +554,7 @@ fn decide(g: &Guard, p: &Pending) {
                 },
             });
             e.file = Some(FileRef {
-                path: path.display().to_string(),
+                path: crate::path_text(&path),
                 sha256: digest.map(|h| h.to_string()),
                 size: Some(p.key.size),
             });

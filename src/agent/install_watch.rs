@@ -45,6 +45,23 @@ pub fn unit_of(path: &Path) -> PathBuf {
     path.to_path_buf()
 }
 
+/// A changed unit as it really lies: its folder resolved (a path reported through a symlinked
+/// folder names the same files twice), and dropped when that is outside every root. A unit whose
+/// folder is gone stays as it is, so that its removal is seen.
+fn real_unit(unit: &Path, roots: &[PathBuf]) -> Option<PathBuf> {
+    let (Some(parent), Some(name)) = (unit.parent(), unit.file_name()) else {
+        return Some(unit.to_path_buf());
+    };
+    match std::fs::canonicalize(parent) {
+        Ok(real) if real == parent => Some(unit.to_path_buf()),
+        Ok(real) => roots
+            .iter()
+            .any(|r| real.starts_with(r))
+            .then(|| real.join(name)),
+        Err(_) => Some(unit.to_path_buf()),
+    }
+}
+
 /// The install roots that exist now (new homes appear, new prefixes get created).
 fn roots_now(shared: &Shared) -> Vec<PathBuf> {
     let roots = if shared.config.install_roots.is_empty() {
@@ -67,24 +84,42 @@ pub fn start(
     let roots = roots_now(&shared);
     let (tx, rx) = channel::<WatchMsg>();
     let wtx = tx.clone();
-    let mut watcher =
-        notify::recommended_watcher(move |res: notify::Result<notify::Event>| match res {
-            Ok(ev) => {
-                if ev.need_rescan() {
-                    let _ = wtx.send(WatchMsg::Rescan("watcher overflow"));
-                }
-                if ev.kind.is_access() {
-                    return;
-                }
-                for p in ev.paths {
-                    let _ = wtx.send(WatchMsg::Changed(p));
-                }
+    // No open or read-close events: with them, every read of any file under a watched root
+    // (our own rescans included) would be queued to us. Creates, removes, renames, writes,
+    // attribute changes (chmod +x) and the close of a written file are all we need.
+    let kinds = notify::EventKindMask::CORE | notify::EventKindMask::ACCESS_CLOSE;
+    let handler = move |res: notify::Result<notify::Event>| match res {
+        Ok(ev) => {
+            if ev.need_rescan() {
+                let _ = wtx.send(WatchMsg::Rescan("watcher overflow"));
             }
-            Err(_) => {
-                let _ = wtx.send(WatchMsg::Rescan("watch error"));
+            if matches!(
+                ev.kind,
+                notify::EventKind::Access(
+                    notify::event::AccessKind::Open(_)
+                        | notify::event::AccessKind::Read
+                        | notify::event::AccessKind::Close(notify::event::AccessMode::Read)
+                )
+            ) {
+                return;
             }
-        })
-        .map_err(|e| format!("inotify: {e}"))?;
+            for p in ev.paths {
+                let _ = wtx.send(WatchMsg::Changed(p));
+            }
+        }
+        Err(_) => {
+            let _ = wtx.send(WatchMsg::Rescan("watch error"));
+        }
+    };
+    let mut watcher = <notify::RecommendedWatcher as notify::Watcher>::new(
+        handler,
+        // Never into a symlinked folder: what it points at is not an install root, and would be
+        // reported again under a second name.
+        notify::Config::default()
+            .with_event_kinds(kinds)
+            .with_follow_symlinks(false),
+    )
+    .map_err(|e| format!("inotify: {e}"))?;
     let mut watched = 0;
     for r in &roots {
         if watcher.watch(r, notify::RecursiveMode::Recursive).is_ok() {
@@ -149,7 +184,12 @@ fn run(
             Err(RecvTimeoutError::Disconnected) => return,
         }
         if !pending.is_empty() && last_change.elapsed() >= debounce {
-            let units: Vec<PathBuf> = pending.drain().collect();
+            let units: Vec<PathBuf> = pending
+                .drain()
+                .filter_map(|u| real_unit(&u, &roots))
+                .collect::<HashSet<_>>()
+                .into_iter()
+                .collect();
             examine(&shared, &units, &mut seen, guard);
         }
         if Instant::now() >= next_rescan {
@@ -239,6 +279,7 @@ fn rescan(
     guard: Option<&super::fanotify::ScriptMarker>,
 ) {
     tracing::debug!("install rescan ({why})");
+    let started = Instant::now();
     let found = scan_paths(shared, roots);
     let mut now: HashMap<(String, PathBuf), Found> = HashMap::new();
     for f in found {
@@ -262,6 +303,10 @@ fn rescan(
     }
     *seen = now;
     save_hash_cache(shared);
+    shared.metrics.last_rescan_us.store(
+        started.elapsed().as_micros() as u64,
+        std::sync::atomic::Ordering::Relaxed,
+    );
     // Counted when done: a reader of `install_rescans` sees the rescan's results.
     inc(&shared.metrics.c.install_rescans);
 }
@@ -324,7 +369,7 @@ fn report(shared: &Shared, f: &Found, kind: EventKind) {
     e.rule = Some(judge::rule_ref(policy, &f.decision, &f.facts));
     let size = std::fs::metadata(&f.canonical).ok().map(|m| m.len());
     e.file = Some(FileRef {
-        path: f.path.display().to_string(),
+        path: crate::path_text(&f.path),
         sha256: f
             .facts
             .exe_sha256
@@ -384,7 +429,7 @@ fn report(shared: &Shared, f: &Found, kind: EventKind) {
             q.sensor = Some("install_watch".into());
             q.rule = Some(judge::rule_ref(policy, &f.decision, &f.facts));
             q.file = Some(FileRef {
-                path: entry.original_path.display().to_string(),
+                path: crate::path_text(&entry.original_path),
                 sha256: Some(entry.sha256.clone()),
                 size: Some(entry.size),
             });

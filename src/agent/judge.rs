@@ -63,20 +63,20 @@ pub fn process_ref(shared: &Shared, info: &ProcessInfo) -> ProcessRef {
     ProcessRef {
         pid: info.pid,
         ppid: info.ppid,
-        exe: info.exe.as_ref().map(|e| e.display().to_string()),
+        exe: info.exe.as_ref().map(|e| crate::path_text(e)),
         argv,
         cwd: info
             .cwd
             .clone()
             .or_else(|| crate::procs::cwd_of(info.pid))
-            .map(|c| c.display().to_string()),
+            .map(|c| crate::path_text(&c)),
         uid: info.uid,
         user: info.uid.map(|u| shared.accounts.user_name(u)),
         start_time: info.start_ticks,
         parent_exe: info
             .ppid
             .and_then(|pp| std::fs::read_link(format!("/proc/{pp}/exe")).ok())
-            .map(|p| p.display().to_string()),
+            .map(|p| crate::path_text(&p)),
     }
 }
 
@@ -91,7 +91,7 @@ pub fn file_ref(facts: &Facts, size: Option<u64>) -> Option<FileRef> {
         (None, None) => return None,
     };
     Some(FileRef {
-        path: path.display().to_string(),
+        path: crate::path_text(path),
         sha256: sha.map(|h| h.to_string()),
         size,
     })

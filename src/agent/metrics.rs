@@ -170,6 +170,8 @@ pub struct Metrics {
     pub c: Counters,
     /// Decision latency of permission events.
     pub latency: Latency,
+    /// Duration of the last full rescan of the install roots, in microseconds (0 before the first).
+    pub last_rescan_us: AtomicU64,
 }
 
 /// Add one to a counter.

@@ -2,6 +2,7 @@
 
 mod agent;
 mod common;
+mod install_watch;
 mod notify;
 mod npm_packages;
 mod policy_check;

@@ -302,7 +302,12 @@ fn odd_entries_are_skipped_and_listed_never_opened() {
     assert_eq!(reason_of("dangling"), "dangling symlink");
     let v = violations(&j);
     assert_eq!(v.len(), 1, "{j:#}");
-    assert_eq!(v[0]["path"], odd.to_string_lossy().as_ref());
+    // Not lossy: the bytes that are not UTF-8 are escaped, so the path names one file.
+    assert_eq!(
+        v[0]["path"],
+        format!("{}/claude-\\xFF\\xFE", root.display())
+    );
+    assert_ne!(v[0]["path"], odd.to_string_lossy().as_ref());
     assert_eq!(v[0]["selector"], "sha256");
 }
 
