@@ -87,6 +87,20 @@ pub struct AgentConfig {
     /// `[notify] opener`: the program that opens the "More info" link, run as the user
     /// (default `xdg-open`).
     pub notify_opener: Option<PathBuf>,
+    /// `[collector] url`: ship every event to this collector (`http://` or `https://`); none =
+    /// the local event log only, no spool.
+    pub collector_url: Option<String>,
+    /// `[collector] enroll_secret`: the collector's enroll secret, used once to get a token.
+    pub enroll_secret: Option<String>,
+    /// `[collector] token_file`: where the host token is kept (default `STATE_DIR/collector.token`).
+    pub token_file: Option<PathBuf>,
+    /// `[collector] batch`: most events per request (default 500).
+    pub ship_batch: usize,
+    /// `[collector] spool_cap_mib`: the spool's byte cap (default 256 MiB); when full, new events
+    /// are refused and counted (`spool_dropped`), and an `events_dropped` event says how many.
+    pub spool_cap_mib: u64,
+    /// `[collector] heartbeat_s`: a `heartbeat` event this often (default 60; 0 = none).
+    pub heartbeat_s: u64,
 }
 
 impl Default for AgentConfig {
@@ -117,6 +131,12 @@ impl Default for AgentConfig {
             install_roots: Vec::new(),
             rescan_interval_s: 6 * 3600,
             install_debounce_ms: 500,
+            collector_url: None,
+            enroll_secret: None,
+            token_file: None,
+            ship_batch: 500,
+            spool_cap_mib: 256,
+            heartbeat_s: 60,
         }
     }
 }
@@ -135,6 +155,14 @@ const NOTIFY_KEYS: &[&str] = &[
     "interval_s",
     "queue",
     "opener",
+];
+const COLLECTOR_KEYS: &[&str] = &[
+    "url",
+    "enroll_secret",
+    "token_file",
+    "batch",
+    "spool_cap_mib",
+    "heartbeat_s",
 ];
 const INSTALL_KEYS: &[&str] = &["watch", "roots", "rescan_interval_s", "debounce_ms"];
 const EXEC_KEYS: &[&str] = &[
@@ -194,8 +222,13 @@ pub fn parse(name: &str, text: &str) -> Result<AgentConfig, Diagnostics> {
             "exec" => EXEC_KEYS,
             "notify" => NOTIFY_KEYS,
             "install" => INSTALL_KEYS,
+            "collector" => COLLECTOR_KEYS,
             _ => {
-                f.unknown_key("the top level", k, &["agent", "exec", "notify", "install"]);
+                f.unknown_key(
+                    "the top level",
+                    k,
+                    &["agent", "exec", "notify", "install", "collector"],
+                );
                 continue;
             }
         };
@@ -296,6 +329,36 @@ pub fn parse(name: &str, text: &str) -> Result<AgentConfig, Diagnostics> {
                         c.notify_queue = (n as usize).max(1);
                     }
                 }
+                ("collector", "url") => {
+                    if let Some((u, span)) = f.string(key, v) {
+                        if u.starts_with("http://") || u.starts_with("https://") {
+                            c.collector_url = Some(u);
+                        } else {
+                            f.err(
+                                Code::BadValue,
+                                span,
+                                "`url` must start with http:// or https://",
+                            );
+                        }
+                    }
+                }
+                ("collector", "enroll_secret") => c.enroll_secret = f.string(key, v).map(|s| s.0),
+                ("collector", "token_file") => c.token_file = absolute(&mut f, key, v),
+                ("collector", "batch") => {
+                    if let Some(n) = f.integer(key, v, 5000) {
+                        c.ship_batch = (n as usize).max(1);
+                    }
+                }
+                ("collector", "spool_cap_mib") => {
+                    if let Some(n) = f.integer(key, v, 1 << 20) {
+                        c.spool_cap_mib = n.max(1);
+                    }
+                }
+                ("collector", "heartbeat_s") => {
+                    if let Some(n) = f.integer(key, v, 86_400) {
+                        c.heartbeat_s = n;
+                    }
+                }
                 _ => f.unknown_key(&format!("[{table}]"), k, known),
             }
         }
@@ -356,7 +419,7 @@ mod tests {
             "c.toml:7:13: error[bad-value]: `fail_mode` is `sideways`, expected one of: open, closed",
             "c.toml:8:18: error[bad-value]: `mounts` entries must be absolute paths",
             "c.toml:9:12: error[wrong-type]: `fanotify` must be true or false, found a string",
-            "c.toml:10:2: error[unknown-key]: unknown key `extra` in the top level (expected one of: agent, exec, notify, install)",
+            "c.toml:10:2: error[unknown-key]: unknown key `extra` in the top level (expected one of: agent, exec, notify, install, collector)",
         ];
         for w in want {
             assert!(err.contains(w), "missing {w:?} in:\n{err}");

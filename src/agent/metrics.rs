@@ -92,6 +92,19 @@ counters! {
     hash_cache_rejected,
     /// Digests learned from files that path, script or package rules matched.
     hashes_learned,
+    /// Events written to the spool (numbered and chained).
+    spooled,
+    /// Events refused because the spool was full (each also announced by an `events_dropped`
+    /// event once space is back).
+    spool_dropped,
+    /// Spool writes or syncs that failed.
+    spool_errors,
+    /// Events the collector acknowledged.
+    shipped,
+    /// Deliveries that failed (collector unreachable, 5xx); retried with backoff.
+    ship_failures,
+    /// Events the collector refused as invalid (4xx); skipped, never retried.
+    ship_rejected,
 }
 
 const BUCKETS: usize = 40;

@@ -17,6 +17,7 @@ pub mod install_watch;
 pub mod judge;
 pub mod metrics;
 pub mod proc_connector;
+pub mod ship;
 pub mod state;
 pub mod sweep;
 
@@ -101,10 +102,71 @@ async fn run_async(
         }
         None => shared.set_sensor("notifier", "disabled", "[notify] enabled = false"),
     }
+    // Spool first (when a collector is configured): every event is numbered, chained and
+    // appended there before the shipper or anything else sees it.
+    let spool_dir = shared.config.state_dir.join("spool");
+    let (wake_tx, wake_rx) = std::sync::mpsc::sync_channel::<()>(1);
+    let spool = match &shared.config.collector_url {
+        Some(_) => {
+            let cap = shared.config.spool_cap_mib << 20;
+            Some(crate::spool::Spool::open(&spool_dir, cap).map_err(|e| {
+                anyhow::anyhow!("cannot open the spool {}: {e}", spool_dir.display())
+            })?)
+        }
+        None => None,
+    };
+    if let Some(s) = &spool {
+        if s.torn_bytes > 0 {
+            tracing::warn!(
+                "spool: cut a torn tail of {} bytes (a write cut short by a crash)",
+                s.torn_bytes
+            );
+        }
+    }
     let writer = tokio::task::spawn_blocking({
         let (path, metrics) = (shared.config.event_log.clone(), shared.metrics.clone());
-        move || write_events(&path, &metrics, events_rx)
+        let origin = shared.origin.clone();
+        move || {
+            write_events(
+                &path,
+                &metrics,
+                events_rx,
+                spool.map(|s| (s, origin, wake_tx)),
+            )
+        }
     });
+    if let Some(url) = shared.config.collector_url.clone() {
+        let cfg = ship::ShipConfig {
+            url: url.clone(),
+            enroll_secret: shared.config.enroll_secret.clone(),
+            token_file: shared
+                .config
+                .token_file
+                .clone()
+                .unwrap_or_else(|| shared.config.state_dir.join("collector.token")),
+            batch: shared.config.ship_batch,
+        };
+        let s = shared.clone();
+        let host = (
+            shared.origin.host_id.clone(),
+            shared.origin.hostname.clone(),
+        );
+        let (metrics, dir) = (shared.metrics.clone(), spool_dir.clone());
+        std::thread::Builder::new()
+            .name("shipper".into())
+            .spawn(move || {
+                ship::run(cfg, dir, host, metrics, wake_rx, move || {
+                    s.shutdown.is_triggered()
+                })
+            })?;
+        shared.set_sensor("shipper", "running", format!("to {url}"));
+        if shared.config.heartbeat_s > 0 {
+            let s = shared.clone();
+            std::thread::Builder::new()
+                .name("heartbeat".into())
+                .spawn(move || heartbeat(s, started))?;
+        }
+    }
 
     // Sensors.
     let cfg = shared.config.clone();
@@ -495,9 +557,47 @@ fn notifier(shared: Arc<Shared>, rx: std::sync::mpsc::Receiver<crate::notify::No
     }
 }
 
-/// The event log writer: appends one JSON line per event, flushing when the queue is empty.
-/// It ends when every sender is gone (the agent's shared state dropped at shutdown).
-fn write_events(path: &Path, metrics: &metrics::Metrics, mut rx: mpsc::Receiver<Event>) {
+/// The agent's sign of life for the collector's fleet view, every `heartbeat_s`.
+fn heartbeat(shared: Arc<state::Shared>, started: Instant) {
+    let every = Duration::from_secs(shared.config.heartbeat_s);
+    let mut next = Instant::now();
+    while !shared.shutdown.is_triggered() {
+        if Instant::now() >= next {
+            let st = control::status(&shared, started);
+            let mut e = shared.event(EventKind::Heartbeat);
+            e.message = Some(
+                serde_json::json!({
+                    "version": st.version,
+                    "policy_name": st.policy.name,
+                    "policy_version": st.policy.version,
+                    "policy_sha256": st.policy.sha256,
+                    "mode": st.mode,
+                    "uptime_s": st.uptime_s,
+                    "sensors": st.sensors,
+                    "counters": st.counters,
+                })
+                .to_string(),
+            );
+            shared.emit(e);
+            next = Instant::now() + every;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The spool, the origin stamped on its own notices, and the shipper's wake-up line.
+type SpoolParts = (crate::spool::Spool, Origin, std::sync::mpsc::SyncSender<()>);
+
+/// The event writer: numbers, chains and appends each event to the spool first (when there is
+/// one; fdatasync at most every 100 ms and whenever the queue runs empty), then appends one JSON
+/// line to the local event log, flushing when the queue is empty. It ends when every sender is
+/// gone (the agent's shared state dropped at shutdown).
+fn write_events(
+    path: &Path,
+    metrics: &metrics::Metrics,
+    mut rx: mpsc::Receiver<Event>,
+    mut spool: Option<SpoolParts>,
+) {
     if let Some(dir) = path.parent() {
         let _ = std::fs::create_dir_all(dir);
     }
@@ -515,18 +615,43 @@ fn write_events(path: &Path, metrics: &metrics::Metrics, mut rx: mpsc::Receiver<
             return;
         }
     };
+    let mut last_sync = Instant::now();
+    let sync = |spool: &mut Option<SpoolParts>| {
+        if let Some((s, _, wake)) = spool {
+            if s.sync().is_err() {
+                metrics::inc(&metrics.c.spool_errors);
+            }
+            let _ = wake.try_send(());
+        }
+    };
     while let Some(e) = rx.blocking_recv() {
-        let mut write = |e: Event| {
+        let mut write = |mut e: Event, spool: &mut Option<SpoolParts>| {
+            if let Some((s, origin, _)) = spool {
+                match s.append(&mut e, origin) {
+                    Ok(true) => metrics::inc(&metrics.c.spooled),
+                    Ok(false) => metrics::inc(&metrics.c.spool_dropped),
+                    Err(err) => {
+                        metrics::inc(&metrics.c.spool_errors);
+                        tracing::error!("spool write failed: {err}");
+                    }
+                }
+            }
             if writeln!(out, "{}", e.to_json_line()).is_ok() {
                 metrics::inc(&metrics.c.events_written);
             } else {
                 metrics::inc(&metrics.c.event_write_errors);
             }
         };
-        write(e);
+        write(e, &mut spool);
         while let Ok(e) = rx.try_recv() {
-            write(e);
+            write(e, &mut spool);
+            if last_sync.elapsed() >= Duration::from_millis(100) {
+                sync(&mut spool);
+                last_sync = Instant::now();
+            }
         }
+        sync(&mut spool);
+        last_sync = Instant::now();
         if out.flush().is_err() {
             metrics::inc(&metrics.c.event_write_errors);
         }

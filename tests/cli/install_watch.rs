@@ -146,8 +146,12 @@ fn a_real_npm_install_into_a_watched_prefix_is_reported_once_per_package_and_bin
         e["message"],
         "package npm:@anthropic-ai/claude-code 2.1.332"
     );
+    // The native binary: by path or by sha256, whichever npm's write order lets the watcher see
+    // first (a debounce that fires while npm still writes the file sees the path, not the final
+    // digest); one event either way.
+    let native = pkg_dir.join("node_modules/@anthropic-ai/claude-code-linux-x64/claude");
     let binary = agent.wait_event("the native binary", |e| {
-        e["kind"] == "installed_detected" && e["rule"]["selector"] == "sha256"
+        is_event(e, "installed_detected", &native)
     });
     assert_eq!(binary["rule"]["id"], "claude-code");
     std::thread::sleep(Duration::from_secs(2));
@@ -172,11 +176,6 @@ fn a_real_npm_install_into_a_watched_prefix_is_reported_once_per_package_and_bin
     paths.sort();
     paths.dedup();
     assert_eq!(paths.len(), n, "a file reported twice: {detected:#?}");
-    let sha_hits = detected
-        .iter()
-        .filter(|e| e["rule"]["selector"] == "sha256")
-        .count();
-    assert_eq!(sha_hits, 1, "{detected:#?}");
     assert!(
         events.iter().all(|e| e["kind"] != "installed_removed"),
         "{events:#?}"

@@ -1,6 +1,7 @@
 //! Integration tests of the `interdict` binary: one test binary, a module per command.
 
 mod agent;
+mod collector;
 mod common;
 mod install_watch;
 mod notify;

@@ -9,7 +9,10 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
+use sha2::Digest;
 
+pub mod ecs;
+pub mod ocsf;
 mod redact;
 pub use redact::{bound_argv, redact_argv, MAX_ARGV_BYTES, REDACTED, TRUNCATED};
 
@@ -42,6 +45,11 @@ pub enum EventKind {
     InstalledRemoved,
     /// A banned file was moved into the quarantine store.
     InstalledQuarantined,
+    /// Events were refused because the agent's spool was full; `message` says how many.
+    EventsDropped,
+    /// The agent's periodic sign of life: version, policy, mode, sensors and counters in
+    /// `message` (JSON).
+    Heartbeat,
 }
 
 /// What the agent did about a match.
@@ -181,6 +189,13 @@ pub struct Event {
     /// Free text: diagnostics of a rejected policy, why a sensor degraded, ...
     #[serde(skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// Per-host sequence number, 1 for the host's first event, assigned by the agent's spool.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub seq: Option<u64>,
+    /// SHA-256 (hex) of the host's previous event record ([`Event::record_hash`]); 64 zeros for
+    /// the first. Assigned with `seq`.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub prev_hash: Option<String>,
 }
 
 /// Who is reporting: the host's identity, stamped on every event.
@@ -209,6 +224,8 @@ impl Origin {
             file: None,
             policy: None,
             message: None,
+            seq: None,
+            prev_hash: None,
         }
     }
 }
@@ -218,6 +235,23 @@ impl Event {
     pub fn to_json_line(&self) -> String {
         serde_json::to_string(self).expect("events always serialize")
     }
+
+    /// The hash that links the next record to this one: SHA-256 (hex) of this event's JSON line,
+    /// `seq` and `prev_hash` included. Anyone holding the events recomputes it.
+    pub fn record_hash(&self) -> String {
+        hex(&sha2::Sha256::digest(self.to_json_line().as_bytes()))
+    }
+}
+
+/// `prev_hash` of a host's first event.
+pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+fn hex(b: &[u8]) -> String {
+    let mut s = String::with_capacity(b.len() * 2);
+    for x in b {
+        s.push_str(&format!("{x:02x}"));
+    }
+    s
 }
 
 /// Format a time as RFC 3339 in UTC with millisecond precision, e.g. `2026-11-26T20:00:13.123Z`.
@@ -235,8 +269,53 @@ pub fn rfc3339(t: SystemTime) -> String {
     )
 }
 
+/// Milliseconds since the Unix epoch of a time written by [`rfc3339`]
+/// (`YYYY-MM-DDTHH:MM:SS.mmmZ`); `None` for anything else.
+pub fn parse_rfc3339_millis(t: &str) -> Option<i64> {
+    let b = t.as_bytes();
+    if b.len() != 24 || b[4] != b'-' || b[7] != b'-' || b[10] != b'T' || b[13] != b':' {
+        return None;
+    }
+    if b[16] != b':' || b[19] != b'.' || b[23] != b'Z' {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| -> Option<i64> {
+        let s = t.get(r)?;
+        s.bytes()
+            .all(|c| c.is_ascii_digit())
+            .then(|| s.parse().ok())?
+    };
+    let (y, m, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (hh, mm, ss, ms) = (num(11..13)?, num(14..16)?, num(17..19)?, num(20..23)?);
+    if !(1..=12).contains(&m) || !(1..=31).contains(&d) || hh > 23 || mm > 59 || ss > 60 {
+        return None;
+    }
+    // Howard Hinnant's days_from_civil.
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(((days * 86_400 + hh * 3600 + mm * 60 + ss) * 1000) + ms)
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn rfc3339_round_trips_through_millis() {
+        for ms in [0i64, 1_764_180_013_123, 1_798_761_599_999, 951_782_400_000] {
+            let t = super::rfc3339(super::UNIX_EPOCH + std::time::Duration::from_millis(ms as u64));
+            assert_eq!(super::parse_rfc3339_millis(&t), Some(ms), "{t}");
+        }
+        assert_eq!(
+            super::parse_rfc3339_millis("2026-13-01T00:00:00.000Z"),
+            None
+        );
+        assert_eq!(super::parse_rfc3339_millis("yesterday"), None);
+    }
+
     use super::*;
     use std::time::Duration;
 

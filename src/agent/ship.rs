@@ -1,0 +1,216 @@
+//! The shipper: delivers the spool to the collector, oldest first, in batches.
+//!
+//! At-least-once: a batch is acknowledged by the collector's `acked_seq` and only then marked
+//! delivered in the spool (`acked`), so a crash between sending and recording resends it; the
+//! collector stores each event id once. Failures (unreachable, 5xx) are retried with exponential
+//! backoff (0.5 s doubling to 30 s) with jitter; a 401 re-enrolls; a batch refused as invalid
+//! (other 4xx) is skipped and counted (`ship_rejected`), since resending it cannot succeed.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::metrics::Metrics;
+
+/// Where and how to ship.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShipConfig {
+    /// Collector base URL (`http://host:port` or `https://...`).
+    pub url: String,
+    /// The collector's enroll secret (needed until a token is stored).
+    pub enroll_secret: Option<String>,
+    /// Where the per-host token is kept (root-only).
+    pub token_file: PathBuf,
+    /// Most events per request.
+    pub batch: usize,
+}
+
+/// Why a delivery failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ShipError {
+    /// Network or server trouble: retry later.
+    #[error("collector unreachable or failing: {0}")]
+    Retry(String),
+    /// The token is not (or no longer) valid.
+    #[error("collector refused the token")]
+    Unauthorized,
+    /// The collector refused the batch as invalid.
+    #[error("collector refused the batch: {0}")]
+    Rejected(String),
+}
+
+fn client() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(30)))
+        .http_status_as_error(false)
+        .build()
+        .into()
+}
+
+fn post(
+    agent: &ureq::Agent,
+    url: &str,
+    token: Option<&str>,
+    body: &str,
+) -> Result<String, ShipError> {
+    let mut req = agent.post(url).content_type("application/json");
+    if let Some(t) = token {
+        req = req.header("Authorization", &format!("Bearer {t}"));
+    }
+    let mut resp = req
+        .send(body)
+        .map_err(|e| ShipError::Retry(e.to_string()))?;
+    let status = resp.status().as_u16();
+    let text = resp
+        .body_mut()
+        .read_to_string()
+        .map_err(|e| ShipError::Retry(e.to_string()))?;
+    match status {
+        200..=299 => Ok(text),
+        401 => Err(ShipError::Unauthorized),
+        400..=499 => Err(ShipError::Rejected(format!("{status} {text}"))),
+        _ => Err(ShipError::Retry(format!("{status} {text}"))),
+    }
+}
+
+/// Enroll this host and store its token (mode 0600).
+pub fn enroll(cfg: &ShipConfig, host_id: &str, hostname: &str) -> Result<String, ShipError> {
+    let Some(secret) = &cfg.enroll_secret else {
+        return Err(ShipError::Rejected(
+            "no token stored and no enroll_secret configured".into(),
+        ));
+    };
+    let body = serde_json::json!({ "secret": secret, "host_id": host_id, "hostname": hostname });
+    let text = post(
+        &client(),
+        &format!("{}/v1/enroll", cfg.url.trim_end_matches('/')),
+        None,
+        &body.to_string(),
+    )?;
+    let token = serde_json::from_str::<serde_json::Value>(&text)
+        .ok()
+        .and_then(|v| v["token"].as_str().map(str::to_string))
+        .ok_or_else(|| ShipError::Retry("enrollment answer without a token".into()))?;
+    crate::fsutil::write_atomic(&cfg.token_file, token.as_bytes(), 0o600)
+        .map_err(|e| ShipError::Retry(format!("cannot store the token: {e}")))?;
+    Ok(token)
+}
+
+/// One delivery round: send what the spool holds after `acked`, up to `batch` events. Returns
+/// the number of events acknowledged (0 when there was nothing to send).
+pub fn ship_once(
+    cfg: &ShipConfig,
+    spool_dir: &Path,
+    token: &str,
+    metrics: &Metrics,
+) -> Result<usize, ShipError> {
+    let acked = crate::spool::acked(spool_dir);
+    let recs = crate::spool::read_after(spool_dir, acked, cfg.batch)
+        .map_err(|e| ShipError::Retry(format!("spool: {e}")))?;
+    let Some(&(last, _)) = recs.last() else {
+        return Ok(0);
+    };
+    let mut body = String::from("{\"events\":[");
+    for (i, (_, json)) in recs.iter().enumerate() {
+        if i > 0 {
+            body.push(',');
+        }
+        body.push_str(json);
+    }
+    body.push_str("]}");
+    let url = format!("{}/v1/events", cfg.url.trim_end_matches('/'));
+    match post(&client(), &url, Some(token), &body) {
+        Ok(text) => {
+            let acked_seq = serde_json::from_str::<serde_json::Value>(&text)
+                .ok()
+                .and_then(|v| v["acked_seq"].as_u64())
+                .ok_or_else(|| ShipError::Retry("answer without acked_seq".into()))?;
+            crate::spool::ack(spool_dir, acked_seq.min(last))
+                .map_err(|e| ShipError::Retry(format!("spool: {e}")))?;
+            metrics.c.shipped.fetch_add(recs.len() as u64, Relaxed);
+            Ok(recs.len())
+        }
+        Err(ShipError::Rejected(why)) => {
+            tracing::error!(
+                "the collector refused {} event(s): {why}; skipped",
+                recs.len()
+            );
+            metrics
+                .c
+                .ship_rejected
+                .fetch_add(recs.len() as u64, Relaxed);
+            let _ = crate::spool::ack(spool_dir, last);
+            Err(ShipError::Rejected(why))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// A pseudo-random fraction in [0.5, 1.0) for jitter.
+fn jitter() -> f64 {
+    let n = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .subsec_nanos();
+    0.5 + f64::from(n % 1000) / 2000.0
+}
+
+/// The shipper loop: runs until `stop` says so. `wake` is signalled when events were spooled.
+pub fn run(
+    cfg: ShipConfig,
+    spool_dir: PathBuf,
+    host: (String, String),
+    metrics: Arc<Metrics>,
+    wake: std::sync::mpsc::Receiver<()>,
+    stop: impl Fn() -> bool,
+) {
+    let mut backoff = Duration::from_millis(500);
+    let mut token = std::fs::read_to_string(&cfg.token_file)
+        .ok()
+        .map(|t| t.trim().to_string());
+    let pause = |d: Duration| {
+        // Interruptible sleep: wake up for shutdown within 100 ms.
+        let end = std::time::Instant::now() + d;
+        while std::time::Instant::now() < end && !stop() {
+            std::thread::sleep(Duration::from_millis(100).min(d));
+        }
+    };
+    while !stop() {
+        let t = match &token {
+            Some(t) => t.clone(),
+            None => match enroll(&cfg, &host.0, &host.1) {
+                Ok(t) => {
+                    tracing::info!("enrolled with the collector at {}", cfg.url);
+                    token = Some(t.clone());
+                    t
+                }
+                Err(e) => {
+                    tracing::warn!("enrollment failed: {e}");
+                    metrics.c.ship_failures.fetch_add(1, Relaxed);
+                    pause(backoff.mul_f64(jitter()));
+                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                    continue;
+                }
+            },
+        };
+        match ship_once(&cfg, &spool_dir, &t, &metrics) {
+            Ok(0) => {
+                backoff = Duration::from_millis(500);
+                let _ = wake.recv_timeout(Duration::from_millis(500));
+            }
+            Ok(_) | Err(ShipError::Rejected(_)) => backoff = Duration::from_millis(500),
+            Err(ShipError::Unauthorized) => {
+                tracing::warn!("the collector refused our token: enrolling again");
+                token = None;
+                let _ = std::fs::remove_file(&cfg.token_file);
+            }
+            Err(e) => {
+                tracing::debug!("{e}");
+                metrics.c.ship_failures.fetch_add(1, Relaxed);
+                pause(backoff.mul_f64(jitter()));
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+            }
+        }
+    }
+}

@@ -1,0 +1,177 @@
+//! `interdict logs`: the reviewer's view of the central log, through the collector's API with a
+//! reviewer token (`--token` or `INTERDICT_REVIEWER_TOKEN`).
+
+use std::io::Write;
+use std::time::Duration;
+
+use anyhow::Context;
+
+/// Which events to fetch.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct Filter {
+    /// Host id.
+    #[arg(long)]
+    pub host: Option<String>,
+    /// User name.
+    #[arg(long)]
+    pub user: Option<String>,
+    /// Rule id.
+    #[arg(long)]
+    pub rule: Option<String>,
+    /// Event kind (exec_denied, process_killed, installed_detected, ...).
+    #[arg(long)]
+    pub kind: Option<String>,
+    /// What the agent did (denied, killed, reported, quarantined, ...).
+    #[arg(long)]
+    pub outcome: Option<String>,
+    /// From this time (RFC 3339, e.g. 2026-11-26T00:00:00.000Z).
+    #[arg(long)]
+    pub since: Option<String>,
+    /// Until this time (RFC 3339).
+    #[arg(long)]
+    pub until: Option<String>,
+    /// native, ocsf or ecs.
+    #[arg(long, default_value = "native")]
+    pub format: String,
+}
+
+/// Where the collector is and who asks.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Endpoint {
+    /// Collector base URL.
+    #[arg(long, value_name = "URL")]
+    pub collector: String,
+    /// Reviewer token.
+    #[arg(long, env = "INTERDICT_REVIEWER_TOKEN", hide_env_values = true)]
+    pub token: String,
+}
+
+fn client() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(60)))
+        .http_status_as_error(false)
+        .build()
+        .into()
+}
+
+fn get(ep: &Endpoint, path_and_query: &str) -> anyhow::Result<(String, Option<String>)> {
+    let url = format!("{}{path_and_query}", ep.collector.trim_end_matches('/'));
+    let mut resp = client()
+        .get(&url)
+        .header("Authorization", &format!("Bearer {}", ep.token))
+        .call()
+        .with_context(|| format!("cannot reach the collector at {}", ep.collector))?;
+    let status = resp.status().as_u16();
+    let next = resp
+        .headers()
+        .get("x-next-cursor")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let body = resp.body_mut().read_to_string()?;
+    if !(200..300).contains(&status) {
+        anyhow::bail!("the collector answered {status}: {}", body.trim());
+    }
+    Ok((body, next))
+}
+
+fn enc(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+fn query_string(f: &Filter, after: Option<&str>) -> String {
+    let mut q = vec![format!("format={}", enc(&f.format))];
+    for (k, v) in [
+        ("host", &f.host),
+        ("user", &f.user),
+        ("rule", &f.rule),
+        ("kind", &f.kind),
+        ("outcome", &f.outcome),
+        ("since", &f.since),
+        ("until", &f.until),
+    ] {
+        if let Some(v) = v {
+            q.push(format!("{k}={}", enc(v)));
+        }
+    }
+    if let Some(a) = after {
+        q.push(format!("after={}", enc(a)));
+    }
+    format!("/v1/events?{}", q.join("&"))
+}
+
+/// Print every matching event as NDJSON, following pages; returns the last cursor.
+pub fn query(
+    ep: &Endpoint,
+    f: &Filter,
+    mut after: Option<String>,
+) -> anyhow::Result<Option<String>> {
+    let mut out = std::io::stdout().lock();
+    loop {
+        let (body, next) = get(ep, &query_string(f, after.as_deref()))?;
+        out.write_all(body.as_bytes())?;
+        // The cursor of the last event printed, for `tail`.
+        if let Some(last) = body.lines().last() {
+            if let Ok(v) = serde_json::from_str::<serde_json::Value>(last) {
+                if let (Some(t), Some(id)) = (
+                    v["time"]
+                        .as_str()
+                        .and_then(interdict_event::parse_rfc3339_millis),
+                    v["id"].as_str(),
+                ) {
+                    after = Some(format!("{t}/{id}"));
+                }
+            }
+        }
+        match next {
+            Some(n) => after = Some(n),
+            None => return Ok(after),
+        }
+    }
+}
+
+/// Follow new events as they arrive (native format; polls every `every`).
+pub fn tail(ep: &Endpoint, f: &Filter, every: Duration) -> anyhow::Result<()> {
+    let mut f = f.clone();
+    f.format = "native".into();
+    let mut after = None;
+    loop {
+        after = query(ep, &f, after.clone())?.or(after);
+        std::thread::sleep(every);
+    }
+}
+
+/// Print the chain report per host; `Ok(false)` when any host has findings or missing records.
+pub fn verify(ep: &Endpoint) -> anyhow::Result<bool> {
+    let (body, _) = get(ep, "/v1/verify")?;
+    let v: serde_json::Value = serde_json::from_str(&body)?;
+    let mut ok = true;
+    for h in v["hosts"].as_array().into_iter().flatten() {
+        let intact = h["intact"].as_bool().unwrap_or(false);
+        ok &= intact;
+        println!(
+            "{} {} ({}): {} event(s), last seq {}",
+            if intact { "intact " } else { "BROKEN " },
+            h["host_id"].as_str().unwrap_or("?"),
+            h["hostname"].as_str().unwrap_or("?"),
+            h["events"],
+            h["last_seq"]
+        );
+        for f in h["findings"].as_array().into_iter().flatten() {
+            println!(
+                "  {} seq {}..{}: {}",
+                f["kind"].as_str().unwrap_or("?"),
+                f["from_seq"],
+                f["to_seq"],
+                f["detail"].as_str().unwrap_or("")
+            );
+        }
+    }
+    Ok(ok)
+}

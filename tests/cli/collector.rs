@@ -1,0 +1,292 @@
+//! The agent's spool and shipper against the real `interdict-collector` on loopback (issue 5):
+//! nothing lost or duplicated while the collector is down, across a SIGKILL of the agent, and a
+//! record deleted from the spool shows up as a gap.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use interdict_collector::Store;
+
+use crate::agent::{rule, Agent, POLICY_HEAD};
+use crate::common::*;
+
+/// The collector (its library, served over real HTTP) on a fixed loopback port, with its own
+/// SQLite database; stopped on drop.
+struct Collector {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Collector {
+    fn start(db: &Path, port: u16) -> Collector {
+        let store = Store::open(db).unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Runtime::new().unwrap();
+            rt.block_on(async move {
+                let l = tokio::net::TcpListener::bind(("127.0.0.1", port))
+                    .await
+                    .unwrap();
+                let app = std::sync::Arc::new(interdict_collector::App {
+                    store,
+                    silent_after_ms: 60_000,
+                });
+                interdict_collector::serve(l, app, async {
+                    let _ = rx.await;
+                })
+                .await
+                .unwrap();
+            });
+        });
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "collector did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Collector {
+            stop: Some(tx),
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Collector {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// An agent that only watches `root` for files named `banned-tool`, shipping to `port`.
+fn shipping_agent(root: &Path, port: u16, secret: &str) -> Agent {
+    let policy = format!(
+        "{POLICY_HEAD}{}",
+        rule("tool", "report", "names = [\"banned-tool\"]")
+    );
+    Agent::start(
+        &policy,
+        &format!(
+            "fanotify = false\nproc_connector = false\n\n[install]\nroots = [\"{}\"]\ndebounce_ms = 100\n\n[collector]\nurl = \"http://127.0.0.1:{port}\"\nenroll_secret = \"{secret}\"\nheartbeat_s = 1",
+            root.display()
+        ),
+    )
+}
+
+/// `n` banned files, one per folder, under `root/batch`.
+fn banned_files(root: &Path, batch: &str, n: usize) {
+    for i in 0..n {
+        let d = root.join(format!("{batch}/{i}"));
+        std::fs::create_dir_all(&d).unwrap();
+        write(&d.join("banned-tool"), b"x", 0o755);
+    }
+}
+
+fn counter(agent: &Agent, name: &str) -> u64 {
+    agent.status()["counters"][name].as_u64().unwrap()
+}
+
+fn wait_for(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn secret(db: &Path) -> String {
+    Store::open(db).unwrap().enroll_secret().unwrap()
+}
+
+fn host_id(agent: &Agent) -> String {
+    agent.events()[0]["host_id"].as_str().unwrap().to_string()
+}
+
+fn spool_dir(agent: &Agent) -> PathBuf {
+    agent.dir.path().join("state/spool")
+}
+
+#[test]
+fn ten_thousand_events_made_while_the_collector_is_down_all_arrive_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("collector.db");
+    let secret = secret(&db);
+    let port = free_port();
+    let root = dir.path().join("installs");
+    std::fs::create_dir_all(&root).unwrap();
+    let agent = shipping_agent(&root, port, &secret);
+    banned_files(&root, "a", 10_000);
+    wait_for("10,000 detections spooled", 240, || {
+        counter(&agent, "installs_detected") >= 10_000
+    });
+    assert!(
+        counter(&agent, "ship_failures") > 0,
+        "the collector was down"
+    );
+    assert_eq!(counter(&agent, "shipped"), 0);
+    let _c = Collector::start(&db, port);
+    wait_for("everything spooled acknowledged", 120, || {
+        let s = agent.status();
+        s["counters"]["shipped"].as_u64() >= s["counters"]["spooled"].as_u64()
+            && crate::collector::acked(&spool_dir(&agent)) >= 10_000
+    });
+    let store = Store::open(&db).unwrap();
+    let host = host_id(&agent);
+    let (events, _) = store
+        .query(&interdict_collector::Query {
+            host: Some(host.clone()),
+            kind: Some("installed_detected".into()),
+            limit: Some(10_000),
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(events.len(), 10_000);
+    let mut ids: Vec<&str> = events.iter().map(|e| e.id.as_str()).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 10_000, "no event stored twice");
+    assert!(
+        store.findings().unwrap().is_empty(),
+        "{:?}",
+        store.findings()
+    );
+    assert_eq!(counter(&agent, "spool_dropped"), 0);
+}
+
+fn acked(spool: &Path) -> u64 {
+    std::fs::read_to_string(spool.join("acked"))
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn an_agent_killed_mid_batch_loses_nothing_and_the_chain_stays_intact() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("collector.db");
+    let secret = secret(&db);
+    let port = free_port();
+    let _c = Collector::start(&db, port);
+    let root = dir.path().join("installs");
+    std::fs::create_dir_all(&root).unwrap();
+    let mut agent = shipping_agent(&root, port, &secret);
+    banned_files(&root, "a", 3000);
+    wait_for("some shipped", 120, || counter(&agent, "shipped") > 0);
+    // SIGKILL the agent itself (the child of our `timeout`) in the middle of detecting and
+    // shipping; `timeout` then exits too.
+    let children =
+        std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", agent.child.id())).unwrap();
+    let pid: i32 = children.split_whitespace().next().unwrap().parse().unwrap();
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    let _ = agent.child.wait();
+    agent.restart();
+    banned_files(&root, "b", 10);
+    let host = host_id(&agent);
+    let store = Store::open(&db).unwrap();
+    wait_for("the restarted agent's events delivered", 180, || {
+        let s = agent.status();
+        s["counters"]["installs_detected"].as_u64() > Some(0)
+            && acked(&spool_dir(&agent)) + 1 >= next_seq(&spool_dir(&agent))
+    });
+    let last = store.acked(&host).unwrap();
+    assert_eq!(
+        store.event_count(&host).unwrap(),
+        last,
+        "every sequence number 1..{last} stored once"
+    );
+    assert!(
+        store.findings().unwrap().is_empty(),
+        "{:?}",
+        store.findings()
+    );
+    // Every detection of the 3,010 files reached the collector, before or after the kill.
+    let (events, _) = store
+        .query(&interdict_collector::Query {
+            host: Some(host),
+            kind: Some("installed_detected".into()),
+            limit: Some(10_000),
+            ..Default::default()
+        })
+        .unwrap();
+    let mut paths: Vec<String> = events
+        .iter()
+        .filter_map(|e| e.file.as_ref().map(|f| f.path.clone()))
+        .collect();
+    paths.sort();
+    paths.dedup();
+    assert_eq!(paths.len(), 3010);
+}
+
+/// The next sequence number the spool will hand out (its last record + 1).
+fn next_seq(spool: &Path) -> u64 {
+    interdict::spool::read_after(spool, 0, usize::MAX)
+        .unwrap()
+        .last()
+        .map_or(1, |(s, _)| s + 1)
+        .max(acked(spool) + 1)
+}
+
+#[test]
+fn a_record_deleted_from_the_spool_shows_up_as_a_gap() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("collector.db");
+    let secret = secret(&db);
+    let port = free_port();
+    let root = dir.path().join("installs");
+    std::fs::create_dir_all(&root).unwrap();
+    let mut agent = shipping_agent(&root, port, &secret);
+    banned_files(&root, "a", 20);
+    wait_for("20 detections", 60, || {
+        counter(&agent, "installs_detected") >= 20
+    });
+    agent.stop();
+    // Someone with root on the laptop removes one violation from the spool.
+    let spool = spool_dir(&agent);
+    let (_, seg) = interdict::spool::segments(&spool).unwrap().pop().unwrap();
+    let text = std::fs::read_to_string(&seg).unwrap();
+    let victim = text
+        .lines()
+        .position(|l| l.contains("installed_detected"))
+        .unwrap();
+    let kept: Vec<&str> = text
+        .lines()
+        .enumerate()
+        .filter(|(i, _)| *i != victim)
+        .map(|(_, l)| l)
+        .collect();
+    std::fs::write(&seg, kept.join("\n") + "\n").unwrap();
+    let _c = Collector::start(&db, port);
+    agent.restart();
+    let host = host_id(&agent);
+    let store = Store::open(&db).unwrap();
+    wait_for("delivery", 60, || {
+        store
+            .acked(&host)
+            .map(|a| a as usize > kept.len())
+            .unwrap_or(false)
+    });
+    let f = store.findings().unwrap();
+    assert_eq!(f.len(), 1, "{f:?}");
+    assert_eq!(f[0].kind, "gap");
+    assert_eq!(f[0].from_seq, victim as u64 + 1);
+    assert_eq!(f[0].to_seq, victim as u64 + 1);
+    // `interdict logs verify` says so too, and fails.
+    let reviewer = store.add_reviewer("sec").unwrap();
+    let r = run(interdict()
+        .args(["logs", "verify", "--collector"])
+        .arg(format!("http://127.0.0.1:{port}"))
+        .args(["--token", &reviewer]));
+    r.expect_code(1);
+    assert!(r.stdout.contains("gap"), "{}", r.stdout);
+}
