@@ -101,6 +101,12 @@ pub struct AgentConfig {
     pub spool_cap_mib: u64,
     /// `[collector] heartbeat_s`: a `heartbeat` event this often (default 60; 0 = none).
     pub heartbeat_s: u64,
+    /// `[collector] ca_file`: PEM CA certificates to trust for an `https://` collector.
+    pub collector_ca: Option<PathBuf>,
+    /// `[collector] client_cert`: PEM client certificate, for collectors requiring one.
+    pub client_cert: Option<PathBuf>,
+    /// `[collector] client_key`: the PEM private key of `client_cert`.
+    pub client_key: Option<PathBuf>,
 }
 
 impl Default for AgentConfig {
@@ -137,6 +143,9 @@ impl Default for AgentConfig {
             ship_batch: 500,
             spool_cap_mib: 256,
             heartbeat_s: 60,
+            collector_ca: None,
+            client_cert: None,
+            client_key: None,
         }
     }
 }
@@ -163,6 +172,9 @@ const COLLECTOR_KEYS: &[&str] = &[
     "batch",
     "spool_cap_mib",
     "heartbeat_s",
+    "ca_file",
+    "client_cert",
+    "client_key",
 ];
 const INSTALL_KEYS: &[&str] = &["watch", "roots", "rescan_interval_s", "debounce_ms"];
 const EXEC_KEYS: &[&str] = &[
@@ -354,6 +366,9 @@ pub fn parse(name: &str, text: &str) -> Result<AgentConfig, Diagnostics> {
                         c.spool_cap_mib = n.max(1);
                     }
                 }
+                ("collector", "ca_file") => c.collector_ca = absolute(&mut f, key, v),
+                ("collector", "client_cert") => c.client_cert = absolute(&mut f, key, v),
+                ("collector", "client_key") => c.client_key = absolute(&mut f, key, v),
                 ("collector", "heartbeat_s") => {
                     if let Some(n) = f.integer(key, v, 86_400) {
                         c.heartbeat_s = n;

@@ -145,7 +145,15 @@ async fn run_async(
                 .clone()
                 .unwrap_or_else(|| shared.config.state_dir.join("collector.token")),
             batch: shared.config.ship_batch,
+            ca_file: shared.config.collector_ca.clone(),
+            client_cert: shared.config.client_cert.clone(),
+            client_key: shared.config.client_key.clone(),
         };
+        // A bad CA or client certificate is a configuration error: say so at start.
+        if cfg.client_cert.is_some() != cfg.client_key.is_some() {
+            anyhow::bail!("[collector]: client_cert and client_key go together");
+        }
+        ship::client(&cfg).map_err(|e| anyhow::anyhow!("[collector]: {e}"))?;
         let s = shared.clone();
         let host = (
             shared.origin.host_id.clone(),

@@ -24,6 +24,12 @@ pub struct ShipConfig {
     pub token_file: PathBuf,
     /// Most events per request.
     pub batch: usize,
+    /// PEM CA certificates to trust for `https://` (instead of the public web roots).
+    pub ca_file: Option<PathBuf>,
+    /// PEM client certificate chain, for collectors that require one (with `client_key`).
+    pub client_cert: Option<PathBuf>,
+    /// PEM private key of `client_cert`.
+    pub client_key: Option<PathBuf>,
 }
 
 /// Why a delivery failed.
@@ -40,12 +46,38 @@ pub enum ShipError {
     Rejected(String),
 }
 
-fn client() -> ureq::Agent {
-    ureq::Agent::config_builder()
+/// The HTTP client: rustls (ring), the configured CA or the public web roots, and the client
+/// certificate when configured.
+pub fn client(cfg: &ShipConfig) -> Result<ureq::Agent, String> {
+    use ureq::tls::{Certificate, ClientCert, PemItem, PrivateKey, RootCerts, TlsConfig};
+    let read = |p: &PathBuf| std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()));
+    let certs = |p: &PathBuf| -> Result<Vec<Certificate<'static>>, String> {
+        let pem = read(p)?;
+        let mut out = Vec::new();
+        for item in ureq::tls::parse_pem(&pem) {
+            if let PemItem::Certificate(c) = item.map_err(|e| format!("{}: {e}", p.display()))? {
+                out.push(c);
+            }
+        }
+        if out.is_empty() {
+            return Err(format!("{}: no certificate", p.display()));
+        }
+        Ok(out)
+    };
+    let mut tls = TlsConfig::builder();
+    if let Some(ca) = &cfg.ca_file {
+        tls = tls.root_certs(RootCerts::new_with_certs(&certs(ca)?));
+    }
+    if let (Some(c), Some(k)) = (&cfg.client_cert, &cfg.client_key) {
+        let key = PrivateKey::from_pem(&read(k)?).map_err(|e| format!("{}: {e}", k.display()))?;
+        tls = tls.client_cert(Some(ClientCert::new_with_certs(&certs(c)?, key)));
+    }
+    Ok(ureq::Agent::config_builder()
         .timeout_global(Some(Duration::from_secs(30)))
         .http_status_as_error(false)
+        .tls_config(tls.build())
         .build()
-        .into()
+        .into())
 }
 
 fn post(
@@ -83,7 +115,7 @@ pub fn enroll(cfg: &ShipConfig, host_id: &str, hostname: &str) -> Result<String,
     };
     let body = serde_json::json!({ "secret": secret, "host_id": host_id, "hostname": hostname });
     let text = post(
-        &client(),
+        &client(cfg).map_err(ShipError::Rejected)?,
         &format!("{}/v1/enroll", cfg.url.trim_end_matches('/')),
         None,
         &body.to_string(),
@@ -120,7 +152,8 @@ pub fn ship_once(
     }
     body.push_str("]}");
     let url = format!("{}/v1/events", cfg.url.trim_end_matches('/'));
-    match post(&client(), &url, Some(token), &body) {
+    let http = client(cfg).map_err(ShipError::Rejected)?;
+    match post(&http, &url, Some(token), &body) {
         Ok(text) => {
             let acked_seq = serde_json::from_str::<serde_json::Value>(&text)
                 .ok()

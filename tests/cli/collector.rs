@@ -19,6 +19,10 @@ struct Collector {
 
 impl Collector {
     fn start(db: &Path, port: u16) -> Collector {
+        Collector::start_with(db, port, None)
+    }
+
+    fn start_with(db: &Path, port: u16, tls: Option<interdict_collector::TlsFiles>) -> Collector {
         let store = Store::open(db).unwrap();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::spawn(move || {
@@ -27,11 +31,12 @@ impl Collector {
                 let l = tokio::net::TcpListener::bind(("127.0.0.1", port))
                     .await
                     .unwrap();
+                let tls = tls.map(|f| interdict_collector::tls_acceptor(&f).unwrap());
                 let app = std::sync::Arc::new(interdict_collector::App {
                     store,
                     silent_after_ms: 60_000,
                 });
-                interdict_collector::serve(l, app, async {
+                interdict_collector::serve(l, app, tls, async {
                     let _ = rx.await;
                 })
                 .await
@@ -162,6 +167,19 @@ fn ten_thousand_events_made_while_the_collector_is_down_all_arrive_once() {
         store.findings()
     );
     assert_eq!(counter(&agent, "spool_dropped"), 0);
+    // The fleet view knows the host from its heartbeats; a host quiet longer than the threshold
+    // is flagged.
+    let hosts = store.hosts(60_000).unwrap();
+    let me = hosts.iter().find(|h| h.host_id == host).unwrap();
+    assert_eq!(me.version.as_deref(), Some(env!("CARGO_PKG_VERSION")));
+    assert_eq!(me.mode.as_deref(), Some("enforce"));
+    assert_eq!(
+        me.policy_sha256.as_deref(),
+        agent.status()["policy"]["sha256"].as_str()
+    );
+    assert!(!me.silent);
+    std::thread::sleep(Duration::from_millis(20));
+    assert!(store.hosts(10).unwrap().iter().all(|h| h.silent));
 }
 
 fn acked(spool: &Path) -> u64 {
@@ -289,4 +307,116 @@ fn a_record_deleted_from_the_spool_shows_up_as_a_gap() {
         .args(["--token", &reviewer]));
     r.expect_code(1);
     assert!(r.stdout.contains("gap"), "{}", r.stdout);
+}
+
+/// A test PKI: a CA, a server certificate for 127.0.0.1 and a client certificate, as PEM files.
+struct Pki {
+    dir: tempfile::TempDir,
+}
+
+impl Pki {
+    fn new() -> Pki {
+        use rcgen::{
+            BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose,
+            IsCa, KeyPair,
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.distinguished_name
+            .push(DnType::CommonName, "interdict test CA");
+        let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate().unwrap()).unwrap();
+        std::fs::write(dir.path().join("ca.pem"), ca.pem()).unwrap();
+        for (name, san, usage) in [
+            ("server", "127.0.0.1", ExtendedKeyUsagePurpose::ServerAuth),
+            ("client", "agent.test", ExtendedKeyUsagePurpose::ClientAuth),
+        ] {
+            let key = KeyPair::generate().unwrap();
+            let mut p = CertificateParams::new(vec![san.to_string()]).unwrap();
+            p.extended_key_usages = vec![usage];
+            let cert = p.signed_by(&key, &ca).unwrap();
+            std::fs::write(dir.path().join(format!("{name}.pem")), cert.pem()).unwrap();
+            std::fs::write(dir.path().join(format!("{name}.key")), key.serialize_pem()).unwrap();
+        }
+        Pki { dir }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+}
+
+#[test]
+fn over_mutual_tls_only_an_agent_with_a_client_certificate_delivers() {
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("collector.db");
+    let secret = secret(&db);
+    let port = free_port();
+    let _c = Collector::start_with(
+        &db,
+        port,
+        Some(interdict_collector::TlsFiles {
+            cert: pki.path("server.pem"),
+            key: pki.path("server.key"),
+            client_ca: Some(pki.path("ca.pem")),
+        }),
+    );
+    let policy = format!(
+        "{POLICY_HEAD}{}",
+        rule("tool", "report", "names = [\"banned-tool\"]")
+    );
+    let agent_with = |root: &Path, client: bool| {
+        let client = if client {
+            format!(
+                "client_cert = \"{}\"\nclient_key = \"{}\"\n",
+                pki.path("client.pem").display(),
+                pki.path("client.key").display()
+            )
+        } else {
+            String::new()
+        };
+        Agent::start(
+            &policy,
+            &format!(
+                "fanotify = false\nproc_connector = false\n\n[install]\nroots = [\"{}\"]\ndebounce_ms = 100\n\n[collector]\nurl = \"https://127.0.0.1:{port}\"\nenroll_secret = \"{secret}\"\nca_file = \"{}\"\n{client}",
+                root.display(),
+                pki.path("ca.pem").display()
+            ),
+        )
+    };
+    // Without a client certificate: the handshake fails, nothing is delivered, failures counted.
+    let root1 = dir.path().join("r1");
+    std::fs::create_dir_all(&root1).unwrap();
+    let without = agent_with(&root1, false);
+    wait_for("failed deliveries", 30, || {
+        counter(&without, "ship_failures") >= 2
+    });
+    assert_eq!(counter(&without, "shipped"), 0);
+    let store = Store::open(&db).unwrap();
+    assert!(store.hosts(60_000).unwrap().is_empty(), "nobody enrolled");
+    drop(without);
+    // With it: enrolled, and the events arrive.
+    let root2 = dir.path().join("r2");
+    std::fs::create_dir_all(&root2).unwrap();
+    let with = agent_with(&root2, true);
+    banned_files(&root2, "a", 5);
+    wait_for("5 detections delivered", 60, || {
+        let host = with
+            .events()
+            .first()
+            .and_then(|e| e["host_id"].as_str().map(str::to_string));
+        host.map(|h| {
+            store
+                .query(&interdict_collector::Query {
+                    host: Some(h),
+                    kind: Some("installed_detected".into()),
+                    ..Default::default()
+                })
+                .map(|(e, _)| e.len() == 5)
+                .unwrap_or(false)
+        })
+        .unwrap_or(false)
+    });
+    assert!(store.findings().unwrap().is_empty());
 }

@@ -18,6 +18,7 @@
 //! Malformed, oversized or unauthenticated requests get a 4xx and store nothing.
 #![deny(missing_docs)]
 
+pub mod sql;
 pub mod store;
 
 use std::sync::Arc;
@@ -172,14 +173,13 @@ async fn ingest(
             format!("at most {MAX_BATCH} events per batch"),
         );
     }
-    if let Some(e) = batch
-        .events
-        .iter()
-        .find(|e| e.seq.is_none() || e.prev_hash.as_ref().is_none_or(|h| h.len() != 64))
-    {
+    if let Some(e) = batch.events.iter().find(|e| {
+        e.seq.is_none_or(|s| s == 0 || s > i64::MAX as u64)
+            || e.prev_hash.as_ref().is_none_or(|h| h.len() != 64)
+    }) {
         return err(
             StatusCode::UNPROCESSABLE_ENTITY,
-            format!("event {} has no seq or prev_hash", e.id),
+            format!("event {} has no valid seq or prev_hash", e.id),
         );
     }
     if batch.events.iter().any(|e| e.host_id != host) {
@@ -305,13 +305,147 @@ pub fn router(app: Arc<App>) -> Router {
         .with_state(app)
 }
 
-/// Serve on `listener` until `shutdown` completes.
+/// TLS for the collector: its certificate chain and key, and optionally the CA whose client
+/// certificates it requires (mutual TLS).
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    /// PEM certificate chain.
+    pub cert: std::path::PathBuf,
+    /// PEM private key.
+    pub key: std::path::PathBuf,
+    /// PEM CA certificates; when set, every client must present a certificate it signed.
+    pub client_ca: Option<std::path::PathBuf>,
+}
+
+/// Build the TLS acceptor (rustls with ring) from PEM files.
+pub fn tls_acceptor(files: &TlsFiles) -> Result<tokio_rustls::TlsAcceptor, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&files.cert)
+        .map_err(|e| format!("{}: {e}", files.cert.display()))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("{}: {e}", files.cert.display()))?;
+    let key = PrivateKeyDer::from_pem_file(&files.key)
+        .map_err(|e| format!("{}: {e}", files.key.display()))?;
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?;
+    let builder = match &files.client_ca {
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for c in
+                CertificateDer::pem_file_iter(ca).map_err(|e| format!("{}: {e}", ca.display()))?
+            {
+                roots
+                    .add(c.map_err(|e| format!("{}: {e}", ca.display()))?)
+                    .map_err(|e| format!("{}: {e}", ca.display()))?;
+            }
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                std::sync::Arc::new(roots),
+                provider,
+            )
+            .build()
+            .map_err(|e| e.to_string())?;
+            builder.with_client_cert_verifier(verifier)
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder
+        .with_single_cert(certs, key)
+        .map_err(|e| format!("certificate and key: {e}"))?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config)))
+}
+
+/// A listener that hands axum only connections whose TLS handshake succeeded. Handshakes run in
+/// their own tasks (a slow client holds up nobody) with a 10 s limit; finished connections wait
+/// in a queue of 64 (when it is full, handshaking tasks wait: back-pressure, nothing dropped).
+pub struct TlsListener {
+    rx: tokio::sync::mpsc::Receiver<(
+        tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+        std::net::SocketAddr,
+    )>,
+    addr: std::net::SocketAddr,
+}
+
+impl TlsListener {
+    /// Accept on `tcp`, handshake with `acceptor`.
+    pub fn new(tcp: tokio::net::TcpListener, acceptor: tokio_rustls::TlsAcceptor) -> TlsListener {
+        let addr = tcp.local_addr().expect("bound listener has an address");
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        tokio::spawn(async move {
+            loop {
+                let (stream, peer) = match tcp.accept().await {
+                    Ok(x) => x,
+                    Err(e) => {
+                        tracing::warn!("accept: {e}");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let (acceptor, done) = (acceptor.clone(), tx.clone());
+                tokio::spawn(async move {
+                    let hs = tokio::time::timeout(
+                        std::time::Duration::from_secs(10),
+                        acceptor.accept(stream),
+                    )
+                    .await;
+                    match hs {
+                        Ok(Ok(tls)) => {
+                            let _ = done.send((tls, peer)).await;
+                        }
+                        Ok(Err(e)) => tracing::debug!("TLS handshake with {peer} failed: {e}"),
+                        Err(_) => tracing::debug!("TLS handshake with {peer} timed out"),
+                    }
+                });
+                if tx.is_closed() {
+                    return;
+                }
+            }
+        });
+        TlsListener { rx, addr }
+    }
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+    type Addr = std::net::SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match self.rx.recv().await {
+            Some(x) => x,
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        Ok(self.addr)
+    }
+}
+
+/// Serve on `listener` (plain HTTP, or HTTPS with `tls`) until `shutdown` completes.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     app: Arc<App>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(app))
-        .with_graceful_shutdown(shutdown)
-        .await
+    let keep = app.clone();
+    let served = match tls {
+        None => {
+            axum::serve(listener, router(app))
+                .with_graceful_shutdown(shutdown)
+                .await
+        }
+        Some(acceptor) => {
+            axum::serve(TlsListener::new(listener, acceptor), router(app))
+                .with_graceful_shutdown(shutdown)
+                .await
+        }
+    };
+    // The store may hold a synchronous PostgreSQL client, which must not be dropped on an async
+    // thread: let it go on a blocking one.
+    let _ = tokio::task::spawn_blocking(move || drop(keep)).await;
+    served
 }

@@ -21,6 +21,17 @@ struct Cli {
         global = true
     )]
     db: PathBuf,
+    /// Use PostgreSQL instead of SQLite: libpq-style parameters (`host=/run/postgresql
+    /// user=interdict dbname=interdict`) or a `postgresql://` URL. Several collectors may share
+    /// one database.
+    #[arg(
+        long,
+        value_name = "PARAMS",
+        global = true,
+        env = "INTERDICT_COLLECTOR_POSTGRES",
+        hide_env_values = true
+    )]
+    postgres: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -35,6 +46,15 @@ enum Command {
         /// Hosts not heard from in this many seconds are flagged silent.
         #[arg(long, default_value_t = 900)]
         silent_after_s: i64,
+        /// Serve HTTPS with this PEM certificate chain (with --tls-key).
+        #[arg(long, value_name = "PEM", requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// The PEM private key of --tls-cert.
+        #[arg(long, value_name = "PEM", requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
+        /// Require client certificates signed by this PEM CA (mutual TLS).
+        #[arg(long, value_name = "PEM", requires = "tls_cert")]
+        tls_client_ca: Option<PathBuf>,
     },
     /// Print the enroll secret (created when missing).
     EnrollSecret,
@@ -67,18 +87,39 @@ fn open(db: &std::path::Path) -> anyhow::Result<Store> {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
-    let store = open(&cli.db)?;
+    let store = match &cli.postgres {
+        Some(p) => Store::open_postgres(p).context("connect to PostgreSQL")?,
+        None => open(&cli.db)?,
+    };
     match cli.command {
         Command::EnrollSecret => println!("{}", store.enroll_secret()?),
         Command::Reviewer { name } => println!("{}", store.add_reviewer(&name)?),
         Command::Serve {
             listen,
             silent_after_s,
+            tls_cert,
+            tls_key,
+            tls_client_ca,
         } => {
+            let tls = match (tls_cert, tls_key) {
+                (Some(cert), Some(key)) => Some(
+                    interdict_collector::tls_acceptor(&interdict_collector::TlsFiles {
+                        cert,
+                        key,
+                        client_ca: tls_client_ca,
+                    })
+                    .map_err(|e| anyhow::anyhow!("TLS: {e}"))?,
+                ),
+                _ => None,
+            };
+            let scheme = if tls.is_some() { "https" } else { "http" };
             let secret = store.enroll_secret()?;
+            let where_ = match &cli.postgres {
+                Some(_) => "PostgreSQL".to_string(),
+                None => cli.db.display().to_string(),
+            };
             eprintln!(
-                "interdict-collector: database {}, enroll secret {secret} (agents: [collector] enroll_secret)",
-                cli.db.display()
+                "interdict-collector: database {where_}, enroll secret {secret} (agents: [collector] enroll_secret)"
             );
             let rt = tokio::runtime::Runtime::new()?;
             rt.block_on(async move {
@@ -86,7 +127,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     .await
                     .with_context(|| format!("listen on {listen}"))?;
                 eprintln!(
-                    "interdict-collector: listening on http://{}",
+                    "interdict-collector: listening on {scheme}://{}",
                     listener.local_addr()?
                 );
                 let app = Arc::new(App {
@@ -102,7 +143,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         _ = term.recv() => {}
                     }
                 };
-                interdict_collector::serve(listener, app, stop).await?;
+                interdict_collector::serve(listener, app, tls, stop).await?;
                 anyhow::Ok(())
             })?;
         }

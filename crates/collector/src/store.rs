@@ -1,23 +1,27 @@
-//! The SQLite store: hosts and their tokens (hashed), reviewer tokens, events (idempotent by id),
-//! chain findings and counters. One connection behind a mutex, WAL, one transaction per batch.
+//! The store: hosts and their tokens (hashed), reviewer tokens, events (idempotent by id), chain
+//! findings and counters, in SQLite (WAL, one transaction per batch) or PostgreSQL (the same
+//! schema; the host's chain row locked while a batch is checked, so that several collectors on
+//! one database never interleave one host's chain).
 
 use std::path::Path;
 use std::sync::Mutex;
 
 use interdict_event::{Event, GENESIS_HASH};
-use rusqlite::{params, Connection, OptionalExtension};
 use sha2::{Digest, Sha256};
 
-/// Schema migrations, applied in order; `PRAGMA user_version` says how many ran.
+use crate::sql::{Db, DbError, Val};
+
+/// The schema, as migrations applied in order (the number applied is kept in `schema_version`).
+/// `{ID}` is the auto-numbered key of each database.
 const MIGRATIONS: &[&str] = &[r#"
 CREATE TABLE meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);
 CREATE TABLE hosts (
     host_id TEXT PRIMARY KEY,
     hostname TEXT NOT NULL,
     token_sha256 TEXT NOT NULL UNIQUE,
-    enrolled_ms INTEGER NOT NULL,
-    last_seen_ms INTEGER,
-    last_seq INTEGER NOT NULL DEFAULT 0,
+    enrolled_ms BIGINT NOT NULL,
+    last_seen_ms BIGINT,
+    last_seq BIGINT NOT NULL DEFAULT 0,
     last_hash TEXT NOT NULL,
     version TEXT,
     policy_sha256 TEXT,
@@ -27,36 +31,36 @@ CREATE TABLE reviewers (name TEXT PRIMARY KEY, token_sha256 TEXT NOT NULL UNIQUE
 CREATE TABLE events (
     id TEXT PRIMARY KEY,
     host_id TEXT NOT NULL,
-    seq INTEGER NOT NULL,
-    time_ms INTEGER NOT NULL,
+    seq BIGINT NOT NULL,
+    time_ms BIGINT NOT NULL,
     kind TEXT NOT NULL,
     rule_id TEXT,
-    user TEXT,
+    user_name TEXT,
     outcome TEXT,
     json TEXT NOT NULL,
-    received_ms INTEGER NOT NULL
+    received_ms BIGINT NOT NULL
 );
 CREATE INDEX events_host_seq ON events (host_id, seq);
-CREATE INDEX events_time ON events (time_ms);
-CREATE INDEX events_host_rule_time ON events (host_id, rule_id, time_ms);
+CREATE INDEX events_time ON events (time_ms, id);
+CREATE INDEX events_host_rule_time ON events (host_id, rule_id, time_ms, id);
 CREATE TABLE findings (
-    id INTEGER PRIMARY KEY,
+    id {ID},
     host_id TEXT NOT NULL,
     kind TEXT NOT NULL,
-    from_seq INTEGER NOT NULL,
-    to_seq INTEGER NOT NULL,
+    from_seq BIGINT NOT NULL,
+    to_seq BIGINT NOT NULL,
     detail TEXT NOT NULL,
-    at_ms INTEGER NOT NULL
+    at_ms BIGINT NOT NULL
 );
-CREATE TABLE counters (name TEXT PRIMARY KEY, n INTEGER NOT NULL);
+CREATE TABLE counters (name TEXT PRIMARY KEY, n BIGINT NOT NULL);
 "#];
 
 /// Store errors.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// SQLite said no.
+    /// The database said no.
     #[error("database: {0}")]
-    Db(#[from] rusqlite::Error),
+    Db(#[from] DbError),
 }
 
 /// Who a bearer token belongs to.
@@ -171,193 +175,277 @@ pub struct Ingested {
 
 /// The store.
 pub struct Store {
-    conn: Mutex<Connection>,
+    db: Db,
 }
 
+fn one(rows: Vec<Vec<Val>>) -> Option<Vec<Val>> {
+    rows.into_iter().next()
+}
+
+/// Rows per multi-row INSERT (SQLite allows 32,766 bound values).
+const INSERT_CHUNK: usize = 1000;
+
 impl Store {
-    /// Open (or create) the database at `path` and migrate it.
+    /// Open (or create) the SQLite database at `path` and migrate it.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
-        let conn = Connection::open(path)?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", "NORMAL")?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        let done: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-        for (i, m) in MIGRATIONS.iter().enumerate().skip(done as usize) {
-            let tx = conn.unchecked_transaction()?;
-            tx.execute_batch(m)?;
-            tx.pragma_update(None, "user_version", (i + 1) as i64)?;
-            tx.commit()?;
-        }
-        Ok(Store {
-            conn: Mutex::new(conn),
+        let conn = rusqlite::Connection::open(path).map_err(DbError::from)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(DbError::from)?;
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(DbError::from)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(DbError::from)?;
+        Store::migrate(Store {
+            db: Db::Sqlite(Mutex::new(conn)),
         })
     }
 
-    fn db(&self) -> std::sync::MutexGuard<'_, Connection> {
-        self.conn.lock().expect("store poisoned")
+    /// Connect to PostgreSQL (`host=... user=... dbname=...` or a `postgresql://` URL) and
+    /// migrate the schema. Several collectors may share the database.
+    pub fn open_postgres(params: &str) -> Result<Store, StoreError> {
+        let client = postgres::Client::connect(params, postgres::NoTls).map_err(DbError::from)?;
+        Store::migrate(Store {
+            db: Db::Postgres(Mutex::new(client)),
+        })
+    }
+
+    fn migrate(store: Store) -> Result<Store, StoreError> {
+        let pg = store.db.is_postgres();
+        store.db.tx(|t| {
+            if pg {
+                // One migrating collector at a time.
+                t.exec("SELECT pg_advisory_xact_lock(7365)", &[])?;
+            }
+            t.exec(
+                "CREATE TABLE IF NOT EXISTS schema_version (n BIGINT NOT NULL)",
+                &[],
+            )?;
+            let done = one(t.rows("SELECT n FROM schema_version", &[])?);
+            let done = match done {
+                Some(r) => r[0].int() as usize,
+                None => {
+                    t.exec("INSERT INTO schema_version (n) VALUES (0)", &[])?;
+                    0
+                }
+            };
+            let id = if pg {
+                "BIGSERIAL PRIMARY KEY"
+            } else {
+                "INTEGER PRIMARY KEY"
+            };
+            for (i, m) in MIGRATIONS.iter().enumerate().skip(done) {
+                for stmt in m.replace("{ID}", id).split(';') {
+                    if !stmt.trim().is_empty() {
+                        t.exec(stmt, &[])?;
+                    }
+                }
+                t.exec(
+                    "UPDATE schema_version SET n = ?1",
+                    &[((i + 1) as i64).into()],
+                )?;
+            }
+            Ok(())
+        })?;
+        Ok(store)
     }
 
     /// The enroll secret, created on first use.
     pub fn enroll_secret(&self) -> Result<String, StoreError> {
-        let db = self.db();
-        if let Some(s) = db
-            .query_row("SELECT v FROM meta WHERE k = 'enroll_secret'", [], |r| {
-                r.get(0)
-            })
-            .optional()?
-        {
-            return Ok(s);
-        }
-        let s = new_token();
-        db.execute(
-            "INSERT INTO meta (k, v) VALUES ('enroll_secret', ?1)",
-            params![s],
-        )?;
-        Ok(s)
+        Ok(self.db.tx(|t| {
+            t.exec(
+                "INSERT INTO meta (k, v) VALUES ('enroll_secret', ?1) ON CONFLICT (k) DO NOTHING",
+                &[new_token().into()],
+            )?;
+            let r = one(t.rows("SELECT v FROM meta WHERE k = 'enroll_secret'", &[])?);
+            Ok(r.and_then(|r| r[0].text()).unwrap_or_default())
+        })?)
     }
 
     /// Add (or replace) a reviewer; returns the token, shown once.
     pub fn add_reviewer(&self, name: &str) -> Result<String, StoreError> {
         let t = new_token();
-        self.db().execute(
-            "INSERT INTO reviewers (name, token_sha256) VALUES (?1, ?2)
-             ON CONFLICT(name) DO UPDATE SET token_sha256 = excluded.token_sha256",
-            params![name, token_hash(&t)],
-        )?;
+        self.db.with(|c| {
+            c.exec(
+                "INSERT INTO reviewers (name, token_sha256) VALUES (?1, ?2)
+                 ON CONFLICT (name) DO UPDATE SET token_sha256 = excluded.token_sha256",
+                &[name.into(), token_hash(&t).into()],
+            )
+        })?;
         Ok(t)
     }
 
     /// Enroll a host: a new token, stored hashed. Enrolling again replaces the token.
     pub fn enroll(&self, host_id: &str, hostname: &str) -> Result<String, StoreError> {
         let t = new_token();
-        self.db().execute(
-            "INSERT INTO hosts (host_id, hostname, token_sha256, enrolled_ms, last_hash)
-             VALUES (?1, ?2, ?3, ?4, ?5)
-             ON CONFLICT(host_id) DO UPDATE SET token_sha256 = excluded.token_sha256,
-                 hostname = excluded.hostname",
-            params![host_id, hostname, token_hash(&t), now_ms(), GENESIS_HASH],
-        )?;
+        self.db.with(|c| {
+            c.exec(
+                "INSERT INTO hosts (host_id, hostname, token_sha256, enrolled_ms, last_hash)
+                 VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (host_id) DO UPDATE SET token_sha256 = excluded.token_sha256,
+                     hostname = excluded.hostname",
+                &[
+                    host_id.into(),
+                    hostname.into(),
+                    token_hash(&t).into(),
+                    now_ms().into(),
+                    GENESIS_HASH.into(),
+                ],
+            )
+        })?;
         Ok(t)
     }
 
     /// Whose token this is.
     pub fn principal(&self, token: &str) -> Result<Option<Principal>, StoreError> {
-        let h = token_hash(token);
-        let db = self.db();
-        if let Some(id) = db
-            .query_row(
+        let h: Val = token_hash(token).into();
+        Ok(self.db.with(|c| {
+            if let Some(r) = one(c.rows(
                 "SELECT host_id FROM hosts WHERE token_sha256 = ?1",
-                params![h],
-                |r| r.get(0),
+                std::slice::from_ref(&h),
+            )?) {
+                return Ok(r[0].text().map(Principal::Host));
+            }
+            Ok(
+                one(c.rows("SELECT name FROM reviewers WHERE token_sha256 = ?1", &[h])?)
+                    .and_then(|r| r[0].text())
+                    .map(Principal::Reviewer),
             )
-            .optional()?
-        {
-            return Ok(Some(Principal::Host(id)));
-        }
-        Ok(db
-            .query_row(
-                "SELECT name FROM reviewers WHERE token_sha256 = ?1",
-                params![h],
-                |r| r.get(0),
-            )
-            .optional()?
-            .map(Principal::Reviewer))
+        })?)
     }
 
     /// Add one to a counter.
     pub fn count(&self, name: &str) -> Result<(), StoreError> {
-        self.db().execute(
-            "INSERT INTO counters (name, n) VALUES (?1, 1)
-             ON CONFLICT(name) DO UPDATE SET n = n + 1",
-            params![name],
-        )?;
+        self.db.with(|c| {
+            c.exec(
+                "INSERT INTO counters (name, n) VALUES (?1, 1)
+                 ON CONFLICT (name) DO UPDATE SET n = counters.n + 1",
+                &[name.into()],
+            )
+        })?;
         Ok(())
     }
 
     /// Every counter.
     pub fn counters(&self) -> Result<Vec<(String, u64)>, StoreError> {
-        let db = self.db();
-        let mut st = db.prepare("SELECT name, n FROM counters ORDER BY name")?;
-        let rows = st.query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        let rows = self
+            .db
+            .with(|c| c.rows("SELECT name, n FROM counters ORDER BY name", &[]))?;
+        Ok(rows
+            .into_iter()
+            .map(|r| (r[0].text().unwrap_or_default(), r[1].int() as u64))
+            .collect())
     }
 
     /// Store a batch from `host_id` (already checked: every event is that host's, with `seq`
     /// and `prev_hash`), in one transaction, verifying the chain as it goes.
     pub fn ingest(&self, host_id: &str, mut events: Vec<Event>) -> Result<Ingested, StoreError> {
         events.sort_by_key(|e| e.seq);
-        let mut db = self.db();
-        let tx = db.transaction()?;
-        let (mut last_seq, mut last_hash): (i64, String) = tx.query_row(
-            "SELECT last_seq, last_hash FROM hosts WHERE host_id = ?1",
-            params![host_id],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )?;
+        let lock = if self.db.is_postgres() {
+            " FOR UPDATE"
+        } else {
+            ""
+        };
         let now = now_ms();
-        let mut out = Ingested::default();
-        {
-            let mut insert = tx.prepare_cached(
-                "INSERT INTO events (id, host_id, seq, time_ms, kind, rule_id, user, outcome, json, received_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) ON CONFLICT(id) DO NOTHING",
-            )?;
-            let mut finding = tx.prepare_cached(
-                "INSERT INTO findings (host_id, kind, from_seq, to_seq, detail, at_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            )?;
+        Ok(self.db.tx(|t| {
+            let host = one(t.rows(
+                &format!("SELECT last_seq, last_hash FROM hosts WHERE host_id = ?1{lock}"),
+                &[host_id.into()],
+            )?)
+            .unwrap_or_default();
+            let mut last_seq = host.first().map_or(0, Val::int);
+            let mut last_hash = host
+                .get(1)
+                .and_then(Val::text)
+                .unwrap_or_else(|| GENESIS_HASH.into());
+            let mut out = Ingested::default();
+            // Insert everything; the ids that come back are the new ones.
+            let mut inserted = std::collections::HashSet::new();
+            for chunk in events.chunks(INSERT_CHUNK) {
+                let mut sql = String::from(
+                    "INSERT INTO events (id, host_id, seq, time_ms, kind, rule_id, user_name, outcome, json, received_ms) VALUES ",
+                );
+                let mut args: Vec<Val> = Vec::with_capacity(chunk.len() * 10);
+                for (i, e) in chunk.iter().enumerate() {
+                    let b = i * 10;
+                    if i > 0 {
+                        sql.push(',');
+                    }
+                    sql.push_str(&format!(
+                        "(?{},?{},?{},?{},?{},?{},?{},?{},?{},?{})",
+                        b + 1, b + 2, b + 3, b + 4, b + 5, b + 6, b + 7, b + 8, b + 9, b + 10
+                    ));
+                    let kind = serde_json::to_value(e.kind)
+                        .ok()
+                        .and_then(|v| v.as_str().map(str::to_string))
+                        .unwrap_or_default();
+                    let outcome = e
+                        .outcome
+                        .and_then(|o| serde_json::to_value(o).ok())
+                        .and_then(|v| v.as_str().map(str::to_string));
+                    args.extend([
+                        e.id.clone().into(),
+                        host_id.into(),
+                        (e.seq.unwrap_or(0) as i64).into(),
+                        interdict_event::parse_rfc3339_millis(&e.time).unwrap_or(0).into(),
+                        kind.into(),
+                        e.rule.as_ref().map(|r| r.id.clone()).into(),
+                        e.process.as_ref().and_then(|p| p.user.clone()).into(),
+                        outcome.into(),
+                        e.to_json_line().into(),
+                        now.into(),
+                    ]);
+                }
+                sql.push_str(" ON CONFLICT (id) DO NOTHING RETURNING id");
+                for r in t.rows(&sql, &args)? {
+                    if let Some(id) = r[0].text() {
+                        inserted.insert(id);
+                    }
+                }
+            }
             for e in &events {
-                let seq = e.seq.unwrap_or(0) as i64;
-                let json = e.to_json_line();
-                let kind = serde_json::to_value(e.kind)
-                    .ok()
-                    .and_then(|v| v.as_str().map(str::to_string))
-                    .unwrap_or_default();
-                let outcome = e
-                    .outcome
-                    .and_then(|o| serde_json::to_value(o).ok())
-                    .and_then(|v| v.as_str().map(str::to_string));
-                let n = insert.execute(params![
-                    e.id,
-                    host_id,
-                    seq,
-                    interdict_event::parse_rfc3339_millis(&e.time).unwrap_or(0),
-                    kind,
-                    e.rule.as_ref().map(|r| r.id.clone()),
-                    e.process.as_ref().and_then(|p| p.user.clone()),
-                    outcome,
-                    json,
-                    now
-                ])?;
-                if n == 0 {
+                if !inserted.contains(&e.id) {
                     out.duplicates += 1;
                     continue;
                 }
                 out.stored += 1;
+                let seq = e.seq.unwrap_or(0) as i64;
                 if seq <= last_seq {
                     // A late record (resent after a gap was noted): stored, chain unchanged.
                     continue;
                 }
                 let prev = e.prev_hash.clone().unwrap_or_default();
-                if seq > last_seq + 1 {
-                    finding.execute(params![
-                        host_id,
+                let finding = if seq > last_seq + 1 {
+                    Some((
                         "gap",
                         last_seq + 1,
                         seq - 1,
                         format!("records {} to {} never arrived", last_seq + 1, seq - 1),
-                        now
-                    ])?;
-                    out.findings += 1;
+                    ))
                 } else if prev != last_hash {
-                    finding.execute(params![
-                        host_id,
+                    Some((
                         "break",
                         seq,
                         seq,
                         format!(
                             "prev_hash {prev} does not match the hash {last_hash} of record {last_seq}"
                         ),
-                        now
-                    ])?;
+                    ))
+                } else {
+                    None
+                };
+                if let Some((kind, from, to, detail)) = finding {
+                    t.exec(
+                        "INSERT INTO findings (host_id, kind, from_seq, to_seq, detail, at_ms)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                        &[
+                            host_id.into(),
+                            kind.into(),
+                            from.into(),
+                            to.into(),
+                            detail.into(),
+                            now.into(),
+                        ],
+                    )?;
                     out.findings += 1;
                 }
                 last_seq = seq;
@@ -368,68 +456,65 @@ impl Store {
                         .as_deref()
                         .and_then(|m| serde_json::from_str(m).ok())
                         .unwrap_or_default();
-                    tx.execute(
+                    t.exec(
                         "UPDATE hosts SET version = ?2, policy_sha256 = ?3, mode = ?4 WHERE host_id = ?1",
-                        params![
-                            host_id,
-                            hb["version"].as_str(),
-                            hb["policy_sha256"].as_str(),
-                            hb["mode"].as_str()
+                        &[
+                            host_id.into(),
+                            hb["version"].as_str().into(),
+                            hb["policy_sha256"].as_str().into(),
+                            hb["mode"].as_str().into(),
                         ],
                     )?;
                 }
             }
-        }
-        tx.execute(
-            "UPDATE hosts SET last_seq = ?2, last_hash = ?3, last_seen_ms = ?4 WHERE host_id = ?1",
-            params![host_id, last_seq, last_hash, now],
-        )?;
-        tx.commit()?;
-        out.acked_seq = last_seq as u64;
-        Ok(out)
-    }
-
-    /// Note that a host was heard from.
-    pub fn seen(&self, host_id: &str) -> Result<(), StoreError> {
-        self.db().execute(
-            "UPDATE hosts SET last_seen_ms = ?2 WHERE host_id = ?1",
-            params![host_id, now_ms()],
-        )?;
-        Ok(())
+            t.exec(
+                "UPDATE hosts SET last_seq = ?2, last_hash = ?3, last_seen_ms = ?4 WHERE host_id = ?1",
+                &[
+                    host_id.into(),
+                    last_seq.into(),
+                    last_hash.clone().into(),
+                    now.into(),
+                ],
+            )?;
+            out.acked_seq = last_seq as u64;
+            Ok(out)
+        })?)
     }
 
     /// The highest sequence number stored for a host.
     pub fn acked(&self, host_id: &str) -> Result<u64, StoreError> {
-        Ok(self.db().query_row(
-            "SELECT last_seq FROM hosts WHERE host_id = ?1",
-            params![host_id],
-            |r| r.get::<_, i64>(0),
-        )? as u64)
+        let r = self.db.with(|c| {
+            c.rows(
+                "SELECT last_seq FROM hosts WHERE host_id = ?1",
+                &[host_id.into()],
+            )
+        })?;
+        Ok(one(r).map_or(0, |r| r[0].int() as u64))
     }
 
     /// Events matching `q`, oldest first, with the cursor of the next page.
     pub fn query(&self, q: &Query) -> Result<(Vec<Event>, Option<String>), StoreError> {
         let limit = q.limit.unwrap_or(1000).clamp(1, 10_000);
         let mut sql = String::from("SELECT json, time_ms, id FROM events WHERE 1 = 1");
-        let mut args: Vec<rusqlite::types::Value> = Vec::new();
-        let mut add = |cond: &str, v: rusqlite::types::Value| {
+        let mut args: Vec<Val> = Vec::new();
+        let mut add = |cond: &str, v: Val| {
             args.push(v);
             sql.push_str(&format!(" AND {cond} ?{}", args.len()));
         };
         if let Some(h) = &q.host {
-            add("host_id =", h.clone().into());
+            add("host_id =", h.as_str().into());
         }
         if let Some(u) = &q.user {
-            add("user =", u.clone().into());
+            add("user_name =", u.as_str().into());
         }
         if let Some(r) = &q.rule {
-            add("rule_id =", r.clone().into());
+            add("rule_id =", r.as_str().into());
         }
         if let Some(k) = &q.kind {
-            add("kind =", k.clone().into());
+            add("kind =", k.as_str().into());
         }
         if let Some(o) = &q.outcome {
-            add("outcome =", o.clone().into());
+            add("outcome =", o.as_str().into());
         }
         if let Some(s) = q
             .since
@@ -448,89 +533,92 @@ impl Store {
         if let Some((t, id)) = q.after.as_deref().and_then(|c| c.split_once('/')) {
             let t: i64 = t.parse().unwrap_or(0);
             args.push(t.into());
-            args.push(id.to_string().into());
+            args.push(id.into());
             let (a, b) = (args.len() - 1, args.len());
             sql.push_str(&format!(
                 " AND (time_ms > ?{a} OR (time_ms = ?{a} AND id > ?{b}))"
             ));
         }
         sql.push_str(&format!(" ORDER BY time_ms, id LIMIT {}", limit + 1));
-        let db = self.db();
-        let mut st = db.prepare(&sql)?;
-        let rows = st.query_map(rusqlite::params_from_iter(args), |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, i64>(1)?,
-                r.get::<_, String>(2)?,
-            ))
-        })?;
+        let rows = self.db.with(|c| c.rows(&sql, &args))?;
+        let more = rows.len() > limit;
         let mut out = Vec::new();
-        let mut next = None;
-        for row in rows {
-            let (json, t, id) = row?;
-            if out.len() == limit {
-                next = Some(format!("{t}/{id}"));
-                break;
-            }
-            if let Ok(e) = serde_json::from_str::<Event>(&json) {
-                out.push((e, t, id));
-            }
-        }
-        if next.is_some() {
-            if let Some((_, t, id)) = out.last() {
-                next = Some(format!("{t}/{id}"));
+        let mut last = None;
+        for r in rows.into_iter().take(limit) {
+            last = Some(format!(
+                "{}/{}",
+                r[1].int(),
+                r[2].text().unwrap_or_default()
+            ));
+            if let Some(e) = r[0]
+                .text()
+                .and_then(|j| serde_json::from_str::<Event>(&j).ok())
+            {
+                out.push(e);
             }
         }
-        Ok((out.into_iter().map(|(e, _, _)| e).collect(), next))
+        Ok((out, if more { last } else { None }))
     }
 
     /// Every finding, oldest first.
     pub fn findings(&self) -> Result<Vec<Finding>, StoreError> {
-        let db = self.db();
-        let mut st =
-            db.prepare("SELECT host_id, kind, from_seq, to_seq, detail FROM findings ORDER BY id")?;
-        let rows = st.query_map([], |r| {
-            Ok(Finding {
-                host_id: r.get(0)?,
-                kind: r.get(1)?,
-                from_seq: r.get::<_, i64>(2)? as u64,
-                to_seq: r.get::<_, i64>(3)? as u64,
-                detail: r.get(4)?,
-            })
+        let rows = self.db.with(|c| {
+            c.rows(
+                "SELECT host_id, kind, from_seq, to_seq, detail FROM findings ORDER BY id",
+                &[],
+            )
         })?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        Ok(rows
+            .into_iter()
+            .map(|r| Finding {
+                host_id: r[0].text().unwrap_or_default(),
+                kind: r[1].text().unwrap_or_default(),
+                from_seq: r[2].int() as u64,
+                to_seq: r[3].int() as u64,
+                detail: r[4].text().unwrap_or_default(),
+            })
+            .collect())
     }
 
     /// The fleet: every host, flagged silent when not heard from in `silent_after_ms`.
     pub fn hosts(&self, silent_after_ms: i64) -> Result<Vec<HostRow>, StoreError> {
         let now = now_ms();
-        let db = self.db();
-        let mut st = db.prepare(
-            "SELECT host_id, hostname, last_seen_ms, last_seq, version, policy_sha256, mode
-             FROM hosts ORDER BY host_id",
-        )?;
-        let rows = st.query_map([], |r| {
-            let last_seen_ms: Option<i64> = r.get(2)?;
-            Ok(HostRow {
-                host_id: r.get(0)?,
-                hostname: r.get(1)?,
-                last_seen_ms,
-                last_seq: r.get::<_, i64>(3)? as u64,
-                version: r.get(4)?,
-                policy_sha256: r.get(5)?,
-                mode: r.get(6)?,
-                silent: last_seen_ms.is_none_or(|t| now - t > silent_after_ms),
-            })
+        let rows = self.db.with(|c| {
+            c.rows(
+                "SELECT host_id, hostname, last_seen_ms, last_seq, version, policy_sha256, mode
+                 FROM hosts ORDER BY host_id",
+                &[],
+            )
         })?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        Ok(rows
+            .into_iter()
+            .map(|r| {
+                let last_seen_ms = match r[2] {
+                    Val::Int(t) => Some(t),
+                    _ => None,
+                };
+                HostRow {
+                    host_id: r[0].text().unwrap_or_default(),
+                    hostname: r[1].text().unwrap_or_default(),
+                    last_seen_ms,
+                    last_seq: r[3].int() as u64,
+                    version: r[4].text(),
+                    policy_sha256: r[5].text(),
+                    mode: r[6].text(),
+                    silent: last_seen_ms.is_none_or(|t| now - t > silent_after_ms),
+                }
+            })
+            .collect())
     }
 
     /// Number of events stored for a host.
     pub fn event_count(&self, host_id: &str) -> Result<u64, StoreError> {
-        Ok(self.db().query_row(
-            "SELECT COUNT(*) FROM events WHERE host_id = ?1",
-            params![host_id],
-            |r| r.get::<_, i64>(0),
-        )? as u64)
+        let r = self.db.with(|c| {
+            c.rows(
+                "SELECT COUNT(*) FROM events WHERE host_id = ?1",
+                &[host_id.into()],
+            )
+        })?;
+        Ok(one(r).map_or(0, |r| r[0].int() as u64))
     }
 }

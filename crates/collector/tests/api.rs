@@ -7,19 +7,46 @@ use interdict_collector::{App, Store};
 use interdict_event::{Event, EventKind, Origin, Outcome, RuleRef, GENESIS_HASH};
 use serde_json::{json, Value};
 
+#[path = "support/pg.rs"]
+mod pg;
+use pg::Pg;
+
+#[derive(Clone, Copy, Debug)]
+enum Backend {
+    Sqlite,
+    Postgres,
+}
+
 struct Server {
     url: String,
     _dir: tempfile::TempDir,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
     db: std::path::PathBuf,
+    pg: Option<Pg>,
 }
 
 impl Server {
-    fn start() -> Server {
+    fn start(backend: Backend) -> Server {
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("collector.db");
-        let store = Store::open(&db).unwrap();
+        let pg = match backend {
+            Backend::Sqlite => None,
+            Backend::Postgres => Some(Pg::start()),
+        };
+        let store = match &pg {
+            None => Store::open(&db).unwrap(),
+            Some(pg) => Store::open_postgres(&pg.params()).unwrap(),
+        };
+        Server::serve(store, dir, db, pg)
+    }
+
+    fn serve(
+        store: Store,
+        dir: tempfile::TempDir,
+        db: std::path::PathBuf,
+        pg: Option<Pg>,
+    ) -> Server {
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let (addr_tx, addr_rx) = std::sync::mpsc::channel();
         let thread = std::thread::spawn(move || {
@@ -31,7 +58,7 @@ impl Server {
                     store,
                     silent_after_ms: 60_000,
                 });
-                interdict_collector::serve(l, app, async {
+                interdict_collector::serve(l, app, None, async {
                     let _ = rx.await;
                 })
                 .await
@@ -45,11 +72,16 @@ impl Server {
             stop: Some(tx),
             thread: Some(thread),
             db,
+            pg,
         }
     }
 
+    /// A second handle on the same database (as a second collector would have).
     fn store(&self) -> Store {
-        Store::open(&self.db).unwrap()
+        match &self.pg {
+            None => Store::open(&self.db).unwrap(),
+            Some(pg) => Store::open_postgres(&pg.params()).unwrap(),
+        }
     }
 }
 
@@ -63,6 +95,26 @@ impl Drop for Server {
         }
     }
 }
+
+/// Each test runs against SQLite and against PostgreSQL.
+macro_rules! both {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(#[test] fn $name() { super::$name(super::Backend::Sqlite) })*
+        }
+        mod postgresql {
+            $(#[test] fn $name() { super::$name(super::Backend::Postgres) })*
+        }
+    };
+}
+
+both!(
+    enrollment_needs_the_secret_and_tokens_write_only_as_their_own_host,
+    reviewers_read_and_cannot_write_agents_write_and_cannot_read,
+    malformed_oversized_and_incomplete_batches_get_4xx_and_store_nothing,
+    resent_batches_are_stored_once_and_gaps_and_breaks_become_findings,
+    reviewers_query_by_host_and_rule_page_by_page_in_every_format,
+);
 
 fn http() -> ureq::Agent {
     ureq::Agent::config_builder()
@@ -145,9 +197,8 @@ fn batch(events: &[Event]) -> String {
     json!({ "events": events }).to_string()
 }
 
-#[test]
-fn enrollment_needs_the_secret_and_tokens_write_only_as_their_own_host() {
-    let s = Server::start();
+fn enrollment_needs_the_secret_and_tokens_write_only_as_their_own_host(backend: Backend) {
+    let s = Server::start(backend);
     let (st, _) = post(
         &format!("{}/v1/enroll", s.url),
         None,
@@ -183,9 +234,8 @@ fn enrollment_needs_the_secret_and_tokens_write_only_as_their_own_host() {
     assert_eq!(v["acked_seq"], 2);
 }
 
-#[test]
-fn reviewers_read_and_cannot_write_agents_write_and_cannot_read() {
-    let s = Server::start();
+fn reviewers_read_and_cannot_write_agents_write_and_cannot_read(backend: Backend) {
+    let s = Server::start(backend);
     let agent = enroll(&s, "h1");
     let reviewer = s.store().add_reviewer("sec-team").unwrap();
     let url = format!("{}/v1/events", s.url);
@@ -201,9 +251,8 @@ fn reviewers_read_and_cannot_write_agents_write_and_cannot_read() {
     assert_eq!(body.lines().count(), 3);
 }
 
-#[test]
-fn malformed_oversized_and_incomplete_batches_get_4xx_and_store_nothing() {
-    let s = Server::start();
+fn malformed_oversized_and_incomplete_batches_get_4xx_and_store_nothing(backend: Backend) {
+    let s = Server::start(backend);
     let t = enroll(&s, "h1");
     let url = format!("{}/v1/events", s.url);
     for bad in [
@@ -228,9 +277,8 @@ fn malformed_oversized_and_incomplete_batches_get_4xx_and_store_nothing() {
     assert_eq!(s.store().event_count("h1").unwrap(), 0);
 }
 
-#[test]
-fn resent_batches_are_stored_once_and_gaps_and_breaks_become_findings() {
-    let s = Server::start();
+fn resent_batches_are_stored_once_and_gaps_and_breaks_become_findings(backend: Backend) {
+    let s = Server::start(backend);
     let t = enroll(&s, "h1");
     let url = format!("{}/v1/events", s.url);
     let evs = chain("h1", 1, GENESIS_HASH, 10);
@@ -272,9 +320,8 @@ fn resent_batches_are_stored_once_and_gaps_and_breaks_become_findings() {
     );
 }
 
-#[test]
-fn reviewers_query_by_host_and_rule_page_by_page_in_every_format() {
-    let s = Server::start();
+fn reviewers_query_by_host_and_rule_page_by_page_in_every_format(backend: Backend) {
+    let s = Server::start(backend);
     let t1 = enroll(&s, "h1");
     let t2 = enroll(&s, "h2");
     let url = format!("{}/v1/events", s.url);
@@ -322,4 +369,77 @@ fn reviewers_query_by_host_and_rule_page_by_page_in_every_format() {
     let hosts: Value = serde_json::from_str(&hosts).unwrap();
     assert_eq!(hosts.as_array().unwrap().len(), 2);
     assert_eq!(hosts[0]["silent"], false);
+}
+
+#[test]
+fn two_collectors_on_one_postgresql_database_keep_one_chain_per_host() {
+    let a = Server::start(Backend::Postgres);
+    let params = a.pg.as_ref().unwrap().params();
+    let b = Server::serve(
+        Store::open_postgres(&params).unwrap(),
+        tempfile::tempdir().unwrap(),
+        std::path::PathBuf::new(),
+        None,
+    );
+    let token = enroll(&a, "h1");
+    let evs = chain("h1", 1, GENESIS_HASH, 40);
+    // A load balancer sends alternate batches to either collector, some of them twice.
+    for (i, part) in evs.chunks(5).enumerate() {
+        let url = if i % 2 == 0 { &a.url } else { &b.url };
+        let (st, v) = post(&format!("{url}/v1/events"), Some(&token), &batch(part));
+        assert_eq!(st, 200, "{v}");
+        if i % 3 == 0 {
+            let other = if i % 2 == 0 { &b.url } else { &a.url };
+            let (_, v) = post(&format!("{other}/v1/events"), Some(&token), &batch(part));
+            assert_eq!(v["duplicates"], 5);
+        }
+    }
+    let store = a.store();
+    assert_eq!(store.event_count("h1").unwrap(), 40);
+    assert_eq!(store.acked("h1").unwrap(), 40);
+    assert!(
+        store.findings().unwrap().is_empty(),
+        "{:?}",
+        store.findings()
+    );
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig { cases: 200, ..Default::default() })]
+
+    /// Fuzzing the ingest decoder over HTTP: random bytes, and valid batches with a random span
+    /// replaced by random text, never get a 5xx (nor crash the server); whatever is refused
+    /// stores nothing.
+    #[test]
+    fn no_input_makes_the_ingest_fail_or_store_what_it_refused(
+        noise in proptest::collection::vec(proptest::num::u8::ANY, 0..300),
+        cut in 0usize..4000,
+        len in 0usize..40,
+        text in "\\PC{0,20}",
+    ) {
+        static SERVER: std::sync::OnceLock<(Server, String)> = std::sync::OnceLock::new();
+        let (s, token) = SERVER.get_or_init(|| {
+            let s = Server::start(Backend::Sqlite);
+            let t = enroll(&s, "fz");
+            (s, t)
+        });
+        let url = format!("{}/v1/events", s.url);
+        let store = s.store();
+        let before = store.event_count("fz").unwrap();
+        let noise = String::from_utf8_lossy(&noise).into_owned();
+        let (st, v) = post(&url, Some(token), &noise);
+        proptest::prop_assert!((400..500).contains(&st), "{} {}", st, v);
+        proptest::prop_assert_eq!(store.event_count("fz").unwrap(), before);
+
+        let valid = batch(&chain("fz", 1, GENESIS_HASH, 3));
+        let at = cut.min(valid.len());
+        let end = (at + len).min(valid.len());
+        let (a, b) = (valid.floor_char_boundary(at), valid.floor_char_boundary(end));
+        let mutated = format!("{}{}{}", &valid[..a], text, &valid[b..]);
+        let (st, v) = post(&url, Some(token), &mutated);
+        proptest::prop_assert!(st < 500, "{} {}", st, v);
+        if st != 200 {
+            proptest::prop_assert_eq!(store.event_count("fz").unwrap(), before);
+        }
+    }
 }

@@ -1,0 +1,253 @@
+//! The two databases behind one small interface: SQLite (embedded, the default) and PostgreSQL
+//! (for fleets: several stateless collectors on one database). SQL is written once with `?N`
+//! placeholders (rewritten to `$N` for PostgreSQL); values are integers, text or NULL.
+
+use std::sync::Mutex;
+
+/// A value bound to or read from a statement.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Val {
+    /// A 64-bit integer.
+    Int(i64),
+    /// Text.
+    Text(String),
+    /// NULL (of a text column when bound).
+    Null,
+}
+
+impl Val {
+    /// The integer, or 0.
+    pub fn int(&self) -> i64 {
+        match self {
+            Val::Int(i) => *i,
+            _ => 0,
+        }
+    }
+
+    /// The text, if any.
+    pub fn text(&self) -> Option<String> {
+        match self {
+            Val::Text(s) => Some(s.clone()),
+            _ => None,
+        }
+    }
+}
+
+impl From<i64> for Val {
+    fn from(i: i64) -> Val {
+        Val::Int(i)
+    }
+}
+
+impl From<&str> for Val {
+    fn from(s: &str) -> Val {
+        Val::Text(s.to_string())
+    }
+}
+
+impl From<String> for Val {
+    fn from(s: String) -> Val {
+        Val::Text(s)
+    }
+}
+
+impl From<Option<String>> for Val {
+    fn from(s: Option<String>) -> Val {
+        s.map_or(Val::Null, Val::Text)
+    }
+}
+
+impl From<Option<&str>> for Val {
+    fn from(s: Option<&str>) -> Val {
+        s.map_or(Val::Null, |s| Val::Text(s.to_string()))
+    }
+}
+
+/// Database errors.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    /// SQLite said no.
+    #[error("sqlite: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// PostgreSQL said no.
+    #[error("postgres: {0}")]
+    Postgres(#[from] postgres::Error),
+}
+
+/// Statements run inside a connection or a transaction.
+pub trait Exec {
+    /// Run a statement; rows changed.
+    fn exec(&mut self, sql: &str, args: &[Val]) -> Result<u64, DbError>;
+    /// Run a query; every row.
+    fn rows(&mut self, sql: &str, args: &[Val]) -> Result<Vec<Vec<Val>>, DbError>;
+}
+
+/// Which database.
+pub enum Db {
+    /// SQLite, one connection.
+    Sqlite(Mutex<rusqlite::Connection>),
+    /// PostgreSQL, one connection per collector process.
+    Postgres(Mutex<postgres::Client>),
+}
+
+fn pg_sql(sql: &str) -> String {
+    sql.replace('?', "$")
+}
+
+fn sqlite_args(args: &[Val]) -> Vec<rusqlite::types::Value> {
+    args.iter()
+        .map(|v| match v {
+            Val::Int(i) => rusqlite::types::Value::Integer(*i),
+            Val::Text(s) => rusqlite::types::Value::Text(s.clone()),
+            Val::Null => rusqlite::types::Value::Null,
+        })
+        .collect()
+}
+
+fn sqlite_rows(
+    c: &rusqlite::Connection,
+    sql: &str,
+    args: &[Val],
+) -> Result<Vec<Vec<Val>>, DbError> {
+    let mut st = c.prepare_cached(sql)?;
+    let n = st.column_count();
+    let rows = st.query_map(rusqlite::params_from_iter(sqlite_args(args)), |r| {
+        (0..n)
+            .map(|i| {
+                Ok(match r.get_ref(i)? {
+                    rusqlite::types::ValueRef::Integer(x) => Val::Int(x),
+                    rusqlite::types::ValueRef::Text(t) => {
+                        Val::Text(String::from_utf8_lossy(t).into_owned())
+                    }
+                    _ => Val::Null,
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+fn pg_params(args: &[Val]) -> Vec<Box<dyn postgres::types::ToSql + Sync>> {
+    args.iter()
+        .map(|v| -> Box<dyn postgres::types::ToSql + Sync> {
+            match v {
+                Val::Int(i) => Box::new(*i),
+                Val::Text(s) => Box::new(s.clone()),
+                Val::Null => Box::new(Option::<String>::None),
+            }
+        })
+        .collect()
+}
+
+fn pg_row(r: &postgres::Row) -> Vec<Val> {
+    (0..r.len())
+        .map(|i| {
+            if let Ok(v) = r.try_get::<_, Option<i64>>(i) {
+                return v.map_or(Val::Null, Val::Int);
+            }
+            if let Ok(v) = r.try_get::<_, Option<String>>(i) {
+                return v.map_or(Val::Null, Val::Text);
+            }
+            Val::Null
+        })
+        .collect()
+}
+
+macro_rules! pg_exec {
+    ($c:ty) => {
+        impl Exec for $c {
+            fn exec(&mut self, sql: &str, args: &[Val]) -> Result<u64, DbError> {
+                let p = pg_params(args);
+                let refs: Vec<&(dyn postgres::types::ToSql + Sync)> =
+                    p.iter().map(|b| b.as_ref()).collect();
+                let st = self.prepare_cached_stmt(&pg_sql(sql))?;
+                Ok(self.execute(&st, &refs)?)
+            }
+            fn rows(&mut self, sql: &str, args: &[Val]) -> Result<Vec<Vec<Val>>, DbError> {
+                let p = pg_params(args);
+                let refs: Vec<&(dyn postgres::types::ToSql + Sync)> =
+                    p.iter().map(|b| b.as_ref()).collect();
+                let st = self.prepare_cached_stmt(&pg_sql(sql))?;
+                Ok(self.query(&st, &refs)?.iter().map(pg_row).collect())
+            }
+        }
+    };
+}
+
+/// Statement preparation (PostgreSQL prepares on every call otherwise: a round trip).
+trait Prepare {
+    fn prepare_cached_stmt(&mut self, sql: &str) -> Result<postgres::Statement, postgres::Error>;
+}
+
+impl Prepare for postgres::Client {
+    fn prepare_cached_stmt(&mut self, sql: &str) -> Result<postgres::Statement, postgres::Error> {
+        self.prepare(sql)
+    }
+}
+
+impl Prepare for postgres::Transaction<'_> {
+    fn prepare_cached_stmt(&mut self, sql: &str) -> Result<postgres::Statement, postgres::Error> {
+        self.prepare(sql)
+    }
+}
+
+pg_exec!(postgres::Client);
+pg_exec!(postgres::Transaction<'_>);
+
+impl Exec for rusqlite::Connection {
+    fn exec(&mut self, sql: &str, args: &[Val]) -> Result<u64, DbError> {
+        let mut st = self.prepare_cached(sql)?;
+        Ok(st.execute(rusqlite::params_from_iter(sqlite_args(args)))? as u64)
+    }
+    fn rows(&mut self, sql: &str, args: &[Val]) -> Result<Vec<Vec<Val>>, DbError> {
+        sqlite_rows(self, sql, args)
+    }
+}
+
+impl Exec for rusqlite::Transaction<'_> {
+    fn exec(&mut self, sql: &str, args: &[Val]) -> Result<u64, DbError> {
+        let mut st = self.prepare_cached(sql)?;
+        Ok(st.execute(rusqlite::params_from_iter(sqlite_args(args)))? as u64)
+    }
+    fn rows(&mut self, sql: &str, args: &[Val]) -> Result<Vec<Vec<Val>>, DbError> {
+        sqlite_rows(self, sql, args)
+    }
+}
+
+impl Db {
+    /// True for PostgreSQL.
+    pub fn is_postgres(&self) -> bool {
+        matches!(self, Db::Postgres(_))
+    }
+
+    /// Run `f` on the connection, outside a transaction.
+    pub fn with<T>(
+        &self,
+        f: impl FnOnce(&mut dyn Exec) -> Result<T, DbError>,
+    ) -> Result<T, DbError> {
+        match self {
+            Db::Sqlite(c) => f(&mut *c.lock().expect("db poisoned")),
+            Db::Postgres(c) => f(&mut *c.lock().expect("db poisoned")),
+        }
+    }
+
+    /// Run `f` in one transaction, committed when it returns `Ok`.
+    pub fn tx<T>(&self, f: impl FnOnce(&mut dyn Exec) -> Result<T, DbError>) -> Result<T, DbError> {
+        match self {
+            Db::Sqlite(c) => {
+                let mut c = c.lock().expect("db poisoned");
+                let mut tx = c.transaction()?;
+                let out = f(&mut tx)?;
+                tx.commit()?;
+                Ok(out)
+            }
+            Db::Postgres(c) => {
+                let mut c = c.lock().expect("db poisoned");
+                let mut tx = c.transaction()?;
+                let out = f(&mut tx)?;
+                tx.commit()?;
+                Ok(out)
+            }
+        }
+    }
+}
