@@ -79,24 +79,61 @@ fn record_line(json: &str) -> String {
     format!("{hex} {json}\n")
 }
 
-/// Read the acknowledged sequence number (0 when none).
-pub fn acked(dir: &Path) -> u64 {
-    std::fs::read_to_string(dir.join("acked"))
+/// The consumers of a spool, each with its own cursor file: the collector's shipper (`acked`)
+/// and the syslog sink (`syslog.acked`). Segments go once every active consumer is past them.
+pub const CONSUMERS: &[&str] = &["acked", "syslog.acked"];
+
+/// The last sequence number a consumer has delivered (0 when none).
+pub fn cursor(dir: &Path, name: &str) -> u64 {
+    std::fs::read_to_string(dir.join(name))
         .ok()
         .and_then(|s| s.trim().parse().ok())
         .unwrap_or(0)
 }
 
-/// Record `seq` as acknowledged and delete the segments wholly covered by it (never the newest).
+/// Read the sequence number the collector acknowledged (0 when none).
+pub fn acked(dir: &Path) -> u64 {
+    cursor(dir, "acked")
+}
+
+/// Say which consumers are active: a missing cursor is created (at 0: everything still spooled
+/// is theirs), the cursor of one no longer configured is removed so it holds nothing back.
+pub fn set_consumers(dir: &Path, active: &[&str]) -> io::Result<()> {
+    for name in CONSUMERS {
+        let p = dir.join(name);
+        if active.contains(name) {
+            if !p.exists() {
+                crate::fsutil::write_atomic(&p, b"0\n", 0o600)?;
+            }
+        } else if p.exists() {
+            std::fs::remove_file(&p)?;
+        }
+    }
+    Ok(())
+}
+
+/// Record `seq` as acknowledged by the collector (see [`ack_as`]).
 pub fn ack(dir: &Path, seq: u64) -> io::Result<()> {
-    if seq <= acked(dir) {
+    ack_as(dir, "acked", seq)
+}
+
+/// Record `seq` as delivered by consumer `name` and delete the segments every consumer is past
+/// (never the newest).
+pub fn ack_as(dir: &Path, name: &str, seq: u64) -> io::Result<()> {
+    if seq <= cursor(dir, name) {
         return Ok(());
     }
-    crate::fsutil::write_atomic(&dir.join("acked"), format!("{seq}\n").as_bytes(), 0o600)?;
+    crate::fsutil::write_atomic(&dir.join(name), format!("{seq}\n").as_bytes(), 0o600)?;
+    let done = CONSUMERS
+        .iter()
+        .filter(|c| dir.join(c).exists())
+        .map(|c| cursor(dir, c))
+        .min()
+        .unwrap_or(seq);
     let segs = segments(dir)?;
     for w in segs.windows(2) {
         // Every record of w[0] is below the next segment's first.
-        if w[1].0 <= seq + 1 {
+        if w[1].0 <= done + 1 {
             let _ = std::fs::remove_file(&w[0].1);
         }
     }
@@ -388,5 +425,30 @@ mod tests {
             .unwrap()
             .starts_with(&format!("{} event(s) dropped", 100 - stored)));
         assert_eq!(recs.len(), 2);
+    }
+
+    #[test]
+    fn a_segment_goes_only_when_every_consumer_is_past_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let o = origin();
+        let mut s = Spool::open(dir.path(), 1 << 30).unwrap();
+        set_consumers(dir.path(), &["acked", "syslog.acked"]).unwrap();
+        for _ in 0..3 {
+            s.append(&mut o.event(EventKind::ExecDenied), &o).unwrap();
+        }
+        s.rotate().unwrap();
+        s.append(&mut o.event(EventKind::ExecDenied), &o).unwrap();
+        assert_eq!(segments(dir.path()).unwrap().len(), 2);
+        ack(dir.path(), 4).unwrap();
+        assert_eq!(
+            segments(dir.path()).unwrap().len(),
+            2,
+            "syslog has not sent them yet"
+        );
+        ack_as(dir.path(), "syslog.acked", 3).unwrap();
+        assert_eq!(segments(dir.path()).unwrap().len(), 1);
+        // A consumer no longer configured holds nothing back.
+        set_consumers(dir.path(), &["acked"]).unwrap();
+        assert!(!dir.path().join("syslog.acked").exists());
     }
 }

@@ -107,6 +107,15 @@ pub struct AgentConfig {
     pub client_cert: Option<PathBuf>,
     /// `[collector] client_key`: the PEM private key of `client_cert`.
     pub client_key: Option<PathBuf>,
+    /// `[syslog] address`: send every event to this syslog receiver (`host:port`), RFC 5424
+    /// with octet-counting framing.
+    pub syslog_address: Option<String>,
+    /// `[syslog] tls`: TLS (RFC 5425) instead of plain TCP.
+    pub syslog_tls: bool,
+    /// `[syslog] ca_file`: PEM CA certificates to trust for TLS (default: the public web roots).
+    pub syslog_ca: Option<PathBuf>,
+    /// `[syslog] facility`: the facility number (default 10, authpriv).
+    pub syslog_facility: u8,
 }
 
 impl Default for AgentConfig {
@@ -146,6 +155,10 @@ impl Default for AgentConfig {
             collector_ca: None,
             client_cert: None,
             client_key: None,
+            syslog_address: None,
+            syslog_tls: false,
+            syslog_ca: None,
+            syslog_facility: 10,
         }
     }
 }
@@ -176,6 +189,7 @@ const COLLECTOR_KEYS: &[&str] = &[
     "client_cert",
     "client_key",
 ];
+const SYSLOG_KEYS: &[&str] = &["address", "tls", "ca_file", "facility"];
 const INSTALL_KEYS: &[&str] = &["watch", "roots", "rescan_interval_s", "debounce_ms"];
 const EXEC_KEYS: &[&str] = &[
     "fanotify",
@@ -235,11 +249,12 @@ pub fn parse(name: &str, text: &str) -> Result<AgentConfig, Diagnostics> {
             "notify" => NOTIFY_KEYS,
             "install" => INSTALL_KEYS,
             "collector" => COLLECTOR_KEYS,
+            "syslog" => SYSLOG_KEYS,
             _ => {
                 f.unknown_key(
                     "the top level",
                     k,
-                    &["agent", "exec", "notify", "install", "collector"],
+                    &["agent", "exec", "notify", "install", "collector", "syslog"],
                 );
                 continue;
             }
@@ -366,6 +381,24 @@ pub fn parse(name: &str, text: &str) -> Result<AgentConfig, Diagnostics> {
                         c.spool_cap_mib = n.max(1);
                     }
                 }
+                ("syslog", "address") => {
+                    if let Some((a, span)) = f.string(key, v) {
+                        if a.rsplit_once(':')
+                            .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok())
+                        {
+                            c.syslog_address = Some(a);
+                        } else {
+                            f.err(Code::BadValue, span, "`address` must be `host:port`");
+                        }
+                    }
+                }
+                ("syslog", "tls") => c.syslog_tls = f.boolean(key, v).unwrap_or(c.syslog_tls),
+                ("syslog", "ca_file") => c.syslog_ca = absolute(&mut f, key, v),
+                ("syslog", "facility") => {
+                    if let Some(n) = f.integer(key, v, 23) {
+                        c.syslog_facility = n as u8;
+                    }
+                }
                 ("collector", "ca_file") => c.collector_ca = absolute(&mut f, key, v),
                 ("collector", "client_cert") => c.client_cert = absolute(&mut f, key, v),
                 ("collector", "client_key") => c.client_key = absolute(&mut f, key, v),
@@ -434,7 +467,7 @@ mod tests {
             "c.toml:7:13: error[bad-value]: `fail_mode` is `sideways`, expected one of: open, closed",
             "c.toml:8:18: error[bad-value]: `mounts` entries must be absolute paths",
             "c.toml:9:12: error[wrong-type]: `fanotify` must be true or false, found a string",
-            "c.toml:10:2: error[unknown-key]: unknown key `extra` in the top level (expected one of: agent, exec, notify, install, collector)",
+            "c.toml:10:2: error[unknown-key]: unknown key `extra` in the top level (expected one of: agent, exec, notify, install, collector, syslog)",
         ];
         for w in want {
             assert!(err.contains(w), "missing {w:?} in:\n{err}");

@@ -105,6 +105,10 @@ counters! {
     ship_failures,
     /// Events the collector refused as invalid (4xx); skipped, never retried.
     ship_rejected,
+    /// Events written to the syslog sink.
+    syslog_sent,
+    /// Syslog connections or writes that failed; retried with backoff.
+    syslog_failures,
 }
 
 const BUCKETS: usize = 40;

@@ -20,6 +20,7 @@ pub mod proc_connector;
 pub mod ship;
 pub mod state;
 pub mod sweep;
+pub mod syslog;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -106,14 +107,22 @@ async fn run_async(
     // appended there before the shipper or anything else sees it.
     let spool_dir = shared.config.state_dir.join("spool");
     let (wake_tx, wake_rx) = std::sync::mpsc::sync_channel::<()>(1);
-    let spool = match &shared.config.collector_url {
-        Some(_) => {
-            let cap = shared.config.spool_cap_mib << 20;
-            Some(crate::spool::Spool::open(&spool_dir, cap).map_err(|e| {
-                anyhow::anyhow!("cannot open the spool {}: {e}", spool_dir.display())
-            })?)
-        }
-        None => None,
+    let (syslog_wake_tx, syslog_wake_rx) = std::sync::mpsc::sync_channel::<()>(1);
+    let mut consumers = Vec::new();
+    if shared.config.collector_url.is_some() {
+        consumers.push("acked");
+    }
+    if shared.config.syslog_address.is_some() {
+        consumers.push("syslog.acked");
+    }
+    let spool = if consumers.is_empty() {
+        None
+    } else {
+        let cap = shared.config.spool_cap_mib << 20;
+        let s = crate::spool::Spool::open(&spool_dir, cap)
+            .map_err(|e| anyhow::anyhow!("cannot open the spool {}: {e}", spool_dir.display()))?;
+        crate::spool::set_consumers(&spool_dir, &consumers)?;
+        Some(s)
     };
     if let Some(s) = &spool {
         if s.torn_bytes > 0 {
@@ -126,15 +135,43 @@ async fn run_async(
     let writer = tokio::task::spawn_blocking({
         let (path, metrics) = (shared.config.event_log.clone(), shared.metrics.clone());
         let origin = shared.origin.clone();
+        let wakes = vec![wake_tx, syslog_wake_tx];
         move || {
             write_events(
                 &path,
                 &metrics,
                 events_rx,
-                spool.map(|s| (s, origin, wake_tx)),
+                spool.map(|s| (s, origin, wakes)),
             )
         }
     });
+    if let Some(address) = shared.config.syslog_address.clone() {
+        let cfg = syslog::SyslogConfig {
+            address: address.clone(),
+            tls: shared.config.syslog_tls,
+            ca_file: shared.config.syslog_ca.clone(),
+            facility: shared.config.syslog_facility,
+        };
+        let s = shared.clone();
+        let (metrics, dir) = (shared.metrics.clone(), spool_dir.clone());
+        std::thread::Builder::new()
+            .name("syslog".into())
+            .spawn(move || {
+                syslog::run(cfg, dir, metrics, syslog_wake_rx, move || {
+                    s.shutdown.is_triggered()
+                })
+            })?;
+        let how = if shared.config.syslog_tls {
+            "TLS"
+        } else {
+            "TCP"
+        };
+        shared.set_sensor(
+            "syslog",
+            "running",
+            format!("RFC 5424 over {how} to {address}"),
+        );
+    }
     if let Some(url) = shared.config.collector_url.clone() {
         let cfg = ship::ShipConfig {
             url: url.clone(),
@@ -594,7 +631,11 @@ fn heartbeat(shared: Arc<state::Shared>, started: Instant) {
 }
 
 /// The spool, the origin stamped on its own notices, and the shipper's wake-up line.
-type SpoolParts = (crate::spool::Spool, Origin, std::sync::mpsc::SyncSender<()>);
+type SpoolParts = (
+    crate::spool::Spool,
+    Origin,
+    Vec<std::sync::mpsc::SyncSender<()>>,
+);
 
 /// The event writer: numbers, chains and appends each event to the spool first (when there is
 /// one; fdatasync at most every 100 ms and whenever the queue runs empty), then appends one JSON
@@ -625,11 +666,13 @@ fn write_events(
     };
     let mut last_sync = Instant::now();
     let sync = |spool: &mut Option<SpoolParts>| {
-        if let Some((s, _, wake)) = spool {
+        if let Some((s, _, wakes)) = spool {
             if s.sync().is_err() {
                 metrics::inc(&metrics.c.spool_errors);
             }
-            let _ = wake.try_send(());
+            for w in wakes.iter() {
+                let _ = w.try_send(());
+            }
         }
     };
     while let Some(e) = rx.blocking_recv() {

@@ -66,7 +66,7 @@ impl Drop for Collector {
     }
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -74,8 +74,9 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// An agent that only watches `root` for files named `banned-tool`, shipping to `port`.
-fn shipping_agent(root: &Path, port: u16, secret: &str) -> Agent {
+/// An agent that only watches `root` for files named `banned-tool` (reporting them), with more
+/// configuration tables after its own (`[collector]`, `[syslog]`).
+pub fn reporting_agent(root: &Path, tables: &str) -> Agent {
     let policy = format!(
         "{POLICY_HEAD}{}",
         rule("tool", "report", "names = [\"banned-tool\"]")
@@ -83,14 +84,24 @@ fn shipping_agent(root: &Path, port: u16, secret: &str) -> Agent {
     Agent::start(
         &policy,
         &format!(
-            "fanotify = false\nproc_connector = false\n\n[install]\nroots = [\"{}\"]\ndebounce_ms = 100\n\n[collector]\nurl = \"http://127.0.0.1:{port}\"\nenroll_secret = \"{secret}\"\nheartbeat_s = 1",
+            "fanotify = false\nproc_connector = false\n\n[install]\nroots = [\"{}\"]\ndebounce_ms = 100\n\n{tables}",
             root.display()
         ),
     )
 }
 
+/// [`reporting_agent`] shipping to the collector on `port`.
+fn shipping_agent(root: &Path, port: u16, secret: &str) -> Agent {
+    reporting_agent(
+        root,
+        &format!(
+            "[collector]\nurl = \"http://127.0.0.1:{port}\"\nenroll_secret = \"{secret}\"\nheartbeat_s = 1"
+        ),
+    )
+}
+
 /// `n` banned files, one per folder, under `root/batch`.
-fn banned_files(root: &Path, batch: &str, n: usize) {
+pub fn banned_files(root: &Path, batch: &str, n: usize) {
     for i in 0..n {
         let d = root.join(format!("{batch}/{i}"));
         std::fs::create_dir_all(&d).unwrap();
@@ -98,11 +109,11 @@ fn banned_files(root: &Path, batch: &str, n: usize) {
     }
 }
 
-fn counter(agent: &Agent, name: &str) -> u64 {
+pub fn counter(agent: &Agent, name: &str) -> u64 {
     agent.status()["counters"][name].as_u64().unwrap()
 }
 
-fn wait_for(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
+pub fn wait_for(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(secs);
     while !f() {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
@@ -307,15 +318,50 @@ fn a_record_deleted_from_the_spool_shows_up_as_a_gap() {
         .args(["--token", &reviewer]));
     r.expect_code(1);
     assert!(r.stdout.contains("gap"), "{}", r.stdout);
+    // `interdict logs query` pages through everything that arrived, in OCSF form here.
+    let r = run(interdict()
+        .args(["logs", "query", "--collector"])
+        .arg(format!("http://127.0.0.1:{port}"))
+        .args([
+            "--host",
+            &host,
+            "--kind",
+            "installed_detected",
+            "--format",
+            "ocsf",
+        ])
+        .env("INTERDICT_REVIEWER_TOKEN", &reviewer));
+    r.expect_code(0);
+    let lines: Vec<serde_json::Value> = r
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    // Before the restart: 20 detections, one deleted from the spool (the restarted agent's
+    // start-up rescan reports all 20 files again, after them).
+    let before = kept.len() as u64 + 1;
+    let early = lines
+        .iter()
+        .filter(|v| v["metadata"]["sequence"].as_u64().unwrap() <= before)
+        .count();
+    assert_eq!(early, 19, "{}", r.stdout);
+    assert!(lines.iter().all(|v| v["class_uid"] == 1001));
+    // A wrong token is refused with a clear error.
+    let r = run(interdict()
+        .args(["logs", "verify", "--collector"])
+        .arg(format!("http://127.0.0.1:{port}"))
+        .args(["--token", "nope"]));
+    r.expect_code(2);
+    assert!(r.stderr.contains("401"), "{}", r.stderr);
 }
 
 /// A test PKI: a CA, a server certificate for 127.0.0.1 and a client certificate, as PEM files.
-struct Pki {
+pub struct Pki {
     dir: tempfile::TempDir,
 }
 
 impl Pki {
-    fn new() -> Pki {
+    pub fn new() -> Pki {
         use rcgen::{
             BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose,
             IsCa, KeyPair,
@@ -341,7 +387,7 @@ impl Pki {
         Pki { dir }
     }
 
-    fn path(&self, name: &str) -> PathBuf {
+    pub fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }
 }
@@ -362,10 +408,6 @@ fn over_mutual_tls_only_an_agent_with_a_client_certificate_delivers() {
             client_ca: Some(pki.path("ca.pem")),
         }),
     );
-    let policy = format!(
-        "{POLICY_HEAD}{}",
-        rule("tool", "report", "names = [\"banned-tool\"]")
-    );
     let agent_with = |root: &Path, client: bool| {
         let client = if client {
             format!(
@@ -376,11 +418,10 @@ fn over_mutual_tls_only_an_agent_with_a_client_certificate_delivers() {
         } else {
             String::new()
         };
-        Agent::start(
-            &policy,
+        reporting_agent(
+            root,
             &format!(
-                "fanotify = false\nproc_connector = false\n\n[install]\nroots = [\"{}\"]\ndebounce_ms = 100\n\n[collector]\nurl = \"https://127.0.0.1:{port}\"\nenroll_secret = \"{secret}\"\nca_file = \"{}\"\n{client}",
-                root.display(),
+                "[collector]\nurl = \"https://127.0.0.1:{port}\"\nenroll_secret = \"{secret}\"\nca_file = \"{}\"\n{client}",
                 pki.path("ca.pem").display()
             ),
         )

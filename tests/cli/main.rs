@@ -9,3 +9,4 @@ mod npm_packages;
 mod policy_check;
 mod scan_installed;
 mod scan_processes;
+mod syslog;
