@@ -24,6 +24,9 @@ pub struct Filter {
     /// What the agent did (denied, killed, reported, quarantined, ...).
     #[arg(long)]
     pub outcome: Option<String>,
+    /// The rule's action (block, kill, quarantine, report).
+    #[arg(long)]
+    pub action: Option<String>,
     /// From this time (RFC 3339, e.g. 2026-11-26T00:00:00.000Z).
     #[arg(long)]
     pub since: Option<String>,
@@ -93,6 +96,7 @@ fn query_string(f: &Filter, after: Option<&str>) -> String {
         ("rule", &f.rule),
         ("kind", &f.kind),
         ("outcome", &f.outcome),
+        ("action", &f.action),
         ("since", &f.since),
         ("until", &f.until),
     ] {

@@ -107,7 +107,12 @@ fn post(
 }
 
 /// Enroll this host and store its token (mode 0600).
-pub fn enroll(cfg: &ShipConfig, host_id: &str, hostname: &str) -> Result<String, ShipError> {
+pub fn enroll(
+    http: &ureq::Agent,
+    cfg: &ShipConfig,
+    host_id: &str,
+    hostname: &str,
+) -> Result<String, ShipError> {
     let Some(secret) = &cfg.enroll_secret else {
         return Err(ShipError::Rejected(
             "no token stored and no enroll_secret configured".into(),
@@ -115,7 +120,7 @@ pub fn enroll(cfg: &ShipConfig, host_id: &str, hostname: &str) -> Result<String,
     };
     let body = serde_json::json!({ "secret": secret, "host_id": host_id, "hostname": hostname });
     let text = post(
-        &client(cfg).map_err(ShipError::Rejected)?,
+        http,
         &format!("{}/v1/enroll", cfg.url.trim_end_matches('/')),
         None,
         &body.to_string(),
@@ -132,6 +137,7 @@ pub fn enroll(cfg: &ShipConfig, host_id: &str, hostname: &str) -> Result<String,
 /// One delivery round: send what the spool holds after `acked`, up to `batch` events. Returns
 /// the number of events acknowledged (0 when there was nothing to send).
 pub fn ship_once(
+    http: &ureq::Agent,
     cfg: &ShipConfig,
     spool_dir: &Path,
     token: &str,
@@ -152,8 +158,7 @@ pub fn ship_once(
     }
     body.push_str("]}");
     let url = format!("{}/v1/events", cfg.url.trim_end_matches('/'));
-    let http = client(cfg).map_err(ShipError::Rejected)?;
-    match post(&http, &url, Some(token), &body) {
+    match post(http, &url, Some(token), &body) {
         Ok(text) => {
             let acked_seq = serde_json::from_str::<serde_json::Value>(&text)
                 .ok()
@@ -198,6 +203,14 @@ pub fn run(
     wake: std::sync::mpsc::Receiver<()>,
     stop: impl Fn() -> bool,
 ) {
+    let http = match client(&cfg) {
+        Ok(h) => h,
+        Err(e) => {
+            // Checked at start-up already; a certificate file changed since.
+            tracing::error!("shipper: {e}");
+            return;
+        }
+    };
     let mut backoff = Duration::from_millis(500);
     let mut token = std::fs::read_to_string(&cfg.token_file)
         .ok()
@@ -212,7 +225,7 @@ pub fn run(
     while !stop() {
         let t = match &token {
             Some(t) => t.clone(),
-            None => match enroll(&cfg, &host.0, &host.1) {
+            None => match enroll(&http, &cfg, &host.0, &host.1) {
                 Ok(t) => {
                     tracing::info!("enrolled with the collector at {}", cfg.url);
                     token = Some(t.clone());
@@ -227,7 +240,7 @@ pub fn run(
                 }
             },
         };
-        match ship_once(&cfg, &spool_dir, &t, &metrics) {
+        match ship_once(&http, &cfg, &spool_dir, &t, &metrics) {
             Ok(0) => {
                 backoff = Duration::from_millis(500);
                 let _ = wake.recv_timeout(Duration::from_millis(500));

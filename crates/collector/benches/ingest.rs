@@ -122,7 +122,7 @@ fn ingest(name: &str, store: Store, total: usize) -> (f64, Duration, Duration) {
     let tokens: Vec<(String, String)> = (0..HOSTS)
         .map(|h| {
             let host = format!("{name}-host-{h}");
-            let t = store.enroll(&host, &host).unwrap();
+            let t = store.enroll(&host, &host).unwrap().unwrap();
             (host, t)
         })
         .collect();

@@ -8,9 +8,10 @@
 //! tokens cannot read and reviewer tokens cannot write.
 //!
 //! HTTP API (JSON; `Authorization: Bearer TOKEN` except for enrollment):
-//! - `POST /v1/enroll` `{secret, host_id, hostname}` → `{token}`
+//! - `POST /v1/enroll` `{secret, host_id, hostname}` → `{token}` (409 when the host is enrolled
+//!   already: `interdict-collector reset-host` first)
 //! - `POST /v1/events` `{events: [...]}` (agent) → `{stored, duplicates, acked_seq, findings}`
-//! - `GET /v1/events?host=&user=&rule=&kind=&outcome=&since=&until=&after=&limit=&format=`
+//! - `GET /v1/events?host=&user=&rule=&kind=&outcome=&action=&since=&until=&after=&limit=&format=`
 //!   (reviewer) → NDJSON (native, `ocsf` or `ecs`), next page cursor in `X-Next-Cursor`
 //! - `GET /v1/hosts` (reviewer) → the fleet, silent hosts flagged
 //! - `GET /v1/verify` (reviewer) → per-host chain state and findings
@@ -130,7 +131,15 @@ async fn enroll(
     }
     let a = app.clone();
     match blocking(move || a.store.enroll(&req.host_id, &req.hostname)).await {
-        Ok(token) => Json(json!({ "token": token })).into_response(),
+        Ok(Some(token)) => Json(json!({ "token": token })).into_response(),
+        Ok(None) => {
+            let a = app.clone();
+            let _ = blocking(move || a.store.count("rejected_reenrollment")).await;
+            err(
+                StatusCode::CONFLICT,
+                "this host is enrolled already; IT can allow a new enrollment with `interdict-collector reset-host HOST_ID`",
+            )
+        }
         Err(r) => r,
     }
 }

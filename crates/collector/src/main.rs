@@ -63,6 +63,12 @@ enum Command {
         /// The reviewer's name.
         name: String,
     },
+    /// Revoke a host's token so that it can enroll again (a reinstalled machine). Its chain
+    /// state is kept: a new spool starting over at 1 shows up as a finding.
+    ResetHost {
+        /// The host id.
+        host_id: String,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -94,6 +100,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::EnrollSecret => println!("{}", store.enroll_secret()?),
         Command::Reviewer { name } => println!("{}", store.add_reviewer(&name)?),
+        Command::ResetHost { host_id } => {
+            if !store.reset_host(&host_id)? {
+                anyhow::bail!("no host {host_id}");
+            }
+            eprintln!("{host_id} may enroll again");
+        }
         Command::Serve {
             listen,
             silent_after_s,

@@ -13,7 +13,8 @@ use crate::sql::{Db, DbError, Val};
 
 /// The schema, as migrations applied in order (the number applied is kept in `schema_version`).
 /// `{ID}` is the auto-numbered key of each database.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);
 CREATE TABLE hosts (
     host_id TEXT PRIMARY KEY,
@@ -53,7 +54,11 @@ CREATE TABLE findings (
     at_ms BIGINT NOT NULL
 );
 CREATE TABLE counters (name TEXT PRIMARY KEY, n BIGINT NOT NULL);
-"#];
+"#,
+    r#"
+ALTER TABLE events ADD COLUMN rule_action TEXT;
+"#,
+];
 
 /// Store errors.
 #[derive(Debug, thiserror::Error)]
@@ -120,8 +125,10 @@ pub struct Query {
     pub rule: Option<String>,
     /// Event kind (`exec_denied`, ...).
     pub kind: Option<String>,
-    /// Outcome (`denied`, `killed`, ...).
+    /// What the agent did (`denied`, `killed`, ...).
     pub outcome: Option<String>,
+    /// The rule's configured action (`block`, `kill`, `quarantine`, `report`).
+    pub action: Option<String>,
     /// From this time (RFC 3339, inclusive).
     pub since: Option<String>,
     /// Until this time (RFC 3339, exclusive).
@@ -274,15 +281,18 @@ impl Store {
         Ok(t)
     }
 
-    /// Enroll a host: a new token, stored hashed. Enrolling again replaces the token.
-    pub fn enroll(&self, host_id: &str, hostname: &str) -> Result<String, StoreError> {
+    /// Enroll a host: a new token, stored hashed. `None` when the host is enrolled already: a
+    /// second enrollment would let anyone holding the enroll secret take over a host's identity,
+    /// so it needs IT to [`Store::reset_host`] first (its chain state is kept).
+    pub fn enroll(&self, host_id: &str, hostname: &str) -> Result<Option<String>, StoreError> {
         let t = new_token();
-        self.db.with(|c| {
+        let n = self.db.with(|c| {
             c.exec(
                 "INSERT INTO hosts (host_id, hostname, token_sha256, enrolled_ms, last_hash)
                  VALUES (?1, ?2, ?3, ?4, ?5)
                  ON CONFLICT (host_id) DO UPDATE SET token_sha256 = excluded.token_sha256,
-                     hostname = excluded.hostname",
+                     hostname = excluded.hostname
+                 WHERE hosts.token_sha256 LIKE 'reset:%'",
                 &[
                     host_id.into(),
                     hostname.into(),
@@ -292,7 +302,19 @@ impl Store {
                 ],
             )
         })?;
-        Ok(t)
+        Ok((n == 1).then_some(t))
+    }
+
+    /// Revoke a host's token and let it enroll again (a reinstalled laptop). False when there
+    /// is no such host.
+    pub fn reset_host(&self, host_id: &str) -> Result<bool, StoreError> {
+        let n = self.db.with(|c| {
+            c.exec(
+                "UPDATE hosts SET token_sha256 = ?2 WHERE host_id = ?1",
+                &[host_id.into(), format!("reset:{}", new_token()).into()],
+            )
+        })?;
+        Ok(n == 1)
     }
 
     /// Whose token this is.
@@ -362,17 +384,17 @@ impl Store {
             let mut inserted = std::collections::HashSet::new();
             for chunk in events.chunks(INSERT_CHUNK) {
                 let mut sql = String::from(
-                    "INSERT INTO events (id, host_id, seq, time_ms, kind, rule_id, user_name, outcome, json, received_ms) VALUES ",
+                    "INSERT INTO events (id, host_id, seq, time_ms, kind, rule_id, user_name, outcome, json, received_ms, rule_action) VALUES ",
                 );
-                let mut args: Vec<Val> = Vec::with_capacity(chunk.len() * 10);
+                let mut args: Vec<Val> = Vec::with_capacity(chunk.len() * 11);
                 for (i, e) in chunk.iter().enumerate() {
-                    let b = i * 10;
+                    let b = i * 11;
                     if i > 0 {
                         sql.push(',');
                     }
                     sql.push_str(&format!(
-                        "(?{},?{},?{},?{},?{},?{},?{},?{},?{},?{})",
-                        b + 1, b + 2, b + 3, b + 4, b + 5, b + 6, b + 7, b + 8, b + 9, b + 10
+                        "(?{},?{},?{},?{},?{},?{},?{},?{},?{},?{},?{})",
+                        b + 1, b + 2, b + 3, b + 4, b + 5, b + 6, b + 7, b + 8, b + 9, b + 10, b + 11
                     ));
                     let kind = serde_json::to_value(e.kind)
                         .ok()
@@ -393,6 +415,7 @@ impl Store {
                         outcome.into(),
                         e.to_json_line().into(),
                         now.into(),
+                        e.rule.as_ref().map(|r| r.action.clone()).into(),
                     ]);
                 }
                 sql.push_str(" ON CONFLICT (id) DO NOTHING RETURNING id");
@@ -515,6 +538,9 @@ impl Store {
         }
         if let Some(o) = &q.outcome {
             add("outcome =", o.as_str().into());
+        }
+        if let Some(a) = &q.action {
+            add("rule_action =", a.as_str().into());
         }
         if let Some(s) = q
             .since

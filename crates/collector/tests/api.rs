@@ -232,6 +232,27 @@ fn enrollment_needs_the_secret_and_tokens_write_only_as_their_own_host(backend: 
     assert_eq!(st, 200, "{v}");
     assert_eq!(v["stored"], 2);
     assert_eq!(v["acked_seq"], 2);
+    // Holding the enroll secret is not enough to take over an enrolled host.
+    let secret = store.enroll_secret().unwrap();
+    let again = json!({"secret": secret, "host_id": "h1", "hostname": "evil"}).to_string();
+    let (st, _) = post(&format!("{}/v1/enroll", s.url), None, &again);
+    assert_eq!(st, 409);
+    let next = batch(&chain(
+        "h1",
+        3,
+        &chain("h1", 1, GENESIS_HASH, 2)[1].record_hash(),
+        1,
+    ));
+    assert_eq!(
+        post(&url, Some(&t1), &next).0,
+        200,
+        "the old token still works"
+    );
+    // IT resets the host (a reinstalled laptop): it enrolls again, the old token is dead.
+    assert!(store.reset_host("h1").unwrap());
+    let (st, v) = post(&format!("{}/v1/enroll", s.url), None, &again);
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(post(&url, Some(&t1), &next).0, 401);
 }
 
 fn reviewers_read_and_cannot_write_agents_write_and_cannot_read(backend: Backend) {
@@ -363,6 +384,13 @@ fn reviewers_query_by_host_and_rule_page_by_page_in_every_format(backend: Backen
     let (_, ecs, _) = get(&format!("{url}?host=h2&format=ecs&limit=1"), Some(&r));
     let v: Value = serde_json::from_str(ecs.lines().next().unwrap()).unwrap();
     assert_eq!(v["host"]["id"], "h2");
+    let (_, blocked, _) = get(
+        &format!("{url}?host=h2&action=block&outcome=denied"),
+        Some(&r),
+    );
+    assert_eq!(blocked.lines().count(), 5);
+    let (_, none, _) = get(&format!("{url}?host=h2&action=kill"), Some(&r));
+    assert_eq!(none.lines().count(), 0);
     assert_eq!(get(&format!("{url}?format=xml"), Some(&r)).0, 400);
     assert_eq!(get(&format!("{url}?nonsense=1"), Some(&r)).0, 400);
     let (_, hosts, _) = get(&format!("{}/v1/hosts", s.url), Some(&r));
