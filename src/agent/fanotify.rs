@@ -559,6 +559,7 @@ fn decide(g: &Guard, p: &Pending) {
                 size: Some(p.key.size),
             });
             shared.emit(e);
+            judge::learn_from(shared, j);
             if let Some(i) = &info {
                 judge::tell(shared, j, i, crate::notify::NoticeKind::Blocked);
             }

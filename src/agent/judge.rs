@@ -208,6 +208,7 @@ pub fn act_on_running(
             }
         }
     };
+    learn_from(shared, j);
     let mut e: Event = shared.event(kind);
     e.outcome = Some(outcome);
     e.sensor = Some(sensor.to_string());
@@ -224,6 +225,25 @@ pub fn act_on_running(
     };
     if let Some(k) = told {
         tell(shared, j, info, k);
+    }
+}
+
+/// A path or script rule fired on a launch: learn the file's digest (off this thread), so that
+/// a renamed copy is caught by hash.
+pub fn learn_from(shared: &Shared, j: Judged<'_>) {
+    use interdict_policy::SelectorKind;
+    let (path, digest, selector) = match j.decision.selector {
+        SelectorKind::Path => (j.facts.exe_path.clone(), j.facts.exe_sha256, "path"),
+        SelectorKind::Script => (j.facts.script_path.clone(), j.facts.script_sha256, "script"),
+        _ => return,
+    };
+    if let Some(path) = path {
+        shared.learn_later(super::state::LearnRequest {
+            rule_id: j.policy.rule(j.decision).id.clone(),
+            path,
+            selector,
+            digest,
+        });
     }
 }
 

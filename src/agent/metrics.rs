@@ -92,6 +92,8 @@ counters! {
     hash_cache_rejected,
     /// Digests learned from files that path, script or package rules matched.
     hashes_learned,
+    /// Exec-time learn requests dropped because the learner's queue was full.
+    learn_drops,
     /// Events written to the spool (numbered and chained).
     spooled,
     /// Events refused because the spool was full (each also announced by an `events_dropped`

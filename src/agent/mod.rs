@@ -213,6 +213,15 @@ async fn run_async(
         }
     }
 
+    // The learner: hashes files that path and script rules matched at exec time (off the
+    // answering path) and adds their digests to the rule.
+    if let Some(rx) = shared.learn_rx.lock().expect("learn_rx poisoned").take() {
+        let s = shared.clone();
+        std::thread::Builder::new()
+            .name("learner".into())
+            .spawn(move || learner(s, rx))?;
+    }
+
     // Sensors.
     let cfg = shared.config.clone();
     let marker = if cfg.fanotify {
@@ -598,6 +607,21 @@ fn notifier(shared: Arc<Shared>, rx: std::sync::mpsc::Receiver<crate::notify::No
                     tracing::debug!("notice for uid {} not shown: {e}", n.uid);
                 }
             }
+        }
+    }
+}
+
+fn learner(shared: Arc<state::Shared>, rx: std::sync::mpsc::Receiver<state::LearnRequest>) {
+    while !shared.shutdown.is_triggered() {
+        let Ok(r) = rx.recv_timeout(Duration::from_millis(500)) else {
+            continue;
+        };
+        let digest = match r.digest {
+            Some(d) => Some(d),
+            None => shared.memo.hash_path(&r.path, false).ok(),
+        };
+        if let Some(d) = digest {
+            shared.learn(&r.rule_id, d, &r.path, r.selector);
         }
     }
 }

@@ -343,6 +343,11 @@ pub struct Shared {
     pub killer: Killer,
     /// Digests learned on this host (persisted in the state folder).
     pub learned: Mutex<crate::learned::LearnedSet>,
+    /// Files matched by a path or script rule at exec time, to hash and learn off the answering
+    /// path. Bounded (256); when full the request is dropped and counted (`learn_drops`).
+    pub learn_tx: std::sync::mpsc::SyncSender<LearnRequest>,
+    /// The receiving end, taken by the learner thread.
+    pub learn_rx: Mutex<Option<std::sync::mpsc::Receiver<LearnRequest>>>,
     /// Decisions by file identity, from the fanotify guard (the proc connector reads them).
     pub decisions: DecisionCache,
     /// Digests by file identity, shared by every sensor.
@@ -388,6 +393,14 @@ impl Shared {
         }
     }
 
+    /// Ask the learner thread to learn the digest of a file a path or script rule matched (the
+    /// digest when known, else it hashes the file). Never blocks.
+    pub fn learn_later(&self, req: LearnRequest) {
+        if self.learn_tx.try_send(req).is_err() {
+            inc(&self.metrics.c.learn_drops);
+        }
+    }
+
     /// A new event stamped with this host and the policy in force.
     pub fn event(&self, kind: EventKind) -> Event {
         let mut e = self.origin.event(kind);
@@ -417,6 +430,19 @@ impl Shared {
     }
 }
 
+/// A file to learn the digest of.
+#[derive(Debug, Clone)]
+pub struct LearnRequest {
+    /// The rule that matched.
+    pub rule_id: String,
+    /// The file (a real path, from the kernel or /proc).
+    pub path: PathBuf,
+    /// `path` or `script`.
+    pub selector: &'static str,
+    /// The digest, when the decision computed it.
+    pub digest: Option<interdict_policy::Sha256>,
+}
+
 /// Build the shared state.
 pub fn shared(
     config: AgentConfig,
@@ -431,8 +457,11 @@ pub fn shared(
         crate::learned::LearnedSet::default()
     });
     learned.apply(&mut loaded.policy);
+    let (learn_tx, learn_rx) = std::sync::mpsc::sync_channel(256);
     Ok(Arc::new(Shared {
         learned: Mutex::new(learned),
+        learn_tx,
+        learn_rx: Mutex::new(Some(learn_rx)),
         config,
         policy_path,
         active: ArcSwap::from_pointee(Active {

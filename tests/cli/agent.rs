@@ -1344,3 +1344,52 @@ fn a_banned_script_installed_after_start_up_is_guarded_at_once() {
     );
     assert!(!marker.exists());
 }
+
+#[test]
+fn issue_4_a_path_rule_firing_at_exec_learns_the_hash_and_a_renamed_copy_is_denied() {
+    let mnt = TmpMount::new();
+    let m = mnt.path();
+    let banned = m.join("opt/claude/bin/claude");
+    let digest = unique_copy("/bin/true", &banned);
+    let policy = format!(
+        "{POLICY_HEAD}{}",
+        rule(
+            "by-path",
+            "block",
+            &format!("paths = [\"{}/opt/claude/bin/*\"]", m.display())
+        )
+    );
+    let mut agent = Agent::start(&policy, &marks(m));
+    // A renamed copy is not banned yet: its path matches nothing.
+    let copy = m.join("home/dev/notes-helper");
+    write(&copy, &std::fs::read(&banned).unwrap(), 0o755);
+    assert!(exec(&copy, &[]).unwrap().success());
+    // The path rule fires: the agent learns the file's digest (off the answering path) ...
+    assert_denied(&banned);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while agent.status()["counters"]["hashes_learned"].as_u64() < Some(1) {
+        assert!(
+            Instant::now() < deadline,
+            "nothing learned: {}",
+            agent.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // ... and from then on a copy under any name is denied by hash, here and after a restart.
+    let e = {
+        assert_denied(&copy);
+        agent.wait_event("the copy denied", |e| {
+            e["kind"] == "exec_denied" && e["file"]["path"] == copy.to_string_lossy().as_ref()
+        })
+    };
+    assert_eq!(e["rule"]["id"], "by-path");
+    assert_eq!(e["rule"]["selector"], "sha256");
+    assert_eq!(e["file"]["sha256"], digest.as_str());
+    agent.restart();
+    assert_denied(&copy);
+    let r = run(interdict()
+        .args(["hashes", "list", "--format", "json", "--state-dir"])
+        .arg(agent.dir.path().join("state")));
+    r.expect_code(0);
+    assert!(r.stdout.contains(&digest), "{}", r.stdout);
+}
