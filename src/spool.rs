@@ -2,8 +2,8 @@
 //! before anything tries to deliver it.
 //!
 //! Layout (`STATE_DIR/spool/`): segment files `seg-<first seq, 20 digits>.log` of records, one per
-//! line: the first 8 hex digits of the record's SHA-256, a space, the event's JSON (with `seq`
-//! and `prev_hash`). `acked` holds the last sequence number the collector acknowledged.
+//! line: `SUM SEQ JSON`, SUM being the first 8 hex digits of the SHA-256 of `SEQ JSON`, and JSON
+//! the event (with `seq` and `prev_hash`). `acked` holds the last sequence number the collector acknowledged.
 //!
 //! - **Torn tail**: at open, the newest segment is read back; anything after the last complete,
 //!   checksummed record (a write cut by a crash or power loss) is cut off and counted.
@@ -65,18 +65,25 @@ pub fn segments(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
     Ok(out)
 }
 
-/// One record line checked: the event's JSON when the checksum holds.
-pub fn check_line(line: &str) -> Option<&str> {
-    let (sum, json) = line.split_once(' ')?;
-    let digest = sha2::Digest::finalize(<sha2::Sha256 as sha2::Digest>::new_with_prefix(json));
-    let hex: String = digest[..4].iter().map(|b| format!("{b:02x}")).collect();
-    (sum == hex).then_some(json)
+fn sum8(body: &str) -> String {
+    let digest = sha2::Digest::finalize(<sha2::Sha256 as sha2::Digest>::new_with_prefix(body));
+    digest[..4].iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn record_line(json: &str) -> String {
-    let digest = sha2::Digest::finalize(<sha2::Sha256 as sha2::Digest>::new_with_prefix(json));
-    let hex: String = digest[..4].iter().map(|b| format!("{b:02x}")).collect();
-    format!("{hex} {json}\n")
+/// One record line checked: its sequence number and the event's JSON when the checksum (over
+/// both) holds.
+pub fn check_line(line: &str) -> Option<(u64, &str)> {
+    let (sum, body) = line.split_once(' ')?;
+    if sum != sum8(body) {
+        return None;
+    }
+    let (seq, json) = body.split_once(' ')?;
+    Some((seq.parse().ok()?, json))
+}
+
+fn record_line(seq: u64, json: &str) -> String {
+    let body = format!("{seq} {json}");
+    format!("{} {body}\n", sum8(&body))
 }
 
 /// The consumers of a spool, each with its own cursor file: the collector's shipper (`acked`)
@@ -164,10 +171,9 @@ pub fn read_after(dir: &Path, after: u64, max: usize) -> io::Result<Vec<(u64, St
             if r.read_line(&mut line)? == 0 || !line.ends_with('\n') {
                 break;
             }
-            let Some(json) = check_line(line.trim_end_matches('\n')) else {
+            let Some((seq, json)) = check_line(line.trim_end_matches('\n')) else {
                 continue;
             };
-            let Some(seq) = seq_of(json) else { continue };
             if seq > after {
                 out.push((seq, json.to_string()));
                 if out.len() >= max {
@@ -177,10 +183,6 @@ pub fn read_after(dir: &Path, after: u64, max: usize) -> io::Result<Vec<(u64, St
         }
     }
     Ok(out)
-}
-
-fn seq_of(json: &str) -> Option<u64> {
-    serde_json::from_str::<Event>(json).ok()?.seq
 }
 
 impl Spool {
@@ -196,23 +198,19 @@ impl Spool {
             Some((_, path)) => {
                 let mut data = Vec::new();
                 File::open(path)?.read_to_end(&mut data)?;
+                // Keep everything up to the last complete record whose checksum holds; a bad
+                // record before it stays (the collector sees a gap), what follows it is a torn
+                // tail.
                 let mut good = 0usize;
                 let mut pos = 0usize;
                 while let Some(nl) = data[pos..].iter().position(|b| *b == b'\n') {
                     let line = &data[pos..pos + nl];
-                    let Some(json) = std::str::from_utf8(line).ok().and_then(check_line) else {
-                        break;
-                    };
-                    let e: Event = match serde_json::from_str(json) {
-                        Ok(e) => e,
-                        Err(_) => break,
-                    };
-                    if let Some(s) = e.seq {
-                        next_seq = s + 1;
-                        last_hash = e.record_hash();
+                    if let Some((seq, json)) = std::str::from_utf8(line).ok().and_then(check_line) {
+                        next_seq = seq + 1;
+                        last_hash = interdict_event::sha256_hex(json.as_bytes());
+                        good = pos + nl + 1;
                     }
                     pos += nl + 1;
-                    good = pos;
                 }
                 if good < data.len() {
                     torn_bytes = (data.len() - good) as u64;
@@ -298,7 +296,7 @@ impl Spool {
         e.seq = Some(self.next_seq);
         e.prev_hash = Some(self.last_hash.clone());
         let json = e.to_json_line();
-        let line = record_line(&json);
+        let line = record_line(self.next_seq, &json);
         if self.seg_bytes + line.len() as u64 > SEGMENT_BYTES.min(self.cap) && self.seg_bytes > 0 {
             self.rotate()?;
         }
@@ -315,7 +313,7 @@ impl Spool {
         self.seg_bytes += line.len() as u64;
         self.total += line.len() as u64;
         self.dirty = true;
-        self.last_hash = e.record_hash();
+        self.last_hash = interdict_event::sha256_hex(json.as_bytes());
         self.next_seq += 1;
         Ok(true)
     }
@@ -380,10 +378,10 @@ mod tests {
         // A crash in the middle of the sixth record.
         let (_, seg) = segments(dir.path()).unwrap().pop().unwrap();
         let mut f = OpenOptions::new().append(true).open(&seg).unwrap();
-        f.write_all(b"1234abcd {\"id\":\"torn").unwrap();
+        f.write_all(b"1234abcd 6 {\"id\":\"torn").unwrap();
         drop(f);
         let mut s = Spool::open(dir.path(), 1 << 30).unwrap();
-        assert_eq!(s.torn_bytes, b"1234abcd {\"id\":\"torn".len() as u64);
+        assert_eq!(s.torn_bytes, b"1234abcd 6 {\"id\":\"torn".len() as u64);
         assert_eq!(s.next_seq(), 6);
         let mut e = o.event(EventKind::ExecDenied);
         s.append(&mut e, &o).unwrap();
@@ -450,5 +448,35 @@ mod tests {
         // A consumer no longer configured holds nothing back.
         set_consumers(dir.path(), &["acked"]).unwrap();
         assert!(!dir.path().join("syslog.acked").exists());
+    }
+
+    #[test]
+    fn a_damaged_record_in_the_middle_is_skipped_not_a_reason_to_cut_what_follows() {
+        let dir = tempfile::tempdir().unwrap();
+        let o = origin();
+        let mut s = Spool::open(dir.path(), 1 << 30).unwrap();
+        for _ in 0..4 {
+            s.append(&mut o.event(EventKind::ExecDenied), &o).unwrap();
+        }
+        s.sync().unwrap();
+        drop(s);
+        let (_, seg) = segments(dir.path()).unwrap().pop().unwrap();
+        let text = std::fs::read_to_string(&seg).unwrap();
+        // A flipped byte in record 2.
+        let damaged = text.replacen("exec_denied", "exec_dEnied", 2).replacen(
+            "exec_dEnied",
+            "exec_denied",
+            1,
+        );
+        std::fs::write(&seg, damaged).unwrap();
+        let s = Spool::open(dir.path(), 1 << 30).unwrap();
+        assert_eq!(s.torn_bytes, 0);
+        assert_eq!(s.next_seq(), 5);
+        let seqs: Vec<u64> = read_after(dir.path(), 0, 10)
+            .unwrap()
+            .iter()
+            .map(|r| r.0)
+            .collect();
+        assert_eq!(seqs, vec![1, 3, 4]);
     }
 }

@@ -239,8 +239,13 @@ impl Event {
     /// The hash that links the next record to this one: SHA-256 (hex) of this event's JSON line,
     /// `seq` and `prev_hash` included. Anyone holding the events recomputes it.
     pub fn record_hash(&self) -> String {
-        hex(&sha2::Sha256::digest(self.to_json_line().as_bytes()))
+        sha256_hex(self.to_json_line().as_bytes())
     }
+}
+
+/// Hex SHA-256 of `bytes` (of an event's JSON line, it is that event's [`Event::record_hash`]).
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex(&sha2::Sha256::digest(bytes))
 }
 
 /// `prev_hash` of a host's first event.
