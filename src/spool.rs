@@ -19,7 +19,9 @@ use std::path::{Path, PathBuf};
 
 use interdict_event::{Event, EventKind, Origin, GENESIS_HASH};
 
-/// A segment is closed and a new one started past this size.
+/// A segment is closed and a new one started past this size, or past a quarter of the cap (so
+/// that acknowledged segments can go and free room before the cap is reached: the newest
+/// segment is never deleted).
 pub const SEGMENT_BYTES: u64 = 8 << 20;
 
 /// The spool, owned by the single writer.
@@ -297,7 +299,8 @@ impl Spool {
         e.prev_hash = Some(self.last_hash.clone());
         let json = e.to_json_line();
         let line = record_line(self.next_seq, &json);
-        if self.seg_bytes + line.len() as u64 > SEGMENT_BYTES.min(self.cap) && self.seg_bytes > 0 {
+        let seg_max = SEGMENT_BYTES.min(self.cap / 4).max(1);
+        if self.seg_bytes + line.len() as u64 > seg_max && self.seg_bytes > 0 {
             self.rotate()?;
         }
         if self.total + line.len() as u64 > self.cap {
@@ -408,10 +411,13 @@ mod tests {
         }
         assert!(stored > 5 && stored < 100, "{stored}");
         assert_eq!(s.dropped, 100 - stored);
+        assert!(
+            segments(dir.path()).unwrap().len() > 1,
+            "segments of a quarter of the cap"
+        );
         // The collector acknowledges everything: space comes back once old segments go.
         let last = s.next_seq() - 1;
         let mut s2 = s;
-        s2.rotate().unwrap();
         ack(dir.path(), last).unwrap();
         let mut e = o.event(EventKind::ExecDenied);
         assert!(s2.append(&mut e, &o).unwrap());

@@ -125,6 +125,55 @@ fn secret(db: &Path) -> String {
     Store::open(db).unwrap().enroll_secret().unwrap()
 }
 
+/// What every test here starts from: a folder, a collector database (with its enroll secret), a
+/// free port for the collector and an empty install root for the agent.
+struct Site {
+    _dir: tempfile::TempDir,
+    db: PathBuf,
+    secret: String,
+    port: u16,
+    root: PathBuf,
+}
+
+impl Site {
+    /// (database, enroll secret, collector port, install root).
+    fn parts(&self) -> (PathBuf, String, u16, PathBuf) {
+        (
+            self.db.clone(),
+            self.secret.clone(),
+            self.port,
+            self.root.clone(),
+        )
+    }
+
+    fn new() -> Site {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("collector.db");
+        let root = dir.path().join("installs");
+        std::fs::create_dir_all(&root).unwrap();
+        Site {
+            secret: secret(&db),
+            port: free_port(),
+            db,
+            root,
+            _dir: dir,
+        }
+    }
+}
+
+/// The events of `kind` the collector stored for `host` (up to 10,000).
+fn stored(store: &Store, host: &str, kind: &str) -> Vec<interdict_event::Event> {
+    store
+        .query(&interdict_collector::Query {
+            host: Some(host.to_string()),
+            kind: Some(kind.to_string()),
+            limit: Some(10_000),
+            ..Default::default()
+        })
+        .unwrap()
+        .0
+}
+
 fn host_id(agent: &Agent) -> String {
     agent.events()[0]["host_id"].as_str().unwrap().to_string()
 }
@@ -135,12 +184,8 @@ fn spool_dir(agent: &Agent) -> PathBuf {
 
 #[test]
 fn ten_thousand_events_made_while_the_collector_is_down_all_arrive_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("collector.db");
-    let secret = secret(&db);
-    let port = free_port();
-    let root = dir.path().join("installs");
-    std::fs::create_dir_all(&root).unwrap();
+    let site = Site::new();
+    let (db, secret, port, root) = site.parts();
     let agent = shipping_agent(&root, port, &secret);
     banned_files(&root, "a", 10_000);
     wait_for("10,000 detections spooled", 240, || {
@@ -159,14 +204,7 @@ fn ten_thousand_events_made_while_the_collector_is_down_all_arrive_once() {
     });
     let store = Store::open(&db).unwrap();
     let host = host_id(&agent);
-    let (events, _) = store
-        .query(&interdict_collector::Query {
-            host: Some(host.clone()),
-            kind: Some("installed_detected".into()),
-            limit: Some(10_000),
-            ..Default::default()
-        })
-        .unwrap();
+    let events = stored(&store, &host, "installed_detected");
     assert_eq!(events.len(), 10_000);
     let mut ids: Vec<&str> = events.iter().map(|e| e.id.as_str()).collect();
     ids.sort();
@@ -240,14 +278,7 @@ fn an_agent_killed_mid_batch_loses_nothing_and_the_chain_stays_intact() {
         store.findings()
     );
     // Every detection of the 3,010 files reached the collector, before or after the kill.
-    let (events, _) = store
-        .query(&interdict_collector::Query {
-            host: Some(host),
-            kind: Some("installed_detected".into()),
-            limit: Some(10_000),
-            ..Default::default()
-        })
-        .unwrap();
+    let events = stored(&store, &host, "installed_detected");
     let mut paths: Vec<String> = events
         .iter()
         .filter_map(|e| e.file.as_ref().map(|f| f.path.clone()))
@@ -268,12 +299,8 @@ fn next_seq(spool: &Path) -> u64 {
 
 #[test]
 fn a_record_deleted_from_the_spool_shows_up_as_a_gap() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("collector.db");
-    let secret = secret(&db);
-    let port = free_port();
-    let root = dir.path().join("installs");
-    std::fs::create_dir_all(&root).unwrap();
+    let site = Site::new();
+    let (db, secret, port, root) = site.parts();
     let mut agent = shipping_agent(&root, port, &secret);
     banned_files(&root, "a", 20);
     wait_for("20 detections", 60, || {
@@ -460,4 +487,62 @@ fn over_mutual_tls_only_an_agent_with_a_client_certificate_delivers() {
         .unwrap_or(false)
     });
     assert!(store.findings().unwrap().is_empty());
+}
+
+#[test]
+fn a_full_spool_refuses_counts_every_drop_and_tells_the_collector_how_many() {
+    let site = Site::new();
+    let (db, secret, port, root) = site.parts();
+    // A 1 MiB spool and a collector that is down: about 1,500 events fit.
+    let agent = reporting_agent(
+        &root,
+        &format!(
+            "[collector]\nurl = \"http://127.0.0.1:{port}\"\nenroll_secret = \"{secret}\"\nspool_cap_mib = 1\nheartbeat_s = 1"
+        ),
+    );
+    banned_files(&root, "a", 3000);
+    wait_for("3,000 detections written", 120, || {
+        counter(&agent, "installs_detected") >= 3000 && counter(&agent, "events_written") >= 3000
+    });
+    let dropped = counter(&agent, "spool_dropped");
+    assert!(dropped > 0, "the spool filled up");
+    let _c = Collector::start(&db, port);
+    let store = Store::open(&db).unwrap();
+    let host = host_id(&agent);
+    let notice = |store: &Store| {
+        store
+            .query(&interdict_collector::Query {
+                host: Some(host.clone()),
+                kind: Some("events_dropped".into()),
+                ..Default::default()
+            })
+            .unwrap()
+            .0
+    };
+    // Each notice says how many were dropped since the one before: together, every drop.
+    let said = |store: &Store| -> u64 {
+        notice(store)
+            .iter()
+            .map(|e| {
+                let m = e.message.as_deref().unwrap();
+                assert!(m.contains("event(s) dropped: the spool was full"), "{m}");
+                m.split(' ').next().unwrap().parse::<u64>().unwrap()
+            })
+            .sum()
+    };
+    wait_for("notices for every drop", 120, || {
+        said(&store) == counter(&agent, "spool_dropped")
+    });
+    let said = said(&store);
+    assert!(said >= dropped);
+    let stored = stored(&store, &host, "installed_detected");
+    assert!(stored.len() < 3000);
+    assert!(
+        stored.len() as u64 + said >= 3000,
+        "every detection stored or counted as dropped"
+    );
+    assert!(
+        store.findings().unwrap().is_empty(),
+        "drops happen before numbering: no gap"
+    );
 }
