@@ -82,7 +82,8 @@ pub enum Principal {
 pub struct Finding {
     /// The host.
     pub host_id: String,
-    /// `gap` or `break`.
+    /// `gap` (records never arrived), `break` (`prev_hash` does not match), `restart` (the
+    /// host's chain started over at 1) or `reused` (a new event under a used sequence number).
     pub kind: String,
     /// First sequence number concerned.
     pub from_seq: u64,
@@ -432,12 +433,32 @@ impl Store {
                 }
                 out.stored += 1;
                 let seq = e.seq.unwrap_or(0) as i64;
-                if seq <= last_seq {
-                    // A late record (resent after a gap was noted): stored, chain unchanged.
+                let prev = e.prev_hash.clone().unwrap_or_default();
+                let restart = seq == 1 && prev == GENESIS_HASH && last_seq > 0;
+                if seq <= last_seq && !restart {
+                    // A new event under a sequence number already used: stored, and noted.
+                    t.exec(
+                        "INSERT INTO findings (host_id, kind, from_seq, to_seq, detail, at_ms)
+                         VALUES (?1, 'reused', ?2, ?2, ?3, ?4)",
+                        &[
+                            host_id.into(),
+                            seq.into(),
+                            format!("event {} reuses sequence number {seq}", e.id).into(),
+                            now.into(),
+                        ],
+                    )?;
+                    out.findings += 1;
                     continue;
                 }
-                let prev = e.prev_hash.clone().unwrap_or_default();
-                let finding = if seq > last_seq + 1 {
+                let finding = if restart {
+                    // The host's spool started over (state wiped, reinstalled): a new chain.
+                    Some((
+                        "restart",
+                        1,
+                        last_seq,
+                        format!("the chain started over at 1 after record {last_seq}"),
+                    ))
+                } else if seq > last_seq + 1 {
                     Some((
                         "gap",
                         last_seq + 1,

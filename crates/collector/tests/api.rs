@@ -339,6 +339,24 @@ fn resent_batches_are_stored_once_and_gaps_and_breaks_become_findings(backend: B
         (f[1]["kind"].as_str(), f[1]["from_seq"].as_u64()),
         (Some("break"), Some(11))
     );
+    // The host's spool is wiped and starts over: a restart, then a normal chain again; and an
+    // event that reuses a number already taken.
+    let fresh = chain("h1", 1, GENESIS_HASH, 3);
+    let (_, v) = post(&url, Some(&t), &batch(&fresh));
+    assert_eq!(
+        (v["findings"].as_u64(), v["acked_seq"].as_u64()),
+        (Some(1), Some(3))
+    );
+    let (_, v) = post(&url, Some(&t), &batch(&chain("h1", 2, GENESIS_HASH, 1)));
+    assert_eq!(v["findings"], 1);
+    let kinds: Vec<String> = s
+        .store()
+        .findings()
+        .unwrap()
+        .into_iter()
+        .map(|f| f.kind)
+        .collect();
+    assert_eq!(kinds, ["gap", "break", "restart", "reused"]);
 }
 
 fn reviewers_query_by_host_and_rule_page_by_page_in_every_format(backend: Backend) {
