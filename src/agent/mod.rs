@@ -65,6 +65,18 @@ pub fn run(policy_path: &Path, config_path: Option<&Path>) -> anyhow::Result<u8>
     let Some(loaded) = policy_file::load_or_print(policy_path) else {
         return Ok(exit::ERROR);
     };
+    if let (Some(p), Some(_)) = (config_path, &config.enroll_secret) {
+        use std::os::unix::fs::PermissionsExt;
+        if let Ok(m) = std::fs::metadata(p) {
+            if m.permissions().mode() & 0o077 != 0 {
+                tracing::warn!(
+                    "{} holds the collector's enroll secret and is readable by others than its owner (mode {:o}); make it 0600",
+                    p.display(),
+                    m.permissions().mode() & 0o777
+                );
+            }
+        }
+    }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;

@@ -373,6 +373,28 @@ fn a_record_deleted_from_the_spool_shows_up_as_a_gap() {
         .count();
     assert_eq!(early, 19, "{}", r.stdout);
     assert!(lines.iter().all(|v| v["class_uid"] == 1001));
+    // `interdict logs tail` prints what is there, then follows.
+    let out = std::process::Command::new("timeout")
+        .args([
+            "3",
+            env!("CARGO_BIN_EXE_interdict"),
+            "logs",
+            "tail",
+            "--every-s",
+            "1",
+        ])
+        .args(["--collector", &format!("http://127.0.0.1:{port}")])
+        .args(["--host", &host, "--kind", "installed_detected"])
+        .env("INTERDICT_REVIEWER_TOKEN", &reviewer)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(124), "still following when stopped");
+    let tailed = String::from_utf8_lossy(&out.stdout).lines().count();
+    assert_eq!(
+        tailed,
+        lines.len(),
+        "every event once, none repeated by the polls"
+    );
     // A wrong token is refused with a clear error.
     let r = run(interdict()
         .args(["logs", "verify", "--collector"])
@@ -544,5 +566,13 @@ fn a_full_spool_refuses_counts_every_drop_and_tells_the_collector_how_many() {
     assert!(
         store.findings().unwrap().is_empty(),
         "drops happen before numbering: no gap"
+    );
+    // The test's configuration file is world-readable, and holds the enroll secret: said so.
+    assert!(
+        agent
+            .stderr()
+            .contains("holds the collector's enroll secret"),
+        "{}",
+        agent.stderr()
     );
 }
