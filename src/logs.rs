@@ -27,10 +27,10 @@ pub struct Filter {
     /// The rule's action (block, kill, quarantine, report).
     #[arg(long)]
     pub action: Option<String>,
-    /// From this time (RFC 3339, e.g. 2026-11-26T00:00:00.000Z).
+    /// From this time (UTC: 2026-11-26T09:30:00Z, with or without milliseconds, or a date).
     #[arg(long)]
     pub since: Option<String>,
-    /// Until this time (RFC 3339).
+    /// Until this time (exclusive; same forms as --since).
     #[arg(long)]
     pub until: Option<String>,
     /// native, ocsf or ecs.

@@ -185,10 +185,11 @@ async fn ingest(
     if let Some(e) = batch.events.iter().find(|e| {
         e.seq.is_none_or(|s| s == 0 || s > i64::MAX as u64)
             || e.prev_hash.as_ref().is_none_or(|h| h.len() != 64)
+            || interdict_event::parse_rfc3339_millis(&e.time).is_none()
     }) {
         return err(
             StatusCode::UNPROCESSABLE_ENTITY,
-            format!("event {} has no valid seq or prev_hash", e.id),
+            format!("event {} has no valid seq, prev_hash or time", e.id),
         );
     }
     if batch.events.iter().any(|e| e.host_id != host) {
@@ -226,6 +227,18 @@ async fn query(
         Ok(q) => q,
         Err(e) => return err(StatusCode::BAD_REQUEST, e.body_text()),
     };
+    for (name, t) in [("since", &q.since), ("until", &q.until)] {
+        if let Some(t) = t {
+            if interdict_event::parse_rfc3339_millis(t).is_none() {
+                return err(
+                    StatusCode::BAD_REQUEST,
+                    format!(
+                        "`{name}` is `{t}`: expected a UTC time like 2026-11-26T09:30:00Z or a date like 2026-11-26"
+                    ),
+                );
+            }
+        }
+    }
     let format = q.format.clone().unwrap_or_else(|| "native".into());
     if !matches!(format.as_str(), "native" | "ocsf" | "ecs") {
         return err(StatusCode::BAD_REQUEST, "format is native, ocsf or ecs");

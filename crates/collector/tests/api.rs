@@ -291,6 +291,9 @@ fn malformed_oversized_and_incomplete_batches_get_4xx_and_store_nothing(backend:
     let mut evs = chain("h1", 1, GENESIS_HASH, 1);
     evs[0].seq = None;
     assert_eq!(post(&url, Some(&t), &batch(&evs)).0, 422);
+    let mut evs = chain("h1", 1, GENESIS_HASH, 1);
+    evs[0].time = "yesterday".into();
+    assert_eq!(post(&url, Some(&t), &batch(&evs)).0, 422);
     // Over the body limit.
     let huge = format!("{{\"events\": [], \"pad\": \"{}\"}}", "x".repeat(9 << 20));
     let (st, _) = post(&url, Some(&t), &huge);
@@ -410,6 +413,14 @@ fn reviewers_query_by_host_and_rule_page_by_page_in_every_format(backend: Backen
     let (_, none, _) = get(&format!("{url}?host=h2&action=kill"), Some(&r));
     assert_eq!(none.lines().count(), 0);
     assert_eq!(get(&format!("{url}?format=xml"), Some(&r)).0, 400);
+    assert_eq!(get(&format!("{url}?since=last-tuesday"), Some(&r)).0, 400);
+    let (st, body, _) = get(
+        &format!("{url}?host=h2&since=2000-01-01&until=2999-01-01T00:00:00Z"),
+        Some(&r),
+    );
+    assert_eq!((st, body.lines().count()), (200, 5));
+    let (_, body, _) = get(&format!("{url}?host=h2&until=2000-01-01"), Some(&r));
+    assert_eq!(body.lines().count(), 0);
     assert_eq!(get(&format!("{url}?nonsense=1"), Some(&r)).0, 400);
     let (_, hosts, _) = get(&format!("{}/v1/hosts", s.url), Some(&r));
     let hosts: Value = serde_json::from_str(&hosts).unwrap();

@@ -274,24 +274,39 @@ pub fn rfc3339(t: SystemTime) -> String {
     )
 }
 
-/// Milliseconds since the Unix epoch of a time written by [`rfc3339`]
-/// (`YYYY-MM-DDTHH:MM:SS.mmmZ`); `None` for anything else.
+/// Milliseconds since the Unix epoch of a UTC time as [`rfc3339`] writes it
+/// (`YYYY-MM-DDTHH:MM:SS.mmmZ`), or without milliseconds (`YYYY-MM-DDTHH:MM:SSZ`), or a bare date
+/// (`YYYY-MM-DD`, midnight UTC); `None` for anything else.
 pub fn parse_rfc3339_millis(t: &str) -> Option<i64> {
     let b = t.as_bytes();
-    if b.len() != 24 || b[4] != b'-' || b[7] != b'-' || b[10] != b'T' || b[13] != b':' {
-        return None;
-    }
-    if b[16] != b':' || b[19] != b'.' || b[23] != b'Z' {
-        return None;
-    }
     let num = |r: std::ops::Range<usize>| -> Option<i64> {
         let s = t.get(r)?;
         s.bytes()
             .all(|c| c.is_ascii_digit())
             .then(|| s.parse().ok())?
     };
+    if b.len() < 10 || b[4] != b'-' || b[7] != b'-' {
+        return None;
+    }
     let (y, m, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
-    let (hh, mm, ss, ms) = (num(11..13)?, num(14..16)?, num(17..19)?, num(20..23)?);
+    let (hh, mm, ss, ms) = match b.len() {
+        10 => (0, 0, 0, 0),
+        20 | 24 => {
+            if b[10] != b'T' || b[13] != b':' || b[16] != b':' || b[b.len() - 1] != b'Z' {
+                return None;
+            }
+            let ms = if b.len() == 24 {
+                if b[19] != b'.' {
+                    return None;
+                }
+                num(20..23)?
+            } else {
+                0
+            };
+            (num(11..13)?, num(14..16)?, num(17..19)?, ms)
+        }
+        _ => return None,
+    };
     if !(1..=12).contains(&m) || !(1..=31).contains(&d) || hh > 23 || mm > 59 || ss > 60 {
         return None;
     }
