@@ -21,10 +21,22 @@ use crate::installed::{self, Found, Progress};
 /// A request to the watcher thread.
 #[derive(Debug)]
 pub enum WatchMsg {
-    /// Something changed at this path.
-    Changed(PathBuf),
+    /// Something changed at this path; `writing` when it is a file being written (created or
+    /// modified, not yet closed), `closed` when a writer closed it.
+    Changed(PathBuf, Write),
     /// Events were lost: rescan everything.
     Rescan(&'static str),
+}
+
+/// What a change says about a file's writers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Write {
+    /// Created or written to: a writer may still have it open.
+    Writing,
+    /// A writer closed it.
+    Closed,
+    /// Anything else (rename, removal, attributes).
+    Other,
 }
 
 /// The folder to re-examine for a changed path: the package it belongs to (`node_modules/<pkg>`,
@@ -103,8 +115,15 @@ pub fn start(
             ) {
                 return;
             }
+            use notify::event::{AccessKind, AccessMode, CreateKind, ModifyKind};
+            let w = match ev.kind {
+                notify::EventKind::Create(CreateKind::File)
+                | notify::EventKind::Modify(ModifyKind::Data(_)) => Write::Writing,
+                notify::EventKind::Access(AccessKind::Close(AccessMode::Write)) => Write::Closed,
+                _ => Write::Other,
+            };
             for p in ev.paths {
-                let _ = wtx.send(WatchMsg::Changed(p));
+                let _ = wtx.send(WatchMsg::Changed(p, w));
             }
         }
         Err(_) => {
@@ -143,6 +162,47 @@ pub fn start(
     Ok(tx)
 }
 
+/// Changes waiting for the debounce, and the files still being written.
+struct Pending {
+    units: HashSet<PathBuf>,
+    /// Files created or written to and not closed since.
+    writing: HashSet<PathBuf>,
+    last_change: Instant,
+}
+
+impl Pending {
+    fn note(&mut self, p: PathBuf, w: Write) {
+        match w {
+            Write::Writing => {
+                self.writing.insert(p.clone());
+            }
+            Write::Closed | Write::Other => {
+                self.writing.remove(&p);
+            }
+        }
+        // Installs write thousands of files: collect them per package folder.
+        self.units.insert(unit_of(&p));
+        self.last_change = Instant::now();
+    }
+
+    /// Take in every change already queued (a rescan is running anyway, so queued rescan
+    /// requests are served by it).
+    fn absorb(&mut self, rx: &Receiver<WatchMsg>) {
+        while let Ok(m) = rx.try_recv() {
+            if let WatchMsg::Changed(p, w) = m {
+                self.note(p, w);
+            }
+        }
+    }
+
+    fn retry(&mut self, again: Vec<PathBuf>) {
+        if !again.is_empty() {
+            self.units.extend(again);
+            self.last_change = Instant::now();
+        }
+    }
+}
+
 fn run(
     shared: Arc<Shared>,
     rx: Receiver<WatchMsg>,
@@ -154,47 +214,91 @@ fn run(
     let debounce = Duration::from_millis(shared.config.install_debounce_ms);
     let rescan_every = Duration::from_secs(shared.config.rescan_interval_s.max(1));
     let mut seen: Seen = HashMap::new();
-    let mut pending: HashSet<PathBuf> = HashSet::new();
-    let mut last_change = Instant::now();
+    let mut pending = Pending {
+        units: HashSet::new(),
+        writing: HashSet::new(),
+        last_change: Instant::now(),
+    };
+    let mut deferred: HashMap<PathBuf, u32> = HashMap::new();
     let mut next_rescan = Instant::now() + rescan_every;
+    // A full rescan: changes queued before and during the walk are taken in, so that a file
+    // still being written is left to the watcher rather than reported half-written.
+    let full = |why: &str,
+                roots: &mut Vec<PathBuf>,
+                watcher: &mut notify::RecommendedWatcher,
+                seen: &mut Seen,
+                pending: &mut Pending| {
+        if why == "watcher overflow" || why == "watch error" {
+            // Closes may have been lost with the rest.
+            pending.writing.clear();
+        }
+        pending.absorb(&rx);
+        watch_new_roots(&shared, roots, watcher);
+        let started = Instant::now();
+        let found = scan_paths(&shared, roots);
+        pending.absorb(&rx);
+        let again = rescan(
+            &shared,
+            found,
+            seen,
+            why,
+            (&pending.writing, debounce),
+            started,
+            guard,
+        );
+        pending.retry(again);
+    };
     loop {
         if shared.shutdown.is_triggered() {
             shared.set_sensor("install_watch", "stopped", "shut down");
             return;
         }
-        let wait = if pending.is_empty() {
+        let wait = if pending.units.is_empty() {
             Duration::from_millis(500).min(next_rescan.saturating_duration_since(Instant::now()))
         } else {
-            debounce.saturating_sub(last_change.elapsed())
+            debounce.saturating_sub(pending.last_change.elapsed())
         };
         match rx.recv_timeout(wait) {
-            Ok(WatchMsg::Changed(p)) => {
-                // Installs write thousands of files: collect them per package folder.
-                pending.insert(unit_of(&p));
-                last_change = Instant::now();
+            Ok(WatchMsg::Changed(p, w)) => {
+                pending.note(p, w);
                 continue;
             }
             Ok(WatchMsg::Rescan(why)) => {
-                watch_new_roots(&shared, &mut roots, &mut watcher);
-                rescan(&shared, &roots, &mut seen, why, guard);
+                full(why, &mut roots, &mut watcher, &mut seen, &mut pending);
                 next_rescan = Instant::now() + rescan_every;
                 continue;
             }
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => return,
         }
-        if !pending.is_empty() && last_change.elapsed() >= debounce {
+        if !pending.units.is_empty() && pending.last_change.elapsed() >= debounce {
             let units: Vec<PathBuf> = pending
+                .units
                 .drain()
                 .filter_map(|u| real_unit(&u, &roots))
                 .collect::<HashSet<_>>()
                 .into_iter()
                 .collect();
-            examine(&shared, &units, &mut seen, guard);
+            // (A close we never saw, lost in an overflow, leaves a path in `writing`: bounded by
+            // the deferral rounds, and the set is emptied when events were lost.)
+            let again = examine(
+                &shared,
+                &units,
+                &mut seen,
+                &mut deferred,
+                (&pending.writing, debounce),
+                guard,
+            );
+            pending.retry(again);
         }
         if Instant::now() >= next_rescan {
-            watch_new_roots(&shared, &mut roots, &mut watcher);
-            rescan(&shared, &roots, &mut seen, "periodic", guard);
+            full(
+                "periodic",
+                &mut roots,
+                &mut watcher,
+                &mut seen,
+                &mut pending,
+            );
             next_rescan = Instant::now() + rescan_every;
         }
     }
@@ -238,22 +342,76 @@ fn scan_paths(shared: &Shared, paths: &[PathBuf]) -> Vec<Found> {
     found.found
 }
 
-/// Re-examine changed package folders: report what is new, and what is gone.
+/// A file still open for writing (created or written to, no close seen yet) or written to within
+/// the debounce is still being written (npm, an installer): its digest would be that of a part.
+/// Such a file is looked at again after the next quiet period, for at most `DEFER_ROUNDS`
+/// rounds (30 s with the default debounce); one still being written after that is reported as
+/// it is, and reported again with its new digest once it changes.
+const DEFER_ROUNDS: u32 = 60;
+
+fn settling(f: &Found, (writing, settle): (&HashSet<PathBuf>, Duration)) -> bool {
+    if f.package.is_some() {
+        return false;
+    }
+    if writing.contains(&f.path) || writing.contains(&f.canonical) {
+        return true;
+    }
+    std::fs::metadata(&f.canonical)
+        .and_then(|m| m.modified())
+        .map(|t| t.elapsed().map_or(true, |age| age < settle))
+        .unwrap_or(false)
+}
+
+fn digest_of(f: &Found) -> Option<interdict_policy::Sha256> {
+    f.facts.exe_sha256.or(f.facts.script_sha256)
+}
+
+/// Re-examine changed package folders: report what is new, and what is gone. Returns the units
+/// to look at again (files still being written).
 fn examine(
     shared: &Shared,
     units: &[PathBuf],
     seen: &mut Seen,
+    deferred: &mut HashMap<PathBuf, u32>,
+    settle: (&HashSet<PathBuf>, Duration),
     guard: Option<&super::fanotify::ScriptMarker>,
-) {
+) -> Vec<PathBuf> {
     let found = scan_paths(shared, units);
     let mut now: HashSet<(String, PathBuf)> = HashSet::new();
+    let mut again: HashSet<PathBuf> = HashSet::new();
     for f in found {
         let key = key_of(shared, &f);
         now.insert(key.clone());
-        if let std::collections::hash_map::Entry::Vacant(v) = seen.entry(key) {
-            report(shared, &f, EventKind::InstalledDetected);
-            mark_script(&f, guard);
-            v.insert(f);
+        let unit = units.iter().find(|u| f.path.starts_with(u)).cloned();
+        if let Some(u) = &unit {
+            if settling(&f, settle) && deferred.get(u).copied().unwrap_or(0) < DEFER_ROUNDS {
+                again.insert(u.clone());
+                continue;
+            }
+        }
+        match seen.entry(key) {
+            std::collections::hash_map::Entry::Vacant(v) => {
+                report(shared, &f, EventKind::InstalledDetected);
+                mark_script(&f, guard);
+                v.insert(f);
+            }
+            // Reported before, and its content has changed since (a file reported while still
+            // being written, or rewritten in place): report the new evidence.
+            std::collections::hash_map::Entry::Occupied(mut o)
+                if digest_of(&f).is_some() && digest_of(&f) != digest_of(o.get()) =>
+            {
+                report(shared, &f, EventKind::InstalledDetected);
+                mark_script(&f, guard);
+                o.insert(f);
+            }
+            std::collections::hash_map::Entry::Occupied(_) => {}
+        }
+    }
+    for u in units {
+        if again.contains(u) {
+            *deferred.entry(u.clone()).or_insert(0) += 1;
+        } else {
+            deferred.remove(u);
         }
     }
     // Anything reported under these folders that is no longer found has gone.
@@ -268,25 +426,41 @@ fn examine(
             report(shared, &f, EventKind::InstalledRemoved);
         }
     }
+    again.into_iter().collect()
 }
 
 /// A full rescan of every root.
 fn rescan(
     shared: &Shared,
-    roots: &[PathBuf],
+    found: Vec<Found>,
     seen: &mut Seen,
     why: &str,
+    settle: (&HashSet<PathBuf>, Duration),
+    started: Instant,
     guard: Option<&super::fanotify::ScriptMarker>,
-) {
+) -> Vec<PathBuf> {
     tracing::debug!("install rescan ({why})");
-    let started = Instant::now();
-    let found = scan_paths(shared, roots);
     let mut now: HashMap<(String, PathBuf), Found> = HashMap::new();
+    let mut again = HashSet::new();
     for f in found {
-        now.insert(key_of(shared, &f), f);
+        let key = key_of(shared, &f);
+        if settling(&f, settle) {
+            // Still being written: looked at by the watcher once it is done. What was reported
+            // before under this key stays reported meanwhile.
+            again.insert(unit_of(&f.path));
+            if let Some(old) = seen.remove(&key) {
+                now.insert(key, old);
+            }
+            continue;
+        }
+        now.insert(key, f);
     }
     for (k, f) in &now {
-        if !seen.contains_key(k) {
+        // New, or reported before with other content (rewritten since): report.
+        let changed = seen
+            .get(k)
+            .is_some_and(|old| digest_of(f).is_some() && digest_of(f) != digest_of(old));
+        if !seen.contains_key(k) || changed {
             report(shared, f, EventKind::InstalledDetected);
             mark_script(f, guard);
         }
@@ -309,6 +483,7 @@ fn rescan(
     );
     // Counted when done: a reader of `install_rescans` sees the rescan's results.
     inc(&shared.metrics.c.install_rescans);
+    again.into_iter().collect()
 }
 
 /// A banned interpreter script found installed: deny its opens from now on.

@@ -5,7 +5,7 @@
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
@@ -340,4 +340,95 @@ fn a_banned_file_deleted_as_it_lands_is_never_left_reported_as_installed() {
         );
     }
     assert!(agent.try_status().is_some(), "the agent is still running");
+}
+
+#[test]
+fn a_banned_binary_written_slowly_is_reported_with_its_final_digest() {
+    // 8 MiB written in 8 pieces with pauses longer than the debounce, the file open throughout,
+    // as a slow download or a busy npm does.
+    let mut full = Vec::new();
+    for i in 0..8u8 {
+        full.extend(vec![i; 1 << 20]);
+    }
+    full.extend_from_slice(
+        format!("interdict-{}-{:?}", std::process::id(), Instant::now()).as_bytes(),
+    );
+    let digest = {
+        use sha2::Digest;
+        sha2::Sha256::digest(&full)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    };
+    let root = tempfile::tempdir().unwrap();
+    let r = root.path();
+    // One rule that matches by name and by digest: a look at a half-written file would report
+    // the name match with the digest of a part.
+    let policy = format!(
+        "{}{}",
+        crate::agent::POLICY_HEAD,
+        crate::agent::rule(
+            "slow",
+            "report",
+            &format!("names = [\"claude-slow\", \"claude-slow-2\"]\nsha256 = [\"{digest}\"]")
+        )
+    );
+    let agent = Agent::start(&policy, &watch_only(r));
+    let first = r.join("bin/claude-slow");
+    std::fs::create_dir_all(first.parent().unwrap()).unwrap();
+    slow_write(&first, &full);
+    agent.wait_event("the finished file", |e| {
+        is_event(e, "installed_detected", &first) && e["file"]["sha256"] == digest.as_str()
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let events = agent.events();
+    let reported: Vec<&Value> = events
+        .iter()
+        .filter(|e| is_event(e, "installed_detected", &first))
+        .collect();
+    // In a folder created the same instant, the file's creation can come before the watch on
+    // the folder: a look at it half-written is then possible, and the finished file is reported
+    // again, with its final digest, once it changes.
+    let last = reported.last().unwrap();
+    assert_eq!(last["file"]["sha256"], digest.as_str(), "{events:#?}");
+    assert_eq!(last["rule"]["selector"], "sha256");
+    assert!(reported.len() <= 2, "{events:#?}");
+    // In a folder already watched the file is seen being written (created, not closed): one
+    // event, for the finished file.
+    let second = r.join("bin/claude-slow-2");
+    slow_write(&second, &full);
+    agent.wait_event("the second file", |e| {
+        is_event(e, "installed_detected", &second)
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let events = agent.events();
+    assert_eq!(
+        count(&events, "installed_detected", &second),
+        1,
+        "{events:#?}"
+    );
+    let e = events
+        .iter()
+        .find(|e| is_event(e, "installed_detected", &second))
+        .unwrap();
+    assert_eq!(e["file"]["sha256"], digest.as_str());
+    assert_eq!(e["rule"]["selector"], "sha256");
+}
+
+/// Write `bytes` to a new executable at `path` in 1 MiB pieces, 350 ms apart (longer than the
+/// test agents' debounce), the file open throughout.
+fn slow_write(path: &Path, bytes: &[u8]) {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .create_new(true)
+        .write(true)
+        .mode(0o755)
+        .open(path)
+        .unwrap();
+    for chunk in bytes.chunks(1 << 20) {
+        f.write_all(chunk).unwrap();
+        f.flush().unwrap();
+        std::thread::sleep(Duration::from_millis(350));
+    }
 }
