@@ -7,7 +7,7 @@
 
 use serde_json::{json, Value};
 
-use crate::{Event, EventKind, Outcome};
+use crate::{prune, Event, EventKind, Outcome};
 
 /// The ECS version written in `ecs.version`.
 pub const ECS_VERSION: &str = "8.11.0";
@@ -27,19 +27,6 @@ fn types(e: &Event) -> (&'static str, Vec<&'static str>) {
         EventKind::InstalledRemoved => ("file", vec!["deletion"]),
         EventKind::InstalledQuarantined => ("file", vec!["change", "denied"]),
         _ => ("configuration", vec!["change"]),
-    }
-}
-
-fn prune(v: Value) -> Value {
-    match v {
-        Value::Object(m) => Value::Object(
-            m.into_iter()
-                .filter(|(_, v)| !v.is_null())
-                .map(|(k, v)| (k, prune(v)))
-                .filter(|(_, v)| !matches!(v, Value::Object(m) if m.is_empty()))
-                .collect(),
-        ),
-        v => v,
     }
 }
 

@@ -7,9 +7,9 @@
 //! sensors) is **Application Lifecycle** (6002). The rule and chain fields that OCSF has no place
 //! for go under `unmapped`. File hashes are `{algorithm_id: 3, algorithm: "SHA-256", value}`.
 
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 
-use crate::{Event, EventKind, Outcome};
+use crate::{prune, Event, EventKind, Outcome};
 
 /// The OCSF schema version written in `metadata.version`.
 pub const OCSF_VERSION: &str = "1.3.0";
@@ -74,21 +74,6 @@ fn class(kind: EventKind) -> (u32, &'static str, u32, &'static str, u32, &'stati
         | EventKind::Heartbeat => (APP, 99, "Other"),
     };
     (c.0, c.1, c.2, c.3, a, an)
-}
-
-/// Drop nulls, so that absent facts are absent rather than `null`.
-fn prune(v: Value) -> Value {
-    match v {
-        Value::Object(m) => Value::Object(
-            m.into_iter()
-                .filter(|(_, v)| !v.is_null())
-                .map(|(k, v)| (k, prune(v)))
-                .filter(|(_, v)| !matches!(v, Value::Object(m) if m.is_empty()))
-                .collect::<Map<_, _>>(),
-        ),
-        Value::Array(a) => Value::Array(a.into_iter().map(prune).collect()),
-        v => v,
-    }
 }
 
 /// The event as one OCSF record.
