@@ -13,8 +13,7 @@ use crate::common::*;
 /// The collector (its library, served over real HTTP) on a fixed loopback port, with its own
 /// SQLite database; stopped on drop.
 struct Collector {
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    _running: interdict_collector::Background,
 }
 
 impl Collector {
@@ -23,45 +22,14 @@ impl Collector {
     }
 
     fn start_with(db: &Path, port: u16, tls: Option<interdict_collector::TlsFiles>) -> Collector {
-        let store = Store::open(db).unwrap();
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let thread = std::thread::spawn(move || {
-            let rt = tokio::runtime::Runtime::new().unwrap();
-            rt.block_on(async move {
-                let l = tokio::net::TcpListener::bind(("127.0.0.1", port))
-                    .await
-                    .unwrap();
-                let tls = tls.map(|f| interdict_collector::tls_acceptor(&f).unwrap());
-                let app = std::sync::Arc::new(interdict_collector::App {
-                    store,
-                    silent_after_ms: 60_000,
-                });
-                interdict_collector::serve(l, app, tls, async {
-                    let _ = rx.await;
-                })
-                .await
-                .unwrap();
-            });
-        });
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "collector did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let app = interdict_collector::App {
+            store: Store::open(db).unwrap(),
+            silent_after_ms: 60_000,
+        };
+        let tls = tls.map(|f| interdict_collector::tls_acceptor(&f).unwrap());
         Collector {
-            stop: Some(tx),
-            thread: Some(thread),
-        }
-    }
-}
-
-impl Drop for Collector {
-    fn drop(&mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
+            _running: interdict_collector::Background::start(("127.0.0.1", port), app, tls)
+                .unwrap(),
         }
     }
 }

@@ -9,10 +9,9 @@
 #[path = "../tests/support/pg.rs"]
 mod pg;
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use interdict_collector::{App, Query, Store};
+use interdict_collector::{App, Background, Query, Store};
 use interdict_event::{Event, EventKind, Origin, Outcome, ProcessRef, RuleRef, GENESIS_HASH};
 
 const BATCH: usize = 500;
@@ -69,47 +68,12 @@ fn chain(host: &str, n: usize) -> Vec<Event> {
         .collect()
 }
 
-struct Running {
-    url: String,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-fn serve(store: Store) -> Running {
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let (atx, arx) = std::sync::mpsc::channel();
-    let thread = std::thread::spawn(move || {
-        let rt = tokio::runtime::Runtime::new().unwrap();
-        rt.block_on(async move {
-            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            atx.send(l.local_addr().unwrap()).unwrap();
-            let app = Arc::new(App {
-                store,
-                silent_after_ms: 60_000,
-            });
-            interdict_collector::serve(l, app, None, async {
-                let _ = rx.await;
-            })
-            .await
-            .unwrap();
-        });
-    });
-    Running {
-        url: format!("http://{}", arx.recv().unwrap()),
-        stop: Some(tx),
-        thread: Some(thread),
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
+fn serve(store: Store) -> Background {
+    let app = App {
+        store,
+        silent_after_ms: 60_000,
+    };
+    Background::start("127.0.0.1:0", app, None).unwrap()
 }
 
 fn pct(v: &mut [Duration], p: f64) -> Duration {
@@ -145,7 +109,7 @@ fn ingest(name: &str, store: Store, total: usize) -> (f64, Duration, Duration) {
     // 2 client threads, each sending the batches of 2 hosts in turn.
     for pair in bodies.chunks(HOSTS / 2) {
         let pair = pair.to_vec();
-        let url = format!("{}/v1/events", server.url);
+        let url = format!("http://{}/v1/events", server.addr());
         handles.push(std::thread::spawn(move || {
             let agent: ureq::Agent = ureq::Agent::config_builder()
                 .http_status_as_error(false)

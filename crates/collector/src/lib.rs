@@ -471,3 +471,64 @@ pub async fn serve(
     let _ = tokio::task::spawn_blocking(move || drop(keep)).await;
     served
 }
+
+/// A collector serving on a thread and runtime of its own, stopped gracefully when dropped:
+/// for embedding the collector in another program, and for tests and benchmarks.
+pub struct Background {
+    addr: std::net::SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Background {
+    /// Bind `addr` (port 0: any free port) and serve `app` there, over TLS with `tls`. The
+    /// socket listens when this returns.
+    pub fn start(
+        addr: impl std::net::ToSocketAddrs,
+        app: App,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+    ) -> std::io::Result<Background> {
+        let listener = std::net::TcpListener::bind(addr)?;
+        listener.set_nonblocking(true)?;
+        let addr = listener.local_addr()?;
+        let rt = tokio::runtime::Runtime::new()?;
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("collector".into())
+            .spawn(move || {
+                rt.block_on(async move {
+                    let l = match tokio::net::TcpListener::from_std(listener) {
+                        Ok(l) => l,
+                        Err(e) => return tracing::error!("collector listener: {e}"),
+                    };
+                    let stop = async {
+                        let _ = rx.await;
+                    };
+                    if let Err(e) = serve(l, Arc::new(app), tls, stop).await {
+                        tracing::error!("collector: {e}");
+                    }
+                })
+            })?;
+        Ok(Background {
+            addr,
+            stop: Some(tx),
+            thread: Some(thread),
+        })
+    }
+
+    /// The address it listens on.
+    pub fn addr(&self) -> std::net::SocketAddr {
+        self.addr
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}

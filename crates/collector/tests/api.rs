@@ -1,9 +1,7 @@
 //! The collector over real HTTP on loopback with a real SQLite file: enrollment, authenticated
 //! ingestion, forged hosts, roles, malformed input, idempotence, chain findings and queries.
 
-use std::sync::Arc;
-
-use interdict_collector::{App, Store};
+use interdict_collector::{App, Background, Store};
 use interdict_event::{Event, EventKind, Origin, Outcome, RuleRef, GENESIS_HASH};
 use serde_json::{json, Value};
 
@@ -20,8 +18,7 @@ enum Backend {
 struct Server {
     url: String,
     _dir: tempfile::TempDir,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    _running: Background,
     db: std::path::PathBuf,
     pg: Option<Pg>,
 }
@@ -47,30 +44,19 @@ impl Server {
         db: std::path::PathBuf,
         pg: Option<Pg>,
     ) -> Server {
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
-        let thread = std::thread::spawn(move || {
-            let rt = tokio::runtime::Runtime::new().unwrap();
-            rt.block_on(async move {
-                let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-                addr_tx.send(l.local_addr().unwrap()).unwrap();
-                let app = Arc::new(App {
-                    store,
-                    silent_after_ms: 60_000,
-                });
-                interdict_collector::serve(l, app, None, async {
-                    let _ = rx.await;
-                })
-                .await
-                .unwrap();
-            });
-        });
-        let addr = addr_rx.recv().unwrap();
+        let running = Background::start(
+            "127.0.0.1:0",
+            App {
+                store,
+                silent_after_ms: 60_000,
+            },
+            None,
+        )
+        .unwrap();
         Server {
-            url: format!("http://{addr}"),
+            url: format!("http://{}", running.addr()),
             _dir: dir,
-            stop: Some(tx),
-            thread: Some(thread),
+            _running: running,
             db,
             pg,
         }
@@ -81,17 +67,6 @@ impl Server {
         match &self.pg {
             None => Store::open(&self.db).unwrap(),
             Some(pg) => Store::open_postgres(&pg.params()).unwrap(),
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
         }
     }
 }
