@@ -57,10 +57,15 @@ fn client() -> ureq::Agent {
         .into()
 }
 
-fn get(ep: &Endpoint, path_and_query: &str) -> anyhow::Result<(String, Option<String>)> {
-    let url = format!("{}{path_and_query}", ep.collector.trim_end_matches('/'));
+fn get(
+    ep: &Endpoint,
+    path: &str,
+    query: &[(&str, &str)],
+) -> anyhow::Result<(String, Option<String>)> {
+    let url = format!("{}{path}", ep.collector.trim_end_matches('/'));
     let mut resp = client()
         .get(&url)
+        .query_pairs(query.iter().copied())
         .header("Authorization", &format!("Bearer {}", ep.token))
         .call()
         .with_context(|| format!("cannot reach the collector at {}", ep.collector))?;
@@ -77,19 +82,9 @@ fn get(ep: &Endpoint, path_and_query: &str) -> anyhow::Result<(String, Option<St
     Ok((body, next))
 }
 
-fn enc(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
-fn query_string(f: &Filter, after: Option<&str>) -> String {
-    let mut q = vec![format!("format={}", enc(&f.format))];
+/// The query parameters of `f`, and of the page after `after`.
+fn params<'a>(f: &'a Filter, after: Option<&'a str>) -> Vec<(&'static str, &'a str)> {
+    let mut q = vec![("format", f.format.as_str())];
     for (k, v) in [
         ("host", &f.host),
         ("user", &f.user),
@@ -101,13 +96,11 @@ fn query_string(f: &Filter, after: Option<&str>) -> String {
         ("until", &f.until),
     ] {
         if let Some(v) = v {
-            q.push(format!("{k}={}", enc(v)));
+            q.push((k, v.as_str()));
         }
     }
-    if let Some(a) = after {
-        q.push(format!("after={}", enc(a)));
-    }
-    format!("/v1/events?{}", q.join("&"))
+    q.extend(after.map(|a| ("after", a)));
+    q
 }
 
 /// Print every matching event as NDJSON, following pages; returns the last cursor.
@@ -118,7 +111,7 @@ pub fn query(
 ) -> anyhow::Result<Option<String>> {
     let mut out = std::io::stdout().lock();
     loop {
-        let (body, next) = get(ep, &query_string(f, after.as_deref()))?;
+        let (body, next) = get(ep, "/v1/events", &params(f, after.as_deref()))?;
         out.write_all(body.as_bytes())?;
         // The cursor of the last event printed, for `tail`.
         if let Some(last) = body.lines().last() {
@@ -153,7 +146,7 @@ pub fn tail(ep: &Endpoint, f: &Filter, every: Duration) -> anyhow::Result<()> {
 
 /// Print the chain report per host; `Ok(false)` when any host has findings or missing records.
 pub fn verify(ep: &Endpoint) -> anyhow::Result<bool> {
-    let (body, _) = get(ep, "/v1/verify")?;
+    let (body, _) = get(ep, "/v1/verify", &[])?;
     let v: serde_json::Value = serde_json::from_str(&body)?;
     let mut ok = true;
     for h in v["hosts"].as_array().into_iter().flatten() {
