@@ -185,13 +185,46 @@ pub fn ship_once(
     }
 }
 
-/// A pseudo-random fraction in [0.5, 1.0) for jitter.
-fn jitter() -> f64 {
-    let n = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default()
-        .subsec_nanos();
-    0.5 + f64::from(n % 1000) / 2000.0
+/// Retry delays for the shipper and the syslog sink: 0.5 s doubling to 30 s, each cut to a
+/// random 50-100 % (jitter, so that a fleet does not retry in step), and cut short when the
+/// agent stops.
+pub struct Backoff {
+    next: Duration,
+}
+
+impl Backoff {
+    const FIRST: Duration = Duration::from_millis(500);
+    const MOST: Duration = Duration::from_secs(30);
+
+    /// Starting at the shortest delay.
+    pub fn new() -> Backoff {
+        Backoff { next: Self::FIRST }
+    }
+
+    /// A success: the next failure waits the shortest delay again.
+    pub fn reset(&mut self) {
+        self.next = Self::FIRST;
+    }
+
+    /// A failure: wait (waking within 100 ms of `stop` saying so), then double the next delay.
+    pub fn wait(&mut self, stop: &impl Fn() -> bool) {
+        let n = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .subsec_nanos();
+        let d = self.next.mul_f64(0.5 + f64::from(n % 1000) / 2000.0);
+        let end = std::time::Instant::now() + d;
+        while std::time::Instant::now() < end && !stop() {
+            std::thread::sleep(Duration::from_millis(100).min(d));
+        }
+        self.next = (self.next * 2).min(Self::MOST);
+    }
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff::new()
+    }
 }
 
 /// The shipper loop: runs until `stop` says so. `wake` is signalled when events were spooled.
@@ -211,17 +244,10 @@ pub fn run(
             return;
         }
     };
-    let mut backoff = Duration::from_millis(500);
+    let mut backoff = Backoff::new();
     let mut token = std::fs::read_to_string(&cfg.token_file)
         .ok()
         .map(|t| t.trim().to_string());
-    let pause = |d: Duration| {
-        // Interruptible sleep: wake up for shutdown within 100 ms.
-        let end = std::time::Instant::now() + d;
-        while std::time::Instant::now() < end && !stop() {
-            std::thread::sleep(Duration::from_millis(100).min(d));
-        }
-    };
     while !stop() {
         let t = match &token {
             Some(t) => t.clone(),
@@ -234,18 +260,17 @@ pub fn run(
                 Err(e) => {
                     tracing::warn!("enrollment failed: {e}");
                     metrics.c.ship_failures.fetch_add(1, Relaxed);
-                    pause(backoff.mul_f64(jitter()));
-                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                    backoff.wait(&stop);
                     continue;
                 }
             },
         };
         match ship_once(&http, &cfg, &spool_dir, &t, &metrics) {
             Ok(0) => {
-                backoff = Duration::from_millis(500);
+                backoff.reset();
                 let _ = wake.recv_timeout(Duration::from_millis(500));
             }
-            Ok(_) | Err(ShipError::Rejected(_)) => backoff = Duration::from_millis(500),
+            Ok(_) | Err(ShipError::Rejected(_)) => backoff.reset(),
             Err(ShipError::Unauthorized) => {
                 tracing::warn!("the collector refused our token: enrolling again");
                 token = None;
@@ -254,8 +279,7 @@ pub fn run(
             Err(e) => {
                 tracing::debug!("{e}");
                 metrics.c.ship_failures.fetch_add(1, Relaxed);
-                pause(backoff.mul_f64(jitter()));
-                backoff = (backoff * 2).min(Duration::from_secs(30));
+                backoff.wait(&stop);
             }
         }
     }

@@ -162,7 +162,7 @@ pub fn run(
     stop: impl Fn() -> bool,
 ) {
     let mut conn: Option<Box<dyn Conn>> = None;
-    let mut backoff = Duration::from_millis(500);
+    let mut backoff = super::ship::Backoff::new();
     while !stop() {
         let after = crate::spool::cursor(&spool_dir, "syslog.acked");
         let recs = match crate::spool::read_after(&spool_dir, after, 500) {
@@ -183,8 +183,7 @@ pub fn run(
                 Err(e) => {
                     tracing::debug!("syslog: {e}");
                     metrics.c.syslog_failures.fetch_add(1, Relaxed);
-                    std::thread::sleep(backoff);
-                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                    backoff.wait(&stop);
                     continue;
                 }
             }
@@ -202,7 +201,7 @@ pub fn run(
         let c = conn.as_mut().expect("connected");
         match c.write_all(&frames).and_then(|_| c.flush()) {
             Ok(()) => {
-                backoff = Duration::from_millis(500);
+                backoff.reset();
                 metrics.c.syslog_sent.fetch_add(recs.len() as u64, Relaxed);
                 if let Err(e) = crate::spool::ack_as(&spool_dir, "syslog.acked", last) {
                     tracing::warn!("syslog: cursor: {e}");
@@ -212,8 +211,7 @@ pub fn run(
                 tracing::debug!("syslog: write: {e}");
                 metrics.c.syslog_failures.fetch_add(1, Relaxed);
                 conn = None;
-                std::thread::sleep(backoff);
-                backoff = (backoff * 2).min(Duration::from_secs(30));
+                backoff.wait(&stop);
             }
         }
     }
