@@ -389,22 +389,9 @@ fn examine(
                 continue;
             }
         }
-        match seen.entry(key) {
-            std::collections::hash_map::Entry::Vacant(v) => {
-                report(shared, &f, EventKind::InstalledDetected);
-                mark_script(&f, guard);
-                v.insert(f);
-            }
-            // Reported before, and its content has changed since (a file reported while still
-            // being written, or rewritten in place): report the new evidence.
-            std::collections::hash_map::Entry::Occupied(mut o)
-                if digest_of(&f).is_some() && digest_of(&f) != digest_of(o.get()) =>
-            {
-                report(shared, &f, EventKind::InstalledDetected);
-                mark_script(&f, guard);
-                o.insert(f);
-            }
-            std::collections::hash_map::Entry::Occupied(_) => {}
+        if is_news(seen, &key, &f) {
+            detected(shared, &f, guard);
+            seen.insert(key, f);
         }
     }
     for u in units {
@@ -415,17 +402,9 @@ fn examine(
         }
     }
     // Anything reported under these folders that is no longer found has gone.
-    let gone: Vec<(String, PathBuf)> = seen
-        .keys()
-        .filter(|(_, p)| units.iter().any(|u| p.starts_with(u)))
-        .filter(|k| !now.contains(*k))
-        .cloned()
-        .collect();
-    for k in gone {
-        if let Some(f) = seen.remove(&k) {
-            report(shared, &f, EventKind::InstalledRemoved);
-        }
-    }
+    report_gone(shared, seen, |k| {
+        units.iter().any(|u| k.1.starts_with(u)) && !now.contains(k)
+    });
     again.into_iter().collect()
 }
 
@@ -456,25 +435,11 @@ fn rescan(
         now.insert(key, f);
     }
     for (k, f) in &now {
-        // New, or reported before with other content (rewritten since): report.
-        let changed = seen
-            .get(k)
-            .is_some_and(|old| digest_of(f).is_some() && digest_of(f) != digest_of(old));
-        if !seen.contains_key(k) || changed {
-            report(shared, f, EventKind::InstalledDetected);
-            mark_script(f, guard);
+        if is_news(seen, k, f) {
+            detected(shared, f, guard);
         }
     }
-    let gone: Vec<_> = seen
-        .keys()
-        .filter(|k| !now.contains_key(*k))
-        .cloned()
-        .collect();
-    for k in gone {
-        if let Some(f) = seen.remove(&k) {
-            report(shared, &f, EventKind::InstalledRemoved);
-        }
-    }
+    report_gone(shared, seen, |k| !now.contains_key(k));
     *seen = now;
     save_hash_cache(shared);
     shared.metrics.last_rescan_us.store(
@@ -484,6 +449,31 @@ fn rescan(
     // Counted when done: a reader of `install_rescans` sees the rescan's results.
     inc(&shared.metrics.c.install_rescans);
     again.into_iter().collect()
+}
+
+/// New under this key, or reported before with other content (reported while still being
+/// written, or rewritten in place since): worth an `installed_detected`.
+fn is_news(seen: &Seen, key: &(String, PathBuf), f: &Found) -> bool {
+    match seen.get(key) {
+        None => true,
+        Some(old) => digest_of(f).is_some() && digest_of(f) != digest_of(old),
+    }
+}
+
+/// Report a banned install, and guard it when it is a script.
+fn detected(shared: &Shared, f: &Found, guard: Option<&super::fanotify::ScriptMarker>) {
+    report(shared, f, EventKind::InstalledDetected);
+    mark_script(f, guard);
+}
+
+/// Report as removed, and forget, what was reported under the keys that are `gone`.
+fn report_gone(shared: &Shared, seen: &mut Seen, gone: impl Fn(&(String, PathBuf)) -> bool) {
+    let gone: Vec<_> = seen.keys().filter(|k| gone(k)).cloned().collect();
+    for k in gone {
+        if let Some(f) = seen.remove(&k) {
+            report(shared, &f, EventKind::InstalledRemoved);
+        }
+    }
 }
 
 /// A banned interpreter script found installed: deny its opens from now on.
