@@ -325,6 +325,15 @@ fn assert_denied(path: &Path) {
     }
 }
 
+/// A Node.js script at `path` that, if it ever runs, writes `marker`.
+fn node_marker_script(path: &Path, marker: &Path) {
+    let js = format!(
+        "require('fs').writeFileSync('{}', 'ran')\n",
+        marker.display()
+    );
+    write(path, js.as_bytes(), 0o644);
+}
+
 fn events_of<'a>(events: &'a [Value], kind: &str, file: &Path) -> Vec<&'a Value> {
     let f = file.to_string_lossy();
     events
@@ -607,15 +616,7 @@ fn the_script_guard_stops_interpreters_before_they_read_the_script() {
     let m = mnt.path();
     let cli = m.join("prefix/lib/node_modules/@anthropic-ai/claude-code/cli.js");
     let marker = m.join("node-ran");
-    write(
-        &cli,
-        format!(
-            "require('fs').writeFileSync('{}', 'ran')\n",
-            marker.display()
-        )
-        .as_bytes(),
-        0o644,
-    );
+    node_marker_script(&cli, &marker);
     let sh_script = m.join("agents/run-agent.sh");
     let sh_marker = m.join("sh-ran");
     write(
@@ -1182,7 +1183,7 @@ fn a_banned_file_installed_on_another_filesystem_is_quarantined_and_restored_exa
     let r = run(interdict()
         .args(["quarantine", "list", "--state-dir"])
         .arg(&state));
-    assert!(r.stdout.contains("0 quarantined file(s)"), "{}", r.stdout);
+    r.expect_stdout("0 quarantined file(s)");
 }
 
 #[test]
@@ -1334,15 +1335,7 @@ fn a_banned_script_installed_after_start_up_is_guarded_at_once() {
     );
     let cli = m.join("lib/node_modules/@anthropic-ai/claude-code/cli.js");
     let marker = m.join("ran");
-    write(
-        &cli,
-        format!(
-            "require('fs').writeFileSync('{}', 'ran')\n",
-            marker.display()
-        )
-        .as_bytes(),
-        0o644,
-    );
+    node_marker_script(&cli, &marker);
     agent.wait_event("installed_detected", |e| {
         e["kind"] == "installed_detected" && e["rule"]["selector"] == "script"
     });
@@ -1402,5 +1395,5 @@ fn issue_4_a_path_rule_firing_at_exec_learns_the_hash_and_a_renamed_copy_is_deni
         .args(["hashes", "list", "--format", "json", "--state-dir"])
         .arg(agent.dir.path().join("state")));
     r.expect_code(0);
-    assert!(r.stdout.contains(&digest), "{}", r.stdout);
+    r.expect_stdout(&digest);
 }

@@ -312,7 +312,7 @@ fn a_record_deleted_from_the_spool_shows_up_as_a_gap() {
         .arg(format!("http://127.0.0.1:{port}"))
         .args(["--token", &reviewer]));
     r.expect_code(1);
-    assert!(r.stdout.contains("gap"), "{}", r.stdout);
+    r.expect_stdout("gap");
     // `interdict logs query` pages through everything that arrived, in OCSF form here.
     let r = run(interdict()
         .args(["logs", "query", "--collector"])

@@ -43,6 +43,12 @@ impl Run {
         self
     }
 
+    /// Assert that stdout holds `needle`, showing stdout when it does not.
+    pub fn expect_stdout(&self, needle: &str) -> &Run {
+        assert!(self.stdout.contains(needle), "{}", self.stdout);
+        self
+    }
+
     pub fn json(&self) -> serde_json::Value {
         serde_json::from_str(&self.stdout).unwrap_or_else(|e| {
             panic!(

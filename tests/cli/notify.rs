@@ -358,33 +358,16 @@ fn explain_says_which_rule_why_and_instead_without_root() {
         "{}",
         r.stdout
     );
-    assert!(
-        r.stdout.contains("why:      test ban explained"),
-        "{}",
-        r.stdout
-    );
-    assert!(
-        r.stdout.contains(&format!("matched:  sha256 `{digest}`")),
-        "{}",
-        r.stdout
-    );
-    assert!(
-        r.stdout.contains("instead:  use the approved tool"),
-        "{}",
-        r.stdout
-    );
-    assert!(
-        r.stdout
-            .contains("more:     https://it.example.com/sw?rule=explained&user=nobody"),
-        "{}",
-        r.stdout
-    );
+    r.expect_stdout("why:      test ban explained");
+    r.expect_stdout(&format!("matched:  sha256 `{digest}`"));
+    r.expect_stdout("instead:  use the approved tool");
+    r.expect_stdout("more:     https://it.example.com/sw?rule=explained&user=nobody");
     let r = run(interdict()
         .args(["explain", "--policy"])
         .arg(&policy)
         .arg("/bin/sh"));
     r.expect_code(0);
-    assert!(r.stdout.contains("no rule"), "{}", r.stdout);
+    r.expect_stdout("no rule");
 }
 
 /// What a pseudo-terminal showed while `program` ran (and two seconds after).

@@ -77,11 +77,7 @@ fn shipped_pack_is_valid_without_warnings() {
     let r = run(interdict().arg("policy").arg("check").arg(shipped_pack()));
     r.expect_code(0);
     assert!(r.stderr.is_empty(), "warnings: {}", r.stderr);
-    assert!(
-        r.stdout.contains("ok: policy ai-coding-agents"),
-        "{}",
-        r.stdout
-    );
+    r.expect_stdout("ok: policy ai-coding-agents");
 }
 
 #[test]
@@ -95,7 +91,7 @@ fn several_files_report_each_and_fail_if_any_fails() {
         "missing.toml",
     ]));
     r.expect_code(2);
-    assert!(r.stdout.contains("valid.toml: ok"), "{}", r.stdout);
+    r.expect_stdout("valid.toml: ok");
     assert!(
         r.stderr.contains("no-rules.toml:1:1: error[no-rules]"),
         "{}",

@@ -387,28 +387,12 @@ fn text_report_names_rule_path_and_alternative() {
         .arg("--root")
         .arg(tmp.path().join("r")));
     r.expect_code(1);
-    assert!(
-        r.stdout.contains(
-            "VIOLATION banned-tool [installed] Banned tool (high risk, action block, enforced)"
-        ),
-        "{}",
-        r.stdout
+    r.expect_stdout(
+        "VIOLATION banned-tool [installed] Banned tool (high risk, action block, enforced)",
     );
-    assert!(
-        r.stdout.contains(&format!("path:     {}", exe.display())),
-        "{}",
-        r.stdout
-    );
-    assert!(
-        r.stdout.contains("instead:  use the approved tool"),
-        "{}",
-        r.stdout
-    );
-    assert!(
-        r.stdout.contains("NOT COMPLIANT: 1 violation(s)"),
-        "{}",
-        r.stdout
-    );
+    r.expect_stdout(&format!("path:     {}", exe.display()));
+    r.expect_stdout("instead:  use the approved tool");
+    r.expect_stdout("NOT COMPLIANT: 1 violation(s)");
 }
 
 #[test]
