@@ -381,9 +381,11 @@ impl Store {
                 .and_then(Val::text)
                 .unwrap_or_else(|| GENESIS_HASH.into());
             let mut out = Ingested::default();
+            // Each event's line, serialized once: stored, and hashed for the chain.
+            let lines: Vec<String> = events.iter().map(Event::to_json_line).collect();
             // Insert everything; the ids that come back are the new ones.
             let mut inserted = std::collections::HashSet::new();
-            for chunk in events.chunks(INSERT_CHUNK) {
+            for (chunk, chunk_lines) in events.chunks(INSERT_CHUNK).zip(lines.chunks(INSERT_CHUNK)) {
                 let mut sql = String::from(
                     "INSERT INTO events (id, host_id, seq, time_ms, kind, rule_id, user_name, outcome, json, received_ms, rule_action) VALUES ",
                 );
@@ -414,7 +416,7 @@ impl Store {
                         e.rule.as_ref().map(|r| r.id.clone()).into(),
                         e.process.as_ref().and_then(|p| p.user.clone()).into(),
                         outcome.into(),
-                        e.to_json_line().into(),
+                        chunk_lines[i].clone().into(),
                         now.into(),
                         e.rule.as_ref().map(|r| r.action.clone()).into(),
                     ]);
@@ -426,7 +428,7 @@ impl Store {
                     }
                 }
             }
-            for e in &events {
+            for (e, line) in events.iter().zip(&lines) {
                 if !inserted.contains(&e.id) {
                     out.duplicates += 1;
                     continue;
@@ -493,7 +495,7 @@ impl Store {
                     out.findings += 1;
                 }
                 last_seq = seq;
-                last_hash = e.record_hash();
+                last_hash = interdict_event::sha256_hex(line.as_bytes());
                 if e.kind == interdict_event::EventKind::Heartbeat {
                     let hb: serde_json::Value = e
                         .message
