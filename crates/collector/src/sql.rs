@@ -104,6 +104,11 @@ fn sqlite_args(args: &[Val]) -> Vec<rusqlite::types::Value> {
         .collect()
 }
 
+fn sqlite_exec(c: &rusqlite::Connection, sql: &str, args: &[Val]) -> Result<u64, DbError> {
+    let mut st = c.prepare_cached(sql)?;
+    Ok(st.execute(rusqlite::params_from_iter(sqlite_args(args)))? as u64)
+}
+
 fn sqlite_rows(
     c: &rusqlite::Connection,
     sql: &str,
@@ -160,35 +165,20 @@ macro_rules! pg_exec {
                 let p = pg_params(args);
                 let refs: Vec<&(dyn postgres::types::ToSql + Sync)> =
                     p.iter().map(|b| b.as_ref()).collect();
-                let st = self.prepare_cached_stmt(&pg_sql(sql))?;
-                Ok(self.execute(&st, &refs)?)
+                Ok(self.execute(pg_sql(sql).as_str(), &refs)?)
             }
             fn rows(&mut self, sql: &str, args: &[Val]) -> Result<Vec<Vec<Val>>, DbError> {
                 let p = pg_params(args);
                 let refs: Vec<&(dyn postgres::types::ToSql + Sync)> =
                     p.iter().map(|b| b.as_ref()).collect();
-                let st = self.prepare_cached_stmt(&pg_sql(sql))?;
-                Ok(self.query(&st, &refs)?.iter().map(pg_row).collect())
+                Ok(self
+                    .query(pg_sql(sql).as_str(), &refs)?
+                    .iter()
+                    .map(pg_row)
+                    .collect())
             }
         }
     };
-}
-
-/// Statement preparation (PostgreSQL prepares on every call otherwise: a round trip).
-trait Prepare {
-    fn prepare_cached_stmt(&mut self, sql: &str) -> Result<postgres::Statement, postgres::Error>;
-}
-
-impl Prepare for postgres::Client {
-    fn prepare_cached_stmt(&mut self, sql: &str) -> Result<postgres::Statement, postgres::Error> {
-        self.prepare(sql)
-    }
-}
-
-impl Prepare for postgres::Transaction<'_> {
-    fn prepare_cached_stmt(&mut self, sql: &str) -> Result<postgres::Statement, postgres::Error> {
-        self.prepare(sql)
-    }
 }
 
 pg_exec!(postgres::Client);
@@ -196,8 +186,7 @@ pg_exec!(postgres::Transaction<'_>);
 
 impl Exec for rusqlite::Connection {
     fn exec(&mut self, sql: &str, args: &[Val]) -> Result<u64, DbError> {
-        let mut st = self.prepare_cached(sql)?;
-        Ok(st.execute(rusqlite::params_from_iter(sqlite_args(args)))? as u64)
+        sqlite_exec(self, sql, args)
     }
     fn rows(&mut self, sql: &str, args: &[Val]) -> Result<Vec<Vec<Val>>, DbError> {
         sqlite_rows(self, sql, args)
@@ -206,8 +195,7 @@ impl Exec for rusqlite::Connection {
 
 impl Exec for rusqlite::Transaction<'_> {
     fn exec(&mut self, sql: &str, args: &[Val]) -> Result<u64, DbError> {
-        let mut st = self.prepare_cached(sql)?;
-        Ok(st.execute(rusqlite::params_from_iter(sqlite_args(args)))? as u64)
+        sqlite_exec(self, sql, args)
     }
     fn rows(&mut self, sql: &str, args: &[Val]) -> Result<Vec<Vec<Val>>, DbError> {
         sqlite_rows(self, sql, args)
