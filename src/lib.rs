@@ -9,20 +9,9 @@
 
 pub mod agent;
 pub mod cli;
-pub mod explain;
 pub mod fsutil;
-pub mod hash;
-pub mod hash_cache;
-pub mod host;
-pub mod installed;
-pub mod learned;
-pub mod logs;
-pub mod notify;
-pub mod policy_file;
-pub mod procs;
-pub mod quarantine;
-pub mod scan;
-pub mod spool;
+pub mod inventory;
+pub mod policy;
 
 /// A short reason for an I/O error, for people: "no such file", "permission denied",
 /// "symlink loop", else the system's message without its "(os error N)" suffix.

@@ -14,8 +14,8 @@ use interdict_event::PolicyRef;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 
-use super::metrics::{CounterSnapshot, LatencySnapshot};
-use super::state::{SensorState, Shared};
+use crate::agent::metrics::{CounterSnapshot, LatencySnapshot};
+use crate::agent::shared::{SensorState, Shared};
 
 /// What `interdict status` shows.
 #[derive(Debug, Clone, Serialize, Deserialize)]

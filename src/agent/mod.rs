@@ -12,15 +12,12 @@
 
 pub mod config;
 pub mod control;
-pub mod fanotify;
-pub mod install_watch;
-pub mod judge;
+pub mod enforce;
 pub mod metrics;
-pub mod proc_connector;
-pub mod ship;
-pub mod state;
-pub mod sweep;
-pub mod syslog;
+pub mod sensors;
+pub mod shared;
+pub mod sinks;
+pub mod verdict;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -30,9 +27,13 @@ use std::time::{Duration, Instant};
 use interdict_event::{Event, EventKind, Origin};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::policy_file;
+use crate::policy as policy_file;
 use control::ReloadReply;
-use state::Shared;
+use sensors::{fanotify, install_watch, proc_connector, sweep};
+use shared as state;
+use shared::Shared;
+use sinks::{ship, syslog};
+use verdict as judge;
 
 /// Exit codes of `interdict agent`.
 pub mod exit {
@@ -47,7 +48,7 @@ fn host_id() -> String {
         .map(|s| s.trim().to_string())
         .ok()
         .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| format!("hostname:{}", crate::host::hostname()))
+        .unwrap_or_else(|| format!("hostname:{}", crate::inventory::host::hostname()))
 }
 
 /// Run the agent until SIGTERM or SIGINT.
@@ -91,7 +92,7 @@ async fn run_async(
     let started = Instant::now();
     let origin = Origin {
         host_id: host_id(),
-        hostname: crate::host::hostname(),
+        hostname: crate::inventory::host::hostname(),
     };
     let (sink, events_rx) = state::EventSink::new(config.event_queue);
     let (notices, notices_rx) = state::NoticeSink::new(config.notify, config.notify_queue);
@@ -131,9 +132,9 @@ async fn run_async(
         None
     } else {
         let cap = shared.config.spool_cap_mib << 20;
-        let s = crate::spool::Spool::open(&spool_dir, cap)
+        let s = crate::agent::sinks::spool::Spool::open(&spool_dir, cap)
             .map_err(|e| anyhow::anyhow!("cannot open the spool {}: {e}", spool_dir.display()))?;
-        crate::spool::set_consumers(&spool_dir, &consumers)?;
+        crate::agent::sinks::spool::set_consumers(&spool_dir, &consumers)?;
         Some(s)
     };
     if let Some(s) = &spool {
@@ -523,11 +524,11 @@ fn mark_scripts(shared: &Shared, marker: &fanotify::ScriptMarker) -> usize {
         return 0;
     }
     let roots = if shared.config.script_roots.is_empty() {
-        crate::installed::default_roots(&shared.accounts)
+        crate::inventory::installed::default_roots(&shared.accounts)
     } else {
         shared.config.script_roots.clone()
     };
-    let (roots, _) = crate::installed::normalize_roots(&roots, false);
+    let (roots, _) = crate::inventory::installed::normalize_roots(&roots, false);
     let mut n = 0;
     for root in roots {
         for entry in walkdir::WalkDir::new(root)
@@ -582,8 +583,11 @@ fn on_off(b: bool) -> &'static str {
 
 /// Deliver notices to employees: rate-limited per user and rule, terminal first (instant), then
 /// the desktop. Failures are counted, never retried, never fatal.
-fn notifier(shared: Arc<Shared>, rx: std::sync::mpsc::Receiver<crate::notify::Notice>) {
-    use crate::notify::{DesktopBackend, LinuxDesktop, RateLimiter};
+fn notifier(
+    shared: Arc<Shared>,
+    rx: std::sync::mpsc::Receiver<crate::agent::enforce::notices::Notice>,
+) {
+    use crate::agent::enforce::notices::{DesktopBackend, LinuxDesktop, RateLimiter};
     let m = &shared.metrics.c;
     let mut limiter = RateLimiter::new(Duration::from_secs(shared.config.notify_interval_s));
     let desktop = LinuxDesktop {
@@ -606,7 +610,7 @@ fn notifier(shared: Arc<Shared>, rx: std::sync::mpsc::Receiver<crate::notify::No
             continue;
         }
         if shared.config.notify_terminal && n.tty_nr.is_some() {
-            match crate::notify::write_terminal(&n) {
+            match crate::agent::enforce::notices::write_terminal(&n) {
                 Ok(()) => metrics::inc(&m.notices_terminal),
                 Err(_) => metrics::inc(&m.notices_failed),
             }
@@ -668,7 +672,7 @@ fn heartbeat(shared: Arc<state::Shared>, started: Instant) {
 
 /// The spool, the origin stamped on its own notices, and the shipper's wake-up line.
 type SpoolParts = (
-    crate::spool::Spool,
+    crate::agent::sinks::spool::Spool,
     Origin,
     Vec<std::sync::mpsc::SyncSender<()>>,
 );

@@ -258,7 +258,7 @@ fn an_agent_killed_mid_batch_loses_nothing_and_the_chain_stays_intact() {
 
 /// The next sequence number the spool will hand out (its last record + 1).
 fn next_seq(spool: &Path) -> u64 {
-    interdict::spool::read_after(spool, 0, usize::MAX)
+    interdict::agent::sinks::spool::read_after(spool, 0, usize::MAX)
         .unwrap()
         .last()
         .map_or(1, |(s, _)| s + 1)
@@ -277,7 +277,10 @@ fn a_record_deleted_from_the_spool_shows_up_as_a_gap() {
     agent.stop();
     // Someone with root on the laptop removes one violation from the spool.
     let spool = spool_dir(&agent);
-    let (_, seg) = interdict::spool::segments(&spool).unwrap().pop().unwrap();
+    let (_, seg) = interdict::agent::sinks::spool::segments(&spool)
+        .unwrap()
+        .pop()
+        .unwrap();
     let text = std::fs::read_to_string(&seg).unwrap();
     let victim = text
         .lines()

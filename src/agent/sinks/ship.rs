@@ -11,7 +11,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::metrics::Metrics;
+use crate::agent::metrics::Metrics;
 
 /// Where and how to ship.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -143,8 +143,8 @@ pub fn ship_once(
     token: &str,
     metrics: &Metrics,
 ) -> Result<usize, ShipError> {
-    let acked = crate::spool::acked(spool_dir);
-    let recs = crate::spool::read_after(spool_dir, acked, cfg.batch)
+    let acked = crate::agent::sinks::spool::acked(spool_dir);
+    let recs = crate::agent::sinks::spool::read_after(spool_dir, acked, cfg.batch)
         .map_err(|e| ShipError::Retry(format!("spool: {e}")))?;
     let Some(&(last, _)) = recs.last() else {
         return Ok(0);
@@ -164,7 +164,7 @@ pub fn ship_once(
                 .ok()
                 .and_then(|v| v["acked_seq"].as_u64())
                 .ok_or_else(|| ShipError::Retry("answer without acked_seq".into()))?;
-            crate::spool::ack(spool_dir, acked_seq.min(last))
+            crate::agent::sinks::spool::ack(spool_dir, acked_seq.min(last))
                 .map_err(|e| ShipError::Retry(format!("spool: {e}")))?;
             metrics.c.shipped.fetch_add(recs.len() as u64, Relaxed);
             Ok(recs.len())
@@ -178,7 +178,7 @@ pub fn ship_once(
                 .c
                 .ship_rejected
                 .fetch_add(recs.len() as u64, Relaxed);
-            let _ = crate::spool::ack(spool_dir, last);
+            let _ = crate::agent::sinks::spool::ack(spool_dir, last);
             Err(ShipError::Rejected(why))
         }
         Err(e) => Err(e),

@@ -260,7 +260,7 @@ impl DesktopBackend for LinuxDesktop {
             Ok(m) if m.file_type().is_socket() && m.uid() == notice.uid => {}
             _ => return Err(NotifyError::NoSessionBus(notice.uid)),
         }
-        let gid = crate::host::Accounts::load()
+        let gid = crate::inventory::host::Accounts::load()
             .by_uid(notice.uid)
             .map(|a| a.gid)
             .unwrap_or(notice.uid);

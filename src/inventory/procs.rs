@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 use interdict_policy::{Facts, Sha256};
 use sysinfo::{ProcessRefreshKind, ProcessesToUpdate, System, UpdateKind};
 
-use crate::hash::HashMemo;
-use crate::host::Accounts;
+use crate::inventory::hash::HashMemo;
+use crate::inventory::host::Accounts;
 
 /// One running process.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -382,7 +382,7 @@ pub fn exe_digest(pid: u32, memo: &HashMemo) -> std::io::Result<Sha256> {
     let exe = format!("/proc/{pid}/exe");
     if let Some(d) = std::fs::metadata(&exe)
         .ok()
-        .and_then(|m| memo.get(&crate::hash::FileKey::of(&m)))
+        .and_then(|m| memo.get(&crate::inventory::hash::FileKey::of(&m)))
     {
         return Ok(d);
     }

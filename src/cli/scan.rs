@@ -9,11 +9,11 @@ use std::time::Duration;
 use interdict_policy::{Action, Date, Decision, Enforcement, Facts, Policy, Risk, SelectorKind};
 use serde::Serialize;
 
-use crate::hash::HashMemo;
-use crate::host::{self, Accounts};
-use crate::installed::{self, Progress, Skipped};
-use crate::policy_file::LoadedPolicy;
-use crate::procs;
+use crate::inventory::hash::HashMemo;
+use crate::inventory::host::{self, Accounts};
+use crate::inventory::installed::{self, Progress, Skipped};
+use crate::inventory::procs;
+use crate::policy::LoadedPolicy;
 
 /// What the scan looks at.
 #[derive(Debug, Clone, Default)]

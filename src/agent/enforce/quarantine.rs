@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::hash::{open_regular, sha256_reader};
+use crate::inventory::hash::{open_regular, sha256_reader};
 
 /// One quarantined file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

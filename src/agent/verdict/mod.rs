@@ -6,9 +6,9 @@ use interdict_event::{
 };
 use interdict_policy::{Action, Decision, Enforcement, Facts, Policy};
 
-use super::metrics::inc;
-use super::state::{KillResult, Shared};
-use crate::procs::ProcessInfo;
+use crate::agent::metrics::inc;
+use crate::agent::shared::{KillResult, Shared};
+use crate::inventory::procs::ProcessInfo;
 
 /// What to do about a match.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,7 +68,7 @@ pub fn process_ref(shared: &Shared, info: &ProcessInfo) -> ProcessRef {
         cwd: info
             .cwd
             .clone()
-            .or_else(|| crate::procs::cwd_of(info.pid))
+            .or_else(|| crate::inventory::procs::cwd_of(info.pid))
             .map(|c| crate::path_text(&c)),
         uid: info.uid,
         user: info.uid.map(|u| shared.accounts.user_name(u)),
@@ -102,8 +102,8 @@ pub fn notice(
     shared: &Shared,
     j: Judged<'_>,
     info: &ProcessInfo,
-    kind: crate::notify::NoticeKind,
-) -> Option<crate::notify::Notice> {
+    kind: crate::agent::enforce::notices::NoticeKind,
+) -> Option<crate::agent::enforce::notices::Notice> {
     let rule = j.policy.rule(j.decision);
     if !rule.notify {
         return None;
@@ -126,7 +126,7 @@ pub fn notice(
             true,
         )
     });
-    Some(crate::notify::Notice {
+    Some(crate::agent::enforce::notices::Notice {
         kind,
         uid,
         rule_id: rule.id.clone(),
@@ -142,7 +142,12 @@ pub fn notice(
 }
 
 /// Queue the notice for a decision, if the rule wants one.
-pub fn tell(shared: &Shared, j: Judged<'_>, info: &ProcessInfo, kind: crate::notify::NoticeKind) {
+pub fn tell(
+    shared: &Shared,
+    j: Judged<'_>,
+    info: &ProcessInfo,
+    kind: crate::agent::enforce::notices::NoticeKind,
+) {
     if let Some(n) = notice(shared, j, info, kind) {
         shared.notices.send(n, &shared.metrics);
     }
@@ -170,7 +175,7 @@ pub fn act_on_running(
     plan: Plan,
     note: Option<String>,
 ) {
-    use crate::notify::NoticeKind;
+    use crate::agent::enforce::notices::NoticeKind;
     let m = &shared.metrics.c;
     let (kind, outcome) = match plan {
         Plan::Allow => return,
@@ -238,7 +243,7 @@ pub fn learn_from(shared: &Shared, j: Judged<'_>) {
         _ => return,
     };
     if let Some(path) = path {
-        shared.learn_later(super::state::LearnRequest {
+        shared.learn_later(crate::agent::shared::LearnRequest {
             rule_id: j.policy.rule(j.decision).id.clone(),
             path,
             selector,

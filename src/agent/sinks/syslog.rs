@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use interdict_event::{Event, EventKind, Outcome};
 
-use super::metrics::Metrics;
+use crate::agent::metrics::Metrics;
 
 /// Where to send.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -164,8 +164,8 @@ pub fn run(
     let mut conn: Option<Box<dyn Conn>> = None;
     let mut backoff = super::ship::Backoff::new();
     while !stop() {
-        let after = crate::spool::cursor(&spool_dir, "syslog.acked");
-        let recs = match crate::spool::read_after(&spool_dir, after, 500) {
+        let after = crate::agent::sinks::spool::cursor(&spool_dir, "syslog.acked");
+        let recs = match crate::agent::sinks::spool::read_after(&spool_dir, after, 500) {
             Ok(r) => r,
             Err(e) => {
                 tracing::warn!("syslog: spool: {e}");
@@ -203,7 +203,8 @@ pub fn run(
             Ok(()) => {
                 backoff.reset();
                 metrics.c.syslog_sent.fetch_add(recs.len() as u64, Relaxed);
-                if let Err(e) = crate::spool::ack_as(&spool_dir, "syslog.acked", last) {
+                if let Err(e) = crate::agent::sinks::spool::ack_as(&spool_dir, "syslog.acked", last)
+                {
                     tracing::warn!("syslog: cursor: {e}");
                 }
             }

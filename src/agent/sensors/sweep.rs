@@ -5,21 +5,21 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::judge;
-use super::metrics::inc;
-use super::state::Shared;
-use crate::procs;
+use crate::agent::metrics::inc;
+use crate::agent::shared::Shared;
+use crate::agent::verdict as judge;
+use crate::inventory::procs;
 
 /// True when a fresh exec needs no further look: the fanotify guard already found nothing
 /// against its executable (path, digest, file name) under the current policy, it is no
 /// interpreter, and its command name (the name it was started by) matches nothing either.
 /// Costs a `stat` and one small read instead of a full `/proc` read.
-fn known_clean(shared: &Shared, active: &super::state::Active, pid: u32) -> bool {
+fn known_clean(shared: &Shared, active: &crate::agent::shared::Active, pid: u32) -> bool {
     let Ok(m) = std::fs::metadata(format!("/proc/{pid}/exe")) else {
         return false;
     };
-    let key = (crate::hash::FileKey::of(&m), false);
-    if shared.decisions.get(&key, active.generation) != Some(super::state::Cached::Allow) {
+    let key = (crate::inventory::hash::FileKey::of(&m), false);
+    if shared.decisions.get(&key, active.generation) != Some(crate::agent::shared::Cached::Allow) {
         return false;
     }
     let Ok(mut comm) = std::fs::read_to_string(format!("/proc/{pid}/comm")) else {

@@ -13,10 +13,10 @@ use std::time::{Duration, Instant};
 use interdict_event::{EventKind, FileRef, Outcome, ProcessRef};
 use notify::Watcher;
 
-use super::judge;
-use super::metrics::inc;
-use super::state::Shared;
-use crate::installed::{self, Found, Progress};
+use crate::agent::metrics::inc;
+use crate::agent::shared::Shared;
+use crate::agent::verdict as judge;
+use crate::inventory::installed::{self, Found, Progress};
 
 /// A request to the watcher thread.
 #[derive(Debug)]
@@ -77,7 +77,7 @@ fn real_unit(unit: &Path, roots: &[PathBuf]) -> Option<PathBuf> {
 /// The install roots that exist now (new homes appear, new prefixes get created).
 fn roots_now(shared: &Shared) -> Vec<PathBuf> {
     let roots = if shared.config.install_roots.is_empty() {
-        installed::default_roots(&crate::host::Accounts::load())
+        installed::default_roots(&crate::inventory::host::Accounts::load())
     } else {
         shared.config.install_roots.clone()
     };
@@ -91,7 +91,7 @@ type Seen = HashMap<(String, PathBuf), Found>;
 /// With `guard`, every banned script file found is marked for the script guard at once.
 pub fn start(
     shared: Arc<Shared>,
-    guard: Option<super::fanotify::ScriptMarker>,
+    guard: Option<crate::agent::sensors::fanotify::ScriptMarker>,
 ) -> Result<std::sync::mpsc::Sender<WatchMsg>, String> {
     let roots = roots_now(&shared);
     let (tx, rx) = channel::<WatchMsg>();
@@ -208,7 +208,7 @@ fn run(
     rx: Receiver<WatchMsg>,
     mut roots: Vec<PathBuf>,
     mut watcher: notify::RecommendedWatcher,
-    guard: Option<super::fanotify::ScriptMarker>,
+    guard: Option<crate::agent::sensors::fanotify::ScriptMarker>,
 ) {
     let guard = guard.as_ref();
     let debounce = Duration::from_millis(shared.config.install_debounce_ms);
@@ -374,7 +374,7 @@ fn examine(
     seen: &mut Seen,
     deferred: &mut HashMap<PathBuf, u32>,
     settle: (&HashSet<PathBuf>, Duration),
-    guard: Option<&super::fanotify::ScriptMarker>,
+    guard: Option<&crate::agent::sensors::fanotify::ScriptMarker>,
 ) -> Vec<PathBuf> {
     let found = scan_paths(shared, units);
     let mut now: HashSet<(String, PathBuf)> = HashSet::new();
@@ -416,7 +416,7 @@ fn rescan(
     why: &str,
     settle: (&HashSet<PathBuf>, Duration),
     started: Instant,
-    guard: Option<&super::fanotify::ScriptMarker>,
+    guard: Option<&crate::agent::sensors::fanotify::ScriptMarker>,
 ) -> Vec<PathBuf> {
     tracing::debug!("install rescan ({why})");
     let mut now: HashMap<(String, PathBuf), Found> = HashMap::new();
@@ -461,7 +461,11 @@ fn is_news(seen: &Seen, key: &(String, PathBuf), f: &Found) -> bool {
 }
 
 /// Report a banned install, and guard it when it is a script.
-fn detected(shared: &Shared, f: &Found, guard: Option<&super::fanotify::ScriptMarker>) {
+fn detected(
+    shared: &Shared,
+    f: &Found,
+    guard: Option<&crate::agent::sensors::fanotify::ScriptMarker>,
+) {
     report(shared, f, EventKind::InstalledDetected);
     mark_script(f, guard);
 }
@@ -477,7 +481,7 @@ fn report_gone(shared: &Shared, seen: &mut Seen, gone: impl Fn(&(String, PathBuf
 }
 
 /// A banned interpreter script found installed: deny its opens from now on.
-fn mark_script(f: &Found, guard: Option<&super::fanotify::ScriptMarker>) {
+fn mark_script(f: &Found, guard: Option<&crate::agent::sensors::fanotify::ScriptMarker>) {
     if let (Some(g), Some(script)) = (guard, &f.facts.script_path) {
         if f.decision.action != interdict_policy::Action::Allow && f.package.is_none() {
             let _ = g.mark(script);
@@ -492,16 +496,18 @@ pub fn hash_cache_path(shared: &Shared) -> PathBuf {
 
 /// Write the digests known so far to the persistent cache.
 pub fn save_hash_cache(shared: &Shared) {
-    if let Err(e) = crate::hash_cache::save(&hash_cache_path(shared), &shared.memo.entries()) {
+    if let Err(e) =
+        crate::inventory::hash_cache::save(&hash_cache_path(shared), &shared.memo.entries())
+    {
         tracing::warn!("hash cache not saved: {e}");
     }
 }
 
 /// Load the persistent cache into the shared memo; a damaged one is counted and ignored.
 pub fn load_hash_cache(shared: &Shared) {
-    match crate::hash_cache::load(&hash_cache_path(shared)) {
+    match crate::inventory::hash_cache::load(&hash_cache_path(shared)) {
         Ok(entries) => shared.memo.preload(entries),
-        Err(crate::hash_cache::CacheError::Missing) => {}
+        Err(crate::inventory::hash_cache::CacheError::Missing) => {}
         Err(e) => {
             inc(&shared.metrics.c.hash_cache_rejected);
             tracing::warn!("{e}; it will be rebuilt");
@@ -601,7 +607,7 @@ fn report(shared: &Shared, f: &Found, kind: EventKind) {
             q.message = Some(format!("quarantine entry {}", entry.id));
             shared.emit(q);
             inc(&shared.metrics.c.installs_quarantined);
-            crate::notify::NoticeKind::Quarantined
+            crate::agent::enforce::notices::NoticeKind::Quarantined
         }
         Some(Err(e)) => {
             let mut q = shared.event(EventKind::InstalledQuarantined);
@@ -610,12 +616,12 @@ fn report(shared: &Shared, f: &Found, kind: EventKind) {
             q.rule = Some(judge::rule_ref(policy, &f.decision, &f.facts));
             q.message = Some(e.to_string());
             shared.emit(q);
-            crate::notify::NoticeKind::Installed
+            crate::agent::enforce::notices::NoticeKind::Installed
         }
-        None => crate::notify::NoticeKind::Installed,
+        None => crate::agent::enforce::notices::NoticeKind::Installed,
     };
     if let Some(uid) = owner {
-        let info = crate::procs::ProcessInfo {
+        let info = crate::inventory::procs::ProcessInfo {
             pid: 0,
             ppid: None,
             comm: Default::default(),
@@ -636,7 +642,12 @@ fn report(shared: &Shared, f: &Found, kind: EventKind) {
 fn quarantine_if_asked(
     shared: &Shared,
     f: &Found,
-) -> Option<Result<crate::quarantine::Entry, crate::quarantine::QuarantineError>> {
+) -> Option<
+    Result<
+        crate::agent::enforce::quarantine::Entry,
+        crate::agent::enforce::quarantine::QuarantineError,
+    >,
+> {
     let active = shared.active.load_full();
     let policy = &active.loaded.policy;
     let rule = policy.rule(&f.decision);
@@ -651,10 +662,11 @@ fn quarantine_if_asked(
         return None;
     }
     let roots = roots_now(shared);
-    let system = (!rule.allow_system_files)
-        .then(|| crate::quarantine::SystemFiles::load(Path::new("/var/lib/dpkg/info")));
+    let system = (!rule.allow_system_files).then(|| {
+        crate::agent::enforce::quarantine::SystemFiles::load(Path::new("/var/lib/dpkg/info"))
+    });
     Some(
-        crate::quarantine::Store::open(&shared.config.state_dir)
+        crate::agent::enforce::quarantine::Store::open(&shared.config.state_dir)
             .and_then(|s| s.quarantine(&f.canonical, &roots, &rule.id, system.as_ref())),
     )
 }

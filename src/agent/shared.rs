@@ -13,11 +13,11 @@ use interdict_event::{Event, EventKind, Origin, PolicyRef};
 use interdict_policy::{Date, CRITICAL_PATHS};
 use serde::{Deserialize, Serialize};
 
-use super::config::AgentConfig;
-use super::metrics::{inc, Metrics};
-use crate::hash::HashMemo;
-use crate::host::Accounts;
-use crate::policy_file::LoadedPolicy;
+use crate::agent::config::AgentConfig;
+use crate::agent::metrics::{inc, Metrics};
+use crate::inventory::hash::HashMemo;
+use crate::inventory::host::Accounts;
+use crate::policy::LoadedPolicy;
 
 /// The policy in force, with the generation that invalidates cached decisions when it changes.
 #[derive(Debug)]
@@ -146,7 +146,7 @@ impl EventSink {
 /// notifications are off) a notice is dropped and counted.
 #[derive(Debug, Clone)]
 pub struct NoticeSink {
-    tx: Option<std::sync::mpsc::SyncSender<crate::notify::Notice>>,
+    tx: Option<std::sync::mpsc::SyncSender<crate::agent::enforce::notices::Notice>>,
 }
 
 impl NoticeSink {
@@ -156,7 +156,7 @@ impl NoticeSink {
         capacity: usize,
     ) -> (
         NoticeSink,
-        Option<std::sync::mpsc::Receiver<crate::notify::Notice>>,
+        Option<std::sync::mpsc::Receiver<crate::agent::enforce::notices::Notice>>,
     ) {
         if !enabled {
             return (NoticeSink { tx: None }, None);
@@ -166,7 +166,7 @@ impl NoticeSink {
     }
 
     /// Queue a notice without waiting.
-    pub fn send(&self, n: crate::notify::Notice, metrics: &Metrics) {
+    pub fn send(&self, n: crate::agent::enforce::notices::Notice, metrics: &Metrics) {
         if let Some(tx) = &self.tx {
             if tx.try_send(n).is_err() {
                 inc(&metrics.c.notices_dropped);
@@ -256,7 +256,7 @@ impl Killer {
             return KillResult::Gone;
         }
         let pidfd = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
-        match crate::procs::read_stat(pid) {
+        match crate::inventory::procs::read_stat(pid) {
             Some((_, start)) if start == start_ticks => {}
             _ => return KillResult::Gone,
         }
@@ -293,14 +293,18 @@ pub enum Cached {
 /// until the policy changes; the whole cache is dropped past its size cap.
 #[derive(Debug, Default)]
 pub struct DecisionCache {
-    map: Mutex<HashMap<(crate::hash::FileKey, bool), (u64, Cached)>>,
+    map: Mutex<HashMap<(crate::inventory::hash::FileKey, bool), (u64, Cached)>>,
 }
 
 const CACHE_CAP: usize = 65_536;
 
 impl DecisionCache {
     /// The decision for `key` under policy `generation`, if cached.
-    pub fn get(&self, key: &(crate::hash::FileKey, bool), generation: u64) -> Option<Cached> {
+    pub fn get(
+        &self,
+        key: &(crate::inventory::hash::FileKey, bool),
+        generation: u64,
+    ) -> Option<Cached> {
         let map = self.map.lock().expect("cache poisoned");
         match map.get(key) {
             Some((g, c)) if *g == generation => Some(*c),
@@ -309,7 +313,7 @@ impl DecisionCache {
     }
 
     /// Remember a decision.
-    pub fn put(&self, key: (crate::hash::FileKey, bool), generation: u64, c: Cached) {
+    pub fn put(&self, key: (crate::inventory::hash::FileKey, bool), generation: u64, c: Cached) {
         let mut map = self.map.lock().expect("cache poisoned");
         if map.len() >= CACHE_CAP {
             map.clear();
@@ -342,7 +346,7 @@ pub struct Shared {
     /// Guarded kills.
     pub killer: Killer,
     /// Digests learned on this host (persisted in the state folder).
-    pub learned: Mutex<crate::learned::LearnedSet>,
+    pub learned: Mutex<crate::policy::learned::LearnedSet>,
     /// Files matched by a path or script rule at exec time, to hash and learn off the answering
     /// path. Bounded (256); when full the request is dropped and counted (`learn_drops`).
     pub learn_tx: std::sync::mpsc::SyncSender<LearnRequest>,
@@ -426,7 +430,7 @@ impl Shared {
 
     /// Today, for `enforce_from`.
     pub fn today(&self) -> Date {
-        crate::host::today()
+        crate::inventory::host::today()
     }
 }
 
@@ -452,9 +456,9 @@ pub fn shared(
     events: EventSink,
     notices: NoticeSink,
 ) -> std::io::Result<Arc<Shared>> {
-    let learned = crate::learned::LearnedSet::load(&config.state_dir).unwrap_or_else(|e| {
+    let learned = crate::policy::learned::LearnedSet::load(&config.state_dir).unwrap_or_else(|e| {
         tracing::warn!("learned hashes unreadable, starting afresh: {e}");
-        crate::learned::LearnedSet::default()
+        crate::policy::learned::LearnedSet::default()
     });
     learned.apply(&mut loaded.policy);
     let (learn_tx, learn_rx) = std::sync::mpsc::sync_channel(256);
@@ -496,7 +500,7 @@ mod tests {
         assert_eq!(k.kill(std::process::id(), 0), KillResult::Protected);
         let mut child = Command::new("sleep").arg("30").spawn().unwrap();
         let pid = child.id();
-        let (_, start) = crate::procs::read_stat(pid).unwrap();
+        let (_, start) = crate::inventory::procs::read_stat(pid).unwrap();
         // A wrong start time means the pid names another process: nothing is sent.
         assert_eq!(k.kill(pid, start + 1), KillResult::Gone);
         assert_eq!(k.kill(pid, start), KillResult::Killed);

@@ -1,6 +1,8 @@
 //! Loading a policy file from disk: the file itself and the `sha256_files` it names, read
 //! relative to the policy's folder.
 
+pub mod learned;
+
 use std::fs;
 use std::io::Read;
 use std::path::{Path, PathBuf};

@@ -28,11 +28,11 @@ use std::time::{Duration, Instant};
 use interdict_event::{EventKind, FileRef, Outcome};
 use interdict_policy::Facts;
 
-use super::config::FailMode;
-use super::judge::{self, Plan};
-use super::metrics::inc;
-use super::state::{Cached, Shared};
-use crate::hash::FileKey;
+use crate::agent::config::FailMode;
+use crate::agent::metrics::inc;
+use crate::agent::shared::{Cached, Shared};
+use crate::agent::verdict::{self as judge, Plan};
+use crate::inventory::hash::FileKey;
 
 const FAN_ALLOW: u32 = 0x01;
 const FAN_DENY: u32 = 0x02;
@@ -47,7 +47,7 @@ struct Pending {
     script: bool,
     answered: AtomicBool,
     /// The process, read before a cached deny is answered (it is gone soon after).
-    info: Option<crate::procs::ProcessInfo>,
+    info: Option<crate::inventory::procs::ProcessInfo>,
     /// Set when the deadline answered first.
     expired: AtomicBool,
     start: Instant,
@@ -61,7 +61,7 @@ impl Pending {
         script: bool,
         start: Instant,
         answered: bool,
-        info: Option<crate::procs::ProcessInfo>,
+        info: Option<crate::inventory::procs::ProcessInfo>,
     ) -> Arc<Pending> {
         Arc::new(Pending {
             fd,
@@ -370,7 +370,7 @@ fn handle(
             Cached::Deny => {
                 // Read the process while it still waits in exec (memory, not disk): the event
                 // needs it, and it exits right after the deny.
-                let info = crate::procs::read_proc(pid);
+                let info = crate::inventory::procs::read_proc(pid);
                 g.respond(fd.as_raw_fd(), FAN_DENY);
                 count_deny(shared, script);
                 // The event (with the evidence) is built off this thread.
@@ -467,7 +467,10 @@ fn decide(g: &Guard, p: &Pending) {
         ..Facts::default()
     };
     facts.add_name(path.file_name().map(|n| n.to_string_lossy().into_owned()));
-    let info = p.info.clone().or_else(|| crate::procs::read_proc(p.pid));
+    let info = p
+        .info
+        .clone()
+        .or_else(|| crate::inventory::procs::read_proc(p.pid));
     if let Some(uid) = info.as_ref().and_then(|i| i.uid) {
         facts.user = Some(shared.accounts.user_name(uid));
         facts.groups = shared.accounts.groups_of(uid);
@@ -561,7 +564,12 @@ fn decide(g: &Guard, p: &Pending) {
             shared.emit(e);
             judge::learn_from(shared, j);
             if let Some(i) = &info {
-                judge::tell(shared, j, i, crate::notify::NoticeKind::Blocked);
+                judge::tell(
+                    shared,
+                    j,
+                    i,
+                    crate::agent::enforce::notices::NoticeKind::Blocked,
+                );
             }
         }
         // Allowed by the deadline but banned, or a kill rule: kill what was started.

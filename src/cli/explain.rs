@@ -9,9 +9,9 @@ use interdict_policy::{
     expand_placeholders, Action, Ecosystem, Enforcement, Facts, PackageRef, PlaceholderValues,
 };
 
-use crate::hash::HashMemo;
-use crate::installed;
-use crate::policy_file::LoadedPolicy;
+use crate::inventory::hash::HashMemo;
+use crate::inventory::installed;
+use crate::policy::LoadedPolicy;
 
 /// What `explain` found, for the exit code: 0 nothing (or an allow rule), 1 a rule applies.
 pub fn explain(loaded: &LoadedPolicy, path: &Path, out: &mut impl Write) -> anyhow::Result<u8> {
@@ -20,13 +20,13 @@ pub fn explain(loaded: &LoadedPolicy, path: &Path, out: &mut impl Write) -> anyh
         .map_err(|e| anyhow::anyhow!("{}: {}", path.display(), crate::io_reason(&e)))?;
     let canonical = std::fs::canonicalize(path)?;
     let mut facts = Facts {
-        host: Some(crate::host::hostname()),
+        host: Some(crate::inventory::host::hostname()),
         ..Facts::default()
     };
     let name_of = |p: &Path| p.file_name().map(|n| n.to_string_lossy().into_owned());
     facts.add_name(name_of(path));
     facts.add_name(name_of(&canonical));
-    let accounts = crate::host::Accounts::load();
+    let accounts = crate::inventory::host::Accounts::load();
     facts.user = Some(accounts.user_name(unsafe { libc::getuid() }));
     facts.groups = accounts.groups_of(unsafe { libc::getuid() });
     if meta.is_dir() {
@@ -72,7 +72,10 @@ pub fn explain(loaded: &LoadedPolicy, path: &Path, out: &mut impl Write) -> anyh
     };
     let rule = policy.rule(&d);
     let ev = policy.evidence(&d, &facts);
-    let verb = match (rule.action, policy.enforcement(&d, crate::host::today())) {
+    let verb = match (
+        rule.action,
+        policy.enforcement(&d, crate::inventory::host::today()),
+    ) {
         (Action::Allow, _) => "allowed (an exception) by".to_string(),
         (Action::Report, _) => "reported by".to_string(),
         (_, Enforcement::Monitor) => format!(

@@ -1,5 +1,9 @@
 //! The command line: `interdict policy check`, `interdict scan`.
 
+pub mod explain;
+pub mod logs;
+pub mod scan;
+
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -7,8 +11,8 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 
-use crate::policy_file::{self, LoadError};
-use crate::scan::{self, ScanOptions};
+use crate::policy::{self as policy_file, LoadError};
+use scan::ScanOptions;
 
 /// Documented exit codes.
 pub mod exit {
@@ -166,16 +170,16 @@ enum LogsCommand {
     /// Print matching events as NDJSON (every page). Exit 0.
     Query {
         #[command(flatten)]
-        endpoint: crate::logs::Endpoint,
+        endpoint: crate::cli::logs::Endpoint,
         #[command(flatten)]
-        filter: crate::logs::Filter,
+        filter: crate::cli::logs::Filter,
     },
     /// Print matching events, then new ones as they arrive.
     Tail {
         #[command(flatten)]
-        endpoint: crate::logs::Endpoint,
+        endpoint: crate::cli::logs::Endpoint,
         #[command(flatten)]
-        filter: crate::logs::Filter,
+        filter: crate::cli::logs::Filter,
         /// Seconds between polls.
         #[arg(long, default_value_t = 2)]
         every_s: u64,
@@ -183,7 +187,7 @@ enum LogsCommand {
     /// Per-host chain report: sequence gaps and broken links. Exit 1 when any host has one.
     Verify {
         #[command(flatten)]
-        endpoint: crate::logs::Endpoint,
+        endpoint: crate::cli::logs::Endpoint,
     },
 }
 
@@ -269,7 +273,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             crate::agent::run(&policy, config.as_deref())
         }
         Command::Logs(LogsCommand::Query { endpoint, filter }) => {
-            crate::logs::query(&endpoint, &filter, None)?;
+            crate::cli::logs::query(&endpoint, &filter, None)?;
             Ok(exit::OK)
         }
         Command::Logs(LogsCommand::Tail {
@@ -277,16 +281,18 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             filter,
             every_s,
         }) => {
-            crate::logs::tail(&endpoint, &filter, std::time::Duration::from_secs(every_s))?;
+            crate::cli::logs::tail(&endpoint, &filter, std::time::Duration::from_secs(every_s))?;
             Ok(exit::OK)
         }
-        Command::Logs(LogsCommand::Verify { endpoint }) => Ok(if crate::logs::verify(&endpoint)? {
-            exit::OK
-        } else {
-            exit::VIOLATIONS
-        }),
+        Command::Logs(LogsCommand::Verify { endpoint }) => {
+            Ok(if crate::cli::logs::verify(&endpoint)? {
+                exit::OK
+            } else {
+                exit::VIOLATIONS
+            })
+        }
         Command::Hashes(HashesCommand::List { state, format }) => {
-            let set = crate::learned::LearnedSet::load(&state.path()?)?;
+            let set = crate::policy::learned::LearnedSet::load(&state.path()?)?;
             match format {
                 Format::Json => println!("{}", serde_json::to_string_pretty(&set)?),
                 Format::Text => {
@@ -306,7 +312,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             Ok(exit::OK)
         }
         Command::Quarantine(QuarantineCommand::List { state, format }) => {
-            let store = crate::quarantine::Store::open(&state.path()?)?;
+            let store = crate::agent::enforce::quarantine::Store::open(&state.path()?)?;
             let entries = store.list();
             match format {
                 Format::Json => println!("{}", serde_json::to_string_pretty(&entries)?),
@@ -331,13 +337,13 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             Ok(exit::OK)
         }
         Command::Quarantine(QuarantineCommand::Restore { id, state }) => {
-            let store = crate::quarantine::Store::open(&state.path()?)?;
+            let store = crate::agent::enforce::quarantine::Store::open(&state.path()?)?;
             let e = store.restore(&id)?;
             println!("restored {} to {}", e.id, e.original_path.display());
             Ok(exit::OK)
         }
         Command::NotifyHelper => {
-            crate::notify::helper_main()?;
+            crate::agent::enforce::notices::helper_main()?;
             Ok(exit::OK)
         }
         Command::NotifyTest { user } => notify_test(&user),
@@ -346,7 +352,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 return Ok(exit::ERROR);
             };
             let stdout = std::io::stdout();
-            crate::explain::explain(&loaded, &path, &mut stdout.lock())
+            crate::cli::explain::explain(&loaded, &path, &mut stdout.lock())
         }
         Command::Status { socket, format } => {
             let line = crate::agent::control::request(&socket.path()?, "status")?;
@@ -380,7 +386,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             let Some(mut loaded) = policy_file::load_or_print(&policy) else {
                 return Ok(exit::ERROR);
             };
-            match crate::learned::LearnedSet::load(&state_dir) {
+            match crate::policy::learned::LearnedSet::load(&state_dir) {
                 Ok(set) => {
                     set.apply(&mut loaded.policy);
                 }
@@ -417,8 +423,8 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
 }
 
 fn notify_test(user: &str) -> anyhow::Result<u8> {
-    use crate::notify::{DesktopBackend, LinuxDesktop, Notice, NoticeKind};
-    let accounts = crate::host::Accounts::load();
+    use crate::agent::enforce::notices::{DesktopBackend, LinuxDesktop, Notice, NoticeKind};
+    let accounts = crate::inventory::host::Accounts::load();
     let uid = match user.parse::<u32>() {
         Ok(u) => u,
         Err(_) => accounts

@@ -17,8 +17,8 @@ use rayon::prelude::*;
 use serde::Serialize;
 use walkdir::WalkDir;
 
-use crate::hash::{open_regular, HashMemo};
-use crate::host::Accounts;
+use crate::inventory::hash::{open_regular, HashMemo};
+use crate::inventory::host::Accounts;
 
 /// The largest `package.json` read to learn a package's name.
 const MAX_MANIFEST_BYTES: u64 = 1024 * 1024;
@@ -393,7 +393,7 @@ fn file_facts(
         };
         // A file whose identity (dev, inode, size, mtime, ctime) is known needs no open: the
         // walk's lstat already says it has not changed since it was hashed.
-        if let Some(d) = memo.get(&crate::hash::FileKey::of(meta)) {
+        if let Some(d) = memo.get(&crate::inventory::hash::FileKey::of(meta)) {
             Some(d)
         } else {
             let (f, m) = open_regular(file, false).map_err(skip)?;

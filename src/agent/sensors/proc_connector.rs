@@ -8,9 +8,9 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use super::metrics::inc;
-use super::state::Shared;
-use super::sweep;
+use crate::agent::metrics::inc;
+use crate::agent::sensors::sweep;
+use crate::agent::shared::Shared;
 
 const CN_IDX_PROC: u32 = 1;
 const CN_VAL_PROC: u32 = 1;

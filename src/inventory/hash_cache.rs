@@ -11,7 +11,7 @@ use std::path::Path;
 use interdict_policy::Sha256;
 use sha2::Digest;
 
-use crate::hash::FileKey;
+use crate::inventory::hash::FileKey;
 
 const MAGIC: &[u8; 8] = b"IDHC0001";
 const RECORD: usize = 8 * 3 + 16 * 2 + 32;
