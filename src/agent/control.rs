@@ -15,7 +15,8 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 
 use crate::agent::metrics::{CounterSnapshot, LatencySnapshot};
-use crate::agent::shared::{SensorState, Shared};
+use crate::agent::sensors::PartStatus;
+use crate::agent::shared::Shared;
 
 /// What `interdict status` shows.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -33,7 +34,7 @@ pub struct Status {
     /// Policy generation (1 at start, +1 per applied reload).
     pub generation: u64,
     /// Every sensor and its state.
-    pub sensors: Vec<SensorState>,
+    pub sensors: Vec<PartStatus>,
     /// Counters.
     pub counters: CounterSnapshot,
     /// Decision latency of permission events.
@@ -68,9 +69,8 @@ fn rss_kib() -> u64 {
 
 /// The status now.
 pub fn status(shared: &Shared, started: std::time::Instant) -> Status {
-    let active = shared.active.load();
-    let mut sensors = shared.sensors.lock().expect("sensors poisoned").clone();
-    sensors.sort_by(|a, b| a.name.cmp(&b.name));
+    let active = shared.policy.active();
+    let sensors = shared.parts.rows();
     Status {
         version: env!("CARGO_PKG_VERSION").to_string(),
         pid: std::process::id(),
@@ -89,29 +89,24 @@ pub fn status(shared: &Shared, started: std::time::Instant) -> Status {
     }
 }
 
-fn group_gid(name: &str) -> Option<u32> {
-    let text = std::fs::read_to_string("/etc/group").ok()?;
-    text.lines().find_map(|l| {
-        let f: Vec<&str> = l.split(':').collect();
-        (f.len() >= 3 && f[0] == name)
-            .then(|| f[2].parse().ok())
-            .flatten()
-    })
-}
-
 /// Serve the control socket until shutdown.
 pub async fn serve(
     shared: Arc<Shared>,
     started: std::time::Instant,
     reload: tokio::sync::mpsc::Sender<tokio::sync::oneshot::Sender<ReloadReply>>,
 ) -> std::io::Result<()> {
-    let path = shared.config.control_socket.clone();
+    let path = shared.config.agent.control_socket.clone();
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
     let _ = std::fs::remove_file(&path);
     let listener = tokio::net::UnixListener::bind(&path)?;
-    let admin_gid = shared.config.admin_group.as_deref().and_then(group_gid);
+    let admin_gid = shared
+        .config
+        .agent
+        .admin_group
+        .as_deref()
+        .and_then(|g| shared.accounts.gid_of(g));
     let mode = if admin_gid.is_some() { 0o660 } else { 0o600 };
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))?;
     if let Some(gid) = admin_gid {
@@ -131,7 +126,7 @@ pub async fn serve(
                             .accounts
                             .groups_of(c.uid())
                             .iter()
-                            .any(|n| group_gid(n) == Some(g))
+                            .any(|n| shared.accounts.gid_of(n) == Some(g))
                     })
             }
             Err(_) => false,
@@ -213,7 +208,12 @@ pub fn render(s: &Status) -> String {
         s.generation
     );
     for x in &s.sensors {
-        out.push_str(&format!("  {:<15} {:<8} {}\n", x.name, x.state, x.detail));
+        out.push_str(&format!(
+            "  {:<15} {:<8} {}\n",
+            x.name.as_str(),
+            x.state.as_str(),
+            x.detail
+        ));
     }
     let c = serde_json::to_value(&s.counters).expect("counters serialize");
     out.push_str("counters:\n");

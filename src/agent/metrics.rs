@@ -92,8 +92,15 @@ counters! {
     hash_cache_rejected,
     /// Digests learned from files that path, script or package rules matched.
     hashes_learned,
-    /// Exec-time learn requests dropped because the learner's queue was full.
+    /// Banned script files the script guard could not mark.
+    script_mark_failures,
+    /// Learn requests dropped because the learner's queue was full.
     learn_drops,
+    /// Files not learned from: package-owned, protected, below `learn_min_size`, still being
+    /// written, or the same content as a file in the system directories.
+    learn_refused,
+    /// Learned digests dropped (matched a system or package-owned file, or forgotten).
+    learned_dropped,
     /// Events written to the spool (numbered and chained).
     spooled,
     /// Events refused because the spool was full (each also announced by an `events_dropped`

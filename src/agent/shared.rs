@@ -1,45 +1,25 @@
-//! State shared by every sensor: the policy in force (swapped atomically), metrics, the event
-//! sink, the shutdown signal, the protected files and the guarded killer.
+//! What every part of the agent shares: the configuration, the policy in force, the metrics,
+//! the event and notice queues, the shutdown signal, the guards and the caches.
 
-use std::collections::{HashMap, HashSet};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::os::unix::fs::MetadataExt;
-use std::path::PathBuf;
+use std::collections::HashSet;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use arc_swap::ArcSwap;
-use interdict_event::{Event, EventKind, Origin, PolicyRef};
-use interdict_policy::{Date, CRITICAL_PATHS};
-use serde::{Deserialize, Serialize};
+use interdict_event::{Event, EventKind, Origin};
+use interdict_policy::Date;
 
-use crate::agent::config::AgentConfig;
-use crate::agent::metrics::{inc, Metrics};
+use super::config::AgentConfig;
+use super::enforce::kill::{Killer, Protected};
+use super::enforce::notifier::NoticeSink;
+use super::metrics::Metrics;
+use super::reload::PolicyInForce;
+use super::sensors::cache::DecisionCache;
+use super::sensors::Board;
+use super::sinks::event_log::EventSink;
+use super::verdict::learn::Learner;
 use crate::inventory::hash::HashMemo;
 use crate::inventory::host::Accounts;
-use crate::policy::LoadedPolicy;
-
-/// The policy in force, with the generation that invalidates cached decisions when it changes.
-#[derive(Debug)]
-pub struct Active {
-    /// The loaded policy.
-    pub loaded: LoadedPolicy,
-    /// Increases with every policy applied.
-    pub generation: u64,
-}
-
-impl Active {
-    /// The policy's identity for events.
-    pub fn policy_ref(&self) -> PolicyRef {
-        let info = self.loaded.policy.info();
-        PolicyRef {
-            name: info.name.clone(),
-            version: info.version.clone(),
-            sha256: self.loaded.sha256.clone(),
-            mode: info.mode.to_string(),
-        }
-    }
-}
 
 /// A signal every loop watches: an eventfd for `poll(2)` in sensor threads, a `Notify` for
 /// async tasks.
@@ -53,13 +33,11 @@ pub struct Shutdown {
 impl Shutdown {
     /// A new, untriggered signal.
     pub fn new() -> std::io::Result<Shutdown> {
-        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
+        use rustix::event::{eventfd, EventfdFlags};
+        let efd = eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)?;
         Ok(Shutdown {
             flag: AtomicBool::new(false),
-            efd: unsafe { OwnedFd::from_raw_fd(fd) },
+            efd,
             notify: tokio::sync::Notify::new(),
         })
     }
@@ -67,8 +45,9 @@ impl Shutdown {
     /// Ask every loop to stop.
     pub fn trigger(&self) {
         self.flag.store(true, Ordering::SeqCst);
-        let one: u64 = 1;
-        unsafe { libc::write(self.efd.as_raw_fd(), (&one as *const u64).cast(), 8) };
+        // The counter cannot overflow from one write; a failure leaves the flag, which every
+        // loop also reads.
+        let _ = rustix::io::write(&self.efd, &1u64.to_ne_bytes());
         self.notify.notify_waiters();
     }
 
@@ -83,29 +62,41 @@ impl Shutdown {
     }
 
     /// Block until `fd` is readable (`Ok(true)`) or shutdown is triggered (`Ok(false)`).
-    pub fn wait_readable(&self, fd: RawFd) -> std::io::Result<bool> {
+    pub fn wait_readable(&self, fd: impl AsFd) -> std::io::Result<bool> {
+        self.wait_readable_for(fd, None)
+    }
+
+    /// Like [`Shutdown::wait_readable`], but give up after `timeout` (`Ok(false)` too, with
+    /// [`Shutdown::is_triggered`] telling the two apart).
+    pub fn wait_readable_for(
+        &self,
+        fd: impl AsFd,
+        timeout: Option<std::time::Duration>,
+    ) -> std::io::Result<bool> {
+        use rustix::event::{poll, PollFd, PollFlags, Timespec};
+        let ts = timeout.map(|t| Timespec {
+            tv_sec: t.as_secs() as i64,
+            tv_nsec: i64::from(t.subsec_nanos()),
+        });
         loop {
             let mut fds = [
-                libc::pollfd {
-                    fd,
-                    events: libc::POLLIN,
-                    revents: 0,
-                },
-                libc::pollfd {
-                    fd: self.fd(),
-                    events: libc::POLLIN,
-                    revents: 0,
-                },
+                PollFd::new(&fd, PollFlags::IN),
+                PollFd::new(&self.efd, PollFlags::IN),
             ];
-            if unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) } < 0 {
-                let e = std::io::Error::last_os_error();
-                if e.raw_os_error() == Some(libc::EINTR) {
-                    continue;
-                }
-                return Err(e);
+            match poll(&mut fds, ts.as_ref()) {
+                Ok(_) => {}
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(e) => return Err(e.into()),
             }
-            return Ok(!self.is_triggered());
+            let ready = !fds[0].revents().is_empty();
+            return Ok(ready && !self.is_triggered());
         }
+    }
+
+    /// Sleep for `d` unless shutdown comes first; true when it did.
+    pub fn sleep(&self, d: std::time::Duration) -> bool {
+        let _ = self.wait_readable_for(&self.efd, Some(d));
+        self.is_triggered()
     }
 
     /// Wait until triggered.
@@ -120,218 +111,14 @@ impl Shutdown {
     }
 }
 
-/// Where events go: a bounded queue to the event log writer. When it is full the event is
-/// dropped and counted (`event_drops`): sensors never wait for the disk.
-#[derive(Debug, Clone)]
-pub struct EventSink {
-    tx: tokio::sync::mpsc::Sender<Event>,
-}
-
-impl EventSink {
-    /// A sink and the receiving end for the writer.
-    pub fn new(capacity: usize) -> (EventSink, tokio::sync::mpsc::Receiver<Event>) {
-        let (tx, rx) = tokio::sync::mpsc::channel(capacity);
-        (EventSink { tx }, rx)
-    }
-
-    /// Queue an event without waiting; count it when it cannot be queued.
-    pub fn send(&self, event: Event, metrics: &Metrics) {
-        if self.tx.try_send(event).is_err() {
-            inc(&metrics.c.event_drops);
-        }
-    }
-}
-
-/// Where notices for employees go: a bounded queue to the notifier thread; when full (or when
-/// notifications are off) a notice is dropped and counted.
-#[derive(Debug, Clone)]
-pub struct NoticeSink {
-    tx: Option<std::sync::mpsc::SyncSender<crate::agent::enforce::notices::Notice>>,
-}
-
-impl NoticeSink {
-    /// A sink and its receiving end; `enabled = false` gives a sink that drops silently.
-    pub fn new(
-        enabled: bool,
-        capacity: usize,
-    ) -> (
-        NoticeSink,
-        Option<std::sync::mpsc::Receiver<crate::agent::enforce::notices::Notice>>,
-    ) {
-        if !enabled {
-            return (NoticeSink { tx: None }, None);
-        }
-        let (tx, rx) = std::sync::mpsc::sync_channel(capacity);
-        (NoticeSink { tx: Some(tx) }, Some(rx))
-    }
-
-    /// Queue a notice without waiting.
-    pub fn send(&self, n: crate::agent::enforce::notices::Notice, metrics: &Metrics) {
-        if let Some(tx) = &self.tx {
-            if tx.try_send(n).is_err() {
-                inc(&metrics.c.notices_dropped);
-            }
-        }
-    }
-}
-
-/// State of one sensor, for `status` and the start-up line.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SensorState {
-    /// Sensor name.
-    pub name: String,
-    /// running, disabled, failed, stopped.
-    pub state: String,
-    /// Why it is not running, or what it covers.
-    pub detail: String,
-}
-
-/// Files the agent never blocks or kills, whatever the policy says: its own binary, PID 1's
-/// executable and the critical system programs (by device and inode).
-#[derive(Debug, Default)]
-pub struct Protected {
-    ids: HashSet<(u64, u64)>,
-}
-
-impl Protected {
-    /// Collect the protected files present on this machine.
-    pub fn discover() -> Protected {
-        let mut ids = HashSet::new();
-        let mut paths: Vec<PathBuf> = vec!["/proc/self/exe".into(), "/proc/1/exe".into()];
-        paths.extend(CRITICAL_PATHS.iter().map(PathBuf::from));
-        for p in paths {
-            if let Ok(m) = std::fs::metadata(&p) {
-                ids.insert((m.dev(), m.ino()));
-            }
-        }
-        Protected { ids }
-    }
-
-    /// True for a protected file.
-    pub fn contains(&self, dev: u64, ino: u64) -> bool {
-        self.ids.contains(&(dev, ino))
-    }
-}
-
-/// The result of a guarded kill.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum KillResult {
-    /// SIGKILL was delivered.
-    Killed,
-    /// Already killed once (by this or another sensor): not sent again.
-    AlreadyKilled,
-    /// Refused: the agent itself or PID 1.
-    Protected,
-    /// The process is gone, or its pid now names another process.
-    Gone,
-    /// The kernel refused.
-    Failed(i32),
-}
-
-/// Kills by pidfd, at most once per process, never the agent or PID 1, never a recycled pid.
-#[derive(Debug, Default)]
-pub struct Killer {
-    done: Mutex<HashSet<(u32, u64)>>,
-}
-
-impl Killer {
-    /// Kill `pid` if it still is the process that started at `start_ticks`.
-    pub fn kill(&self, pid: u32, start_ticks: u64) -> KillResult {
-        if pid <= 1 || pid == std::process::id() {
-            return KillResult::Protected;
-        }
-        {
-            let mut done = self.done.lock().expect("killer poisoned");
-            if done.len() > 100_000 {
-                done.clear();
-            }
-            if !done.insert((pid, start_ticks)) {
-                return KillResult::AlreadyKilled;
-            }
-        }
-        // Open the pidfd first, then check the start time: if it matches, the pidfd names the
-        // process we judged, and a signal through it cannot reach a newcomer with that pid.
-        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::c_int, 0) };
-        if fd < 0 {
-            return KillResult::Gone;
-        }
-        let pidfd = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
-        match crate::inventory::procs::read_stat(pid) {
-            Some((_, start)) if start == start_ticks => {}
-            _ => return KillResult::Gone,
-        }
-        let r = unsafe {
-            libc::syscall(
-                libc::SYS_pidfd_send_signal,
-                pidfd.as_raw_fd(),
-                libc::SIGKILL,
-                std::ptr::null::<libc::siginfo_t>(),
-                0,
-            )
-        };
-        if r == 0 {
-            KillResult::Killed
-        } else {
-            match std::io::Error::last_os_error().raw_os_error() {
-                Some(libc::ESRCH) => KillResult::Gone,
-                e => KillResult::Failed(e.unwrap_or(0)),
-            }
-        }
-    }
-}
-
-/// A decision remembered for a file identity.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Cached {
-    /// Nothing to do: nothing (or an `allow` rule) matched the file itself.
-    Allow,
-    /// The exec (or script open) is denied.
-    Deny,
-}
-
-/// Decision cache keyed by file identity, kind of event and policy generation. Allow entries live
-/// until the policy changes; the whole cache is dropped past its size cap.
-#[derive(Debug, Default)]
-pub struct DecisionCache {
-    map: Mutex<HashMap<(crate::inventory::hash::FileKey, bool), (u64, Cached)>>,
-}
-
-const CACHE_CAP: usize = 65_536;
-
-impl DecisionCache {
-    /// The decision for `key` under policy `generation`, if cached.
-    pub fn get(
-        &self,
-        key: &(crate::inventory::hash::FileKey, bool),
-        generation: u64,
-    ) -> Option<Cached> {
-        let map = self.map.lock().expect("cache poisoned");
-        match map.get(key) {
-            Some((g, c)) if *g == generation => Some(*c),
-            _ => None,
-        }
-    }
-
-    /// Remember a decision.
-    pub fn put(&self, key: (crate::inventory::hash::FileKey, bool), generation: u64, c: Cached) {
-        let mut map = self.map.lock().expect("cache poisoned");
-        if map.len() >= CACHE_CAP {
-            map.clear();
-        }
-        map.insert(key, (generation, c));
-    }
-}
-
-/// Everything the sensors share.
+/// Everything the agent's parts share.
 #[derive(Debug)]
 pub struct Shared {
     /// The configuration.
     pub config: AgentConfig,
-    /// The policy file (for reloads).
-    pub policy_path: PathBuf,
-    /// The policy in force.
-    pub active: ArcSwap<Active>,
-    /// Counters and latency (shared with the event log writer).
+    /// The policy in force (swapped atomically on reloads and learned digests).
+    pub policy: PolicyInForce,
+    /// Counters and latency (shared with the event writer and the sinks).
     pub metrics: Arc<Metrics>,
     /// Host identity stamped on events.
     pub origin: Origin,
@@ -339,76 +126,60 @@ pub struct Shared {
     pub events: EventSink,
     /// Where notices for employees go.
     pub notices: NoticeSink,
-    /// Stop signal.
-    pub shutdown: Shutdown,
+    /// Stop signal (shared with the sinks' threads, which outlive this state at shutdown).
+    pub shutdown: Arc<Shutdown>,
     /// Never blocked, never killed.
     pub protected: Protected,
     /// Guarded kills.
     pub killer: Killer,
-    /// Digests learned on this host (persisted in the state folder).
-    pub learned: Mutex<crate::policy::learned::LearnedSet>,
-    /// Files matched by a path or script rule at exec time, to hash and learn off the answering
-    /// path. Bounded (256); when full the request is dropped and counted (`learn_drops`).
-    pub learn_tx: std::sync::mpsc::SyncSender<LearnRequest>,
-    /// The receiving end, taken by the learner thread.
-    pub learn_rx: Mutex<Option<std::sync::mpsc::Receiver<LearnRequest>>>,
+    /// Digests learned on this host, and the queue of files to learn from.
+    pub learner: Learner,
     /// Decisions by file identity, from the fanotify guard (the proc connector reads them).
     pub decisions: DecisionCache,
     /// Digests by file identity, shared by every sensor.
     pub memo: HashMemo,
     /// Users and groups.
     pub accounts: Accounts,
-    /// Sensor states.
-    pub sensors: Mutex<Vec<SensorState>>,
-    /// True while the proc connector runs.
-    pub proc_connector_running: AtomicBool,
-    /// Devices of the mounts the fanotify guard marks: execs there are judged and reported by
-    /// fanotify (which sees them even when they exit at once), not again by the proc connector.
-    pub fanotify_devs: Mutex<HashSet<u64>>,
+    /// The state of every part, for status.
+    pub parts: Board,
+    /// Devices of the filesystems the fanotify guard marks: execs there are judged and reported
+    /// by fanotify (which sees them even when they exit at once), not again by the proc
+    /// connector.
+    pub marked_devs: Mutex<HashSet<u64>>,
 }
 
 impl Shared {
-    /// Remember `digest` as a hash of `rule_id` (a file its path, script or package selector
-    /// matched) and put it in force at once: a renamed copy is then caught by hash.
-    pub fn learn(
-        &self,
-        rule_id: &str,
-        digest: interdict_policy::Sha256,
-        path: &std::path::Path,
-        selector: &str,
-    ) {
-        {
-            let mut set = self.learned.lock().expect("learned poisoned");
-            if !set.add(rule_id, digest, path, selector) {
-                return;
-            }
-            if let Err(e) = set.save(&self.config.state_dir) {
-                tracing::warn!("learned hashes not saved: {e}");
-            }
-        }
-        let current = self.active.load_full();
-        let mut loaded = current.loaded.clone();
-        if loaded.policy.learn(rule_id, digest) {
-            self.active.store(Arc::new(Active {
-                loaded,
-                generation: current.generation + 1,
-            }));
-            inc(&self.metrics.c.hashes_learned);
-        }
-    }
-
-    /// Ask the learner thread to learn the digest of a file a path or script rule matched (the
-    /// digest when known, else it hashes the file). Never blocks.
-    pub fn learn_later(&self, req: LearnRequest) {
-        if self.learn_tx.try_send(req).is_err() {
-            inc(&self.metrics.c.learn_drops);
-        }
+    /// Build the shared state.
+    pub fn new(
+        config: AgentConfig,
+        policy: PolicyInForce,
+        origin: Origin,
+        events: EventSink,
+        notices: NoticeSink,
+    ) -> std::io::Result<Arc<Shared>> {
+        Ok(Arc::new(Shared {
+            learner: Learner::new(&config.agent.state_dir),
+            config,
+            policy,
+            metrics: Arc::new(Metrics::default()),
+            origin,
+            events,
+            notices,
+            shutdown: Arc::new(Shutdown::new()?),
+            protected: Protected::discover(),
+            killer: Killer::default(),
+            decisions: DecisionCache::default(),
+            memo: HashMemo::default(),
+            accounts: Accounts::load(),
+            parts: Board::default(),
+            marked_devs: Mutex::new(HashSet::new()),
+        }))
     }
 
     /// A new event stamped with this host and the policy in force.
     pub fn event(&self, kind: EventKind) -> Event {
         let mut e = self.origin.event(kind);
-        e.policy = Some(self.active.load().policy_ref());
+        e.policy = Some(self.policy.active().policy_ref());
         e
     }
 
@@ -417,110 +188,38 @@ impl Shared {
         self.events.send(e, &self.metrics);
     }
 
-    /// Record a sensor's state (replacing an earlier one of the same name).
-    pub fn set_sensor(&self, name: &str, state: &str, detail: impl Into<String>) {
-        let mut s = self.sensors.lock().expect("sensors poisoned");
-        s.retain(|x| x.name != name);
-        s.push(SensorState {
-            name: name.to_string(),
-            state: state.to_string(),
-            detail: detail.into(),
-        });
-    }
-
     /// Today, for `enforce_from`.
     pub fn today(&self) -> Date {
         crate::inventory::host::today()
     }
-}
 
-/// A file to learn the digest of.
-#[derive(Debug, Clone)]
-pub struct LearnRequest {
-    /// The rule that matched.
-    pub rule_id: String,
-    /// The file (a real path, from the kernel or /proc).
-    pub path: PathBuf,
-    /// `path` or `script`.
-    pub selector: &'static str,
-    /// The digest, when the decision computed it.
-    pub digest: Option<interdict_policy::Sha256>,
-}
-
-/// Build the shared state.
-pub fn shared(
-    config: AgentConfig,
-    policy_path: PathBuf,
-    mut loaded: LoadedPolicy,
-    origin: Origin,
-    events: EventSink,
-    notices: NoticeSink,
-) -> std::io::Result<Arc<Shared>> {
-    let learned = crate::policy::learned::LearnedSet::load(&config.state_dir).unwrap_or_else(|e| {
-        tracing::warn!("learned hashes unreadable, starting afresh: {e}");
-        crate::policy::learned::LearnedSet::default()
-    });
-    learned.apply(&mut loaded.policy);
-    let (learn_tx, learn_rx) = std::sync::mpsc::sync_channel(256);
-    Ok(Arc::new(Shared {
-        learned: Mutex::new(learned),
-        learn_tx,
-        learn_rx: Mutex::new(Some(learn_rx)),
-        config,
-        policy_path,
-        active: ArcSwap::from_pointee(Active {
-            loaded,
-            generation: 1,
-        }),
-        metrics: Arc::new(Metrics::default()),
-        origin,
-        events,
-        notices,
-        shutdown: Shutdown::new()?,
-        protected: Protected::discover(),
-        killer: Killer::default(),
-        decisions: DecisionCache::default(),
-        memo: HashMemo::default(),
-        accounts: Accounts::load(),
-        sensors: Mutex::new(Vec::new()),
-        proc_connector_running: AtomicBool::new(false),
-        fanotify_devs: Mutex::new(HashSet::new()),
-    }))
+    /// True when the file on device `dev` is on a filesystem the fanotify guard marks.
+    pub fn is_marked_dev(&self, dev: u64) -> bool {
+        self.marked_devs
+            .lock()
+            .expect("marked devices poisoned")
+            .contains(&dev)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::process::Command;
-
-    #[test]
-    fn killer_kills_once_and_refuses_itself_and_init() {
-        let k = Killer::default();
-        assert_eq!(k.kill(1, 0), KillResult::Protected);
-        assert_eq!(k.kill(std::process::id(), 0), KillResult::Protected);
-        let mut child = Command::new("sleep").arg("30").spawn().unwrap();
-        let pid = child.id();
-        let (_, start) = crate::inventory::procs::read_stat(pid).unwrap();
-        // A wrong start time means the pid names another process: nothing is sent.
-        assert_eq!(k.kill(pid, start + 1), KillResult::Gone);
-        assert_eq!(k.kill(pid, start), KillResult::Killed);
-        assert_eq!(k.kill(pid, start), KillResult::AlreadyKilled);
-        let status = child.wait().unwrap();
-        use std::os::unix::process::ExitStatusExt;
-        assert_eq!(status.signal(), Some(libc::SIGKILL));
-    }
 
     #[test]
     fn shutdown_wakes_poll() {
         let s = Shutdown::new().unwrap();
-        let mut pfd = libc::pollfd {
-            fd: s.fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        assert_eq!(unsafe { libc::poll(&mut pfd, 1, 0) }, 0);
+        let (r, _w) = rustix::pipe::pipe().unwrap();
+        assert!(!s
+            .wait_readable_for(&r, Some(std::time::Duration::ZERO))
+            .unwrap());
+        assert!(!s.is_triggered());
         s.trigger();
-        assert_eq!(unsafe { libc::poll(&mut pfd, 1, 0) }, 1);
         assert!(s.is_triggered());
+        assert!(
+            !s.wait_readable(&r).unwrap(),
+            "returns at once once triggered"
+        );
+        assert!(s.sleep(std::time::Duration::from_secs(30)));
     }
 }

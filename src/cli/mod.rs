@@ -145,7 +145,7 @@ fn given_or_configured(
 
 impl SocketArgs {
     fn path(&self) -> anyhow::Result<PathBuf> {
-        given_or_configured(&self.socket, &self.config, |c| c.control_socket)
+        given_or_configured(&self.socket, &self.config, |c| c.agent.control_socket)
     }
 }
 
@@ -161,7 +161,7 @@ struct StateArgs {
 
 impl StateArgs {
     fn path(&self) -> anyhow::Result<PathBuf> {
-        given_or_configured(&self.state_dir, &self.config, |c| c.state_dir)
+        given_or_configured(&self.state_dir, &self.config, |c| c.agent.state_dir)
     }
 }
 

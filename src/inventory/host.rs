@@ -94,6 +94,14 @@ impl Accounts {
         self.by_uid.values().find(|a| a.name == name).map(|a| a.uid)
     }
 
+    /// The gid of a group name.
+    pub fn gid_of(&self, group: &str) -> Option<u32> {
+        self.groups
+            .iter()
+            .find(|(_, name)| name.as_str() == group)
+            .map(|(gid, _)| *gid)
+    }
+
     /// The user name for a uid, or the number when unknown.
     pub fn user_name(&self, uid: u32) -> String {
         self.by_uid(uid)

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use interdict_policy::{Facts, Sha256};
 use sysinfo::{ProcessRefreshKind, ProcessesToUpdate, System, UpdateKind};
 
+use crate::inventory::facts::{basename, FactsBuilder};
 use crate::inventory::hash::HashMemo;
 use crate::inventory::host::Accounts;
 
@@ -197,12 +198,6 @@ fn strip_deleted(p: &Path) -> PathBuf {
     }
 }
 
-fn basename(p: &OsStr) -> Option<String> {
-    Path::new(p)
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-}
-
 /// The kind of interpreter an executable is, judged by its basename.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Interpreter {
@@ -321,13 +316,10 @@ pub fn facts_for(
     memo: &HashMemo,
     hash: bool,
 ) -> ProcessFacts {
-    let mut facts = Facts {
-        host: Some(host.to_string()),
-        ..Facts::default()
-    };
-    facts.add_name(info.exe.as_deref().and_then(|e| basename(e.as_os_str())));
-    facts.add_name(info.argv.first().and_then(|a| basename(a)));
-    facts.add_name(Some(info.comm.to_string_lossy().into_owned()));
+    let mut b = FactsBuilder::new(host)
+        .name(info.exe.as_deref().and_then(|e| basename(e.as_os_str())))
+        .name(info.argv.first().and_then(|a| basename(a)))
+        .name(Some(info.comm.to_string_lossy().into_owned()));
     let exe_name = info
         .exe
         .as_deref()
@@ -339,10 +331,9 @@ pub fn facts_for(
             Some(ScriptArg::File(arg)) => {
                 let cwd = info.cwd.clone().or_else(|| cwd_of(info.pid));
                 let script = resolve_script(info.pid, cwd.as_deref(), &arg);
-                facts.add_name(basename(script.as_os_str()));
                 if hash {
                     match memo.hash_path(&script, true) {
-                        Ok(d) => facts.script_sha256 = Some(d),
+                        Ok(d) => b = b.script_digest(Some(d)),
                         Err(e) => {
                             hash_error = Some(format!(
                                 "script {}: {}",
@@ -352,22 +343,19 @@ pub fn facts_for(
                         }
                     }
                 }
-                facts.script_path = Some(script);
+                b = b.script(&script);
             }
-            Some(ScriptArg::Module(m)) => facts.add_name(Some(m)),
+            Some(ScriptArg::Module(m)) => b = b.name(Some(m)),
             None => {}
         }
     }
+    let mut facts = b.user(info.uid, accounts).build();
     facts.exe_path = info.exe.clone();
     if hash && info.exe.is_some() {
         match exe_digest(info.pid, memo) {
             Ok(d) => facts.exe_sha256 = Some(d),
             Err(e) => hash_error = Some(format!("exe: {}", crate::io_reason(&e))),
         }
-    }
-    if let Some(uid) = info.uid {
-        facts.user = Some(accounts.user_name(uid));
-        facts.groups = accounts.groups_of(uid);
     }
     ProcessFacts {
         info: info.clone(),

@@ -9,6 +9,24 @@ use std::path::{Path, PathBuf};
 use interdict_policy::{Policy, Sha256};
 use serde::{Deserialize, Serialize};
 
+/// The system directories: a learned digest never applies to a file in them, and a file whose
+/// content equals one of theirs is never learned from.
+pub const SYSTEM_DIRS: &[&str] = &[
+    "/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32",
+];
+
+/// True when a learned digest matched a file it must never apply to: one in the system
+/// directories, or one a package owns. (A digest the policy file declares applies everywhere:
+/// the admin said so.)
+pub fn misfires(
+    policy: &Policy,
+    d: &interdict_policy::Decision,
+    path: &Path,
+    packages: &crate::inventory::packages::PackageFiles,
+) -> bool {
+    policy.is_learned(d) && (SYSTEM_DIRS.iter().any(|s| path.starts_with(s)) || packages.owns(path))
+}
+
 /// One learned digest.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Learned {
@@ -22,6 +40,24 @@ pub struct Learned {
     pub path: PathBuf,
     /// Which selector matched the file then.
     pub selector: String,
+    /// The file's size when it was hashed (absent in files written before it was recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
+    /// Which part of the agent saw it: `exec` (a launch) or `install` (the install watcher).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+}
+
+/// Which learned digests to forget.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Forget {
+    /// One digest (of every rule).
+    Digest(String),
+    /// Every digest of one rule.
+    Rule(String),
+    /// Every learned digest.
+    All,
 }
 
 /// The learned digests of this host.
@@ -52,23 +88,36 @@ impl LearnedSet {
         crate::fsutil::write_atomic(&Self::path(state_dir), &bytes, 0o600)
     }
 
-    /// Remember a digest for a rule; false when it was known.
-    pub fn add(&mut self, rule_id: &str, digest: Sha256, path: &Path, selector: &str) -> bool {
+    /// Forget what `what` names; returns the entries removed.
+    pub fn forget(&mut self, what: &Forget) -> Vec<Learned> {
+        let (gone, keep) =
+            std::mem::take(&mut self.entries)
+                .into_iter()
+                .partition(|e| match what {
+                    Forget::Digest(d) => e.sha256.eq_ignore_ascii_case(d),
+                    Forget::Rule(r) => &e.rule_id == r,
+                    Forget::All => true,
+                });
+        self.entries = keep;
+        gone
+    }
+
+    /// True when `digest` was learned (for any rule).
+    pub fn contains(&self, digest: &Sha256) -> bool {
         let hex = digest.to_string();
+        self.entries.iter().any(|e| e.sha256 == hex)
+    }
+
+    /// Remember an entry; false when its rule already has the digest.
+    pub fn add_entry(&mut self, entry: Learned) -> bool {
         if self
             .entries
             .iter()
-            .any(|e| e.rule_id == rule_id && e.sha256 == hex)
+            .any(|e| e.rule_id == entry.rule_id && e.sha256 == entry.sha256)
         {
             return false;
         }
-        self.entries.push(Learned {
-            rule_id: rule_id.to_string(),
-            sha256: hex,
-            first_seen: interdict_event::rfc3339(std::time::SystemTime::now()),
-            path: path.to_path_buf(),
-            selector: selector.to_string(),
-        });
+        self.entries.push(entry);
         true
     }
 

@@ -50,6 +50,13 @@ pub enum EventKind {
     /// The agent's periodic sign of life: version, policy, mode, sensors and counters in
     /// `message` (JSON).
     Heartbeat,
+    /// A digest was learned: a path or script rule matched a file, and the file's SHA-256 now
+    /// identifies renamed copies (`rule`, `file` with the digest and size, `message` says where
+    /// it was seen).
+    HashLearned,
+    /// A learned digest was dropped: it matched a file that a package owns or that lies in the
+    /// system directories (`message` says which), or an admin forgot it.
+    LearnedHashDropped,
 }
 
 /// What the agent did about a match.

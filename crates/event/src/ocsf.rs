@@ -71,7 +71,9 @@ fn class(kind: EventKind) -> (u32, &'static str, u32, &'static str, u32, &'stati
         | EventKind::PolicyRejected
         | EventKind::SensorDegraded
         | EventKind::EventsDropped
-        | EventKind::Heartbeat => (APP, 99, "Other"),
+        | EventKind::Heartbeat
+        | EventKind::HashLearned
+        | EventKind::LearnedHashDropped => (APP, 99, "Other"),
     };
     (c.0, c.1, c.2, c.3, a, an)
 }

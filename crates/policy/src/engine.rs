@@ -213,6 +213,9 @@ pub struct Policy {
     names: HashMap<String, Vec<(u32, u32)>>,
     packages: HashMap<PackageRef, Vec<(u32, u32)>>,
     sha256: HashMap<Sha256, Vec<(u32, u32)>>,
+    /// Per rule, how many of its `sha256` entries the policy file declared: the rest were
+    /// learned on this host.
+    declared_sha256: Vec<usize>,
     paths: GlobIndex,
     scripts: GlobIndex,
     exempt_hosts: Vec<Option<GlobSet>>,
@@ -269,8 +272,10 @@ impl Policy {
                 Some(b.build().expect("host globs were validated"))
             })
             .collect();
+        let declared_sha256 = rules.iter().map(|r| r.selectors.sha256.len()).collect();
         Policy {
             info,
+            declared_sha256,
             rules,
             names,
             packages,
@@ -297,6 +302,12 @@ impl Policy {
             .or_default()
             .push((ri as u32, (list.len() - 1) as u32));
         true
+    }
+
+    /// True when `d` matched a digest learned on this host (added by [`Policy::learn`]), not
+    /// one the policy file declared.
+    pub fn is_learned(&self, d: &Decision) -> bool {
+        d.selector == SelectorKind::Sha256 && d.pattern >= self.declared_sha256[d.rule]
     }
 
     /// The `[policy]` table.
@@ -449,10 +460,17 @@ impl Policy {
         if !d.action.is_enforcing() {
             return Enforcement::ReportOnly;
         }
+        self.rule_enforcement(d.rule, today)
+    }
+
+    /// Whether rule `rule` (an index into [`Policy::rules`]) changes anything on `today`,
+    /// whatever its action: `Monitor` in monitor mode, `NotYet` before its `enforce_from`, else
+    /// `Enforced` (used for `on_install = "quarantine"`).
+    pub fn rule_enforcement(&self, rule: usize, today: Date) -> Enforcement {
         if self.info.mode == Mode::Monitor {
             return Enforcement::Monitor;
         }
-        match self.rules[d.rule].enforce_from {
+        match self.rules[rule].enforce_from {
             Some(from) if today < from => Enforcement::NotYet(from),
             _ => Enforcement::Enforced,
         }

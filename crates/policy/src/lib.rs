@@ -58,7 +58,7 @@ pub use engine::{
 };
 pub use model::{
     Action, Date, Ecosystem, Exemptions, Mode, OnInstall, PackageRef, PolicyInfo, Risk, Rule,
-    Selectors, Sha256, PLACEHOLDERS,
+    Selectors, Sha256, DEFAULT_LEARN_MIN_SIZE, PLACEHOLDERS,
 };
 pub use parse::{
     parse_sha256_file, read_policy, IncludedFile, Includes, NoIncludes, PolicyDoc, CRITICAL_NAMES,

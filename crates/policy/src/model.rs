@@ -5,6 +5,10 @@ use std::str::FromStr;
 
 use serde::Serialize;
 
+/// The default `learn_min_size`: 4 KiB, below which a file is a stub, a wrapper or empty
+/// (the empty file's digest would ban every empty file).
+pub const DEFAULT_LEARN_MIN_SIZE: u64 = 4096;
+
 /// A plain calendar date (`enforce_from = 2026-12-01`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Date {
@@ -349,6 +353,9 @@ pub struct Rule {
     pub on_install: OnInstall,
     /// Whether files owned by a system package (dpkg/rpm) may be quarantined.
     pub allow_system_files: bool,
+    /// Files smaller than this (bytes) are never learned from (an installer's placeholder, a
+    /// one-line wrapper): `learn_min_size`, default [`DEFAULT_LEARN_MIN_SIZE`].
+    pub learn_min_size: u64,
     /// What the rule matches.
     pub selectors: Selectors,
     /// Who it does not apply to.

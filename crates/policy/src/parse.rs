@@ -359,6 +359,7 @@ impl Reader<'_, '_> {
             "notify",
             "on_install",
             "allow_system_files",
+            "learn_min_size",
             "match",
             "exempt",
         ];
@@ -379,6 +380,7 @@ impl Reader<'_, '_> {
         let mut notify = Some(true);
         let mut on_install = None;
         let mut allow_system_files = Some(false);
+        let mut learn_min_size = Some(crate::model::DEFAULT_LEARN_MIN_SIZE);
         let mut selectors = None;
         let mut match_span = v.span();
         let mut exempt = Exemptions::default();
@@ -444,6 +446,10 @@ impl Reader<'_, '_> {
                 }
                 "allow_system_files" => {
                     allow_system_files = self.boolean("allow_system_files", val)
+                }
+                "learn_min_size" => {
+                    learn_min_size = self.integer("learn_min_size", val, 1 << 40);
+                    ok &= learn_min_size.is_some();
                 }
                 "match" => {
                     match_span = k.span();
@@ -551,6 +557,7 @@ impl Reader<'_, '_> {
                 OnInstall::Report
             }),
             allow_system_files: allow_system_files?,
+            learn_min_size: learn_min_size?,
             selectors,
             exempt,
         })

@@ -69,33 +69,32 @@ fn io_err(p: &Path) -> impl Fn(io::Error) -> QuarantineError + '_ {
     move |e| QuarantineError::Io(p.to_path_buf(), crate::io_reason(&e))
 }
 
-/// Files that system packages own, from dpkg's lists (`/var/lib/dpkg/info/*.list`) and, where
-/// present, rpm's database is consulted through those lists only.
-#[derive(Debug, Default)]
-pub struct SystemFiles {
-    files: std::collections::HashSet<PathBuf>,
-}
+pub use crate::inventory::packages::PackageFiles as SystemFiles;
 
-impl SystemFiles {
-    /// Read the package manager's file lists under `dpkg_info` (normally `/var/lib/dpkg/info`).
-    pub fn load(dpkg_info: &Path) -> SystemFiles {
-        let mut files = std::collections::HashSet::new();
-        if let Ok(rd) = fs::read_dir(dpkg_info) {
-            for e in rd.flatten() {
-                if e.path().extension().is_some_and(|x| x == "list") {
-                    if let Ok(text) = fs::read_to_string(e.path()) {
-                        files.extend(text.lines().map(PathBuf::from));
-                    }
-                }
-            }
-        }
-        SystemFiles { files }
+/// Quarantine a file found installed when its rule says so (`on_install = "quarantine"`) and
+/// the rule changes anything today (not in monitor mode, not before `enforce_from`). `None`
+/// when the rule does not ask for it, or the find is a package folder (reported only).
+pub fn if_asked(
+    shared: &crate::agent::shared::Shared,
+    found: &crate::inventory::installed::Found,
+) -> Option<Result<Entry, QuarantineError>> {
+    let active = shared.policy.active();
+    let policy = &active.loaded.policy;
+    let rule = policy.rule(&found.decision);
+    if rule.on_install != interdict_policy::OnInstall::Quarantine || found.package.is_some() {
+        return None;
     }
-
-    /// True when a package owns `path`.
-    pub fn owns(&self, path: &Path) -> bool {
-        self.files.contains(path)
+    if policy.rule_enforcement(found.decision.rule, shared.today())
+        != interdict_policy::Enforcement::Enforced
+    {
+        return None;
     }
+    let roots = crate::agent::sensors::install_watch::roots_now(shared);
+    let system = (!rule.allow_system_files).then(|| shared.learner.packages());
+    Some(
+        Store::open(&shared.config.agent.state_dir)
+            .and_then(|s| s.quarantine(&found.canonical, &roots, &rule.id, system.as_deref())),
+    )
 }
 
 /// The store.
@@ -312,7 +311,7 @@ mod tests {
             format!("/\n{}\n", owned.display()),
         )
         .unwrap();
-        let sys = SystemFiles::load(lists.path());
+        let sys = SystemFiles::load_dpkg(lists.path());
         let r = store.quarantine(&owned, std::slice::from_ref(&root), "r", Some(&sys));
         assert!(matches!(r, Err(QuarantineError::SystemFile(_))), "{r:?}");
         assert!(owned.exists());

@@ -25,13 +25,15 @@ use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TryS
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use interdict_event::{EventKind, FileRef, Outcome};
-use interdict_policy::Facts;
+use interdict_event::{EventKind, FileRef};
 
+use super::cache::{Access, Cached};
+use super::{Part, PartState, StartError};
 use crate::agent::config::FailMode;
 use crate::agent::metrics::inc;
-use crate::agent::shared::{Cached, Shared};
-use crate::agent::verdict::{self as judge, Plan};
+use crate::agent::shared::Shared;
+use crate::agent::verdict::{self, Plan};
+use crate::inventory::facts::FactsBuilder;
 use crate::inventory::hash::FileKey;
 
 const FAN_ALLOW: u32 = 0x01;
@@ -43,8 +45,8 @@ struct Pending {
     fd: OwnedFd,
     pid: u32,
     key: FileKey,
-    /// True for `FAN_OPEN_PERM` on a banned script; false for an exec.
-    script: bool,
+    /// `Open` for `FAN_OPEN_PERM` on a banned script, `Exec` for an exec.
+    access: Access,
     answered: AtomicBool,
     /// The process, read before a cached deny is answered (it is gone soon after).
     info: Option<crate::inventory::procs::ProcessInfo>,
@@ -58,7 +60,7 @@ impl Pending {
         fd: OwnedFd,
         pid: u32,
         key: FileKey,
-        script: bool,
+        access: Access,
         start: Instant,
         answered: bool,
         info: Option<crate::inventory::procs::ProcessInfo>,
@@ -67,7 +69,7 @@ impl Pending {
             fd,
             pid,
             key,
-            script,
+            access,
             answered: AtomicBool::new(answered),
             info,
             expired: AtomicBool::new(false),
@@ -84,18 +86,12 @@ struct Guard {
 
 impl Guard {
     fn respond(&self, fd: RawFd, answer: u32) {
-        let r = libc::fanotify_response {
-            fd,
-            response: answer,
-        };
+        // `struct fanotify_response { __s32 fd; __u32 response; }`, in native byte order.
+        let mut r = [0u8; 8];
+        r[..4].copy_from_slice(&fd.to_ne_bytes());
+        r[4..].copy_from_slice(&answer.to_ne_bytes());
         // A failed write means the event is gone (the process died); nothing to do.
-        unsafe {
-            libc::write(
-                self.fan.as_raw_fd(),
-                (&r as *const libc::fanotify_response).cast(),
-                std::mem::size_of::<libc::fanotify_response>(),
-            )
-        };
+        let _ = rustix::io::write(&self.fan, &r);
     }
 
     /// Answer once: true if this call answered.
@@ -106,13 +102,6 @@ impl Guard {
         self.respond(p.fd.as_raw_fd(), answer);
         true
     }
-}
-
-/// What the fanotify guard covers, for status.
-#[derive(Debug, Clone)]
-pub struct Coverage {
-    /// Mounts marked for exec events.
-    pub mounts: Vec<PathBuf>,
 }
 
 /// A running guard: mark more script files through it.
@@ -131,11 +120,46 @@ impl ScriptMarker {
             path,
         )
     }
+
+    /// Find the banned interpreter scripts under the script roots (`[exec] script_roots`, or
+    /// the default install roots) and mark each. Returns how many were marked; a failed mark is
+    /// counted (`script_mark_failures`).
+    pub fn mark_banned_scripts(&self, shared: &Shared) -> usize {
+        let active = shared.policy.active();
+        let policy = &active.loaded.policy;
+        if !policy.has_scripts() {
+            return 0;
+        }
+        let roots = if shared.config.exec.script_roots.is_empty() {
+            crate::inventory::installed::default_roots(&shared.accounts)
+        } else {
+            shared.config.exec.script_roots.clone()
+        };
+        let (roots, _) = crate::inventory::installed::normalize_roots(&roots, false);
+        let mut n = 0;
+        for root in roots {
+            for entry in walkdir::WalkDir::new(root)
+                .follow_links(false)
+                .into_iter()
+                .flatten()
+            {
+                if entry.file_type().is_file() && policy.is_script_path(entry.path()) {
+                    match self.mark(entry.path()) {
+                        Ok(()) => n += 1,
+                        Err(_) => inc(&shared.metrics.c.script_mark_failures),
+                    }
+                }
+            }
+        }
+        n
+    }
 }
 
 fn mark(fan: RawFd, flags: libc::c_uint, mask: u64, path: &Path) -> std::io::Result<()> {
     let c = CString::new(path.as_os_str().as_bytes())
         .map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: `c` is a NUL-terminated path that outlives the call; `fan` is a fanotify
+    // descriptor; the kernel copies the path and keeps no pointer.
     let r = unsafe { libc::fanotify_mark(fan, flags, mask, libc::AT_FDCWD, c.as_ptr()) };
     if r < 0 {
         Err(std::io::Error::last_os_error())
@@ -171,9 +195,12 @@ pub fn default_mounts() -> Vec<PathBuf> {
     out
 }
 
-/// Start the guard. Returns the script marker, or why it could not start.
-pub fn start(shared: Arc<Shared>) -> Result<ScriptMarker, String> {
-    let cfg = &shared.config;
+/// Start the guard (`[exec]` configuration). Returns the script marker, or why it could not
+/// start.
+pub fn start(shared: Arc<Shared>) -> Result<ScriptMarker, StartError> {
+    let cfg = &shared.config.exec;
+    // SAFETY: fanotify_init takes two flag words and returns a new descriptor or -1; no
+    // pointers are involved.
     let fd = unsafe {
         libc::fanotify_init(
             libc::FAN_CLASS_CONTENT | libc::FAN_CLOEXEC,
@@ -183,11 +210,15 @@ pub fn start(shared: Arc<Shared>) -> Result<ScriptMarker, String> {
     if fd < 0 {
         let e = std::io::Error::last_os_error();
         return Err(match e.raw_os_error() {
-            Some(libc::EPERM) => "not permitted (needs root / CAP_SYS_ADMIN)".to_string(),
-            Some(libc::ENOSYS) => "kernel without fanotify".to_string(),
-            _ => format!("fanotify_init: {e}"),
+            Some(libc::EPERM) => StartError::NotPermitted("root / CAP_SYS_ADMIN"),
+            Some(libc::ENOSYS) => StartError::Unsupported("kernel without fanotify"),
+            _ => StartError::Io {
+                what: "fanotify_init",
+                source: e,
+            },
         });
     }
+    // SAFETY: `fd` is a descriptor fanotify_init just returned; nothing else owns it.
     let fan = unsafe { OwnedFd::from_raw_fd(fd) };
     let mounts = if cfg.mounts.is_empty() {
         default_mounts()
@@ -207,9 +238,9 @@ pub fn start(shared: Arc<Shared>) -> Result<ScriptMarker, String> {
                 if let Ok(meta) = std::fs::metadata(m) {
                     use std::os::unix::fs::MetadataExt;
                     shared
-                        .fanotify_devs
+                        .marked_devs
                         .lock()
-                        .expect("devs poisoned")
+                        .expect("marked devices poisoned")
                         .insert(meta.dev());
                 }
                 marked.push(m.clone())
@@ -218,7 +249,10 @@ pub fn start(shared: Arc<Shared>) -> Result<ScriptMarker, String> {
         }
     }
     if marked.is_empty() {
-        return Err(format!("no mount could be marked ({})", failed.join("; ")));
+        return Err(StartError::NothingCovered(format!(
+            "no mount could be marked ({})",
+            failed.join("; ")
+        )));
     }
     let guard = Arc::new(Guard {
         fan,
@@ -242,33 +276,33 @@ pub fn start(shared: Arc<Shared>) -> Result<ScriptMarker, String> {
             format!("; not marked: {}", failed.join("; "))
         }
     );
-    shared.set_sensor("fanotify", "running", detail);
+    shared.parts.set(Part::Fanotify, PartState::Running, detail);
 
     let (work_tx, work_rx) = sync_channel::<Arc<Pending>>(cfg.queue);
     let work_rx = Arc::new(Mutex::new(work_rx));
     let (dl_tx, dl_rx) = std::sync::mpsc::channel::<Arc<Pending>>();
     let deadline = Duration::from_millis(cfg.deadline_ms);
+    let spawn = |name: String, f: Box<dyn FnOnce() + Send>| {
+        std::thread::Builder::new()
+            .name(name)
+            .spawn(f)
+            .map(|_| ())
+            .map_err(StartError::io("fanotify thread"))
+    };
     for i in 0..cfg.workers {
         let (g, rx) = (guard.clone(), work_rx.clone());
-        std::thread::Builder::new()
-            .name(format!("fan-worker-{i}"))
-            .spawn(move || worker(g, rx))
-            .map_err(|e| e.to_string())?;
+        spawn(format!("fan-worker-{i}"), Box::new(move || worker(g, rx)))?;
     }
-    {
-        let g = guard.clone();
-        std::thread::Builder::new()
-            .name("fan-deadline".into())
-            .spawn(move || deadline_loop(g, dl_rx, deadline))
-            .map_err(|e| e.to_string())?;
-    }
-    {
-        let g = guard.clone();
-        std::thread::Builder::new()
-            .name("fan-reader".into())
-            .spawn(move || reader(g, work_tx, dl_tx))
-            .map_err(|e| e.to_string())?;
-    }
+    let g = guard.clone();
+    spawn(
+        "fan-deadline".into(),
+        Box::new(move || deadline_loop(g, dl_rx, deadline)),
+    )?;
+    let g = guard.clone();
+    spawn(
+        "fan-reader".into(),
+        Box::new(move || reader(g, work_tx, dl_tx)),
+    )?;
     Ok(ScriptMarker { fan: guard })
 }
 
@@ -282,22 +316,21 @@ fn reader(
     let mut buf = vec![0u8; 64 * 1024];
     let meta_len = std::mem::size_of::<libc::fanotify_event_metadata>();
     let fatal = loop {
-        match shared.shutdown.wait_readable(g.fan.as_raw_fd()) {
+        match shared.shutdown.wait_readable(&g.fan) {
             Ok(true) => {}
             Ok(false) => break None,
             Err(e) => break Some(format!("poll: {e}")),
         }
-        let n = unsafe { libc::read(g.fan.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
-        if n < 0 {
-            let e = std::io::Error::last_os_error();
-            match e.raw_os_error() {
-                Some(libc::EINTR) | Some(libc::EAGAIN) => continue,
-                _ => break Some(format!("read: {e}")),
-            }
-        }
-        let n = n as usize;
+        let n = match rustix::io::read(&g.fan, &mut buf) {
+            Ok(n) => n,
+            Err(rustix::io::Errno::INTR) | Err(rustix::io::Errno::AGAIN) => continue,
+            Err(e) => break Some(format!("read: {e}")),
+        };
         let mut off = 0;
         while off + meta_len <= n {
+            // SAFETY: at least `meta_len` bytes from `off` were read from the kernel, which
+            // writes whole `fanotify_event_metadata` records; read_unaligned copies one out of
+            // the byte buffer whatever its alignment.
             let m: libc::fanotify_event_metadata =
                 unsafe { std::ptr::read_unaligned(buf[off..].as_ptr().cast()) };
             if m.vers != libc::FANOTIFY_METADATA_VERSION {
@@ -311,12 +344,16 @@ fn reader(
             if m.fd < 0 {
                 continue;
             }
+            // SAFETY: the kernel opened `m.fd` for this event and handed it to us; we own it
+            // from here and close it once the event is answered.
             let fd = unsafe { OwnedFd::from_raw_fd(m.fd) };
-            let script = m.mask & libc::FAN_OPEN_PERM != 0;
-            if !script {
+            let access = if m.mask & libc::FAN_OPEN_PERM != 0 {
+                Access::Open
+            } else {
                 inc(&shared.metrics.c.execs_seen);
-            }
-            handle(&g, fd, m.pid as u32, script, me, &work, &deadlines);
+                Access::Exec
+            };
+            handle(&g, fd, m.pid as u32, access, me, &work, &deadlines);
         }
     };
     finish(&g, fatal);
@@ -324,25 +361,29 @@ fn reader(
 
 fn finish(g: &Guard, fatal: Option<String>) {
     if let Some(why) = fatal {
-        g.shared.set_sensor(
-            "fanotify",
-            "failed",
+        g.shared.parts.set(
+            Part::Fanotify,
+            PartState::Failed,
             format!("stopped: {why}; descriptor closed"),
         );
         let mut e = g.shared.event(EventKind::SensorDegraded);
-        e.sensor = Some("fanotify".into());
+        e.sensor = Some(Part::Fanotify.as_str().into());
         e.message = Some(why);
         g.shared.emit(e);
     } else {
-        g.shared.set_sensor("fanotify", "stopped", "shut down");
+        g.shared
+            .parts
+            .set(Part::Fanotify, PartState::Stopped, "shut down");
     }
 }
 
+/// The reader's part of an event: the agent's own opens, protected files and cache hits are
+/// answered here at once; misses go to the workers.
 fn handle(
     g: &Arc<Guard>,
     fd: OwnedFd,
     pid: u32,
-    script: bool,
+    access: Access,
     me: u32,
     work: &SyncSender<Arc<Pending>>,
     deadlines: &std::sync::mpsc::Sender<Arc<Pending>>,
@@ -362,8 +403,8 @@ fn handle(
         g.respond(fd.as_raw_fd(), FAN_ALLOW);
         return;
     }
-    let generation = shared.active.load().generation;
-    if let Some(c) = shared.decisions.get(&(key, script), generation) {
+    let generation = shared.policy.generation();
+    if let Some(c) = shared.decisions.get(key, access, generation) {
         inc(&shared.metrics.c.cache_hits);
         match c {
             Cached::Allow => g.respond(fd.as_raw_fd(), FAN_ALLOW),
@@ -372,9 +413,9 @@ fn handle(
                 // needs it, and it exits right after the deny.
                 let info = crate::inventory::procs::read_proc(pid);
                 g.respond(fd.as_raw_fd(), FAN_DENY);
-                count_deny(shared, script);
+                count_deny(shared, access);
                 // The event (with the evidence) is built off this thread.
-                let _ = work.try_send(Pending::new(fd, pid, key, script, start, true, info));
+                let _ = work.try_send(Pending::new(fd, pid, key, access, start, true, info));
             }
         }
         shared
@@ -384,7 +425,7 @@ fn handle(
         return;
     }
     inc(&shared.metrics.c.cache_misses);
-    let p = Pending::new(fd, pid, key, script, start, false, None);
+    let p = Pending::new(fd, pid, key, access, start, false, None);
     match work.try_send(p.clone()) {
         Ok(()) => {
             let _ = deadlines.send(p);
@@ -393,17 +434,16 @@ fn handle(
             inc(&shared.metrics.c.queue_drops);
             g.answer_once(&p, g.fail);
             if g.fail == FAN_DENY {
-                count_deny(shared, script);
+                count_deny(shared, access);
             }
         }
     }
 }
 
-fn count_deny(shared: &Shared, script: bool) {
-    if script {
-        inc(&shared.metrics.c.scripts_denied);
-    } else {
-        inc(&shared.metrics.c.denied);
+fn count_deny(shared: &Shared, access: Access) {
+    match access {
+        Access::Open => inc(&shared.metrics.c.scripts_denied),
+        Access::Exec => inc(&shared.metrics.c.denied),
     }
 }
 
@@ -440,7 +480,7 @@ fn deadline_loop(g: Arc<Guard>, rx: Receiver<Arc<Pending>>, deadline: Duration) 
             if g.answer_once(&p, g.fail) {
                 inc(&g.shared.metrics.c.deadline_expirations);
                 if g.fail == FAN_DENY {
-                    count_deny(&g.shared, p.script);
+                    count_deny(&g.shared, p.access);
                 }
             }
         }
@@ -455,26 +495,18 @@ fn worker(g: Arc<Guard>, rx: Arc<Mutex<Receiver<Arc<Pending>>>>) {
     }
 }
 
-/// Decide a cache miss (or describe a cached deny), answer if still unanswered, record.
+/// Decide a cache miss (or describe a cached deny), answer if still unanswered, then hand the
+/// rest to the verdict.
 fn decide(g: &Guard, p: &Pending) {
     let shared = &g.shared;
-    let active = shared.active.load_full();
+    let active = shared.policy.active();
     let policy = &active.loaded.policy;
     let path =
         std::fs::read_link(format!("/proc/self/fd/{}", p.fd.as_raw_fd())).unwrap_or_default();
-    let mut facts = Facts {
-        host: Some(shared.origin.hostname.clone()),
-        ..Facts::default()
-    };
-    facts.add_name(path.file_name().map(|n| n.to_string_lossy().into_owned()));
     let info = p
         .info
         .clone()
         .or_else(|| crate::inventory::procs::read_proc(p.pid));
-    if let Some(uid) = info.as_ref().and_then(|i| i.uid) {
-        facts.user = Some(shared.accounts.user_name(uid));
-        facts.groups = shared.accounts.groups_of(uid);
-    }
     let mut hash_failed = false;
     let digest = if policy.needs_sha256() {
         // Hash through the event's own descriptor: no second open by path, no race.
@@ -492,18 +524,17 @@ fn decide(g: &Guard, p: &Pending) {
     } else {
         None
     };
-    if p.script {
-        facts.script_path = Some(path.clone());
-        facts.script_sha256 = digest;
-    } else {
-        facts.exe_path = Some(path.clone());
-        facts.exe_sha256 = digest;
+    let b = FactsBuilder::new(&shared.origin.hostname)
+        .name_of(&path)
+        .user(info.as_ref().and_then(|i| i.uid), &shared.accounts);
+    let mut facts = match p.access {
+        Access::Open => b.script(&path).script_digest(digest),
+        Access::Exec => b.exe(&path).exe_digest(digest),
     }
-    let decision = policy.evaluate(&facts);
-    let plan = judge::plan(policy, decision.as_ref(), shared.today());
-    let deny = plan == Plan::Stop;
-    let already_answered = p.answered.load(Ordering::SeqCst);
-    if !already_answered {
+    .build();
+    let v = verdict::decide(shared, policy, &mut facts);
+    let deny = v.plan == Plan::Stop;
+    if !p.answered.load(Ordering::SeqCst) {
         let answer = if hash_failed && !deny {
             g.fail
         } else if deny {
@@ -517,73 +548,54 @@ fn decide(g: &Guard, p: &Pending) {
                 .latency
                 .record(p.start.elapsed().as_nanos() as u64);
             if answer == FAN_DENY {
-                count_deny(shared, p.script);
+                count_deny(shared, p.access);
             }
         }
         // Only "nothing to do" and "deny" are cached: a report, a kill or a would-enforce must
         // be acted on at every exec.
-        let cacheable = matches!(plan, Plan::Allow | Plan::Stop);
+        let cacheable = matches!(v.plan, Plan::Allow | Plan::Stop);
         if cacheable && !hash_failed && FileKey::of_fd(&p.fd) == Some(p.key) {
             shared.decisions.put(
-                (p.key, p.script),
+                p.key,
+                p.access,
                 active.generation,
                 if deny { Cached::Deny } else { Cached::Allow },
             );
         }
     }
-    let Some(d) = decision else { return };
-    let j = judge::Judged {
-        policy,
-        decision: &d,
-        facts: &facts,
-    };
+    if v.decision.is_none() {
+        return;
+    }
     let late = p.expired.load(Ordering::SeqCst) && g.fail == FAN_ALLOW;
-    match plan {
+    match v.plan {
         Plan::Allow => {}
         Plan::Stop if !late => {
-            let mut e = shared.event(if p.script {
-                EventKind::ScriptDenied
-            } else {
-                EventKind::ExecDenied
-            });
-            e.outcome = Some(Outcome::Denied);
-            e.sensor = Some(if p.script { "script_guard" } else { "fanotify" }.into());
-            e.rule = Some(judge::rule_ref(policy, &d, &facts));
-            e.process = Some(match &info {
-                Some(i) => judge::process_ref(shared, i),
-                None => interdict_event::ProcessRef {
-                    pid: p.pid,
-                    ..Default::default()
-                },
-            });
-            e.file = Some(FileRef {
+            let file = FileRef {
                 path: crate::path_text(&path),
                 sha256: digest.map(|h| h.to_string()),
                 size: Some(p.key.size),
-            });
-            shared.emit(e);
-            judge::learn_from(shared, j);
-            if let Some(i) = &info {
-                judge::tell(
-                    shared,
-                    j,
-                    i,
-                    crate::agent::enforce::notices::NoticeKind::Blocked,
-                );
-            }
+            };
+            verdict::denied(
+                shared,
+                &v,
+                p.access == Access::Open,
+                p.pid,
+                info.as_ref(),
+                file,
+            );
         }
         // Allowed by the deadline but banned, or a kill rule: kill what was started.
         Plan::Stop | Plan::Kill => {
             if let Some(i) = &info {
                 let note = late.then(|| "decision missed its deadline; the exec was allowed (fail_mode = open), then killed".to_string());
-                judge::act_on_running(shared, "fanotify", i, j, Plan::Kill, note);
+                verdict::on_running(shared, Part::Fanotify, i, &v, Plan::Kill, note);
             }
         }
         // Reported here, where the process is known even if it exits at once; the proc
         // connector leaves execs on marked mounts to this guard.
         Plan::Report | Plan::WouldEnforce => {
             if let Some(i) = &info {
-                judge::act_on_running(shared, "fanotify", i, j, plan, None);
+                verdict::on_running(shared, Part::Fanotify, i, &v, v.plan, None);
             }
         }
     }

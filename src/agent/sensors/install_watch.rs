@@ -10,12 +10,14 @@ use std::sync::mpsc::{channel, Receiver, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use interdict_event::{EventKind, FileRef, Outcome, ProcessRef};
 use notify::Watcher;
 
+use super::fanotify::ScriptMarker;
+use super::{Part, PartState, StartError};
 use crate::agent::metrics::inc;
 use crate::agent::shared::Shared;
-use crate::agent::verdict as judge;
+use crate::agent::verdict;
+use crate::inventory::hash::FileKey;
 use crate::inventory::installed::{self, Found, Progress};
 
 /// A request to the watcher thread.
@@ -75,11 +77,11 @@ fn real_unit(unit: &Path, roots: &[PathBuf]) -> Option<PathBuf> {
 }
 
 /// The install roots that exist now (new homes appear, new prefixes get created).
-fn roots_now(shared: &Shared) -> Vec<PathBuf> {
-    let roots = if shared.config.install_roots.is_empty() {
+pub fn roots_now(shared: &Shared) -> Vec<PathBuf> {
+    let roots = if shared.config.install.roots.is_empty() {
         installed::default_roots(&crate::inventory::host::Accounts::load())
     } else {
-        shared.config.install_roots.clone()
+        shared.config.install.roots.clone()
     };
     installed::normalize_roots(&roots, false).0
 }
@@ -91,8 +93,8 @@ type Seen = HashMap<(String, PathBuf), Found>;
 /// With `guard`, every banned script file found is marked for the script guard at once.
 pub fn start(
     shared: Arc<Shared>,
-    guard: Option<crate::agent::sensors::fanotify::ScriptMarker>,
-) -> Result<std::sync::mpsc::Sender<WatchMsg>, String> {
+    guard: Option<ScriptMarker>,
+) -> Result<std::sync::mpsc::Sender<WatchMsg>, StartError> {
     let roots = roots_now(&shared);
     let (tx, rx) = channel::<WatchMsg>();
     let wtx = tx.clone();
@@ -138,26 +140,29 @@ pub fn start(
             .with_event_kinds(kinds)
             .with_follow_symlinks(false),
     )
-    .map_err(|e| format!("inotify: {e}"))?;
+    .map_err(|e| StartError::Io {
+        what: "inotify",
+        source: std::io::Error::other(e.to_string()),
+    })?;
     let mut watched = 0;
     for r in &roots {
         if watcher.watch(r, notify::RecursiveMode::Recursive).is_ok() {
             watched += 1;
         }
     }
-    shared.set_sensor(
-        "install_watch",
-        "running",
+    shared.parts.set(
+        Part::InstallWatch,
+        PartState::Running,
         format!(
             "{watched} install root(s) watched, rescan every {} s",
-            shared.config.rescan_interval_s
+            shared.config.install.rescan_interval_s
         ),
     );
     let s = shared.clone();
     std::thread::Builder::new()
         .name("install-watch".into())
         .spawn(move || run(s, rx, roots, watcher, guard))
-        .map_err(|e| e.to_string())?;
+        .map_err(StartError::io("install watcher thread"))?;
     let _ = tx.send(WatchMsg::Rescan("start-up"));
     Ok(tx)
 }
@@ -208,18 +213,18 @@ fn run(
     rx: Receiver<WatchMsg>,
     mut roots: Vec<PathBuf>,
     mut watcher: notify::RecommendedWatcher,
-    guard: Option<crate::agent::sensors::fanotify::ScriptMarker>,
+    guard: Option<ScriptMarker>,
 ) {
     let guard = guard.as_ref();
-    let debounce = Duration::from_millis(shared.config.install_debounce_ms);
-    let rescan_every = Duration::from_secs(shared.config.rescan_interval_s.max(1));
+    let debounce = Duration::from_millis(shared.config.install.debounce_ms);
+    let rescan_every = Duration::from_secs(shared.config.install.rescan_interval_s.max(1));
     let mut seen: Seen = HashMap::new();
     let mut pending = Pending {
         units: HashSet::new(),
         writing: HashSet::new(),
         last_change: Instant::now(),
     };
-    let mut deferred: HashMap<PathBuf, u32> = HashMap::new();
+    let mut deferred: Deferred = HashMap::new();
     let mut next_rescan = Instant::now() + rescan_every;
     // A full rescan: changes queued before and during the walk are taken in, so that a file
     // still being written is left to the watcher rather than reported half-written.
@@ -237,20 +242,19 @@ fn run(
         let started = Instant::now();
         let found = scan_paths(&shared, roots);
         pending.absorb(&rx);
-        let again = rescan(
-            &shared,
-            found,
-            seen,
-            why,
-            (&pending.writing, debounce),
-            started,
-            guard,
-        );
+        let settle = Settle {
+            writing: &pending.writing,
+            quiet: debounce,
+            installing: installer_running(),
+        };
+        let again = rescan(&shared, found, seen, why, &settle, started, guard);
         pending.retry(again);
     };
     loop {
         if shared.shutdown.is_triggered() {
-            shared.set_sensor("install_watch", "stopped", "shut down");
+            shared
+                .parts
+                .set(Part::InstallWatch, PartState::Stopped, "shut down");
             return;
         }
         let wait = if pending.units.is_empty() {
@@ -281,14 +285,12 @@ fn run(
                 .collect();
             // (A close we never saw, lost in an overflow, leaves a path in `writing`: bounded by
             // the deferral rounds, and the set is emptied when events were lost.)
-            let again = examine(
-                &shared,
-                &units,
-                &mut seen,
-                &mut deferred,
-                (&pending.writing, debounce),
-                guard,
-            );
+            let settle = Settle {
+                writing: &pending.writing,
+                quiet: debounce,
+                installing: installer_running(),
+            };
+            let again = examine(&shared, &units, &mut seen, &mut deferred, &settle, guard);
             pending.retry(again);
         }
         if Instant::now() >= next_rescan {
@@ -318,7 +320,7 @@ fn watch_new_roots(
 }
 
 fn scan_paths(shared: &Shared, paths: &[PathBuf]) -> Vec<Found> {
-    let active = shared.active.load_full();
+    let active = shared.policy.active();
     let progress = Progress::default();
     let existing: Vec<PathBuf> = paths
         .iter()
@@ -339,7 +341,23 @@ fn scan_paths(shared: &Shared, paths: &[PathBuf]) -> Vec<Found> {
             .load(std::sync::atomic::Ordering::Relaxed),
         std::sync::atomic::Ordering::Relaxed,
     );
-    found.found
+    // A digest learned on this host never names a system or package-owned file.
+    let packages = shared.learner.packages();
+    let policy = &active.loaded.policy;
+    found
+        .found
+        .into_iter()
+        .filter(|f| {
+            let misfire =
+                crate::policy::learned::misfires(policy, &f.decision, &f.canonical, &packages);
+            if let (true, Some(d)) = (misfire, digest_of(f)) {
+                shared
+                    .learner
+                    .misfired(d, f.canonical.clone(), &shared.metrics);
+            }
+            !misfire
+        })
+        .collect()
 }
 
 /// A file still open for writing (created or written to, no close seen yet) or written to within
@@ -349,32 +367,110 @@ fn scan_paths(shared: &Shared, paths: &[PathBuf]) -> Vec<Found> {
 /// it is, and reported again with its new digest once it changes.
 const DEFER_ROUNDS: u32 = 60;
 
-fn settling(f: &Found, (writing, settle): (&HashSet<PathBuf>, Duration)) -> bool {
-    if f.package.is_some() {
-        return false;
+/// A file inside a package folder while a package manager is installing is part of an install
+/// that is not finished (npm lays down a placeholder `bin/claude.exe` and replaces it in the
+/// package's postinstall, seconds later): it waits until the installer is done, for at most
+/// this long (a process that only pretends to install cannot hide a file for longer).
+const INSTALLER_WAIT: Duration = Duration::from_secs(600);
+
+/// What makes a found file wait: files being written, and installers at work.
+struct Settle<'a> {
+    writing: &'a HashSet<PathBuf>,
+    quiet: Duration,
+    installing: bool,
+}
+
+impl Settle<'_> {
+    /// Still being written (by any writer).
+    fn writing(&self, f: &Found) -> bool {
+        if f.package.is_some() {
+            return false;
+        }
+        if self.writing.contains(&f.path) || self.writing.contains(&f.canonical) {
+            return true;
+        }
+        std::fs::metadata(&f.canonical)
+            .and_then(|m| m.modified())
+            .map(|t| t.elapsed().map_or(true, |age| age < self.quiet))
+            .unwrap_or(false)
     }
-    if writing.contains(&f.path) || writing.contains(&f.canonical) {
-        return true;
+
+    /// Part of a package an installer is still laying down.
+    fn installing(&self, f: &Found) -> bool {
+        self.installing && f.package.is_none() && unit_of(&f.path) != f.path
     }
-    std::fs::metadata(&f.canonical)
-        .and_then(|m| m.modified())
-        .map(|t| t.elapsed().map_or(true, |age| age < settle))
-        .unwrap_or(false)
+}
+
+/// True when a package manager is installing something now: a process whose command line
+/// names npm, pnpm, yarn, bun, pip, uv or pipx followed by an installing verb (npm sets its
+/// process title to `npm install ...`).
+pub fn installer_running() -> bool {
+    const MANAGERS: &[&str] = &[
+        "npm",
+        "npm-cli.js",
+        "pnpm",
+        "pnpm.cjs",
+        "yarn",
+        "yarn.js",
+        "bun",
+        "pip",
+        "pip3",
+        "uv",
+        "pipx",
+    ];
+    const VERBS: &[&str] = &[
+        "install", "i", "add", "ci", "update", "up", "upgrade", "exec", "x", "dlx", "sync",
+    ];
+    super::sweep::all_pids().into_iter().any(|pid| {
+        let Ok(raw) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            return false;
+        };
+        let text = String::from_utf8_lossy(&raw);
+        let words: Vec<&str> = text
+            .split(['\0', ' '])
+            .filter(|w| !w.is_empty())
+            .take(6)
+            .collect();
+        words.iter().enumerate().any(|(i, w)| {
+            let name = w.rsplit('/').next().unwrap_or(w);
+            MANAGERS.contains(&name) && words[i + 1..].iter().any(|v| VERBS.contains(v))
+        })
+    })
 }
 
 fn digest_of(f: &Found) -> Option<interdict_policy::Sha256> {
     f.facts.exe_sha256.or(f.facts.script_sha256)
 }
 
+/// The size that belongs to the digest found: the file must still be the one that was hashed
+/// (its identity is the one the digest was remembered for). `Err` when it changed since — it
+/// is looked at again rather than reported with a digest and a size of two different files.
+fn size_of(shared: &Shared, f: &Found) -> Result<Option<u64>, ()> {
+    if f.package.is_some() {
+        return Ok(None);
+    }
+    let Ok(meta) = std::fs::metadata(&f.canonical) else {
+        return Ok(None);
+    };
+    match digest_of(f) {
+        None => Ok(Some(meta.len())),
+        Some(d) if shared.memo.get(&FileKey::of(&meta)) == Some(d) => Ok(Some(meta.len())),
+        Some(_) => Err(()),
+    }
+}
+
+/// How long each unit has waited, and since when.
+type Deferred = HashMap<PathBuf, (u32, Instant)>;
+
 /// Re-examine changed package folders: report what is new, and what is gone. Returns the units
-/// to look at again (files still being written).
+/// to look at again (files still being written, installs not finished).
 fn examine(
     shared: &Shared,
     units: &[PathBuf],
     seen: &mut Seen,
-    deferred: &mut HashMap<PathBuf, u32>,
-    settle: (&HashSet<PathBuf>, Duration),
-    guard: Option<&crate::agent::sensors::fanotify::ScriptMarker>,
+    deferred: &mut Deferred,
+    settle: &Settle<'_>,
+    guard: Option<&ScriptMarker>,
 ) -> Vec<PathBuf> {
     let found = scan_paths(shared, units);
     let mut now: HashSet<(String, PathBuf)> = HashSet::new();
@@ -384,19 +480,28 @@ fn examine(
         now.insert(key.clone());
         let unit = units.iter().find(|u| f.path.starts_with(u)).cloned();
         if let Some(u) = &unit {
-            if settling(&f, settle) && deferred.get(u).copied().unwrap_or(0) < DEFER_ROUNDS {
+            let (rounds, since) = deferred.get(u).copied().unwrap_or((0, Instant::now()));
+            let wait = (settle.writing(&f) && rounds < DEFER_ROUNDS)
+                || (settle.installing(&f) && since.elapsed() < INSTALLER_WAIT);
+            if wait {
                 again.insert(u.clone());
                 continue;
             }
         }
         if is_news(seen, &key, &f) {
-            detected(shared, &f, guard);
+            if detected(shared, &f, guard).is_err() {
+                if let Some(u) = unit {
+                    again.insert(u);
+                }
+                continue;
+            }
             seen.insert(key, f);
         }
     }
     for u in units {
         if again.contains(u) {
-            *deferred.entry(u.clone()).or_insert(0) += 1;
+            let e = deferred.entry(u.clone()).or_insert((0, Instant::now()));
+            e.0 += 1;
         } else {
             deferred.remove(u);
         }
@@ -414,16 +519,16 @@ fn rescan(
     found: Vec<Found>,
     seen: &mut Seen,
     why: &str,
-    settle: (&HashSet<PathBuf>, Duration),
+    settle: &Settle<'_>,
     started: Instant,
-    guard: Option<&crate::agent::sensors::fanotify::ScriptMarker>,
+    guard: Option<&ScriptMarker>,
 ) -> Vec<PathBuf> {
     tracing::debug!("install rescan ({why})");
     let mut now: HashMap<(String, PathBuf), Found> = HashMap::new();
     let mut again = HashSet::new();
     for f in found {
         let key = key_of(shared, &f);
-        if settling(&f, settle) {
+        if settle.writing(&f) || settle.installing(&f) {
             // Still being written: looked at by the watcher once it is done. What was reported
             // before under this key stays reported meanwhile.
             again.insert(unit_of(&f.path));
@@ -434,9 +539,18 @@ fn rescan(
         }
         now.insert(key, f);
     }
+    let mut changed = Vec::new();
     for (k, f) in &now {
-        if is_news(seen, k, f) {
-            detected(shared, f, guard);
+        if is_news(seen, k, f) && detected(shared, f, guard).is_err() {
+            again.insert(unit_of(&f.path));
+            changed.push(k.clone());
+        }
+    }
+    for k in changed {
+        // Not reported (it changed since it was hashed): keep what was reported before.
+        now.remove(&k);
+        if let Some(old) = seen.get(&k) {
+            now.insert(k, old.clone());
         }
     }
     report_gone(shared, seen, |k| !now.contains_key(k));
@@ -460,14 +574,14 @@ fn is_news(seen: &Seen, key: &(String, PathBuf), f: &Found) -> bool {
     }
 }
 
-/// Report a banned install, and guard it when it is a script.
-fn detected(
-    shared: &Shared,
-    f: &Found,
-    guard: Option<&crate::agent::sensors::fanotify::ScriptMarker>,
-) {
-    report(shared, f, EventKind::InstalledDetected);
-    mark_script(f, guard);
+/// A banned install found: guard it first when it is a script (so that the event announcing
+/// it means it is guarded), then hand it to the verdict. `Err` when the file changed since it
+/// was hashed (looked at again later).
+fn detected(shared: &Shared, f: &Found, guard: Option<&ScriptMarker>) -> Result<(), ()> {
+    let size = size_of(shared, f)?;
+    mark_script(shared, f, guard);
+    verdict::installed(shared, f, size, false);
+    Ok(())
 }
 
 /// Report as removed, and forget, what was reported under the keys that are `gone`.
@@ -475,23 +589,27 @@ fn report_gone(shared: &Shared, seen: &mut Seen, gone: impl Fn(&(String, PathBuf
     let gone: Vec<_> = seen.keys().filter(|k| gone(k)).cloned().collect();
     for k in gone {
         if let Some(f) = seen.remove(&k) {
-            report(shared, &f, EventKind::InstalledRemoved);
+            verdict::installed(shared, &f, None, true);
         }
     }
 }
 
-/// A banned interpreter script found installed: deny its opens from now on.
-fn mark_script(f: &Found, guard: Option<&crate::agent::sensors::fanotify::ScriptMarker>) {
+/// A banned interpreter script found installed: deny its opens from now on. A mark that fails
+/// is counted (`script_mark_failures`).
+fn mark_script(shared: &Shared, f: &Found, guard: Option<&ScriptMarker>) {
     if let (Some(g), Some(script)) = (guard, &f.facts.script_path) {
-        if f.decision.action != interdict_policy::Action::Allow && f.package.is_none() {
-            let _ = g.mark(script);
+        if f.decision.action != interdict_policy::Action::Allow
+            && f.package.is_none()
+            && g.mark(script).is_err()
+        {
+            inc(&shared.metrics.c.script_mark_failures);
         }
     }
 }
 
 /// Where the persistent hash cache lives.
 pub fn hash_cache_path(shared: &Shared) -> PathBuf {
-    shared.config.state_dir.join("hashcache.bin")
+    shared.config.agent.state_dir.join("hashcache.bin")
 }
 
 /// Write the digests known so far to the persistent cache.
@@ -516,158 +634,10 @@ pub fn load_hash_cache(shared: &Shared) {
 }
 
 fn key_of(shared: &Shared, f: &Found) -> (String, PathBuf) {
-    let active = shared.active.load();
+    let active = shared.policy.active();
     (
         active.loaded.policy.rule(&f.decision).id.clone(),
         f.canonical.clone(),
-    )
-}
-
-fn report(shared: &Shared, f: &Found, kind: EventKind) {
-    let active = shared.active.load_full();
-    let policy = &active.loaded.policy;
-    if f.decision.action == interdict_policy::Action::Allow {
-        return;
-    }
-    let j = judge::Judged {
-        policy,
-        decision: &f.decision,
-        facts: &f.facts,
-    };
-    let mut e = shared.event(kind);
-    e.outcome = Some(Outcome::Reported);
-    e.sensor = Some("install_watch".into());
-    e.rule = Some(judge::rule_ref(policy, &f.decision, &f.facts));
-    let size = std::fs::metadata(&f.canonical).ok().map(|m| m.len());
-    e.file = Some(FileRef {
-        path: crate::path_text(&f.path),
-        sha256: f
-            .facts
-            .exe_sha256
-            .or(f.facts.script_sha256)
-            .map(|h| h.to_string()),
-        size,
-    });
-    if let Some(p) = &f.package {
-        e.message = Some(match &p.version {
-            Some(v) => format!("package {} {v}", p.package),
-            None => format!("package {}", p.package),
-        });
-    }
-    let owner = {
-        use std::os::unix::fs::MetadataExt;
-        std::fs::symlink_metadata(&f.path).ok().map(|m| m.uid())
-    };
-    e.process = owner.map(|uid| ProcessRef {
-        uid: Some(uid),
-        user: Some(shared.accounts.user_name(uid)),
-        ..ProcessRef::default()
-    });
-    shared.emit(e);
-    match kind {
-        EventKind::InstalledDetected => inc(&shared.metrics.c.installs_detected),
-        _ => inc(&shared.metrics.c.installs_removed),
-    }
-    if kind != EventKind::InstalledDetected {
-        return;
-    }
-    // A file matched by a path or script glob: learn its digest, so that a renamed copy of it is
-    // caught by hash. (Names are too weak to learn from; package markers are folders.)
-    use interdict_policy::SelectorKind;
-    if matches!(
-        f.decision.selector,
-        SelectorKind::Path | SelectorKind::Script
-    ) && f.package.is_none()
-    {
-        let digest = f
-            .facts
-            .exe_sha256
-            .or(f.facts.script_sha256)
-            .or_else(|| shared.memo.hash_path(&f.canonical, false).ok());
-        if let Some(d) = digest {
-            shared.learn(
-                &policy.rule(&f.decision).id,
-                d,
-                &f.canonical,
-                f.decision.selector.as_str(),
-            );
-        }
-    }
-    let told = match quarantine_if_asked(shared, f) {
-        Some(Ok(entry)) => {
-            let mut q = shared.event(EventKind::InstalledQuarantined);
-            q.outcome = Some(Outcome::Quarantined);
-            q.sensor = Some("install_watch".into());
-            q.rule = Some(judge::rule_ref(policy, &f.decision, &f.facts));
-            q.file = Some(FileRef {
-                path: crate::path_text(&entry.original_path),
-                sha256: Some(entry.sha256.clone()),
-                size: Some(entry.size),
-            });
-            q.message = Some(format!("quarantine entry {}", entry.id));
-            shared.emit(q);
-            inc(&shared.metrics.c.installs_quarantined);
-            crate::agent::enforce::notices::NoticeKind::Quarantined
-        }
-        Some(Err(e)) => {
-            let mut q = shared.event(EventKind::InstalledQuarantined);
-            q.outcome = Some(Outcome::QuarantineFailed);
-            q.sensor = Some("install_watch".into());
-            q.rule = Some(judge::rule_ref(policy, &f.decision, &f.facts));
-            q.message = Some(e.to_string());
-            shared.emit(q);
-            crate::agent::enforce::notices::NoticeKind::Installed
-        }
-        None => crate::agent::enforce::notices::NoticeKind::Installed,
-    };
-    if let Some(uid) = owner {
-        let info = crate::inventory::procs::ProcessInfo {
-            pid: 0,
-            ppid: None,
-            comm: Default::default(),
-            exe: None,
-            argv: Vec::new(),
-            cwd: None,
-            uid: Some(uid),
-            start_time: 0,
-            start_ticks: None,
-            tty_nr: None,
-        };
-        judge::tell(shared, j, &info, told);
-    }
-}
-
-/// Quarantine a found file when its rule says so and the policy enforces today. `None` when
-/// the rule does not ask for it (or the find is a package folder, which is reported only).
-fn quarantine_if_asked(
-    shared: &Shared,
-    f: &Found,
-) -> Option<
-    Result<
-        crate::agent::enforce::quarantine::Entry,
-        crate::agent::enforce::quarantine::QuarantineError,
-    >,
-> {
-    let active = shared.active.load_full();
-    let policy = &active.loaded.policy;
-    let rule = policy.rule(&f.decision);
-    if rule.on_install != interdict_policy::OnInstall::Quarantine || f.package.is_some() {
-        return None;
-    }
-    // Monitor mode and a future enforce_from change nothing on disk.
-    let today = shared.today();
-    if policy.info().mode == interdict_policy::Mode::Monitor
-        || rule.enforce_from.is_some_and(|d| today < d)
-    {
-        return None;
-    }
-    let roots = roots_now(shared);
-    let system = (!rule.allow_system_files).then(|| {
-        crate::agent::enforce::quarantine::SystemFiles::load(Path::new("/var/lib/dpkg/info"))
-    });
-    Some(
-        crate::agent::enforce::quarantine::Store::open(&shared.config.state_dir)
-            .and_then(|s| s.quarantine(&f.canonical, &roots, &rule.id, system.as_ref())),
     )
 }
 

@@ -4,12 +4,11 @@
 //! is killed through a pidfd after its start time is checked. On a netlink overflow (`ENOBUFS`)
 //! a full `/proc` sweep makes up for what was lost.
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::sync::atomic::Ordering;
+use std::os::fd::OwnedFd;
 use std::sync::Arc;
 
+use super::{sweep, Part, PartState, StartError};
 use crate::agent::metrics::inc;
-use crate::agent::sensors::sweep;
 use crate::agent::shared::Shared;
 
 const CN_IDX_PROC: u32 = 1;
@@ -23,41 +22,17 @@ const NLMSG_HDRLEN: usize = 16;
 const CN_MSG_LEN: usize = 20;
 
 fn open_socket() -> std::io::Result<OwnedFd> {
-    let fd = unsafe {
-        libc::socket(
-            libc::AF_NETLINK,
-            libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
-            libc::NETLINK_CONNECTOR,
-        )
-    };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+    use rustix::net::netlink::{SocketAddrNetlink, CONNECTOR};
+    use rustix::net::{bind, send, socket_with, AddressFamily, SendFlags, SocketFlags, SocketType};
+    let sock = socket_with(
+        AddressFamily::NETLINK,
+        SocketType::DGRAM,
+        SocketFlags::CLOEXEC,
+        Some(CONNECTOR),
+    )?;
     // A large receive buffer makes overflows rare under exec storms (root may force it).
-    let size: libc::c_int = 8 << 20;
-    unsafe {
-        libc::setsockopt(
-            sock.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVBUFFORCE,
-            (&size as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as u32,
-        )
-    };
-    let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
-    addr.nl_family = libc::AF_NETLINK as u16;
-    addr.nl_groups = CN_IDX_PROC;
-    let r = unsafe {
-        libc::bind(
-            sock.as_raw_fd(),
-            (&addr as *const libc::sockaddr_nl).cast(),
-            std::mem::size_of::<libc::sockaddr_nl>() as u32,
-        )
-    };
-    if r < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
+    let _ = rustix::net::sockopt::set_socket_recv_buffer_size_force(&sock, 8 << 20);
+    bind(&sock, &SocketAddrNetlink::new(0, CN_IDX_PROC))?;
     // nlmsghdr + cn_msg + proc_input { op, event_type }: subscribe to exec events only. Kernels
     // before 6.6 read just the op and send every process event (the others are skipped below).
     let mut msg = [0u8; NLMSG_HDRLEN + CN_MSG_LEN + 8];
@@ -71,35 +46,36 @@ fn open_socket() -> std::io::Result<OwnedFd> {
     msg[cn + 16..cn + 18].copy_from_slice(&8u16.to_ne_bytes());
     msg[cn + CN_MSG_LEN..cn + CN_MSG_LEN + 4].copy_from_slice(&PROC_CN_MCAST_LISTEN.to_ne_bytes());
     msg[cn + CN_MSG_LEN + 4..].copy_from_slice(&FILTER_MASK.to_ne_bytes());
-    let r = unsafe { libc::send(sock.as_raw_fd(), msg.as_ptr().cast(), msg.len(), 0) };
-    if r < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
+    send(&sock, &msg, SendFlags::empty())?;
     Ok(sock)
 }
 
 /// Start the proc connector thread, or say why it cannot run.
-pub fn start(shared: Arc<Shared>) -> Result<(), String> {
+pub fn start(shared: Arc<Shared>) -> Result<(), StartError> {
     let sock = open_socket().map_err(|e| match e.raw_os_error() {
-        Some(libc::EPERM) | Some(libc::EACCES) => {
-            "not permitted (needs root / CAP_NET_ADMIN)".into()
-        }
-        Some(libc::EPROTONOSUPPORT) => "kernel without the proc connector".into(),
-        _ => format!("netlink: {e}"),
+        Some(libc::EPERM) | Some(libc::EACCES) => StartError::NotPermitted("root / CAP_NET_ADMIN"),
+        Some(libc::EPROTONOSUPPORT) => StartError::Unsupported("kernel without the proc connector"),
+        _ => StartError::Io {
+            what: "netlink",
+            source: e,
+        },
     })?;
-    shared.proc_connector_running.store(true, Ordering::SeqCst);
-    shared.set_sensor("proc_connector", "running", "every exec, via netlink");
+    shared.parts.set(
+        Part::ProcConnector,
+        PartState::Running,
+        "every exec, via netlink",
+    );
     std::thread::Builder::new()
         .name("proc-connector".into())
         .spawn(move || run(shared, sock))
-        .map_err(|e| e.to_string())?;
+        .map_err(StartError::io("proc connector thread"))?;
     Ok(())
 }
 
 fn run(shared: Arc<Shared>, sock: OwnedFd) {
     let mut buf = vec![0u8; 64 * 1024];
     let why = loop {
-        match shared.shutdown.wait_readable(sock.as_raw_fd()) {
+        match shared.shutdown.wait_readable(&sock) {
             Ok(true) => {}
             Ok(false) => break None,
             Err(e) => break Some(format!("poll: {e}")),
@@ -109,45 +85,38 @@ fn run(shared: Arc<Shared>, sock: OwnedFd) {
             break Some(why);
         }
     };
-    shared.proc_connector_running.store(false, Ordering::SeqCst);
     match why {
         Some(w) => {
-            shared.set_sensor("proc_connector", "failed", w.clone());
+            shared
+                .parts
+                .set(Part::ProcConnector, PartState::Failed, w.clone());
             let mut e = shared.event(interdict_event::EventKind::SensorDegraded);
-            e.sensor = Some("proc_connector".into());
+            e.sensor = Some(Part::ProcConnector.as_str().into());
             e.message = Some(w);
             shared.emit(e);
         }
-        None => shared.set_sensor("proc_connector", "stopped", "shut down"),
+        None => shared
+            .parts
+            .set(Part::ProcConnector, PartState::Stopped, "shut down"),
     }
 }
 
 /// Read and handle messages until the socket is empty. `Some(why)` on a fatal error.
 fn drain(shared: &Shared, sock: &OwnedFd, buf: &mut [u8]) -> Option<String> {
+    use rustix::net::{recv, RecvFlags};
     loop {
-        let n = unsafe {
-            libc::recv(
-                sock.as_raw_fd(),
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-                libc::MSG_DONTWAIT,
-            )
-        };
-        if n < 0 {
-            let e = std::io::Error::last_os_error();
-            match e.raw_os_error() {
-                Some(libc::EAGAIN) => return None,
-                Some(libc::EINTR) => continue,
-                Some(libc::ENOBUFS) => {
-                    // Events were lost: look at everything that runs now.
-                    inc(&shared.metrics.c.netlink_overflows);
-                    sweep::sweep(shared, "proc_connector");
-                    continue;
-                }
-                _ => return Some(format!("recv: {e}")),
+        let n = match recv(sock, &mut *buf, RecvFlags::DONTWAIT) {
+            Ok((n, _)) => n,
+            Err(rustix::io::Errno::AGAIN) => return None,
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(rustix::io::Errno::NOBUFS) => {
+                // Events were lost: look at everything that runs now.
+                inc(&shared.metrics.c.netlink_overflows);
+                sweep::sweep(shared, Part::ProcConnector);
+                continue;
             }
-        }
-        let n = n as usize;
+            Err(e) => return Some(format!("recv: {e}")),
+        };
         let mut off = 0;
         while off + NLMSG_HDRLEN <= n {
             let len = u32::from_ne_bytes(buf[off..off + 4].try_into().expect("4 bytes")) as usize;
@@ -173,5 +142,5 @@ fn on_exec(shared: &Shared, pid: u32) {
     if pid == std::process::id() {
         return;
     }
-    sweep::judge_pid(shared, pid, "proc_connector");
+    sweep::judge_pid(shared, pid, Part::ProcConnector);
 }

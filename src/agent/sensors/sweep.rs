@@ -5,21 +5,25 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::cache::{Access, Cached};
+use super::{Part, PartState, StartError};
 use crate::agent::metrics::inc;
+use crate::agent::reload::Active;
 use crate::agent::shared::Shared;
-use crate::agent::verdict as judge;
+use crate::agent::verdict::{self, Plan};
+use crate::inventory::facts::FactsBuilder;
 use crate::inventory::procs;
 
 /// True when a fresh exec needs no further look: the fanotify guard already found nothing
 /// against its executable (path, digest, file name) under the current policy, it is no
 /// interpreter, and its command name (the name it was started by) matches nothing either.
 /// Costs a `stat` and one small read instead of a full `/proc` read.
-fn known_clean(shared: &Shared, active: &crate::agent::shared::Active, pid: u32) -> bool {
+fn known_clean(shared: &Shared, active: &Active, pid: u32) -> bool {
     let Ok(m) = std::fs::metadata(format!("/proc/{pid}/exe")) else {
         return false;
     };
-    let key = (crate::inventory::hash::FileKey::of(&m), false);
-    if shared.decisions.get(&key, active.generation) != Some(crate::agent::shared::Cached::Allow) {
+    let key = crate::inventory::hash::FileKey::of(&m);
+    if shared.decisions.get(key, Access::Exec, active.generation) != Some(Cached::Allow) {
         return false;
     }
     let Ok(mut comm) = std::fs::read_to_string(format!("/proc/{pid}/comm")) else {
@@ -31,10 +35,7 @@ fn known_clean(shared: &Shared, active: &crate::agent::shared::Active, pid: u32)
     if procs::interpreter(&comm).is_some() {
         return false;
     }
-    let facts = interdict_policy::Facts {
-        names: vec![comm],
-        ..Default::default()
-    };
+    let facts = FactsBuilder::default().name(Some(comm)).build();
     active
         .loaded
         .policy
@@ -43,51 +44,37 @@ fn known_clean(shared: &Shared, active: &crate::agent::shared::Active, pid: u32)
 }
 
 /// Judge one running process and act on the verdict.
-pub fn judge_pid(shared: &Shared, pid: u32, sensor: &str) {
-    let active = shared.active.load_full();
-    if sensor == "proc_connector" && known_clean(shared, &active, pid) {
+pub fn judge_pid(shared: &Shared, pid: u32, sensor: Part) {
+    let active = shared.policy.active();
+    if sensor == Part::ProcConnector && known_clean(shared, &active, pid) {
         return;
     }
     let Some(info) = procs::read_proc(pid) else {
         return; // already gone
     };
     let policy = &active.loaded.policy;
-    let pf = procs::facts_for(
+    let mut pf = procs::facts_for(
         &info,
         &shared.accounts,
         &shared.origin.hostname,
         &shared.memo,
         policy.needs_sha256(),
     );
-    let Some(d) = policy.evaluate(&pf.facts) else {
-        return;
-    };
-    let plan = judge::plan(policy, Some(&d), shared.today());
-    if sensor == "proc_connector"
-        && matches!(plan, judge::Plan::Report | judge::Plan::WouldEnforce)
+    let v = verdict::decide(shared, policy, &mut pf.facts);
+    let Some(d) = v.decision else { return };
+    if sensor == Part::ProcConnector
+        && matches!(v.plan, Plan::Report | Plan::WouldEnforce)
         && d.subject == interdict_policy::Subject::Exe
-        && on_marked_mount(shared, pid)
+        && on_marked_filesystem(shared, pid)
     {
         return; // the fanotify guard reported this exec already
     }
-    let j = judge::Judged {
-        policy,
-        decision: &d,
-        facts: &pf.facts,
-    };
-    judge::act_on_running(shared, sensor, &info, j, plan, None);
+    verdict::on_running(shared, sensor, &info, &v, v.plan, None);
 }
 
-fn on_marked_mount(shared: &Shared, pid: u32) -> bool {
+fn on_marked_filesystem(shared: &Shared, pid: u32) -> bool {
     use std::os::unix::fs::MetadataExt;
-    let Ok(m) = std::fs::metadata(format!("/proc/{pid}/exe")) else {
-        return false;
-    };
-    shared
-        .fanotify_devs
-        .lock()
-        .expect("devs poisoned")
-        .contains(&m.dev())
+    std::fs::metadata(format!("/proc/{pid}/exe")).is_ok_and(|m| shared.is_marked_dev(m.dev()))
 }
 
 /// Every process id in `/proc`, except this process.
@@ -105,8 +92,8 @@ pub fn all_pids() -> Vec<u32> {
     pids
 }
 
-/// Judge every running process.
-pub fn sweep(shared: &Shared, sensor: &str) {
+/// Judge every running process; `sensor` names who asked (events say so).
+pub fn sweep(shared: &Shared, sensor: Part) {
     inc(&shared.metrics.c.sweeps);
     for pid in all_pids() {
         if shared.shutdown.is_triggered() {
@@ -117,33 +104,22 @@ pub fn sweep(shared: &Shared, sensor: &str) {
 }
 
 /// Start periodic polling every `interval`.
-pub fn start_polling(shared: Arc<Shared>, interval: Duration) -> Result<(), String> {
-    shared.set_sensor(
-        "poll",
-        "running",
+pub fn start_polling(shared: Arc<Shared>, interval: Duration) -> Result<(), StartError> {
+    shared.parts.set(
+        Part::Poll,
+        PartState::Running,
         format!("sweep every {} ms", interval.as_millis()),
     );
     std::thread::Builder::new()
         .name("poll".into())
-        .spawn(move || loop {
-            let mut pfd = libc::pollfd {
-                fd: shared.shutdown.fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            };
-            unsafe {
-                libc::poll(
-                    &mut pfd,
-                    1,
-                    interval.as_millis().min(i32::MAX as u128) as i32,
-                )
-            };
-            if shared.shutdown.is_triggered() {
-                shared.set_sensor("poll", "stopped", "shut down");
-                return;
+        .spawn(move || {
+            while !shared.shutdown.sleep(interval) {
+                sweep(&shared, Part::Poll);
             }
-            sweep(&shared, "poll");
+            shared
+                .parts
+                .set(Part::Poll, PartState::Stopped, "shut down");
         })
         .map(|_| ())
-        .map_err(|e| e.to_string())
+        .map_err(StartError::io("poll thread"))
 }

@@ -46,6 +46,25 @@ pub enum ShipError {
     Rejected(String),
 }
 
+impl ShipConfig {
+    /// The shipper's settings from `[collector]`; the token file defaults to
+    /// `STATE_DIR/collector.token`.
+    pub fn from_config(c: &crate::agent::config::CollectorConfig, state_dir: &Path) -> ShipConfig {
+        ShipConfig {
+            url: c.url.clone(),
+            enroll_secret: c.enroll_secret.clone(),
+            token_file: c
+                .token_file
+                .clone()
+                .unwrap_or_else(|| state_dir.join("collector.token")),
+            batch: c.batch,
+            ca_file: c.ca_file.clone(),
+            client_cert: c.client_cert.clone(),
+            client_key: c.client_key.clone(),
+        }
+    }
+}
+
 /// The HTTP client: rustls (ring), the configured CA or the public web roots, and the client
 /// certificate when configured.
 pub fn client(cfg: &ShipConfig) -> Result<ureq::Agent, String> {
@@ -208,11 +227,7 @@ impl Backoff {
 
     /// A failure: wait (waking within 100 ms of `stop` saying so), then double the next delay.
     pub fn wait(&mut self, stop: &impl Fn() -> bool) {
-        let n = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default()
-            .subsec_nanos();
-        let d = self.next.mul_f64(0.5 + f64::from(n % 1000) / 2000.0);
+        let d = self.next.mul_f64(0.5 + fastrand::f64() / 2.0);
         let end = std::time::Instant::now() + d;
         while std::time::Instant::now() < end && !stop() {
             std::thread::sleep(Duration::from_millis(100).min(d));
@@ -227,15 +242,22 @@ impl Default for Backoff {
     }
 }
 
-/// The shipper loop: runs until `stop` says so. `wake` is signalled when events were spooled.
+/// How long the shipper keeps delivering after the agent was asked to stop (so that
+/// `agent_stopped` reaches the collector before the agent exits).
+pub const DRAIN: Duration = Duration::from_secs(3);
+
+/// The shipper loop: runs until `shutdown`, then delivers what the event writer spooled until
+/// it finished (`writer_done`), within [`DRAIN`]. `wake` is signalled when events were spooled.
 pub fn run(
     cfg: ShipConfig,
     spool_dir: PathBuf,
     host: (String, String),
     metrics: Arc<Metrics>,
     wake: std::sync::mpsc::Receiver<()>,
-    stop: impl Fn() -> bool,
+    shutdown: &crate::agent::shared::Shutdown,
+    writer_done: &std::sync::atomic::AtomicBool,
 ) {
+    let stop = || shutdown.is_triggered();
     let http = match client(&cfg) {
         Ok(h) => h,
         Err(e) => {
@@ -281,6 +303,20 @@ pub fn run(
                 metrics.c.ship_failures.fetch_add(1, Relaxed);
                 backoff.wait(&stop);
             }
+        }
+    }
+    // Drain: what the writer spools until it finishes, bounded.
+    let Some(t) = token else { return };
+    let end = std::time::Instant::now() + DRAIN;
+    while std::time::Instant::now() < end {
+        let done = writer_done.load(std::sync::atomic::Ordering::SeqCst);
+        match ship_once(&http, &cfg, &spool_dir, &t, &metrics) {
+            Ok(0) if done => return,
+            Ok(0) => {
+                let _ = wake.recv_timeout(Duration::from_millis(50));
+            }
+            Ok(_) => {}
+            Err(_) => return,
         }
     }
 }

@@ -88,13 +88,32 @@ fn record_line(seq: u64, json: &str) -> String {
     format!("{} {body}\n", sum8(&body))
 }
 
-/// The consumers of a spool, each with its own cursor file: the collector's shipper (`acked`)
-/// and the syslog sink (`syslog.acked`). Segments go once every active consumer is past them.
-pub const CONSUMERS: &[&str] = &["acked", "syslog.acked"];
+/// A reader of the spool, each with its own cursor file. Segments go once every active
+/// consumer is past them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Consumer {
+    /// The collector's shipper (`acked`: the sequence number the collector acknowledged).
+    Collector,
+    /// The syslog sink (`syslog.acked`).
+    Syslog,
+}
+
+impl Consumer {
+    /// Every consumer.
+    pub const ALL: [Consumer; 2] = [Consumer::Collector, Consumer::Syslog];
+
+    /// Its cursor file in the spool folder.
+    pub fn file(self) -> &'static str {
+        match self {
+            Consumer::Collector => "acked",
+            Consumer::Syslog => "syslog.acked",
+        }
+    }
+}
 
 /// The last sequence number a consumer has delivered (0 when none).
-pub fn cursor(dir: &Path, name: &str) -> u64 {
-    std::fs::read_to_string(dir.join(name))
+pub fn cursor(dir: &Path, who: Consumer) -> u64 {
+    std::fs::read_to_string(dir.join(who.file()))
         .ok()
         .and_then(|s| s.trim().parse().ok())
         .unwrap_or(0)
@@ -102,15 +121,15 @@ pub fn cursor(dir: &Path, name: &str) -> u64 {
 
 /// Read the sequence number the collector acknowledged (0 when none).
 pub fn acked(dir: &Path) -> u64 {
-    cursor(dir, "acked")
+    cursor(dir, Consumer::Collector)
 }
 
 /// Say which consumers are active: a missing cursor is created (at 0: everything still spooled
 /// is theirs), the cursor of one no longer configured is removed so it holds nothing back.
-pub fn set_consumers(dir: &Path, active: &[&str]) -> io::Result<()> {
-    for name in CONSUMERS {
-        let p = dir.join(name);
-        if active.contains(name) {
+pub fn set_consumers(dir: &Path, active: &[Consumer]) -> io::Result<()> {
+    for c in Consumer::ALL {
+        let p = dir.join(c.file());
+        if active.contains(&c) {
             if !p.exists() {
                 crate::fsutil::write_atomic(&p, b"0\n", 0o600)?;
             }
@@ -123,20 +142,20 @@ pub fn set_consumers(dir: &Path, active: &[&str]) -> io::Result<()> {
 
 /// Record `seq` as acknowledged by the collector (see [`ack_as`]).
 pub fn ack(dir: &Path, seq: u64) -> io::Result<()> {
-    ack_as(dir, "acked", seq)
+    ack_as(dir, Consumer::Collector, seq)
 }
 
-/// Record `seq` as delivered by consumer `name` and delete the segments every consumer is past
+/// Record `seq` as delivered by consumer `who` and delete the segments every consumer is past
 /// (never the newest).
-pub fn ack_as(dir: &Path, name: &str, seq: u64) -> io::Result<()> {
-    if seq <= cursor(dir, name) {
+pub fn ack_as(dir: &Path, who: Consumer, seq: u64) -> io::Result<()> {
+    if seq <= cursor(dir, who) {
         return Ok(());
     }
-    crate::fsutil::write_atomic(&dir.join(name), format!("{seq}\n").as_bytes(), 0o600)?;
-    let done = CONSUMERS
+    crate::fsutil::write_atomic(&dir.join(who.file()), format!("{seq}\n").as_bytes(), 0o600)?;
+    let done = Consumer::ALL
         .iter()
-        .filter(|c| dir.join(c).exists())
-        .map(|c| cursor(dir, c))
+        .filter(|c| dir.join(c.file()).exists())
+        .map(|c| cursor(dir, *c))
         .min()
         .unwrap_or(seq);
     let segs = segments(dir)?;
@@ -444,7 +463,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let o = origin();
         let mut s = Spool::open(dir.path(), 1 << 30).unwrap();
-        set_consumers(dir.path(), &["acked", "syslog.acked"]).unwrap();
+        set_consumers(dir.path(), &Consumer::ALL).unwrap();
         for _ in 0..3 {
             s.append(&mut o.event(EventKind::ExecDenied), &o).unwrap();
         }
@@ -457,10 +476,10 @@ mod tests {
             2,
             "syslog has not sent them yet"
         );
-        ack_as(dir.path(), "syslog.acked", 3).unwrap();
+        ack_as(dir.path(), Consumer::Syslog, 3).unwrap();
         assert_eq!(segments(dir.path()).unwrap().len(), 1);
         // A consumer no longer configured holds nothing back.
-        set_consumers(dir.path(), &["acked"]).unwrap();
+        set_consumers(dir.path(), &[Consumer::Collector]).unwrap();
         assert!(!dir.path().join("syslog.acked").exists());
     }
 

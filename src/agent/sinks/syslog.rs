@@ -21,18 +21,7 @@ use interdict_event::{Event, EventKind, Outcome};
 
 use crate::agent::metrics::Metrics;
 
-/// Where to send.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SyslogConfig {
-    /// `host:port`.
-    pub address: String,
-    /// TLS (RFC 5425) instead of plain TCP.
-    pub tls: bool,
-    /// PEM CA certificates to trust (default: the public web roots).
-    pub ca_file: Option<PathBuf>,
-    /// Syslog facility number (default 10, authpriv).
-    pub facility: u8,
-}
+pub use crate::agent::config::SyslogConfig;
 
 fn severity(e: &Event) -> u8 {
     match (e.kind, e.outcome) {
@@ -164,7 +153,10 @@ pub fn run(
     let mut conn: Option<Box<dyn Conn>> = None;
     let mut backoff = super::ship::Backoff::new();
     while !stop() {
-        let after = crate::agent::sinks::spool::cursor(&spool_dir, "syslog.acked");
+        let after = crate::agent::sinks::spool::cursor(
+            &spool_dir,
+            crate::agent::sinks::spool::Consumer::Syslog,
+        );
         let recs = match crate::agent::sinks::spool::read_after(&spool_dir, after, 500) {
             Ok(r) => r,
             Err(e) => {
@@ -203,8 +195,11 @@ pub fn run(
             Ok(()) => {
                 backoff.reset();
                 metrics.c.syslog_sent.fetch_add(recs.len() as u64, Relaxed);
-                if let Err(e) = crate::agent::sinks::spool::ack_as(&spool_dir, "syslog.acked", last)
-                {
+                if let Err(e) = crate::agent::sinks::spool::ack_as(
+                    &spool_dir,
+                    crate::agent::sinks::spool::Consumer::Syslog,
+                    last,
+                ) {
                     tracing::warn!("syslog: cursor: {e}");
                 }
             }
