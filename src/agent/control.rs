@@ -2,7 +2,8 @@
 //! socket, root-only by default (mode 0600), or root and one admin group (mode 0660). Every
 //! connection's peer credentials (`SO_PEERCRED`) are checked as well.
 //!
-//! Protocol: one request line (`status` or `reload`), one JSON reply line.
+//! Protocol: one request line (`status`, `reload`, or `forget JSON` with a
+//! [`Forget`](crate::policy::learned::Forget)), one JSON reply line.
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::PermissionsExt;
@@ -164,6 +165,28 @@ pub async fn serve(
                         }
                     };
                     serde_json::to_string(&reply).expect("reply serializes")
+                }
+                other if other.starts_with("forget ") => {
+                    match serde_json::from_str::<crate::policy::learned::Forget>(&other[7..]) {
+                        Ok(what) => {
+                            let s = shared.clone();
+                            let n = tokio::task::spawn_blocking(move || s.learner.forget(what))
+                                .await
+                                .ok()
+                                .flatten();
+                            match n {
+                                Some(n) => serde_json::json!({ "forgotten": n }).to_string(),
+                                None => {
+                                    serde_json::json!({ "error": "the learner is not running" })
+                                        .to_string()
+                                }
+                            }
+                        }
+                        Err(e) => {
+                            serde_json::json!({ "error": format!("bad forget request: {e}") })
+                                .to_string()
+                        }
+                    }
                 }
                 other => {
                     serde_json::json!({ "error": format!("unknown command `{other}`") }).to_string()

@@ -27,8 +27,9 @@ pub fn explain(loaded: &LoadedPolicy, path: &Path, out: &mut impl Write) -> anyh
     facts.add_name(name_of(path));
     facts.add_name(name_of(&canonical));
     let accounts = crate::inventory::host::Accounts::load();
-    facts.user = Some(accounts.user_name(unsafe { libc::getuid() }));
-    facts.groups = accounts.groups_of(unsafe { libc::getuid() });
+    let uid = rustix::process::getuid().as_raw();
+    facts.user = Some(accounts.user_name(uid));
+    facts.groups = accounts.groups_of(uid);
     if meta.is_dir() {
         let name = canonical
             .file_name()

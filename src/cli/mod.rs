@@ -1,6 +1,7 @@
 //! The command line: `interdict policy check`, `interdict scan`.
 
 pub mod explain;
+pub mod hashes;
 pub mod logs;
 pub mod scan;
 
@@ -193,13 +194,37 @@ enum LogsCommand {
 
 #[derive(Debug, Subcommand)]
 enum HashesCommand {
-    /// List learned hashes.
+    /// List learned hashes: rule, digest, size, where and how each was first seen.
     List {
         #[command(flatten)]
         state: StateArgs,
         /// Output format.
         #[arg(long, value_enum, default_value_t = Format::Text)]
         format: Format,
+    },
+    /// Forget learned hashes. The running agent applies it at once (through its control
+    /// socket); with no agent running, the state folder's list is edited.
+    ///
+    /// Exit status: 0 done (also when nothing matched), 2 error.
+    Forget {
+        /// The digest to forget (of every rule).
+        #[arg(value_name = "DIGEST", required_unless_present_any = ["rule", "all"], conflicts_with_all = ["rule", "all"])]
+        digest: Option<String>,
+        /// Forget every digest learned for this rule.
+        #[arg(long, value_name = "ID", conflicts_with = "all")]
+        rule: Option<String>,
+        /// Forget every learned digest.
+        #[arg(long)]
+        all: bool,
+        /// The agent's control socket.
+        #[arg(long, value_name = "PATH", conflicts_with = "config")]
+        socket: Option<PathBuf>,
+        /// The agent's state folder (used when the agent does not run).
+        #[arg(long, value_name = "DIR", conflicts_with = "config")]
+        state_dir: Option<PathBuf>,
+        /// Find the socket and state folder in this agent configuration file.
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
     },
 }
 
@@ -235,7 +260,7 @@ enum PolicyCommand {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum Format {
+pub enum Format {
     Text,
     Json,
 }
@@ -292,24 +317,25 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             })
         }
         Command::Hashes(HashesCommand::List { state, format }) => {
-            let set = crate::policy::learned::LearnedSet::load(&state.path()?)?;
-            match format {
-                Format::Json => println!("{}", serde_json::to_string_pretty(&set)?),
-                Format::Text => {
-                    for e in &set.entries {
-                        println!(
-                            "{}  rule {}  first seen {} at {} (by {})",
-                            e.sha256,
-                            e.rule_id,
-                            e.first_seen,
-                            e.path.display(),
-                            e.selector
-                        );
-                    }
-                    println!("{} learned hash(es)", set.entries.len());
-                }
-            }
-            Ok(exit::OK)
+            hashes::list(&state.path()?, format)
+        }
+        Command::Hashes(HashesCommand::Forget {
+            digest,
+            rule,
+            all,
+            socket,
+            state_dir,
+            config,
+        }) => {
+            use crate::policy::learned::Forget;
+            let what = match (digest, rule, all) {
+                (Some(d), _, _) => Forget::Digest(d),
+                (_, Some(r), _) => Forget::Rule(r),
+                _ => Forget::All,
+            };
+            let socket = given_or_configured(&socket, &config, |c| c.agent.control_socket)?;
+            let state = given_or_configured(&state_dir, &config, |c| c.agent.state_dir)?;
+            hashes::forget(&what, &socket, &state)
         }
         Command::Quarantine(QuarantineCommand::List { state, format }) => {
             let store = crate::agent::enforce::quarantine::Store::open(&state.path()?)?;
@@ -383,6 +409,18 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             state_dir,
             format,
         } => {
+            // A root that does not exist is a mistake (a typo), not a compliant machine.
+            let missing: Vec<String> = roots
+                .iter()
+                .filter(|r| r.symlink_metadata().is_err())
+                .map(|r| format!("--root {}: no such file or folder", r.display()))
+                .collect();
+            if !missing.is_empty() {
+                for m in missing {
+                    eprintln!("interdict: error: {m}");
+                }
+                return Ok(exit::ERROR);
+            }
             let Some(mut loaded) = policy_file::load_or_print(&policy) else {
                 return Ok(exit::ERROR);
             };

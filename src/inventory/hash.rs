@@ -86,11 +86,8 @@ enum Slot {
 
 impl FileKey {
     /// The key of an open descriptor (`fstat`), or `None` if it cannot be read.
-    pub fn of_fd(fd: &impl std::os::fd::AsRawFd) -> Option<FileKey> {
-        let mut st: libc::stat = unsafe { std::mem::zeroed() };
-        if unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } < 0 {
-            return None;
-        }
+    pub fn of_fd(fd: &impl std::os::fd::AsFd) -> Option<FileKey> {
+        let st = rustix::fs::fstat(fd).ok()?;
         Some(FileKey {
             dev: st.st_dev,
             ino: st.st_ino,
@@ -253,8 +250,14 @@ mod tests {
     fn refuses_fifo_without_blocking() {
         let dir = tempfile::tempdir().unwrap();
         let fifo = dir.path().join("fifo");
-        let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
-        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            &fifo,
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o644),
+            0,
+        )
+        .unwrap();
         let err = open_regular(&fifo, false).unwrap_err();
         assert_eq!(err.to_string(), "not a regular file");
     }

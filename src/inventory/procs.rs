@@ -104,19 +104,10 @@ pub fn cwd_of(pid: u32) -> Option<PathBuf> {
 }
 
 fn read_at(dir: &std::os::fd::OwnedFd, name: &std::ffi::CStr) -> Option<Vec<u8>> {
+    use rustix::fs::{openat, Mode, OFlags};
     use std::io::Read;
-    use std::os::fd::{AsRawFd, FromRawFd};
-    let fd = unsafe {
-        libc::openat(
-            dir.as_raw_fd(),
-            name.as_ptr(),
-            libc::O_RDONLY | libc::O_CLOEXEC,
-        )
-    };
-    if fd < 0 {
-        return None;
-    }
-    let mut f = unsafe { std::fs::File::from_raw_fd(fd) };
+    let fd = openat(dir, name, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty()).ok()?;
+    let mut f = std::fs::File::from(fd);
     // One read covers stat and almost every command line; longer ones are read to the end.
     let mut buf = vec![0u8; 4096];
     let n = f.read(&mut buf).ok()?;
@@ -128,21 +119,8 @@ fn read_at(dir: &std::os::fd::OwnedFd, name: &std::ffi::CStr) -> Option<Vec<u8>>
 }
 
 fn readlink_at(dir: &std::os::fd::OwnedFd, name: &std::ffi::CStr) -> Option<PathBuf> {
-    use std::os::fd::AsRawFd;
-    let mut buf = vec![0u8; libc::PATH_MAX as usize];
-    let n = unsafe {
-        libc::readlinkat(
-            dir.as_raw_fd(),
-            name.as_ptr(),
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-        )
-    };
-    if n < 0 {
-        return None;
-    }
-    buf.truncate(n as usize);
-    Some(PathBuf::from(OsString::from_vec(buf)))
+    let target = rustix::fs::readlinkat(dir, name, Vec::new()).ok()?;
+    Some(PathBuf::from(OsString::from_vec(target.into_bytes())))
 }
 
 /// Read one process straight from `/proc`, cheaply (this runs for every exec on the machine):
@@ -150,22 +128,14 @@ fn readlink_at(dir: &std::os::fd::OwnedFd, name: &std::ffi::CStr) -> Option<Path
 /// to it; the user is the owner of `/proc/PID` (the effective uid). The working directory is left
 /// out ([`cwd_of`]). `None` when the process is already gone.
 pub fn read_proc(pid: u32) -> Option<ProcessInfo> {
-    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-    let path = std::ffi::CString::new(format!("/proc/{pid}")).ok()?;
-    let fd = unsafe {
-        libc::open(
-            path.as_ptr(),
-            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
-        )
-    };
-    if fd < 0 {
-        return None;
-    }
-    let dir = unsafe { OwnedFd::from_raw_fd(fd) };
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    if unsafe { libc::fstat(dir.as_raw_fd(), &mut st) } < 0 {
-        return None;
-    }
+    use rustix::fs::{open, Mode, OFlags};
+    let dir = open(
+        format!("/proc/{pid}").as_str(),
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .ok()?;
+    let st = rustix::fs::fstat(&dir).ok()?;
     let (ppid, start_ticks, comm, tty_nr) = parse_stat(&read_at(&dir, c"stat")?)?;
     let argv = read_at(&dir, c"cmdline")
         .map(|c| {
@@ -407,7 +377,7 @@ mod tests {
     fn reads_itself_from_proc() {
         let me = read_proc(std::process::id()).unwrap();
         assert_eq!(me.exe, Some(std::env::current_exe().unwrap()));
-        assert_eq!(me.uid, Some(unsafe { libc::getuid() }));
+        assert_eq!(me.uid, Some(rustix::process::getuid().as_raw()));
         assert!(me.start_ticks.unwrap() > 0);
         assert_eq!(me.ppid, Some(std::os::unix::process::parent_id()));
         assert!(read_proc(u32::MAX - 1).is_none());

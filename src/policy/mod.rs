@@ -99,13 +99,8 @@ pub fn load(path: &Path) -> Result<LoadedPolicy, LoadError> {
         policy,
         warnings,
         path: path.to_path_buf(),
-        sha256: hex(&Sha256::digest(text.as_bytes())),
+        sha256: hex::encode(Sha256::digest(text.as_bytes())),
     })
-}
-
-/// Lower-case hex of bytes.
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Load a policy for a command: warnings and errors go to stderr; `None` when it did not load.

@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use interdict_collector::Store;
 
-use crate::agent::{rule, Agent, POLICY_HEAD};
-use crate::common::*;
+use crate::support::agent::{rule, Agent, POLICY_HEAD};
+use crate::support::*;
 
 /// The collector (its library, served over real HTTP) on a fixed loopback port, with its own
 /// SQLite database; stopped on drop.
@@ -223,7 +223,7 @@ fn an_agent_killed_mid_batch_loses_nothing_and_the_chain_stays_intact() {
     let children =
         std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", agent.child.id())).unwrap();
     let pid: i32 = children.split_whitespace().next().unwrap().parse().unwrap();
-    unsafe { libc::kill(pid, libc::SIGKILL) };
+    signal(pid as u32, rustix::process::Signal::KILL);
     let _ = agent.child.wait();
     agent.restart();
     banned_files(&root, "b", 10);

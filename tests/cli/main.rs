@@ -2,11 +2,11 @@
 
 mod agent;
 mod collector;
-mod common;
 mod install_watch;
 mod notify;
 mod npm_packages;
 mod policy_check;
 mod scan_installed;
 mod scan_processes;
+mod support;
 mod syslog;

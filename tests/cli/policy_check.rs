@@ -4,7 +4,7 @@
 //! stdout and stderr must equal `NAME.expected`. Run with `INTERDICT_BLESS=1` to rewrite the
 //! snapshots after an intended change, then review the diff.
 
-use crate::common::{interdict, repo, run, shipped_pack};
+use crate::support::{interdict, repo, run, shipped_pack};
 
 #[test]
 fn snapshots_of_diagnostics() {

@@ -9,8 +9,8 @@ use std::sync::{Arc, Mutex};
 
 use serde_json::Value;
 
-use crate::agent::Agent;
 use crate::collector::{banned_files, counter, free_port, reporting_agent, wait_for, Pki};
+use crate::support::agent::Agent;
 
 /// Frames received so far, shared with the receiver thread.
 type Frames = Arc<Mutex<Vec<String>>>;

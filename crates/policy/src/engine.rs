@@ -5,21 +5,12 @@ use std::cmp::Reverse;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use globset::{Candidate, Glob, GlobBuilder, GlobSet, GlobSetBuilder};
+use globset::{Candidate, GlobBuilder, GlobSet, GlobSetBuilder};
 use serde::Serialize;
 
 use crate::diag::Diagnostics;
-use crate::model::{Action, Date, Mode, PackageRef, PolicyInfo, Rule, Sha256};
+use crate::model::{glob, Action, Date, Mode, PackageRef, PolicyInfo, Rule, Sha256};
 use crate::parse::{read_policy, Includes, PolicyDoc};
-
-/// Build a glob the way every selector uses it: `*` stays within one path component, `**`
-/// crosses components.
-pub(crate) fn glob(pattern: &str) -> Result<Glob, globset::Error> {
-    GlobBuilder::new(pattern)
-        .literal_separator(true)
-        .backslash_escape(true)
-        .build()
-}
 
 /// Which kind of selector matched.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -150,13 +141,6 @@ pub enum Enforcement {
     NotYet(Date),
     /// The action only reports (`report`) or allows (`allow`).
     ReportOnly,
-}
-
-impl Enforcement {
-    /// True when the action is carried out.
-    pub fn is_enforced(self) -> bool {
-        self == Enforcement::Enforced
-    }
 }
 
 /// Counts of selectors, for summaries.
@@ -539,7 +523,7 @@ pub fn expand_placeholders(template: &str, v: &PlaceholderValues<'_>, url_encode
     ] {
         if out.contains(key) {
             let val = if url_encode {
-                percent_encode(val)
+                percent_encoding::utf8_percent_encode(val, URL_RESERVED).to_string()
             } else {
                 val.to_string()
             };
@@ -549,14 +533,9 @@ pub fn expand_placeholders(template: &str, v: &PlaceholderValues<'_>, url_encode
     out
 }
 
-fn percent_encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
+/// Everything but RFC 3986's unreserved characters (letters, digits, `-`, `_`, `.`, `~`).
+const URL_RESERVED: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');

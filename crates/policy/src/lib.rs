@@ -44,6 +44,7 @@
 //! assert_eq!(policy.rule(&decision).id, "claude-code");
 //! ```
 #![deny(missing_docs)]
+#![forbid(unsafe_code)]
 
 mod diag;
 mod engine;

@@ -145,7 +145,7 @@ impl Reader<'_, '_> {
     }
 
     fn glob(&mut self, key: &str, pattern: &str, span: Range<usize>, absolute: bool) -> bool {
-        if let Err(e) = crate::engine::glob(pattern) {
+        if let Err(e) = crate::model::glob(pattern) {
             let kind = e.kind().to_string();
             self.err(
                 Code::BadGlob,
@@ -526,7 +526,7 @@ impl Reader<'_, '_> {
                 }
             }
             for (glob, span) in selectors.paths.iter().zip(path_spans) {
-                if let Ok(m) = crate::engine::glob(glob) {
+                if let Ok(m) = crate::model::glob(glob) {
                     let m = m.compile_matcher();
                     if let Some(p) = CRITICAL_PATHS.iter().find(|p| m.is_match(p)) {
                         self.warn(

@@ -69,7 +69,7 @@ pub fn segments(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
 
 fn sum8(body: &str) -> String {
     let digest = sha2::Digest::finalize(<sha2::Sha256 as sha2::Digest>::new_with_prefix(body));
-    digest[..4].iter().map(|b| format!("{b:02x}")).collect()
+    hex::encode(&digest[..4])
 }
 
 /// One record line checked: its sequence number and the event's JSON when the checksum (over
@@ -271,11 +271,6 @@ impl Spool {
         };
         spool.total = spool.total_bytes();
         Ok(spool)
-    }
-
-    /// The folder of the spool.
-    pub fn dir(&self) -> &Path {
-        &self.dir
     }
 
     /// The sequence number the next event gets.

@@ -104,7 +104,8 @@ impl Learner {
         Learner {
             state_dir: state_dir.to_path_buf(),
             set: Mutex::new(set),
-            packages: ArcSwap::from_pointee(PackageFiles::default()),
+            // Read before any sensor starts: the quarantine and the guard rails rely on it.
+            packages: ArcSwap::from_pointee(PackageFiles::load_system()),
             tx,
             rx: Mutex::new(Some(rx)),
         }
@@ -115,7 +116,7 @@ impl Learner {
         self.set.lock().expect("learned poisoned").clone()
     }
 
-    /// The package-owned files (empty until the learner thread has read them).
+    /// The package-owned files (re-read every few minutes by the learner thread).
     pub fn packages(&self) -> Arc<PackageFiles> {
         self.packages.load_full()
     }
@@ -213,14 +214,21 @@ impl SystemSizes {
     }
 }
 
+/// How often the package managers' file lists are read again.
+const PACKAGES_TTL: Duration = Duration::from_secs(300);
+
 fn run(shared: Arc<Shared>, rx: Receiver<Job>) {
-    shared
-        .learner
-        .packages
-        .store(Arc::new(PackageFiles::load_system()));
     let mut system = SystemSizes::build();
     recheck(&shared, &mut system);
+    let mut packages_read = Instant::now();
     while !shared.shutdown.is_triggered() {
+        if packages_read.elapsed() > PACKAGES_TTL {
+            shared
+                .learner
+                .packages
+                .store(Arc::new(PackageFiles::load_system()));
+            packages_read = Instant::now();
+        }
         let job = match rx.recv_timeout(Duration::from_millis(500)) {
             Ok(j) => j,
             Err(RecvTimeoutError::Timeout) => continue,

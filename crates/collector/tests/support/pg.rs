@@ -123,6 +123,7 @@ impl Pg {
 impl Drop for Pg {
     fn drop(&mut self) {
         // Fast shutdown, by PID.
+        // SAFETY: kill(2) takes plain integers; the pid is the child this struct started.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
         let _ = self.child.wait();
     }

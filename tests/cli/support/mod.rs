@@ -1,7 +1,11 @@
-//! Helpers: run the binary, temp trees, readable failures.
+//! Test support: run the binary, temp trees, readable failures; the agent harness in
+//! [`agent`].
+
+pub mod agent;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::time::{Duration, Instant};
 
 /// The binary under test.
 pub fn interdict() -> Command {
@@ -139,4 +143,23 @@ pub fn violation_at(report: &serde_json::Value, path: &Path) -> serde_json::Valu
         .into_iter()
         .find(|v| v["path"] == *want)
         .unwrap_or_else(|| panic!("no violation at {want}; report:\n{report:#}"))
+}
+
+/// Send `sig` to a process this test started (by its PID).
+pub fn signal(pid: u32, sig: rustix::process::Signal) {
+    if let Some(p) = rustix::process::Pid::from_raw(pid as i32) {
+        let _ = rustix::process::kill_process(p, sig);
+    }
+}
+
+/// Wait until `f` holds, for at most `secs` seconds; panic saying `what` otherwise.
+pub fn wait_until(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !f() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {secs} s waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
