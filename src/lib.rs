@@ -4,9 +4,19 @@
 //! compliance scan (running processes and installed software), hashing and the command line.
 //! The policy language itself lives in the pure `interdict-policy` crate.
 //!
+//! - [`cli`]: the command line and each command's output;
+//! - [`inventory`]: host facts, processes, hashing, installed software, the hash cache;
+//! - [`policy`]: policy files and the digests learned on this host;
+//! - [`agent`] (Linux): the enforcing service — sensors, verdict, enforcement, sinks.
+//!
+//! The agent is Linux-only (`cfg(target_os = "linux")`); the scan, the policy and the event
+//! schema are platform-neutral. See `ARCHITECTURE.md` for the seams a macOS or Windows backend
+//! would fill.
+//!
 //! Exit codes of the binary (see [`cli::exit`]): 0 success or compliant, 1 violations found,
 //! 2 error (bad policy, bad arguments, I/O failure).
 
+#[cfg(target_os = "linux")]
 pub mod agent;
 pub mod cli;
 pub mod fsutil;

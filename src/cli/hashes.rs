@@ -3,7 +3,9 @@
 use std::path::Path;
 
 use super::{exit, Format};
-use crate::policy::learned::{Forget, LearnedSet};
+#[cfg(target_os = "linux")]
+use crate::policy::learned::Forget;
+use crate::policy::learned::LearnedSet;
 
 /// `interdict hashes list`.
 pub fn list(state_dir: &Path, format: Format) -> anyhow::Result<u8> {
@@ -33,6 +35,7 @@ pub fn list(state_dir: &Path, format: Format) -> anyhow::Result<u8> {
     Ok(exit::OK)
 }
 
+#[cfg(target_os = "linux")]
 /// `interdict hashes forget`: through the running agent when it answers, else in the state
 /// folder's list.
 pub fn forget(what: &Forget, socket: &Path, state_dir: &Path) -> anyhow::Result<u8> {

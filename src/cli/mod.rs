@@ -1,4 +1,11 @@
-//! The command line: `interdict policy check`, `interdict scan`.
+//! The command line. Each command's work and output lives in the module named after it; this
+//! module parses the arguments and dispatches:
+//! - `policy check` (here), `scan` ([`scan`]), `explain` ([`explain`]), `hashes list|forget`
+//!   ([`hashes`]), `logs query|tail|verify` ([`logs`]);
+//! - on Linux: `agent`, `status`, `reload` (the agent's [control socket](crate::agent::control)),
+//!   `quarantine list|restore`, `notify-test` and the internal `notify-helper`.
+//!
+//! Exit codes are in [`exit`]: 0 success (or compliant), 1 violations found, 2 error.
 
 pub mod explain;
 pub mod hashes;
@@ -64,6 +71,7 @@ enum Command {
     /// Run the agent (root service): block banned tools at launch, kill what gets through.
     ///
     /// Exit status: 0 after SIGTERM/SIGINT, 2 if the configuration or policy is invalid.
+    #[cfg(target_os = "linux")]
     Agent {
         /// The policy file (reloaded on SIGHUP, `interdict reload` and when it changes).
         #[arg(long, value_name = "FILE")]
@@ -75,6 +83,7 @@ enum Command {
     /// Send a sample notification to a user's desktop and terminal, to check a machine.
     ///
     /// Exit status: 0 shown on the desktop, 2 not (the reason is printed).
+    #[cfg(target_os = "linux")]
     NotifyTest {
         /// The user to notify.
         #[arg(long)]
@@ -82,6 +91,7 @@ enum Command {
     },
     /// (internal) Send one notification read on stdin; run by the agent as the user.
     #[command(hide = true)]
+    #[cfg(target_os = "linux")]
     NotifyHelper,
     /// Say which rule matches a file or package folder, why, and what to use instead.
     ///
@@ -102,8 +112,10 @@ enum Command {
     Hashes(HashesCommand),
     /// The quarantine store: list entries, restore one.
     #[command(subcommand)]
+    #[cfg(target_os = "linux")]
     Quarantine(QuarantineCommand),
     /// Show the running agent's policy, sensors, counters and latency.
+    #[cfg(target_os = "linux")]
     Status {
         #[command(flatten)]
         socket: SocketArgs,
@@ -112,12 +124,14 @@ enum Command {
         format: Format,
     },
     /// Ask the running agent to reload its policy (exit 0 applied, 2 rejected).
+    #[cfg(target_os = "linux")]
     Reload {
         #[command(flatten)]
         socket: SocketArgs,
     },
 }
 
+#[cfg(target_os = "linux")]
 #[derive(Debug, clap::Args)]
 struct SocketArgs {
     /// The agent's control socket.
@@ -130,6 +144,7 @@ struct SocketArgs {
 
 /// A path given on the command line, or else the one the agent configuration (its defaults
 /// without `--config`) names.
+#[cfg(target_os = "linux")]
 fn given_or_configured(
     given: &Option<PathBuf>,
     config: &Option<PathBuf>,
@@ -144,6 +159,18 @@ fn given_or_configured(
     }
 }
 
+/// Without the Linux agent there is no agent configuration: a path must be given, else the
+/// default applies.
+#[cfg(not(target_os = "linux"))]
+fn given_or_configured(
+    given: &Option<PathBuf>,
+    _config: &Option<PathBuf>,
+    default: &str,
+) -> anyhow::Result<PathBuf> {
+    Ok(given.clone().unwrap_or_else(|| PathBuf::from(default)))
+}
+
+#[cfg(target_os = "linux")]
 impl SocketArgs {
     fn path(&self) -> anyhow::Result<PathBuf> {
         given_or_configured(&self.socket, &self.config, |c| c.agent.control_socket)
@@ -162,7 +189,10 @@ struct StateArgs {
 
 impl StateArgs {
     fn path(&self) -> anyhow::Result<PathBuf> {
-        given_or_configured(&self.state_dir, &self.config, |c| c.agent.state_dir)
+        #[cfg(target_os = "linux")]
+        return given_or_configured(&self.state_dir, &self.config, |c| c.agent.state_dir);
+        #[cfg(not(target_os = "linux"))]
+        return given_or_configured(&self.state_dir, &self.config, "/var/lib/interdict");
     }
 }
 
@@ -206,6 +236,7 @@ enum HashesCommand {
     /// socket); with no agent running, the state folder's list is edited.
     ///
     /// Exit status: 0 done (also when nothing matched), 2 error.
+    #[cfg(target_os = "linux")]
     Forget {
         /// The digest to forget (of every rule).
         #[arg(value_name = "DIGEST", required_unless_present_any = ["rule", "all"], conflicts_with_all = ["rule", "all"])]
@@ -228,6 +259,7 @@ enum HashesCommand {
     },
 }
 
+#[cfg(target_os = "linux")]
 #[derive(Debug, Subcommand)]
 enum QuarantineCommand {
     /// List quarantined files.
@@ -290,6 +322,7 @@ pub fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<u8> {
     match cli.command {
         Command::Policy(PolicyCommand::Check { files }) => Ok(policy_check(&files)),
+        #[cfg(target_os = "linux")]
         Command::Agent { policy, config } => {
             tracing_subscriber::fmt()
                 .with_writer(std::io::stderr)
@@ -319,6 +352,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Hashes(HashesCommand::List { state, format }) => {
             hashes::list(&state.path()?, format)
         }
+        #[cfg(target_os = "linux")]
         Command::Hashes(HashesCommand::Forget {
             digest,
             rule,
@@ -337,6 +371,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             let state = given_or_configured(&state_dir, &config, |c| c.agent.state_dir)?;
             hashes::forget(&what, &socket, &state)
         }
+        #[cfg(target_os = "linux")]
         Command::Quarantine(QuarantineCommand::List { state, format }) => {
             let store = crate::agent::enforce::quarantine::Store::open(&state.path()?)?;
             let entries = store.list();
@@ -362,16 +397,19 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             }
             Ok(exit::OK)
         }
+        #[cfg(target_os = "linux")]
         Command::Quarantine(QuarantineCommand::Restore { id, state }) => {
             let store = crate::agent::enforce::quarantine::Store::open(&state.path()?)?;
             let e = store.restore(&id)?;
             println!("restored {} to {}", e.id, e.original_path.display());
             Ok(exit::OK)
         }
+        #[cfg(target_os = "linux")]
         Command::NotifyHelper => {
             crate::agent::enforce::notices::helper_main()?;
             Ok(exit::OK)
         }
+        #[cfg(target_os = "linux")]
         Command::NotifyTest { user } => notify_test(&user),
         Command::Explain { path, policy } => {
             let Some(loaded) = policy_file::load_or_print(&policy) else {
@@ -380,6 +418,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             let stdout = std::io::stdout();
             crate::cli::explain::explain(&loaded, &path, &mut stdout.lock())
         }
+        #[cfg(target_os = "linux")]
         Command::Status { socket, format } => {
             let line = crate::agent::control::request(&socket.path()?, "status")?;
             match format {
@@ -391,6 +430,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             }
             Ok(exit::OK)
         }
+        #[cfg(target_os = "linux")]
         Command::Reload { socket } => {
             let line = crate::agent::control::request(&socket.path()?, "reload")?;
             let r: crate::agent::control::ReloadReply = serde_json::from_str(&line)?;
@@ -460,6 +500,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
     }
 }
 
+#[cfg(target_os = "linux")]
 fn notify_test(user: &str) -> anyhow::Result<u8> {
     use crate::agent::enforce::notices::{DesktopBackend, LinuxDesktop, Notice, NoticeKind};
     let accounts = crate::inventory::host::Accounts::load();
