@@ -6,7 +6,9 @@
 # for a 200 MB binary, proc-connector kill latency, and the agent's RSS and idle CPU.
 #
 # Usage (root): benches/exec.sh [N]        (default N = 5000; ROUNDS=3)
-# Installs fapolicyd from Debian's packages if missing. Runs every daemon under `timeout`.
+# BASELINE=/path/to/an/older/interdict adds that build as one more contender (same config), to
+# compare two versions in one run. Installs fapolicyd from Debian's packages if missing. Runs
+# every daemon under `timeout`; the agent's state, log and install roots stay in a temp folder.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${1:-5000}
@@ -52,13 +54,18 @@ action = "block"
 paths = ["$MNT/banned"]
 sha256 = ["$BANNED_SHA"]
 POL
+mkdir -p "$WORK/installs"
 cat > "$WORK/agent.toml" <<CFG
 [agent]
+state_dir = "$WORK/state"
 event_log = "$WORK/events.jsonl"
 control_socket = "$WORK/control.sock"
+[install]
+roots = ["$WORK/installs"]
 [exec]
 mounts = ["$MNT"]
 script_roots = ["$MNT"]
+follow_mounts = false
 CFG
 
 spawn() { "$WORK/spawn" "$N" "$MNT/ok"; }
@@ -66,7 +73,7 @@ spawn() { "$WORK/spawn" "$N" "$MNT/ok"; }
 start_agent() {
   cp "$WORK/agent.toml" "$WORK/agent-run.toml"
   [ -n "${1:-}" ] && echo "$1" >> "$WORK/agent-run.toml"
-  timeout 600 "$BIN" agent --policy "$WORK/policy.toml" --config "$WORK/agent-run.toml" 2>"$WORK/agent.err" &
+  timeout 600 "${AGENT_BIN:-$BIN}" agent --policy "$WORK/policy.toml" --config "$WORK/agent-run.toml" 2>"$WORK/agent.err" &
   AGENT_PID=$!
   # Ready once the start-up sweep of running processes is done (it hashes their executables).
   for _ in $(seq 300); do
@@ -105,11 +112,14 @@ for round in $(seq "$ROUNDS"); do
   CPU+="$(awk "BEGIN{print ($c1-$c0)/$(getconf CLK_TCK)*1e6/$N}") "
   start_agent "proc_connector = false"; R[interdict_guard]+="$(spawn)|"; stop_agent
   start_fapolicyd; R[fapolicyd]+="$(spawn)|"; stop_fapolicyd
+  if [ -n "${BASELINE:-}" ]; then
+    AGENT_BIN=$BASELINE start_agent; R[baseline]+="$(spawn)|"; stop_agent
+  fi
 done
 echo "exec overhead: $N fork+execs of /bin/true on a marked tmpfs, $ROUNDS rounds, median round"
 med() { tr '|' '\n' | grep -v '^$' | sort -n -k1,1 | awk '{a[NR]=$0} END {print a[int((NR+1)/2)]}'; }
 base=$(echo "${R[none]}" | med | cut -d' ' -f1)
-for k in none interdict interdict_guard fapolicyd; do
+for k in none interdict interdict_guard fapolicyd ${BASELINE:+baseline}; do
   m=$(echo "${R[$k]}" | med)
   set -- $m
   printf '  %-16s %8.1f us/exec  p50 %7.1f us  p99 %7.1f us  failed %s  ratio to none %.3f\n' "$k" "$1" "$2" "$3" "$4" "$(awk "BEGIN{print $1/$base}")"

@@ -99,6 +99,14 @@ pub struct ExecConfig {
     /// `poll_interval_ms`: periodic process sweeps; 0 = only when neither kernel sensor runs
     /// (then every 2 s).
     pub poll_interval_ms: u64,
+    /// `follow_mounts`: mark filesystems mounted after start-up, and filesystems first seen
+    /// through an exec in another mount namespace.
+    pub follow_mounts: bool,
+    /// `follow_mounts_under`: only those mounted under these folders (default `/`: all).
+    pub follow_mounts_under: Vec<PathBuf>,
+    /// `freeze`: stop (`SIGSTOP`) a program the guard did not hold — one on a filesystem it
+    /// does not mark, or one the dynamic loader runs — while the proc connector hashes it.
+    pub freeze: bool,
 }
 
 impl Default for ExecConfig {
@@ -114,6 +122,9 @@ impl Default for ExecConfig {
             script_guard: true,
             script_roots: Vec::new(),
             poll_interval_ms: 0,
+            follow_mounts: true,
+            follow_mounts_under: vec![PathBuf::from("/")],
+            freeze: true,
         }
     }
 }
@@ -278,6 +289,9 @@ const EXEC_KEYS: &[&str] = &[
     "script_guard",
     "script_roots",
     "poll_interval_ms",
+    "follow_mounts",
+    "follow_mounts_under",
+    "freeze",
 ];
 
 fn absolute(f: &mut Fields<'_>, key: &str, v: &Value<'_>) -> Option<PathBuf> {
@@ -407,6 +421,13 @@ pub fn parse(name: &str, text: &str) -> Result<AgentConfig, Diagnostics> {
                     c.exec.script_guard = f.boolean(key, v).unwrap_or(c.exec.script_guard)
                 }
                 ("exec", "script_roots") => c.exec.script_roots = absolute_list(&mut f, key, v),
+                ("exec", "follow_mounts") => {
+                    c.exec.follow_mounts = f.boolean(key, v).unwrap_or(c.exec.follow_mounts)
+                }
+                ("exec", "follow_mounts_under") => {
+                    c.exec.follow_mounts_under = absolute_list(&mut f, key, v)
+                }
+                ("exec", "freeze") => c.exec.freeze = f.boolean(key, v).unwrap_or(c.exec.freeze),
                 ("exec", "poll_interval_ms") => {
                     if let Some(n) = f.integer(key, v, 86_400_000) {
                         c.exec.poll_interval_ms = n;

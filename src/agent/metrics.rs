@@ -54,6 +54,8 @@ counters! {
     event_drops,
     /// Exec events seen by the proc connector.
     proc_events,
+    /// Processes the proc connector stopped (`SIGSTOP`) while they were judged.
+    frozen,
     /// Netlink overflows (ENOBUFS), each followed by a full /proc sweep.
     netlink_overflows,
     /// fanotify queue overflows (FAN_Q_OVERFLOW).

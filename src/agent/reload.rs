@@ -101,11 +101,11 @@ impl PolicyInForce {
 
     /// Add one learned digest to a rule of the policy in force; false when the rule is gone or
     /// already has it.
-    pub fn learn(&self, rule_id: &str, digest: interdict_policy::Sha256) -> bool {
+    pub fn learn(&self, rule_id: &str, digest: interdict_policy::Sha256, size: u64) -> bool {
         let _w = self.write.lock().expect("policy writer poisoned");
         let current = self.active.load_full();
         let mut loaded = current.loaded.clone();
-        if !loaded.policy.learn(rule_id, digest) {
+        if !loaded.policy.learn(rule_id, digest, Some(size)) {
             return false;
         }
         self.active.store(Arc::new(Active {

@@ -30,6 +30,13 @@ pub struct Shutdown {
     notify: tokio::sync::Notify,
 }
 
+impl AsFd for Shutdown {
+    /// Readable once triggered.
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.efd.as_fd()
+    }
+}
+
 impl Shutdown {
     /// A new, untriggered signal.
     pub fn new() -> std::io::Result<Shutdown> {
@@ -99,7 +106,7 @@ impl Shutdown {
         self.is_triggered()
     }
 
-    /// Wait until triggered.
+    /// Wait until triggered (async tasks).
     pub async fn wait(&self) {
         loop {
             let n = self.notify.notified();
@@ -146,6 +153,9 @@ pub struct Shared {
     /// by fanotify (which sees them even when they exit at once), not again by the proc
     /// connector.
     pub marked_devs: Mutex<HashSet<u64>>,
+    /// The running fanotify guard (set once it has started), to mark more files and
+    /// filesystems from other sensors.
+    pub guard: std::sync::OnceLock<super::sensors::fanotify::WeakHandle>,
 }
 
 impl Shared {
@@ -173,6 +183,7 @@ impl Shared {
             accounts: Accounts::load(),
             parts: Board::default(),
             marked_devs: Mutex::new(HashSet::new()),
+            guard: std::sync::OnceLock::new(),
         }))
     }
 

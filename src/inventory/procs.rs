@@ -183,6 +183,9 @@ pub enum Interpreter {
     Shell,
     /// perl, ruby
     Other,
+    /// The dynamic loader (`ld-linux-x86-64.so.2 PROGRAM`): it maps and runs a program that is
+    /// never exec'd itself.
+    Loader,
 }
 
 /// Recognize an interpreter from its executable's basename.
@@ -199,6 +202,12 @@ pub fn interpreter(exe_name: &str) -> Option<Interpreter> {
         "sh" | "bash" | "dash" | "zsh" | "ksh" | "fish" => Interpreter::Shell,
         "perl" | "ruby" => Interpreter::Other,
         _ if versioned("python") => Interpreter::Python,
+        // The dynamic loader runs the program named on its command line (`comm` is cut to 15
+        // characters: `ld-linux-x86-64`).
+        _ if exe_name.starts_with("ld-linux") || exe_name.starts_with("ld-musl") => {
+            Interpreter::Loader
+        }
+        "ld.so" => Interpreter::Loader,
         _ => return None,
     })
 }
@@ -215,6 +224,9 @@ pub enum ScriptArg {
 /// Find the script argument of an interpreter's argv: the first argument that is not an option
 /// (and, for bun and deno, not a `run` subcommand). Inline code (`-c`, `-e`) yields nothing.
 pub fn script_arg(kind: Interpreter, argv: &[OsString]) -> Option<ScriptArg> {
+    if kind == Interpreter::Loader {
+        return loader_program(argv).map(ScriptArg::File);
+    }
     let mut args = argv.iter().skip(1);
     while let Some(a) = args.next() {
         let s = a.as_bytes();
@@ -236,6 +248,36 @@ pub fn script_arg(kind: Interpreter, argv: &[OsString]) -> Option<ScriptArg> {
             _ if s.starts_with(b"-") => continue,
             _ => return Some(ScriptArg::File(a.clone())),
         }
+    }
+    None
+}
+
+/// The program a dynamic loader was asked to run: its first argument that is not an option
+/// (glibc's and musl's options that take a value skip it too).
+fn loader_program(argv: &[OsString]) -> Option<OsString> {
+    const WITH_VALUE: &[&[u8]] = &[
+        b"--library-path",
+        b"--inhibit-rpath",
+        b"--audit",
+        b"--preload",
+        b"--argv0",
+        b"--glibc-hwcaps-prefer",
+        b"--glibc-hwcaps-mask",
+    ];
+    let mut args = argv.iter().skip(1);
+    while let Some(a) = args.next() {
+        let s = a.as_bytes();
+        if s == b"--" {
+            return args.next().cloned();
+        }
+        if WITH_VALUE.contains(&s) {
+            args.next();
+            continue;
+        }
+        if s.starts_with(b"-") {
+            continue;
+        }
+        return Some(a.clone());
     }
     None
 }
@@ -298,6 +340,31 @@ pub fn facts_for(
     let mut hash_error = None;
     if let Some(kind) = interpreter(&exe_name) {
         match script_arg(kind, &info.argv) {
+            Some(ScriptArg::File(arg)) if kind == Interpreter::Loader => {
+                // `ld.so PROGRAM`: the loader only maps the program, so no exec of it is ever
+                // seen. Judge the program as the executable.
+                let cwd = info.cwd.clone().or_else(|| cwd_of(info.pid));
+                let program = resolve_script(info.pid, cwd.as_deref(), &arg);
+                let mut facts = b.name_of(&program).user(info.uid, accounts).build();
+                if hash {
+                    match memo.hash_path(&program, true) {
+                        Ok(d) => facts.exe_sha256 = Some(d),
+                        Err(e) => {
+                            hash_error = Some(format!(
+                                "program {}: {}",
+                                program.display(),
+                                crate::io_reason(&e)
+                            ))
+                        }
+                    }
+                }
+                facts.exe_path = Some(program);
+                return ProcessFacts {
+                    info: info.clone(),
+                    facts,
+                    hash_error,
+                };
+            }
             Some(ScriptArg::File(arg)) => {
                 let cwd = info.cwd.clone().or_else(|| cwd_of(info.pid));
                 let script = resolve_script(info.pid, cwd.as_deref(), &arg);
@@ -390,6 +457,40 @@ mod tests {
         assert_eq!(interpreter("pythonista"), None);
         assert_eq!(interpreter("node"), Some(Interpreter::Node));
         assert_eq!(interpreter("claude"), None);
+        assert_eq!(interpreter("ld-linux-x86-64"), Some(Interpreter::Loader));
+        assert_eq!(
+            interpreter("ld-linux-x86-64.so.2"),
+            Some(Interpreter::Loader)
+        );
+        assert_eq!(
+            interpreter("ld-musl-x86_64.so.1"),
+            Some(Interpreter::Loader)
+        );
+    }
+
+    #[test]
+    fn the_loader_runs_its_first_argument_that_is_not_an_option() {
+        let l = Interpreter::Loader;
+        for (args, want) in [
+            (
+                &["ld.so", "/tmp/claude", "--version"][..],
+                Some("/tmp/claude"),
+            ),
+            (&["ld.so", "--library-path", "/x", "./c", "-p"], Some("./c")),
+            (
+                &["ld.so", "--argv0", "ls", "--preload", "l.so", "c"],
+                Some("c"),
+            ),
+            (&["ld.so", "--verify", "c"], Some("c")),
+            (&["ld.so", "--", "--weird-name"], Some("--weird-name")),
+            (&["ld.so", "--list"], None),
+        ] {
+            assert_eq!(
+                script_arg(l, &argv(args)),
+                want.map(|w| ScriptArg::File(w.into())),
+                "{args:?}"
+            );
+        }
     }
 
     #[test]

@@ -127,7 +127,7 @@ impl LearnedSet {
         self.entries
             .iter()
             .filter_map(|e| Sha256::from_hex(&e.sha256).map(|d| (e, d)))
-            .filter(|(e, d)| policy.learn(&e.rule_id, *d))
+            .filter(|(e, d)| policy.learn(&e.rule_id, *d, e.size))
             .count()
     }
 }

@@ -2,6 +2,7 @@
 
 mod agent;
 mod collector;
+mod evasion;
 mod install_watch;
 mod notify;
 mod npm_packages;

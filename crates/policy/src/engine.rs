@@ -200,6 +200,10 @@ pub struct Policy {
     /// Per rule, how many of its `sha256` entries the policy file declared: the rest were
     /// learned on this host.
     declared_sha256: Vec<usize>,
+    /// The sizes of the files the digests name, where known.
+    digest_sizes: std::collections::HashSet<u64>,
+    /// How many digests have no known size (any file may then match one).
+    unsized_digests: usize,
     paths: GlobIndex,
     scripts: GlobIndex,
     exempt_hosts: Vec<Option<GlobSet>>,
@@ -257,9 +261,23 @@ impl Policy {
             })
             .collect();
         let declared_sha256 = rules.iter().map(|r| r.selectors.sha256.len()).collect();
+        let mut digest_sizes = std::collections::HashSet::new();
+        let mut unsized_digests = 0;
+        for r in &rules {
+            for d in &r.selectors.sha256 {
+                match r.selectors.sha256_sizes.get(d) {
+                    Some(n) => {
+                        digest_sizes.insert(*n);
+                    }
+                    None => unsized_digests += 1,
+                }
+            }
+        }
         Policy {
             info,
             declared_sha256,
+            digest_sizes,
+            unsized_digests,
             rules,
             names,
             packages,
@@ -271,15 +289,24 @@ impl Policy {
     }
 
     /// Add a digest to a rule's `sha256` selectors (a learned hash: the digest of a file one of
-    /// its other selectors matched). False when the rule does not exist or already has it.
-    pub fn learn(&mut self, rule_id: &str, digest: Sha256) -> bool {
+    /// its other selectors matched), with the file's size when known. False when the rule does
+    /// not exist or already has it.
+    pub fn learn(&mut self, rule_id: &str, digest: Sha256, size: Option<u64>) -> bool {
         let Some(ri) = self.rules.iter().position(|r| r.id == rule_id) else {
             return false;
         };
-        let list = &mut self.rules[ri].selectors.sha256;
-        if list.contains(&digest) {
+        let sel = &mut self.rules[ri].selectors;
+        if sel.sha256.contains(&digest) {
             return false;
         }
+        match size {
+            Some(n) => {
+                sel.sha256_sizes.insert(digest, n);
+                self.digest_sizes.insert(n);
+            }
+            None => self.unsized_digests += 1,
+        }
+        let list = &mut sel.sha256;
         list.push(digest);
         self.sha256
             .entry(digest)
@@ -325,6 +352,13 @@ impl Policy {
     /// True when some rule matches by SHA-256, so callers must hash to decide.
     pub fn needs_sha256(&self) -> bool {
         !self.sha256.is_empty()
+    }
+
+    /// True when a file of `size` bytes may have a digest some rule names: always when a digest
+    /// of unknown size is in force, else only for the sizes the digests are known to have. A
+    /// file of any other size need not be hashed to be judged.
+    pub fn may_match_size(&self, size: u64) -> bool {
+        !self.sha256.is_empty() && (self.unsized_digests > 0 || self.digest_sizes.contains(&size))
     }
 
     /// True when some rule has `scripts` selectors.

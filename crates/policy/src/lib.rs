@@ -62,6 +62,6 @@ pub use model::{
     Selectors, Sha256, DEFAULT_LEARN_MIN_SIZE, PLACEHOLDERS,
 };
 pub use parse::{
-    parse_sha256_file, read_policy, IncludedFile, Includes, NoIncludes, PolicyDoc, CRITICAL_NAMES,
-    CRITICAL_PATHS,
+    parse_sha256_file, parse_sha256_file_sized, read_policy, IncludedFile, Includes, NoIncludes,
+    PolicyDoc, CRITICAL_NAMES, CRITICAL_PATHS,
 };

@@ -300,6 +300,8 @@ pub struct Selectors {
     pub packages: Vec<PackageRef>,
     /// Digests, inline and from `sha256_files`.
     pub sha256: Vec<Sha256>,
+    /// The file size of a digest, where the hash list says it (`size=BYTES`) or it was learned.
+    pub sha256_sizes: std::collections::HashMap<Sha256, u64>,
 }
 
 impl Selectors {

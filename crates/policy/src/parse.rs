@@ -292,9 +292,14 @@ impl Reader<'_, '_> {
                     for (f, span) in self.string_list("sha256_files", v) {
                         match self.includes.read(&f) {
                             Ok(file) => {
-                                let (digests, diags) = parse_sha256_file(&file);
+                                let (digests, diags) = parse_sha256_file_sized(&file);
                                 self.extend(diags);
-                                sel.sha256.extend(digests);
+                                for (d, size) in digests {
+                                    sel.sha256.push(d);
+                                    if let Some(n) = size {
+                                        sel.sha256_sizes.insert(d, n);
+                                    }
+                                }
                             }
                             Err(e) => self.err(
                                 Code::MissingSha256File,
@@ -567,6 +572,16 @@ impl Reader<'_, '_> {
 /// Parse a `sha256sum`-style file: `HEX  NAME`, `HEX *NAME` or a bare `HEX` per line;
 /// blank lines and `#` comments are ignored.
 pub fn parse_sha256_file(file: &IncludedFile) -> (Vec<Sha256>, Vec<Diagnostic>) {
+    let (d, diags) = parse_sha256_file_sized(file);
+    (d.into_iter().map(|(d, _)| d).collect(), diags)
+}
+
+/// Like [`parse_sha256_file`], with each file's size when the line ends in `size=BYTES`
+/// (`HEX  NAME  size=245760000`): a program whose size no banned digest has need not be hashed
+/// before it may run.
+pub fn parse_sha256_file_sized(
+    file: &IncludedFile,
+) -> (Vec<(Sha256, Option<u64>)>, Vec<Diagnostic>) {
     let src = SourceText::new(&file.display_name, &file.text);
     let mut out = Vec::new();
     let mut diags = Vec::new();
@@ -581,8 +596,29 @@ pub fn parse_sha256_file(file: &IncludedFile) -> (Vec<Sha256>, Vec<Diagnostic>) 
             continue;
         }
         let hex = trimmed.split_whitespace().next().unwrap_or("");
+        let size = match trimmed
+            .split_whitespace()
+            .skip(1)
+            .last()
+            .and_then(|t| t.strip_prefix("size="))
+        {
+            None => None,
+            Some(n) => match n.parse::<u64>() {
+                Ok(n) => Some(n),
+                Err(_) => {
+                    let at = start + line.rfind("size=").unwrap_or(lead);
+                    diags.push(src.diag(
+                        Severity::Error,
+                        Code::BadValue,
+                        at..at + 5 + n.len(),
+                        format!("`size={n}` is not a size in bytes"),
+                    ));
+                    continue;
+                }
+            },
+        };
         match Sha256::from_hex(hex) {
-            Some(d) => out.push(d),
+            Some(d) => out.push((d, size)),
             None => diags.push(src.diag(
                 Severity::Error,
                 Code::BadSha256,

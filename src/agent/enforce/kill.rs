@@ -61,6 +61,37 @@ pub enum KillResult {
     Failed(i32),
 }
 
+/// A process stopped (`SIGSTOP`) while it is judged; continued (`SIGCONT`, through the same
+/// pidfd) when dropped. Continuing a process that was killed meanwhile does nothing.
+#[derive(Debug)]
+pub struct Frozen {
+    pidfd: std::os::fd::OwnedFd,
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        let _ = rustix::process::pidfd_send_signal(&self.pidfd, rustix::process::Signal::CONT);
+    }
+}
+
+/// Stop `pid` while it is judged, if it still is the process that started at `start_ticks`
+/// and is neither the agent, PID 1 nor a protected program. `None` when it could not be (or
+/// must not be) stopped.
+pub fn freeze(protected: &Protected, pid: u32, start_ticks: u64) -> Option<Frozen> {
+    use rustix::process::{pidfd_open, pidfd_send_signal, Pid, PidfdFlags, Signal};
+    if pid <= 1 || pid == std::process::id() || protected.runs_protected(pid) {
+        return None;
+    }
+    let id = i32::try_from(pid).ok().and_then(Pid::from_raw)?;
+    let pidfd = pidfd_open(id, PidfdFlags::empty()).ok()?;
+    match crate::inventory::procs::read_stat(pid) {
+        Some((_, start)) if start == start_ticks => {}
+        _ => return None,
+    }
+    pidfd_send_signal(&pidfd, Signal::STOP).ok()?;
+    Some(Frozen { pidfd })
+}
+
 /// Kills by pidfd, at most once per process, never the agent or PID 1, never a recycled pid.
 #[derive(Debug, Default)]
 pub struct Killer {

@@ -104,14 +104,45 @@ impl Guard {
     }
 }
 
-/// A running guard: mark more script files through it.
+/// A running guard: mark more files and filesystems through it.
 #[derive(Clone)]
-pub struct ScriptMarker {
+pub struct Handle {
     fan: Arc<Guard>,
+    /// Mount points marked, for status.
+    marked: Arc<Mutex<Vec<String>>>,
 }
 
-impl ScriptMarker {
-    /// Deny every open of `path` until the agent decides (`FAN_OPEN_PERM` on that file only).
+/// The former name of [`Handle`], for the script guard's callers.
+pub type ScriptMarker = Handle;
+
+/// A [`Handle`] that does not keep the guard (and through it the shared state) alive: what the
+/// shared state itself holds.
+#[derive(Clone)]
+pub struct WeakHandle {
+    fan: std::sync::Weak<Guard>,
+    marked: Arc<Mutex<Vec<String>>>,
+}
+
+impl std::fmt::Debug for WeakHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("fanotify::WeakHandle")
+    }
+}
+
+impl WeakHandle {
+    /// The handle, while the guard runs.
+    pub fn upgrade(&self) -> Option<Handle> {
+        Some(Handle {
+            fan: self.fan.upgrade()?,
+            marked: self.marked.clone(),
+        })
+    }
+}
+
+impl Handle {
+    /// Deny every open of `path` until the agent decides (`FAN_OPEN_PERM` on that file only):
+    /// banned scripts (the script guard), and banned programs already found, so that neither
+    /// the dynamic loader nor a copy can read them.
     pub fn mark(&self, path: &Path) -> std::io::Result<()> {
         mark(
             self.fan.fan.as_raw_fd(),
@@ -119,6 +150,52 @@ impl ScriptMarker {
             libc::FAN_OPEN_PERM,
             path,
         )
+    }
+
+    /// Guard execs on the whole filesystem that `path` is on (`FAN_MARK_FILESYSTEM`: every
+    /// mount of it, bind mounts and copies in other mount namespaces included). `path` may be
+    /// `/proc/PID/exe`, which reaches a filesystem mounted in another namespace. Falls back to
+    /// marking the mount where the kernel refuses a filesystem mark (a btrfs subvolume).
+    /// Returns true when the filesystem was not marked before.
+    pub fn mark_filesystem(&self, shared: &Shared, path: &Path) -> std::io::Result<bool> {
+        use std::os::unix::fs::MetadataExt;
+        let dev = std::fs::metadata(path)?.dev();
+        if shared.is_marked_dev(dev) {
+            return Ok(false);
+        }
+        let fan = self.fan.fan.as_raw_fd();
+        let add = libc::FAN_MARK_ADD;
+        match mark(
+            fan,
+            add | libc::FAN_MARK_FILESYSTEM,
+            libc::FAN_OPEN_EXEC_PERM,
+            path,
+        ) {
+            Err(e) if e.raw_os_error() == Some(libc::EXDEV) => mark(
+                fan,
+                add | libc::FAN_MARK_MOUNT,
+                libc::FAN_OPEN_EXEC_PERM,
+                path,
+            )?,
+            r => r?,
+        }
+        shared
+            .marked_devs
+            .lock()
+            .expect("marked devices poisoned")
+            .insert(dev);
+        let mut marked = self.marked.lock().expect("marked poisoned");
+        marked.push(crate::path_text(path));
+        shared.parts.set(
+            Part::Fanotify,
+            PartState::Running,
+            format!(
+                "exec guard on {} filesystem(s): {}",
+                marked.len(),
+                marked.join(", ")
+            ),
+        );
+        Ok(true)
     }
 
     /// Find the banned interpreter scripts under the script roots (`[exec] script_roots`, or
@@ -168,36 +245,58 @@ fn mark(fan: RawFd, flags: libc::c_uint, mask: u64, path: &Path) -> std::io::Res
     }
 }
 
-/// Local filesystems that can hold executables, from `/proc/self/mountinfo`: every mount whose
-/// type is a disk or memory filesystem and that is not `noexec`.
-pub fn default_mounts() -> Vec<PathBuf> {
-    const TYPES: &[&str] = &[
-        "ext2", "ext3", "ext4", "xfs", "btrfs", "f2fs", "zfs", "tmpfs", "overlay", "vfat", "exfat",
-        "ntfs3", "squashfs", "erofs", "fuseblk", "reiserfs", "jfs",
-    ];
-    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let mut out = Vec::new();
-    for line in text.lines() {
-        let Some((pre, post)) = line.split_once(" - ") else {
-            continue;
-        };
-        let pre: Vec<&str> = pre.split_whitespace().collect();
-        let fstype = post.split_whitespace().next().unwrap_or("");
-        if pre.len() < 6 || !TYPES.contains(&fstype) || pre[5].split(',').any(|o| o == "noexec") {
-            continue;
+/// Mark the filesystems that mounts bring in after start-up (`[exec] follow_mounts`): the mount
+/// table is watched (`POLLPRI` on `/proc/self/mountinfo`, and a look every 5 s), and every new
+/// filesystem that can hold programs, mounted under `follow_mounts_under`, is marked at once.
+fn follow_mounts(shared: Arc<Shared>, handle: Handle) {
+    use rustix::event::{poll, PollFd, PollFlags, Timespec};
+    let under = shared.config.exec.follow_mounts_under.clone();
+    let Ok(table) = std::fs::File::open("/proc/self/mountinfo") else {
+        return;
+    };
+    let mut buf = Vec::new();
+    let five = Timespec {
+        tv_sec: 5,
+        tv_nsec: 0,
+    };
+    while !shared.shutdown.is_triggered() {
+        // Reading the file to its end arms the next POLLPRI.
+        buf.clear();
+        let _ = std::io::Read::read_to_end(&mut &table, &mut buf);
+        let _ = rustix::fs::seek(&table, rustix::fs::SeekFrom::Start(0));
+        for m in super::mounts::parse(&String::from_utf8_lossy(&buf)) {
+            if !m.holds_programs() || !super::mounts::under(&m.point, &under) {
+                continue;
+            }
+            match m.dev() {
+                Some(dev) if !shared.is_marked_dev(dev) => {}
+                _ => continue,
+            }
+            match handle.mark_filesystem(&shared, &m.point) {
+                Ok(true) => tracing::info!(
+                    "exec guard: marked {} ({}), mounted after start-up",
+                    m.point.display(),
+                    m.fstype
+                ),
+                Ok(false) => {}
+                Err(e) => tracing::warn!(
+                    "exec guard: cannot mark {} ({}): {}",
+                    m.point.display(),
+                    m.fstype,
+                    crate::io_reason(&e)
+                ),
+            }
         }
-        let mp = pre[4].replace("\\040", " ");
-        if mp.starts_with("/proc") || mp.starts_with("/sys") || mp.starts_with("/dev") {
-            continue;
-        }
-        out.push(PathBuf::from(mp));
+        let mut fds = [
+            PollFd::new(&table, PollFlags::PRI),
+            PollFd::new(&*shared.shutdown, PollFlags::IN),
+        ];
+        let _ = poll(&mut fds, Some(&five));
     }
-    out
 }
 
-/// Start the guard (`[exec]` configuration). Returns the script marker, or why it could not
-/// start.
-pub fn start(shared: Arc<Shared>) -> Result<ScriptMarker, StartError> {
+/// Start the guard (`[exec]` configuration). Returns its handle, or why it could not start.
+pub fn start(shared: Arc<Shared>) -> Result<Handle, StartError> {
     let cfg = &shared.config.exec;
     // SAFETY: fanotify_init takes two flag words and returns a new descriptor or -1; no
     // pointers are involved.
@@ -220,40 +319,6 @@ pub fn start(shared: Arc<Shared>) -> Result<ScriptMarker, StartError> {
     }
     // SAFETY: `fd` is a descriptor fanotify_init just returned; nothing else owns it.
     let fan = unsafe { OwnedFd::from_raw_fd(fd) };
-    let mounts = if cfg.mounts.is_empty() {
-        default_mounts()
-    } else {
-        cfg.mounts.clone()
-    };
-    let mut marked = Vec::new();
-    let mut failed = Vec::new();
-    for m in &mounts {
-        match mark(
-            fan.as_raw_fd(),
-            libc::FAN_MARK_ADD | libc::FAN_MARK_MOUNT,
-            libc::FAN_OPEN_EXEC_PERM,
-            m,
-        ) {
-            Ok(()) => {
-                if let Ok(meta) = std::fs::metadata(m) {
-                    use std::os::unix::fs::MetadataExt;
-                    shared
-                        .marked_devs
-                        .lock()
-                        .expect("marked devices poisoned")
-                        .insert(meta.dev());
-                }
-                marked.push(m.clone())
-            }
-            Err(e) => failed.push(format!("{}: {}", m.display(), crate::io_reason(&e))),
-        }
-    }
-    if marked.is_empty() {
-        return Err(StartError::NothingCovered(format!(
-            "no mount could be marked ({})",
-            failed.join("; ")
-        )));
-    }
     let guard = Arc::new(Guard {
         fan,
         shared: shared.clone(),
@@ -262,21 +327,34 @@ pub fn start(shared: Arc<Shared>) -> Result<ScriptMarker, StartError> {
             FailMode::Closed => FAN_DENY,
         },
     });
-    let detail = format!(
-        "exec guard on {} mount(s): {}{}",
-        marked.len(),
-        marked
-            .iter()
-            .map(|m| m.display().to_string())
-            .collect::<Vec<_>>()
-            .join(", "),
-        if failed.is_empty() {
-            String::new()
-        } else {
-            format!("; not marked: {}", failed.join("; "))
+    let handle = Handle {
+        fan: guard.clone(),
+        marked: Arc::new(Mutex::new(Vec::new())),
+    };
+    let mounts: Vec<PathBuf> = if cfg.mounts.is_empty() {
+        super::mounts::current()
+            .into_iter()
+            .filter(|m| m.holds_programs())
+            .map(|m| m.point)
+            .collect()
+    } else {
+        cfg.mounts.clone()
+    };
+    let mut failed = Vec::new();
+    for m in &mounts {
+        if let Err(e) = handle.mark_filesystem(&shared, m) {
+            failed.push(format!("{}: {}", m.display(), crate::io_reason(&e)));
         }
-    );
-    shared.parts.set(Part::Fanotify, PartState::Running, detail);
+    }
+    if handle.marked.lock().expect("marked poisoned").is_empty() {
+        return Err(StartError::NothingCovered(format!(
+            "no filesystem could be marked ({})",
+            failed.join("; ")
+        )));
+    }
+    for f in &failed {
+        tracing::warn!("exec guard: not marked: {f}");
+    }
 
     let (work_tx, work_rx) = sync_channel::<Arc<Pending>>(cfg.queue);
     let work_rx = Arc::new(Mutex::new(work_rx));
@@ -303,7 +381,15 @@ pub fn start(shared: Arc<Shared>) -> Result<ScriptMarker, StartError> {
         "fan-reader".into(),
         Box::new(move || reader(g, work_tx, dl_tx)),
     )?;
-    Ok(ScriptMarker { fan: guard })
+    let _ = shared.guard.set(WeakHandle {
+        fan: Arc::downgrade(&handle.fan),
+        marked: handle.marked.clone(),
+    });
+    if cfg.follow_mounts {
+        let (s, h) = (shared.clone(), handle.clone());
+        spawn("fan-mounts".into(), Box::new(move || follow_mounts(s, h)))?;
+    }
+    Ok(handle)
 }
 
 fn reader(
@@ -508,7 +594,8 @@ fn decide(g: &Guard, p: &Pending) {
         .clone()
         .or_else(|| crate::inventory::procs::read_proc(p.pid));
     let mut hash_failed = false;
-    let digest = if policy.needs_sha256() {
+    // No full hash on the path of a program whose size no banned digest has.
+    let digest = if policy.may_match_size(p.key.size) {
         // Hash through the event's own descriptor: no second open by path, no race.
         let f = p.fd.try_clone().map(std::fs::File::from);
         match f.and_then(|f| {
@@ -528,12 +615,33 @@ fn decide(g: &Guard, p: &Pending) {
         .name_of(&path)
         .user(info.as_ref().and_then(|i| i.uid), &shared.accounts);
     let mut facts = match p.access {
-        Access::Open => b.script(&path).script_digest(digest),
+        // A marked file: a banned script, or a banned program that the dynamic loader (or a
+        // copy) would read. Judged as both.
+        Access::Open => b
+            .exe(&path)
+            .exe_digest(digest)
+            .script(&path)
+            .script_digest(digest),
         Access::Exec => b.exe(&path).exe_digest(digest),
     }
     .build();
     let v = verdict::decide(shared, policy, &mut facts);
     let deny = v.plan == Plan::Stop;
+    if deny && p.access == Access::Exec {
+        // Before the answer: from now on its opens are denied too, since the dynamic loader
+        // (`ld.so PROGRAM`) and `cp` read a program without exec'ing it. (One syscall, no I/O.)
+        let own = PathBuf::from(format!("/proc/self/fd/{}", p.fd.as_raw_fd()));
+        if mark(
+            g.fan.as_raw_fd(),
+            libc::FAN_MARK_ADD,
+            libc::FAN_OPEN_PERM,
+            &own,
+        )
+        .is_err()
+        {
+            inc(&shared.metrics.c.script_mark_failures);
+        }
+    }
     if !p.answered.load(Ordering::SeqCst) {
         let answer = if hash_failed && !deny {
             g.fail

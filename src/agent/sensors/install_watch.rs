@@ -579,7 +579,7 @@ fn is_news(seen: &Seen, key: &(String, PathBuf), f: &Found) -> bool {
 /// was hashed (looked at again later).
 fn detected(shared: &Shared, f: &Found, guard: Option<&ScriptMarker>) -> Result<(), ()> {
     let size = size_of(shared, f)?;
-    mark_script(shared, f, guard);
+    mark_banned(shared, f, guard);
     verdict::installed(shared, f, size, false);
     Ok(())
 }
@@ -594,14 +594,23 @@ fn report_gone(shared: &Shared, seen: &mut Seen, gone: impl Fn(&(String, PathBuf
     }
 }
 
-/// A banned interpreter script found installed: deny its opens from now on. A mark that fails
-/// is counted (`script_mark_failures`).
-fn mark_script(shared: &Shared, f: &Found, guard: Option<&ScriptMarker>) {
-    if let (Some(g), Some(script)) = (guard, &f.facts.script_path) {
-        if f.decision.action != interdict_policy::Action::Allow
-            && f.package.is_none()
-            && g.mark(script).is_err()
-        {
+/// A banned file found installed: deny its opens from now on — an interpreter script (any rule
+/// but `allow`: the script guard), or a program a rule stops (so that neither the dynamic
+/// loader nor a copy can read it). A mark that fails is counted (`script_mark_failures`).
+fn mark_banned(shared: &Shared, f: &Found, guard: Option<&ScriptMarker>) {
+    let Some(g) = guard else { return };
+    if f.package.is_some() || f.decision.action == interdict_policy::Action::Allow {
+        return;
+    }
+    let target = if f.facts.script_path.is_some() {
+        Some(&f.canonical)
+    } else {
+        let active = shared.policy.active();
+        let plan = verdict::plan(&active.loaded.policy, Some(&f.decision), shared.today());
+        (plan == verdict::Plan::Stop).then_some(&f.canonical)
+    };
+    if let Some(t) = target {
+        if g.mark(t).is_err() {
             inc(&shared.metrics.c.script_mark_failures);
         }
     }

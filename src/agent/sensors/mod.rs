@@ -13,6 +13,7 @@
 pub mod cache;
 pub mod fanotify;
 pub mod install_watch;
+pub mod mounts;
 pub mod proc_connector;
 pub mod sweep;
 

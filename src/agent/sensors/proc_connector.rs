@@ -3,13 +3,26 @@
 //! on unmarked mounts. Each exec is judged from `/proc/PID` and, when a rule says so, the process
 //! is killed through a pidfd after its start time is checked. On a netlink overflow (`ENOBUFS`)
 //! a full `/proc` sweep makes up for what was lost.
+//!
+//! Two threads: the **connector** (real-time priority where the kernel allows it, so that it
+//! runs the moment an exec is reported) skips execs the fanotify guard found clean, stops
+//! (`SIGSTOP`) a program the guard never held whose judging needs a hash (one on an unmarked
+//! filesystem, or run by the dynamic loader), and hands every process left to the **judge**
+//! thread (normal priority), which hashes, decides, kills or lets it continue. A program on a
+//! filesystem the guard does not mark is so frozen within a netlink round trip of its exec,
+//! instead of running for as long as hashing it takes. The judge queue holds 1,024 processes;
+//! when it is full the connector judges the process itself.
 
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
 
+use std::sync::mpsc::{SyncSender, TrySendError};
+
 use super::{sweep, Part, PartState, StartError};
+use crate::agent::enforce::kill::{freeze, Frozen};
 use crate::agent::metrics::inc;
 use crate::agent::shared::Shared;
+use crate::inventory::procs::ProcessInfo;
 
 const CN_IDX_PROC: u32 = 1;
 const CN_VAL_PROC: u32 = 1;
@@ -60,19 +73,61 @@ pub fn start(shared: Arc<Shared>) -> Result<(), StartError> {
             source: e,
         },
     })?;
-    shared.parts.set(
-        Part::ProcConnector,
-        PartState::Running,
-        "every exec, via netlink",
-    );
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Job>(1024);
+    let s = shared.clone();
+    std::thread::Builder::new()
+        .name("proc-judge".into())
+        .spawn(move || judge_loop(s, rx))
+        .map_err(StartError::io("proc judge thread"))?;
     std::thread::Builder::new()
         .name("proc-connector".into())
-        .spawn(move || run(shared, sock))
+        .spawn(move || run(shared, sock, tx))
         .map_err(StartError::io("proc connector thread"))?;
     Ok(())
 }
 
-fn run(shared: Arc<Shared>, sock: OwnedFd) {
+/// Work for the judge thread.
+enum Job {
+    /// A process, stopped while it is judged when that needs a hash.
+    Judge(ProcessInfo, Option<Frozen>),
+    /// Events were lost: look at every process.
+    Sweep,
+}
+
+fn judge_loop(shared: Arc<Shared>, rx: std::sync::mpsc::Receiver<Job>) {
+    use std::sync::mpsc::RecvTimeoutError;
+    while !shared.shutdown.is_triggered() {
+        match rx.recv_timeout(std::time::Duration::from_millis(500)) {
+            Ok(Job::Judge(info, frozen)) => {
+                sweep::judge(&shared, &info, Part::ProcConnector);
+                drop(frozen);
+            }
+            Ok(Job::Sweep) => sweep::sweep(&shared, Part::ProcConnector),
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => return,
+        }
+    }
+}
+
+/// Ask the kernel to run this thread before ordinary ones (`SCHED_FIFO`, lowest real-time
+/// priority). It only receives events, stops processes and queues them: it never hashes.
+fn realtime() -> bool {
+    let param = libc::sched_param { sched_priority: 1 };
+    // SAFETY: sched_setscheduler reads one sched_param from a valid pointer; pid 0 is the
+    // calling thread.
+    unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) == 0 }
+}
+
+fn run(shared: Arc<Shared>, sock: OwnedFd, jobs: SyncSender<Job>) {
+    let rt = realtime();
+    shared.parts.set(
+        Part::ProcConnector,
+        PartState::Running,
+        format!(
+            "every exec, via netlink{}",
+            if rt { " (real-time thread)" } else { "" }
+        ),
+    );
     let mut buf = vec![0u8; 64 * 1024];
     let why = loop {
         match shared.shutdown.wait_readable(&sock) {
@@ -81,7 +136,7 @@ fn run(shared: Arc<Shared>, sock: OwnedFd) {
             Err(e) => break Some(format!("poll: {e}")),
         }
         // Drain every queued message before polling again: one wake-up per burst of execs.
-        if let Some(why) = drain(&shared, &sock, &mut buf) {
+        if let Some(why) = drain(&shared, &sock, &mut buf, &jobs) {
             break Some(why);
         }
     };
@@ -102,7 +157,12 @@ fn run(shared: Arc<Shared>, sock: OwnedFd) {
 }
 
 /// Read and handle messages until the socket is empty. `Some(why)` on a fatal error.
-fn drain(shared: &Shared, sock: &OwnedFd, buf: &mut [u8]) -> Option<String> {
+fn drain(
+    shared: &Shared,
+    sock: &OwnedFd,
+    buf: &mut [u8],
+    jobs: &SyncSender<Job>,
+) -> Option<String> {
     use rustix::net::{recv, RecvFlags};
     loop {
         let n = match recv(sock, &mut *buf, RecvFlags::DONTWAIT) {
@@ -112,7 +172,9 @@ fn drain(shared: &Shared, sock: &OwnedFd, buf: &mut [u8]) -> Option<String> {
             Err(rustix::io::Errno::NOBUFS) => {
                 // Events were lost: look at everything that runs now.
                 inc(&shared.metrics.c.netlink_overflows);
-                sweep::sweep(shared, Part::ProcConnector);
+                if jobs.try_send(Job::Sweep).is_err() {
+                    sweep::sweep(shared, Part::ProcConnector);
+                }
                 continue;
             }
             Err(e) => return Some(format!("recv: {e}")),
@@ -130,7 +192,7 @@ fn drain(shared: &Shared, sock: &OwnedFd, buf: &mut [u8]) -> Option<String> {
                 if what == PROC_EVENT_EXEC {
                     let tgid = i32::from_ne_bytes(ev[20..24].try_into().expect("4 bytes"));
                     inc(&shared.metrics.c.proc_events);
-                    on_exec(shared, tgid as u32);
+                    on_exec(shared, tgid as u32, jobs);
                 }
             }
             off += (len + 3) & !3;
@@ -138,9 +200,66 @@ fn drain(shared: &Shared, sock: &OwnedFd, buf: &mut [u8]) -> Option<String> {
     }
 }
 
-fn on_exec(shared: &Shared, pid: u32) {
+/// A program the fanotify guard never held, whose judging needs its digest: one on a filesystem
+/// the guard does not mark (yet), or one the dynamic loader runs. It is stopped while it is
+/// hashed. (Interpreters running scripts are not: a stopped child would be taken for a
+/// suspended job by an interactive shell. Banned scripts are guarded by their open marks.)
+fn must_freeze(shared: &Shared, info: &ProcessInfo) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let active = shared.policy.active();
+    let policy = &active.loaded.policy;
+    if !shared.config.exec.freeze || !policy.needs_sha256() {
+        return false;
+    }
+    use crate::inventory::procs::{
+        interpreter, resolve_script, script_arg, Interpreter, ScriptArg,
+    };
+    let loader = info
+        .exe
+        .as_deref()
+        .and_then(|e| e.file_name())
+        .and_then(|n| n.to_str())
+        .and_then(interpreter)
+        == Some(Interpreter::Loader);
+    if loader {
+        // The program it was asked to run, as the process sees it.
+        return match script_arg(Interpreter::Loader, &info.argv) {
+            Some(ScriptArg::File(arg)) => {
+                let program = resolve_script(info.pid, info.cwd.as_deref(), &arg);
+                std::fs::metadata(program).is_ok_and(|m| policy.may_match_size(m.size()))
+            }
+            _ => false,
+        };
+    }
+    std::fs::metadata(format!("/proc/{}/exe", info.pid))
+        .is_ok_and(|m| !shared.is_marked_dev(m.dev()) && policy.may_match_size(m.size()))
+}
+
+fn on_exec(shared: &Shared, pid: u32, jobs: &SyncSender<Job>) {
     if pid == std::process::id() {
         return;
     }
-    sweep::judge_pid(shared, pid, Part::ProcConnector);
+    let Some(info) = sweep::triage(shared, pid) else {
+        return;
+    };
+    let frozen = if must_freeze(shared, &info) {
+        info.start_ticks
+            .and_then(|t| freeze(&shared.protected, pid, t))
+    } else {
+        None
+    };
+    if frozen.is_some() {
+        inc(&shared.metrics.c.frozen);
+    }
+    // Then mark the filesystem it came from, if it is not yet: the next exec there is held.
+    sweep::cover(shared, pid);
+    match jobs.try_send(Job::Judge(info, frozen)) {
+        Ok(()) => {}
+        Err(TrySendError::Full(Job::Judge(info, frozen)))
+        | Err(TrySendError::Disconnected(Job::Judge(info, frozen))) => {
+            sweep::judge(shared, &info, Part::ProcConnector);
+            drop(frozen);
+        }
+        Err(_) => {}
+    }
 }

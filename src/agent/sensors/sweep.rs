@@ -43,18 +43,75 @@ fn known_clean(shared: &Shared, active: &Active, pid: u32) -> bool {
         .is_none_or(|d| d.action == interdict_policy::Action::Allow)
 }
 
-/// Judge one running process and act on the verdict.
-pub fn judge_pid(shared: &Shared, pid: u32, sensor: Part) {
-    let active = shared.policy.active();
-    if sensor == Part::ProcConnector && known_clean(shared, &active, pid) {
+/// An exec from a filesystem the guard does not mark yet (one mounted in another mount
+/// namespace, which the mount table of ours never shows): mark it through `/proc/PID/exe`, so
+/// that the next exec there is held before it runs (`[exec] follow_mounts`).
+pub fn cover(shared: &Shared, pid: u32) {
+    use std::os::unix::fs::MetadataExt;
+    if !shared.config.exec.follow_mounts {
         return;
     }
-    let Some(info) = procs::read_proc(pid) else {
-        return; // already gone
+    let Some(guard) = shared.guard.get().and_then(|g| g.upgrade()) else {
+        return;
     };
+    let exe = std::path::PathBuf::from(format!("/proc/{pid}/exe"));
+    let Ok(m) = std::fs::metadata(&exe) else {
+        return;
+    };
+    if shared.is_marked_dev(m.dev()) {
+        return;
+    }
+    // Where the program lies as its own namespace sees it.
+    let Ok(seen) = std::fs::read_link(&exe) else {
+        return;
+    };
+    if !super::mounts::under(&seen, &shared.config.exec.follow_mounts_under) {
+        return;
+    }
+    match guard.mark_filesystem(shared, &exe) {
+        Ok(true) => tracing::info!(
+            "exec guard: marked the filesystem of {} (pid {pid}), first seen through an exec",
+            seen.display()
+        ),
+        Ok(false) => {}
+        Err(e) => tracing::debug!(
+            "exec guard: cannot mark the filesystem of {}: {}",
+            seen.display(),
+            crate::io_reason(&e)
+        ),
+    }
+}
+
+/// A fresh exec the proc connector must look at: `None` when the guard already found it clean.
+pub fn triage(shared: &Shared, pid: u32) -> Option<procs::ProcessInfo> {
+    let active = shared.policy.active();
+    if known_clean(shared, &active, pid) {
+        return None;
+    }
+    procs::read_proc(pid)
+}
+
+/// Judge one running process and act on the verdict.
+pub fn judge_pid(shared: &Shared, pid: u32, sensor: Part) {
+    let info = if sensor == Part::ProcConnector {
+        let info = triage(shared, pid);
+        cover(shared, pid);
+        info
+    } else {
+        procs::read_proc(pid)
+    };
+    if let Some(info) = info {
+        judge(shared, &info, sensor);
+    }
+}
+
+/// Judge a process read from `/proc` and act on the verdict.
+pub fn judge(shared: &Shared, info: &procs::ProcessInfo, sensor: Part) {
+    let pid = info.pid;
+    let active = shared.policy.active();
     let policy = &active.loaded.policy;
     let mut pf = procs::facts_for(
-        &info,
+        info,
         &shared.accounts,
         &shared.origin.hostname,
         &shared.memo,
@@ -69,7 +126,7 @@ pub fn judge_pid(shared: &Shared, pid: u32, sensor: Part) {
     {
         return; // the fanotify guard reported this exec already
     }
-    verdict::on_running(shared, sensor, &info, &v, v.plan, None);
+    verdict::on_running(shared, sensor, info, &v, v.plan, None);
 }
 
 fn on_marked_filesystem(shared: &Shared, pid: u32) -> bool {

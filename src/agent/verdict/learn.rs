@@ -342,7 +342,7 @@ fn learn(shared: &Shared, system: &mut SystemSizes, req: LearnRequest) {
         }
         shared.learner.save(&set);
     }
-    if shared.policy.learn(&req.rule_id, digest) {
+    if shared.policy.learn(&req.rule_id, digest, size) {
         inc(&shared.metrics.c.hashes_learned);
     }
     let mut e = shared.event(EventKind::HashLearned);

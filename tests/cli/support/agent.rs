@@ -17,6 +17,18 @@ pub struct TmpMount {
 }
 
 impl TmpMount {
+    /// A tmpfs mounted at `point` (created), unmounted on drop.
+    pub fn at(point: PathBuf) -> MountAt {
+        std::fs::create_dir_all(&point).unwrap();
+        let st = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=1g,mode=0755", "tmpfs"])
+            .arg(&point)
+            .status()
+            .unwrap();
+        assert!(st.success(), "mount tmpfs on {}", point.display());
+        MountAt { point }
+    }
+
     pub fn new() -> TmpMount {
         let dir = tempfile::Builder::new()
             .prefix("interdict-mnt-")
@@ -48,6 +60,28 @@ impl Drop for TmpMount {
     }
 }
 
+/// A tmpfs mounted at a path the test chose; unmounted on drop.
+pub struct MountAt {
+    point: PathBuf,
+}
+
+impl MountAt {
+    pub fn path(&self) -> &Path {
+        &self.point
+    }
+}
+
+impl Drop for MountAt {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.point).status();
+        let _ = Command::new("umount")
+            .arg("-l")
+            .arg(&self.point)
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
 /// A copy of a system binary with a random tail: runs the same, hashes uniquely.
 pub fn unique_copy(src: &str, dst: &Path) -> String {
     let mut bytes = std::fs::read(src).unwrap();
@@ -67,6 +101,30 @@ pub fn unique_copy(src: &str, dst: &Path) -> String {
 /// 16 random bytes: makes a fixture's digest unique to this run.
 pub fn rand_tail() -> Vec<u8> {
     (0..16).map(|_| fastrand::u8(..)).collect()
+}
+
+/// A policy with one rule of `action` on the digest and size of `file` (a sized digest: the
+/// agent hashes, and freezes, only files of that size), its hash list written beside `dir`.
+pub fn sized_hash_policy(dir: &Path, id: &str, action: &str, file: &Path) -> String {
+    let list = dir.join(format!("{id}-{}.sha256", fastrand::u32(..)));
+    std::fs::write(
+        &list,
+        format!(
+            "{}  {}  size={}\n",
+            sha256sum(file),
+            file.display(),
+            std::fs::metadata(file).unwrap().len()
+        ),
+    )
+    .unwrap();
+    format!(
+        "{POLICY_HEAD}{}",
+        rule(
+            id,
+            action,
+            &format!("sha256_files = [\"{}\"]", list.display())
+        )
+    )
 }
 
 /// The `[exec]` body that marks only `m`.
@@ -191,10 +249,20 @@ impl Agent {
                 dir.path().display()
             )
         };
+        // A test agent never follows mounts it did not make: unless the test says where.
+        // Nor does it stop other tests' processes while judging them (every process on the
+        // host's own filesystems is on a filesystem a test agent does not mark).
+        let mut follow = String::new();
+        if !exec.contains("follow_mounts") {
+            follow.push_str("\nfollow_mounts = false");
+        }
+        if !exec.contains("freeze") {
+            follow.push_str("\nfreeze = false");
+        }
         std::fs::write(
             &config,
             format!(
-                "[agent]\nstate_dir = \"{d}/state\"\nevent_log = \"{d}/events.jsonl\"\ncontrol_socket = \"{d}/control.sock\"\n\n{install}[exec]\n{exec}\n",
+                "[agent]\nstate_dir = \"{d}/state\"\nevent_log = \"{d}/events.jsonl\"\ncontrol_socket = \"{d}/control.sock\"\n\n{install}[exec]{follow}\n{exec}\n",
                 d = dir.path().display()
             ),
         )

@@ -163,3 +163,45 @@ pub fn wait_until(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// The unprivileged user the tests run programs as (`interdict-nt`, created when missing).
+pub const TEST_USER: &str = "interdict-nt";
+
+/// Make sure [`TEST_USER`] exists; its uid.
+pub fn test_user() -> u32 {
+    let exists = || {
+        Command::new("id")
+            .arg(TEST_USER)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if !exists() {
+        let st = Command::new("useradd")
+            .args(["-M", "-s", "/usr/sbin/nologin", TEST_USER])
+            .status()
+            .unwrap();
+        // Another test may have created it meanwhile.
+        assert!(st.success() || exists(), "useradd {TEST_USER} failed");
+    }
+    let out = Command::new("id")
+        .arg("-u")
+        .arg(TEST_USER)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+}
+
+/// `program` run as [`TEST_USER`] (no supplementary groups).
+pub fn as_test_user(program: impl AsRef<std::ffi::OsStr>) -> Command {
+    test_user();
+    let mut c = Command::new("setpriv");
+    c.args([
+        &format!("--reuid={TEST_USER}"),
+        &format!("--regid={TEST_USER}"),
+        "--clear-groups",
+    ])
+    .arg(program);
+    c
+}
