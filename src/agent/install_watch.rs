@@ -87,6 +87,81 @@ fn roots_now(shared: &Shared) -> Vec<PathBuf> {
 /// What has been reported as installed: (rule id, canonical path or package folder).
 type Seen = HashMap<(String, PathBuf), Found>;
 
+/// What was reported as installed, kept across restarts in `STATE_DIR/installs.json`, so that a
+/// restart does not report again, as new, what is still there unchanged; and so that what went
+/// away while the agent was stopped is reported gone.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct Reported {
+    /// The rule, as the event said.
+    rule: interdict_event::RuleRef,
+    /// The canonical file or package folder (the key, with the rule id).
+    canonical: PathBuf,
+    /// The path reported.
+    file: FileRef,
+    /// The owner.
+    owner: Option<ProcessRef>,
+}
+
+/// What earlier runs reported and this run has not seen yet, by (rule id, canonical path).
+type Known = HashMap<(String, PathBuf), Reported>;
+
+fn reported_path(shared: &Shared) -> PathBuf {
+    shared.config.state_dir.join("installs.json")
+}
+
+/// What earlier runs reported; nothing when there is no record (a first run) or it is damaged
+/// (then everything found is reported again, which loses nothing).
+fn load_known(shared: &Shared) -> Known {
+    let path = reported_path(shared);
+    let list: Vec<Reported> = match std::fs::read(&path) {
+        Ok(b) => serde_json::from_slice(&b).unwrap_or_else(|e| {
+            tracing::warn!("{}: {e}; what is installed will be reported again", path.display());
+            Vec::new()
+        }),
+        Err(_) => Vec::new(),
+    };
+    list.into_iter()
+        .map(|r| ((r.rule.id.clone(), r.canonical.clone()), r))
+        .collect()
+}
+
+/// Record what is reported as installed now (with what earlier runs reported and this run has
+/// not looked at yet).
+fn save_reported(shared: &Shared, seen: &Seen, known: &Known) {
+    let active = shared.active.load_full();
+    let policy = &active.loaded.policy;
+    let mut list: Vec<&Reported> = known.values().collect();
+    let now: Vec<Reported> = seen
+        .values()
+        .filter(|f| f.decision.action != interdict_policy::Action::Allow)
+        .map(|f| Reported {
+            rule: judge::rule_ref(policy, &f.decision, &f.facts),
+            canonical: f.canonical.clone(),
+            file: file_of(f, None),
+            owner: owner_of(shared, f),
+        })
+        .collect();
+    list.extend(now.iter());
+    let bytes = serde_json::to_vec(&list).expect("serializable");
+    if let Err(e) = crate::fsutil::write_atomic(&reported_path(shared), &bytes, 0o600) {
+        tracing::warn!("{}: {e}", reported_path(shared).display());
+    }
+}
+
+/// Report gone what earlier runs reported and the first full rescan did not find.
+fn report_known_gone(shared: &Shared, known: &mut Known) {
+    for (_, r) in known.drain() {
+        let mut e = shared.event(EventKind::InstalledRemoved);
+        e.outcome = Some(Outcome::Reported);
+        e.sensor = Some(interdict_event::INSTALL_SCAN.into());
+        e.rule = Some(r.rule);
+        e.file = Some(r.file);
+        e.process = r.owner;
+        shared.emit(e);
+        inc(&shared.metrics.c.installs_removed);
+    }
+}
+
 /// Start the watcher. Returns a sender for rescan requests (policy changes).
 /// With `guard`, every banned script file found is marked for the script guard at once.
 pub fn start(
@@ -214,6 +289,9 @@ fn run(
     let debounce = Duration::from_millis(shared.config.install_debounce_ms);
     let rescan_every = Duration::from_secs(shared.config.rescan_interval_s.max(1));
     let mut seen: Seen = HashMap::new();
+    let mut known = load_known(&shared);
+    // What the watcher changed is recorded at most every 2 s (a rescan records at once).
+    let mut unsaved: Option<Instant> = None;
     let mut pending = Pending {
         units: HashSet::new(),
         writing: HashSet::new(),
@@ -227,6 +305,7 @@ fn run(
                 roots: &mut Vec<PathBuf>,
                 watcher: &mut notify::RecommendedWatcher,
                 seen: &mut Seen,
+                known: &mut Known,
                 pending: &mut Pending| {
         if why == "watcher overflow" || why == "watch error" {
             // Closes may have been lost with the rest.
@@ -240,7 +319,7 @@ fn run(
         let again = rescan(
             &shared,
             found,
-            seen,
+            (seen, known),
             why,
             (&pending.writing, debounce),
             started,
@@ -250,8 +329,15 @@ fn run(
     };
     loop {
         if shared.shutdown.is_triggered() {
+            if unsaved.is_some() {
+                save_reported(&shared, &seen, &known);
+            }
             shared.set_sensor("install_watch", "stopped", "shut down");
             return;
+        }
+        if unsaved.is_some_and(|t| t.elapsed() >= Duration::from_secs(2)) {
+            save_reported(&shared, &seen, &known);
+            unsaved = None;
         }
         let wait = if pending.units.is_empty() {
             Duration::from_millis(500).min(next_rescan.saturating_duration_since(Instant::now()))
@@ -264,7 +350,14 @@ fn run(
                 continue;
             }
             Ok(WatchMsg::Rescan(why)) => {
-                full(why, &mut roots, &mut watcher, &mut seen, &mut pending);
+                full(
+                    why,
+                    &mut roots,
+                    &mut watcher,
+                    &mut seen,
+                    &mut known,
+                    &mut pending,
+                );
                 next_rescan = Instant::now() + rescan_every;
                 continue;
             }
@@ -284,11 +377,12 @@ fn run(
             let again = examine(
                 &shared,
                 &units,
-                &mut seen,
+                (&mut seen, &mut known),
                 &mut deferred,
                 (&pending.writing, debounce),
                 guard,
             );
+            unsaved.get_or_insert_with(Instant::now);
             pending.retry(again);
         }
         if Instant::now() >= next_rescan {
@@ -297,6 +391,7 @@ fn run(
                 &mut roots,
                 &mut watcher,
                 &mut seen,
+                &mut known,
                 &mut pending,
             );
             next_rescan = Instant::now() + rescan_every;
@@ -371,7 +466,7 @@ fn digest_of(f: &Found) -> Option<interdict_policy::Sha256> {
 fn examine(
     shared: &Shared,
     units: &[PathBuf],
-    seen: &mut Seen,
+    (seen, known): (&mut Seen, &mut Known),
     deferred: &mut HashMap<PathBuf, u32>,
     settle: (&HashSet<PathBuf>, Duration),
     guard: Option<&super::fanotify::ScriptMarker>,
@@ -389,10 +484,10 @@ fn examine(
                 continue;
             }
         }
-        if is_news(seen, &key, &f) {
-            detected(shared, &f, guard);
-            seen.insert(key, f);
+        if is_news(seen, known, &key, &f) {
+            detected(shared, &f, guard, "install_watch");
         }
+        seen.insert(key, f);
     }
     for u in units {
         if again.contains(u) {
@@ -402,7 +497,7 @@ fn examine(
         }
     }
     // Anything reported under these folders that is no longer found has gone.
-    report_gone(shared, seen, |k| {
+    report_gone(shared, seen, "install_watch", |k| {
         units.iter().any(|u| k.1.starts_with(u)) && !now.contains(k)
     });
     again.into_iter().collect()
@@ -412,7 +507,7 @@ fn examine(
 fn rescan(
     shared: &Shared,
     found: Vec<Found>,
-    seen: &mut Seen,
+    (seen, known): (&mut Seen, &mut Known),
     why: &str,
     settle: (&HashSet<PathBuf>, Duration),
     started: Instant,
@@ -427,6 +522,8 @@ fn rescan(
             // Still being written: looked at by the watcher once it is done. What was reported
             // before under this key stays reported meanwhile.
             again.insert(unit_of(&f.path));
+            // Reported by an earlier run: the watcher decides once it is written.
+            known.remove(&key);
             if let Some(old) = seen.remove(&key) {
                 now.insert(key, old);
             }
@@ -434,13 +531,17 @@ fn rescan(
         }
         now.insert(key, f);
     }
+    let scan = interdict_event::INSTALL_SCAN;
     for (k, f) in &now {
-        if is_news(seen, k, f) {
-            detected(shared, f, guard);
+        if is_news(seen, known, k, f) {
+            detected(shared, f, guard, scan);
         }
     }
-    report_gone(shared, seen, |k| !now.contains_key(k));
+    report_gone(shared, seen, scan, |k| !now.contains_key(k));
+    // What earlier runs reported and is not there any more went while the agent was stopped.
+    report_known_gone(shared, known);
     *seen = now;
+    save_reported(shared, seen, known);
     save_hash_cache(shared);
     shared.metrics.last_rescan_us.store(
         started.elapsed().as_micros() as u64,
@@ -452,26 +553,40 @@ fn rescan(
 }
 
 /// New under this key, or reported before with other content (reported while still being
-/// written, or rewritten in place since): worth an `installed_detected`.
-fn is_news(seen: &Seen, key: &(String, PathBuf), f: &Found) -> bool {
+/// written, or rewritten in place since): worth an `installed_detected`. What an earlier run
+/// reported and is still there unchanged is not news.
+fn is_news(seen: &Seen, known: &mut Known, key: &(String, PathBuf), f: &Found) -> bool {
     match seen.get(key) {
-        None => true,
+        None => match known.remove(key) {
+            Some(r) => r.file.sha256 != digest_of(f).map(|d| d.to_string()),
+            None => true,
+        },
         Some(old) => digest_of(f).is_some() && digest_of(f) != digest_of(old),
     }
 }
 
 /// Report a banned install, and guard it when it is a script.
-fn detected(shared: &Shared, f: &Found, guard: Option<&super::fanotify::ScriptMarker>) {
-    report(shared, f, EventKind::InstalledDetected);
+fn detected(
+    shared: &Shared,
+    f: &Found,
+    guard: Option<&super::fanotify::ScriptMarker>,
+    sensor: &str,
+) {
+    report(shared, f, EventKind::InstalledDetected, sensor);
     mark_script(f, guard);
 }
 
 /// Report as removed, and forget, what was reported under the keys that are `gone`.
-fn report_gone(shared: &Shared, seen: &mut Seen, gone: impl Fn(&(String, PathBuf)) -> bool) {
+fn report_gone(
+    shared: &Shared,
+    seen: &mut Seen,
+    sensor: &str,
+    gone: impl Fn(&(String, PathBuf)) -> bool,
+) {
     let gone: Vec<_> = seen.keys().filter(|k| gone(k)).cloned().collect();
     for k in gone {
         if let Some(f) = seen.remove(&k) {
-            report(shared, &f, EventKind::InstalledRemoved);
+            report(shared, &f, EventKind::InstalledRemoved, sensor);
         }
     }
 }
@@ -517,7 +632,30 @@ fn key_of(shared: &Shared, f: &Found) -> (String, PathBuf) {
     )
 }
 
-fn report(shared: &Shared, f: &Found, kind: EventKind) {
+/// The file of a find, for an event.
+fn file_of(f: &Found, size: Option<u64>) -> FileRef {
+    FileRef {
+        path: crate::path_text(&f.path),
+        sha256: digest_of(f).map(|h| h.to_string()),
+        size,
+    }
+}
+
+/// The owner of a find (read again; the name the scan saw when the file is gone).
+fn owner_of(shared: &Shared, f: &Found) -> Option<ProcessRef> {
+    use std::os::unix::fs::MetadataExt;
+    let uid = std::fs::symlink_metadata(&f.path)
+        .ok()
+        .map(|m| m.uid())
+        .or_else(|| f.facts.user.as_deref().and_then(|u| shared.accounts.uid_of(u)))?;
+    Some(ProcessRef {
+        uid: Some(uid),
+        user: Some(shared.accounts.user_name(uid)),
+        ..ProcessRef::default()
+    })
+}
+
+fn report(shared: &Shared, f: &Found, kind: EventKind, sensor: &str) {
     let active = shared.active.load_full();
     let policy = &active.loaded.policy;
     if f.decision.action == interdict_policy::Action::Allow {
@@ -530,33 +668,23 @@ fn report(shared: &Shared, f: &Found, kind: EventKind) {
     };
     let mut e = shared.event(kind);
     e.outcome = Some(Outcome::Reported);
-    e.sensor = Some("install_watch".into());
+    e.sensor = Some(sensor.into());
     e.rule = Some(judge::rule_ref(policy, &f.decision, &f.facts));
-    let size = std::fs::metadata(&f.canonical).ok().map(|m| m.len());
-    e.file = Some(FileRef {
-        path: crate::path_text(&f.path),
-        sha256: f
-            .facts
-            .exe_sha256
-            .or(f.facts.script_sha256)
-            .map(|h| h.to_string()),
-        size,
-    });
+    // A package folder's size says nothing.
+    let size = if f.package.is_some() {
+        None
+    } else {
+        std::fs::metadata(&f.canonical).ok().map(|m| m.len())
+    };
+    e.file = Some(file_of(f, size));
     if let Some(p) = &f.package {
         e.message = Some(match &p.version {
             Some(v) => format!("package {} {v}", p.package),
             None => format!("package {}", p.package),
         });
     }
-    let owner = {
-        use std::os::unix::fs::MetadataExt;
-        std::fs::symlink_metadata(&f.path).ok().map(|m| m.uid())
-    };
-    e.process = owner.map(|uid| ProcessRef {
-        uid: Some(uid),
-        user: Some(shared.accounts.user_name(uid)),
-        ..ProcessRef::default()
-    });
+    e.process = owner_of(shared, f);
+    let owner = e.process.as_ref().and_then(|p| p.uid);
     shared.emit(e);
     match kind {
         EventKind::InstalledDetected => inc(&shared.metrics.c.installs_detected),
@@ -591,8 +719,9 @@ fn report(shared: &Shared, f: &Found, kind: EventKind) {
         Some(Ok(entry)) => {
             let mut q = shared.event(EventKind::InstalledQuarantined);
             q.outcome = Some(Outcome::Quarantined);
-            q.sensor = Some("install_watch".into());
+            q.sensor = Some(sensor.into());
             q.rule = Some(judge::rule_ref(policy, &f.decision, &f.facts));
+            q.process = owner_of(shared, f);
             q.file = Some(FileRef {
                 path: crate::path_text(&entry.original_path),
                 sha256: Some(entry.sha256.clone()),
@@ -606,8 +735,10 @@ fn report(shared: &Shared, f: &Found, kind: EventKind) {
         Some(Err(e)) => {
             let mut q = shared.event(EventKind::InstalledQuarantined);
             q.outcome = Some(Outcome::QuarantineFailed);
-            q.sensor = Some("install_watch".into());
+            q.sensor = Some(sensor.into());
             q.rule = Some(judge::rule_ref(policy, &f.decision, &f.facts));
+            q.process = owner_of(shared, f);
+            q.file = Some(file_of(f, None));
             q.message = Some(e.to_string());
             shared.emit(q);
             crate::notify::NoticeKind::Installed

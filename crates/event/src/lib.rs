@@ -232,6 +232,17 @@ impl Origin {
 }
 
 impl Event {
+    /// Whether `process` is the program's *caller* rather than the program: a launch decided
+    /// before it happened (fanotify's permission event, sensor `fanotify`) finds `/proc/PID`
+    /// still showing the image that called `execve`; the program itself is `file`.
+    pub fn process_is_caller(&self) -> bool {
+        match self.kind {
+            EventKind::ExecDenied => true,
+            EventKind::ExecReported => self.sensor.as_deref() == Some("fanotify"),
+            _ => false,
+        }
+    }
+
     /// One line of JSON, without the newline.
     pub fn to_json_line(&self) -> String {
         serde_json::to_string(self).expect("events always serialize")
@@ -241,6 +252,48 @@ impl Event {
     /// `seq` and `prev_hash` included. Anyone holding the events recomputes it.
     pub fn record_hash(&self) -> String {
         sha256_hex(self.to_json_line().as_bytes())
+    }
+}
+
+/// The sensor name of installs found by a full rescan of the install roots (at start-up,
+/// periodically, after a policy change or lost watcher events) rather than seen appearing by
+/// the watcher (`install_watch`): when such a file got there is not known.
+pub const INSTALL_SCAN: &str = "install_scan";
+
+/// Whether what the event describes failed or was refused: a denied launch or open, a failed
+/// kill or quarantine, a rejected policy, a degraded sensor, dropped events. OCSF `status_id`
+/// 2 (Failure) and ECS `event.outcome: failure`.
+pub(crate) fn failed(e: &Event) -> bool {
+    matches!(
+        e.outcome,
+        Some(
+            Outcome::Denied
+                | Outcome::DeniedOnDeadline
+                | Outcome::KillFailed
+                | Outcome::QuarantineFailed
+        )
+    ) || matches!(
+        e.kind,
+        EventKind::PolicyRejected | EventKind::SensorDegraded | EventKind::EventsDropped
+    )
+}
+
+/// Whether the event's file is a folder: what a `package` rule matches (an npm package folder, a
+/// Python `*.dist-info`, an editor extension folder).
+pub(crate) fn file_is_folder(e: &Event) -> bool {
+    e.rule.as_ref().is_some_and(|r| r.selector == "package")
+}
+
+/// The last component of a path (the whole string when it has no `/`).
+pub(crate) fn base_name(path: &str) -> &str {
+    path.rsplit('/').next().unwrap_or(path)
+}
+
+/// The wire name of a kind or an outcome (`exec_denied`, `would_enforce`).
+pub fn snake(v: impl Serialize) -> String {
+    match serde_json::to_value(v) {
+        Ok(serde_json::Value::String(s)) => s,
+        _ => String::new(),
     }
 }
 
