@@ -116,6 +116,10 @@ pub struct AgentConfig {
     pub syslog_ca: Option<PathBuf>,
     /// `[syslog] facility`: the facility number (default 10, authpriv).
     pub syslog_facility: u8,
+    /// `[syslog] max_message_bytes`: the longest message sent (default 8192, rsyslog's default;
+    /// at least 2048, what RFC 5425 says every receiver takes). Longer events are cut, the
+    /// command line first.
+    pub syslog_max_message_bytes: usize,
 }
 
 impl Default for AgentConfig {
@@ -159,6 +163,7 @@ impl Default for AgentConfig {
             syslog_tls: false,
             syslog_ca: None,
             syslog_facility: 10,
+            syslog_max_message_bytes: 8192,
         }
     }
 }
@@ -189,7 +194,7 @@ const COLLECTOR_KEYS: &[&str] = &[
     "client_cert",
     "client_key",
 ];
-const SYSLOG_KEYS: &[&str] = &["address", "tls", "ca_file", "facility"];
+const SYSLOG_KEYS: &[&str] = &["address", "tls", "ca_file", "facility", "max_message_bytes"];
 const INSTALL_KEYS: &[&str] = &["watch", "roots", "rescan_interval_s", "debounce_ms"];
 const EXEC_KEYS: &[&str] = &[
     "fanotify",
@@ -399,6 +404,18 @@ pub fn parse(name: &str, text: &str) -> Result<AgentConfig, Diagnostics> {
                         c.syslog_facility = n as u8;
                     }
                 }
+                ("syslog", "max_message_bytes") => {
+                    if let Some(n) = f.integer(key, v, 1 << 20) {
+                        if n < 2048 {
+                            f.err(
+                                Code::BadValue,
+                                v.span(),
+                                "`max_message_bytes` must be at least 2048 (RFC 5425: what every receiver takes)",
+                            );
+                        }
+                        c.syslog_max_message_bytes = (n as usize).max(2048);
+                    }
+                }
                 ("collector", "ca_file") => c.collector_ca = absolute(&mut f, key, v),
                 ("collector", "client_cert") => c.client_cert = absolute(&mut f, key, v),
                 ("collector", "client_key") => c.client_key = absolute(&mut f, key, v),
@@ -489,5 +506,47 @@ mod tests {
             (c.deadline_ms, c.fail_mode, c.proc_connector),
             (250, FailMode::Closed, false)
         );
+    }
+
+    #[test]
+    fn the_syslog_message_cap_is_read_and_checked() {
+        let c = parse(
+            "c.toml",
+            "[syslog]
+max_message_bytes = 65536
+",
+        )
+        .unwrap();
+        assert_eq!(c.syslog_max_message_bytes, 65536);
+        assert_eq!(AgentConfig::default().syslog_max_message_bytes, 8192);
+        let err = parse(
+            "c.toml",
+            "[syslog]
+max_message_bytes = 100
+[exec]
+mounts = [\"rel\"]
+",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains(
+                "c.toml:2:21: error[bad-value]: `max_message_bytes` must be at least 2048"
+            ),
+            "{err}"
+        );
+        assert!(
+            err.contains("`mounts` entries must be absolute paths"),
+            "{err}"
+        );
+        let err = parse(
+            "c.toml",
+            "[syslog]
+max_message_bytes = 99999999
+",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("from 0 to 1048576"), "{err}");
     }
 }

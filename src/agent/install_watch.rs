@@ -115,7 +115,10 @@ fn load_known(shared: &Shared) -> Known {
     let path = reported_path(shared);
     let list: Vec<Reported> = match std::fs::read(&path) {
         Ok(b) => serde_json::from_slice(&b).unwrap_or_else(|e| {
-            tracing::warn!("{}: {e}; what is installed will be reported again", path.display());
+            tracing::warn!(
+                "{}: {e}; what is installed will be reported again",
+                path.display()
+            );
             Vec::new()
         }),
         Err(_) => Vec::new(),
@@ -647,7 +650,12 @@ fn owner_of(shared: &Shared, f: &Found) -> Option<ProcessRef> {
     let uid = std::fs::symlink_metadata(&f.path)
         .ok()
         .map(|m| m.uid())
-        .or_else(|| f.facts.user.as_deref().and_then(|u| shared.accounts.uid_of(u)))?;
+        .or_else(|| {
+            f.facts
+                .user
+                .as_deref()
+                .and_then(|u| shared.accounts.uid_of(u))
+        })?;
     Some(ProcessRef {
         uid: Some(uid),
         user: Some(shared.accounts.user_name(uid)),

@@ -127,6 +127,8 @@ async fn run_async(
     if shared.config.syslog_address.is_some() {
         consumers.push("syslog.acked");
     }
+    // Events numbered from here on are this run's (the syslog sink names their sender).
+    let mut first_seq_of_run = 1;
     let spool = if consumers.is_empty() {
         None
     } else {
@@ -134,6 +136,7 @@ async fn run_async(
         let s = crate::spool::Spool::open(&spool_dir, cap)
             .map_err(|e| anyhow::anyhow!("cannot open the spool {}: {e}", spool_dir.display()))?;
         crate::spool::set_consumers(&spool_dir, &consumers)?;
+        first_seq_of_run = s.next_seq();
         Some(s)
     };
     if let Some(s) = &spool {
@@ -157,22 +160,31 @@ async fn run_async(
             )
         }
     });
+    let mut syslog_thread = None;
     if let Some(address) = shared.config.syslog_address.clone() {
         let cfg = syslog::SyslogConfig {
             address: address.clone(),
             tls: shared.config.syslog_tls,
             ca_file: shared.config.syslog_ca.clone(),
             facility: shared.config.syslog_facility,
+            max_message_bytes: shared.config.syslog_max_message_bytes,
+            first_seq_of_run,
         };
         let s = shared.clone();
         let (metrics, dir) = (shared.metrics.clone(), spool_dir.clone());
-        std::thread::Builder::new()
-            .name("syslog".into())
-            .spawn(move || {
-                syslog::run(cfg, dir, metrics, syslog_wake_rx, move || {
-                    s.shutdown.is_triggered()
-                })
-            })?;
+        syslog_thread = Some(std::thread::Builder::new().name("syslog".into()).spawn(
+            move || {
+                let h = s.clone();
+                syslog::run(
+                    cfg,
+                    dir,
+                    metrics,
+                    syslog_wake_rx,
+                    move || s.shutdown.is_triggered(),
+                    move |state, detail| h.set_sensor("syslog", state, detail),
+                )
+            },
+        )?);
         let how = if shared.config.syslog_tls {
             "TLS"
         } else {
@@ -377,6 +389,14 @@ async fn run_async(
     let _ = control.await;
     drop(shared);
     let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;
+    // The syslog sink closes its connection (TLS with close_notify) once it sees the shutdown.
+    if let Some(t) = syslog_thread {
+        let _ = tokio::time::timeout(
+            Duration::from_secs(5),
+            tokio::task::spawn_blocking(move || t.join()),
+        )
+        .await;
+    }
     Ok(exit::OK)
 }
 

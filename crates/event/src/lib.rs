@@ -15,7 +15,7 @@ use sha2::Digest;
 pub mod ecs;
 pub mod ocsf;
 mod redact;
-pub use redact::{bound_argv, redact_argv, MAX_ARGV_BYTES, REDACTED, TRUNCATED};
+pub use redact::{bound_argv, bound_argv_to, redact_argv, MAX_ARGV_BYTES, REDACTED, TRUNCATED};
 
 /// What happened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
