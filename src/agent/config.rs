@@ -116,7 +116,7 @@ pub struct AgentConfig {
     pub syslog_ca: Option<PathBuf>,
     /// `[syslog] facility`: the facility number (default 10, authpriv).
     pub syslog_facility: u8,
-    /// `[syslog] max_message_bytes`: the longest message sent (default 8192, rsyslog's default;
+    /// `[syslog] max_message_bytes`: the longest message sent (default 8096, rsyslog's default;
     /// at least 2048, what RFC 5425 says every receiver takes). Longer events are cut, the
     /// command line first.
     pub syslog_max_message_bytes: usize,
@@ -163,7 +163,7 @@ impl Default for AgentConfig {
             syslog_tls: false,
             syslog_ca: None,
             syslog_facility: 10,
-            syslog_max_message_bytes: 8192,
+            syslog_max_message_bytes: super::syslog::DEFAULT_MAX_MESSAGE_BYTES,
         }
     }
 }
@@ -518,7 +518,7 @@ max_message_bytes = 65536
         )
         .unwrap();
         assert_eq!(c.syslog_max_message_bytes, 65536);
-        assert_eq!(AgentConfig::default().syslog_max_message_bytes, 8192);
+        assert_eq!(AgentConfig::default().syslog_max_message_bytes, 8096);
         let err = parse(
             "c.toml",
             "[syslog]

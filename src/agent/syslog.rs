@@ -11,9 +11,9 @@
 //! enterprise number RFC 5612 reserves for documentation. PROCID is the agent's PID for events of
 //! this run, `-` for the backlog an earlier run spooled (whose PID is not known).
 //!
-//! No message is longer than `max_message_bytes` (default 8,192: rsyslog's default
-//! `maxMessageSize`, and what RFC 5425 asks every receiver to take): a longer one would be cut
-//! by the receiver and its rest read as a separate, bogus message. The command line is cut first
+//! No message is longer than `max_message_bytes` (default 8,096 octets: rsyslog's default
+//! `maxMessageSize`, a little under the 8,192 RFC 5425 asks receivers to take): a longer one is
+//! cut by the receiver and its rest read as a separate, bogus message. The command line is cut first
 //! (ending in `[TRUNCATED]`), then the free-text message; the SD parameter `truncated` names
 //! what was cut (`argv`, `argv message`). As a last resort only the event's identity, kind,
 //! outcome, rule and chain fields are kept (`truncated="body"`).
@@ -51,9 +51,9 @@ pub struct SyslogConfig {
     pub first_seq_of_run: u64,
 }
 
-/// `[syslog] max_message_bytes` by default: rsyslog's default `maxMessageSize`, and the size
-/// RFC 5425 says every receiver should take.
-pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 8192;
+/// `[syslog] max_message_bytes` by default: rsyslog's default `maxMessageSize` (8,096 octets;
+/// RFC 5425 asks receivers for 8,192, so this fits both).
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 8096;
 
 fn severity(e: &Event) -> u8 {
     match (e.kind, e.outcome) {
