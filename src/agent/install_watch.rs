@@ -102,8 +102,15 @@ struct Reported {
     owner: Option<ProcessRef>,
 }
 
-/// What earlier runs reported and this run has not seen yet, by (rule id, canonical path).
-type Known = HashMap<(String, PathBuf), Reported>;
+/// What the record of reported installs is made from, besides what this run reports.
+#[derive(Debug, Default)]
+struct Known {
+    /// What earlier runs reported and this run has not looked at yet.
+    earlier: HashMap<(String, PathBuf), Reported>,
+    /// Finds whose event could not be queued (the event queue was full; counted in
+    /// `event_drops`): left out of the record, so that the next run reports them.
+    unqueued: HashSet<(String, PathBuf)>,
+}
 
 fn reported_path(shared: &Shared) -> PathBuf {
     shared.config.state_dir.join("installs.json")
@@ -123,19 +130,47 @@ fn load_known(shared: &Shared) -> Known {
         }),
         Err(_) => Vec::new(),
     };
-    list.into_iter()
-        .map(|r| ((r.rule.id.clone(), r.canonical.clone()), r))
-        .collect()
+    Known {
+        earlier: list
+            .into_iter()
+            .map(|r| ((r.rule.id.clone(), r.canonical.clone()), r))
+            .collect(),
+        unqueued: HashSet::new(),
+    }
+}
+
+/// Wait (at most 5 s) until the event log writer has taken every event queued so far: what is
+/// recorded as reported must have reached the event log and the spool, or a crash right after
+/// the record would lose it for good. False when it has not.
+fn writer_caught_up(shared: &Shared) -> bool {
+    use std::sync::atomic::Ordering::Relaxed;
+    let c = &shared.metrics.c;
+    let queued = c.events_queued.load(Relaxed);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        if c.events_written.load(Relaxed) + c.event_write_errors.load(Relaxed) >= queued {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// Record what is reported as installed now (with what earlier runs reported and this run has
-/// not looked at yet).
-fn save_reported(shared: &Shared, seen: &Seen, known: &Known) {
+/// not looked at yet), once the events saying so are written. False when it was not recorded.
+fn save_reported(shared: &Shared, seen: &Seen, known: &Known) -> bool {
+    if !writer_caught_up(shared) {
+        return false;
+    }
     let active = shared.active.load_full();
     let policy = &active.loaded.policy;
-    let mut list: Vec<&Reported> = known.values().collect();
+    let mut list: Vec<&Reported> = known.earlier.values().collect();
     let now: Vec<Reported> = seen
-        .values()
+        .iter()
+        .filter(|(k, _)| !known.unqueued.contains(*k))
+        .map(|(_, f)| f)
         .filter(|f| f.decision.action != interdict_policy::Action::Allow)
         .map(|f| Reported {
             rule: judge::rule_ref(policy, &f.decision, &f.facts),
@@ -149,11 +184,12 @@ fn save_reported(shared: &Shared, seen: &Seen, known: &Known) {
     if let Err(e) = crate::fsutil::write_atomic(&reported_path(shared), &bytes, 0o600) {
         tracing::warn!("{}: {e}", reported_path(shared).display());
     }
+    true
 }
 
 /// Report gone what earlier runs reported and the first full rescan did not find.
 fn report_known_gone(shared: &Shared, known: &mut Known) {
-    for (_, r) in known.drain() {
+    for (_, r) in known.earlier.drain() {
         let mut e = shared.event(EventKind::InstalledRemoved);
         e.outcome = Some(Outcome::Reported);
         e.sensor = Some(interdict_event::INSTALL_SCAN.into());
@@ -338,8 +374,9 @@ fn run(
             shared.set_sensor("install_watch", "stopped", "shut down");
             return;
         }
-        if unsaved.is_some_and(|t| t.elapsed() >= Duration::from_secs(2)) {
-            save_reported(&shared, &seen, &known);
+        if unsaved.is_some_and(|t| t.elapsed() >= Duration::from_secs(2))
+            && save_reported(&shared, &seen, &known)
+        {
             unsaved = None;
         }
         let wait = if pending.units.is_empty() {
@@ -361,6 +398,8 @@ fn run(
                     &mut known,
                     &mut pending,
                 );
+                // (Recorded by the rescan; again later should the writer have lagged.)
+                unsaved.get_or_insert_with(Instant::now);
                 next_rescan = Instant::now() + rescan_every;
                 continue;
             }
@@ -397,6 +436,7 @@ fn run(
                 &mut known,
                 &mut pending,
             );
+            unsaved.get_or_insert_with(Instant::now);
             next_rescan = Instant::now() + rescan_every;
         }
     }
@@ -488,7 +528,11 @@ fn examine(
             }
         }
         if is_news(seen, known, &key, &f) {
-            detected(shared, &f, guard, "install_watch");
+            if detected(shared, &f, guard, "install_watch") {
+                known.unqueued.remove(&key);
+            } else {
+                known.unqueued.insert(key.clone());
+            }
         }
         seen.insert(key, f);
     }
@@ -526,7 +570,7 @@ fn rescan(
             // before under this key stays reported meanwhile.
             again.insert(unit_of(&f.path));
             // Reported by an earlier run: the watcher decides once it is written.
-            known.remove(&key);
+            known.earlier.remove(&key);
             if let Some(old) = seen.remove(&key) {
                 now.insert(key, old);
             }
@@ -537,14 +581,20 @@ fn rescan(
     let scan = interdict_event::INSTALL_SCAN;
     for (k, f) in &now {
         if is_news(seen, known, k, f) {
-            detected(shared, f, guard, scan);
+            if detected(shared, f, guard, scan) {
+                known.unqueued.remove(k);
+            } else {
+                known.unqueued.insert(k.clone());
+            }
         }
     }
     report_gone(shared, seen, scan, |k| !now.contains_key(k));
     // What earlier runs reported and is not there any more went while the agent was stopped.
     report_known_gone(shared, known);
     *seen = now;
-    save_reported(shared, seen, known);
+    if !save_reported(shared, seen, known) {
+        tracing::debug!("installs record not written yet: the event writer lags");
+    }
     save_hash_cache(shared);
     shared.metrics.last_rescan_us.store(
         started.elapsed().as_micros() as u64,
@@ -560,7 +610,7 @@ fn rescan(
 /// reported and is still there unchanged is not news.
 fn is_news(seen: &Seen, known: &mut Known, key: &(String, PathBuf), f: &Found) -> bool {
     match seen.get(key) {
-        None => match known.remove(key) {
+        None => match known.earlier.remove(key) {
             Some(r) => r.file.sha256 != digest_of(f).map(|d| d.to_string()),
             None => true,
         },
@@ -574,9 +624,10 @@ fn detected(
     f: &Found,
     guard: Option<&super::fanotify::ScriptMarker>,
     sensor: &str,
-) {
-    report(shared, f, EventKind::InstalledDetected, sensor);
+) -> bool {
+    let queued = report(shared, f, EventKind::InstalledDetected, sensor);
     mark_script(f, guard);
+    queued
 }
 
 /// Report as removed, and forget, what was reported under the keys that are `gone`.
@@ -663,11 +714,12 @@ fn owner_of(shared: &Shared, f: &Found) -> Option<ProcessRef> {
     })
 }
 
-fn report(shared: &Shared, f: &Found, kind: EventKind, sensor: &str) {
+/// Report a find; whether its event was queued.
+fn report(shared: &Shared, f: &Found, kind: EventKind, sensor: &str) -> bool {
     let active = shared.active.load_full();
     let policy = &active.loaded.policy;
     if f.decision.action == interdict_policy::Action::Allow {
-        return;
+        return true;
     }
     let j = judge::Judged {
         policy,
@@ -693,13 +745,13 @@ fn report(shared: &Shared, f: &Found, kind: EventKind, sensor: &str) {
     }
     e.process = owner_of(shared, f);
     let owner = e.process.as_ref().and_then(|p| p.uid);
-    shared.emit(e);
+    let queued = shared.emit(e);
     match kind {
         EventKind::InstalledDetected => inc(&shared.metrics.c.installs_detected),
         _ => inc(&shared.metrics.c.installs_removed),
     }
     if kind != EventKind::InstalledDetected {
-        return;
+        return queued;
     }
     // A file matched by a path or script glob: learn its digest, so that a renamed copy of it is
     // caught by hash. (Names are too weak to learn from; package markers are folders.)
@@ -768,6 +820,7 @@ fn report(shared: &Shared, f: &Found, kind: EventKind, sensor: &str) {
         };
         judge::tell(shared, j, &info, told);
     }
+    queued
 }
 
 /// Quarantine a found file when its rule says so and the policy enforces today. `None` when

@@ -9,4 +9,5 @@ mod npm_packages;
 mod policy_check;
 mod scan_installed;
 mod scan_processes;
+mod siem;
 mod syslog;

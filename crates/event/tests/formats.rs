@@ -393,7 +393,7 @@ fn the_validators_catch_what_a_consumer_would_refuse() {
         wrong_caption,
         no_file_type,
     ] {
-        let out = validators::ocsf(&[bad.clone()]);
+        let out = validators::ocsf(std::slice::from_ref(&bad));
         assert!(out.is_err(), "not caught: {bad:#}\n{out:?}");
     }
     let good = ecs::to_ecs(&denied);
@@ -406,7 +406,7 @@ fn the_validators_catch_what_a_consumer_would_refuse() {
     let mut bad_outcome = good.clone();
     bad_outcome["event"]["outcome"] = "denied".into();
     for bad in [process_denied, not_ecs, wrong_type, bad_outcome] {
-        let out = validators::ecs(&[bad.clone()]);
+        let out = validators::ecs(std::slice::from_ref(&bad));
         assert!(out.is_err(), "not caught: {bad:#}\n{out:?}");
     }
 }
