@@ -533,8 +533,11 @@ fn examine(
             } else {
                 known.unqueued.insert(key.clone());
             }
+            seen.insert(key, f);
+        } else {
+            // Reported before, by this run or (unchanged) an earlier one.
+            seen.entry(key).or_insert(f);
         }
-        seen.insert(key, f);
     }
     for u in units {
         if again.contains(u) {
