@@ -237,6 +237,10 @@ pub struct SyslogConfig {
     pub ca_file: Option<PathBuf>,
     /// `facility`: the facility number (default 10, authpriv).
     pub facility: u8,
+    /// `max_message_bytes`: the longest message sent, in octets (framing not counted; default
+    /// 8,096, rsyslog's default `maxMessageSize`); longer events are cut, the command line
+    /// first.
+    pub max_message_bytes: usize,
 }
 
 impl Default for SyslogConfig {
@@ -246,6 +250,7 @@ impl Default for SyslogConfig {
             tls: false,
             ca_file: None,
             facility: 10,
+            max_message_bytes: super::sinks::syslog::DEFAULT_MAX_MESSAGE_BYTES,
         }
     }
 }
@@ -276,7 +281,7 @@ const COLLECTOR_KEYS: &[&str] = &[
     "client_cert",
     "client_key",
 ];
-const SYSLOG_KEYS: &[&str] = &["address", "tls", "ca_file", "facility"];
+const SYSLOG_KEYS: &[&str] = &["address", "tls", "ca_file", "facility", "max_message_bytes"];
 const INSTALL_KEYS: &[&str] = &["watch", "roots", "rescan_interval_s", "debounce_ms"];
 const EXEC_KEYS: &[&str] = &[
     "fanotify",
@@ -510,6 +515,18 @@ pub fn parse(name: &str, text: &str) -> Result<AgentConfig, Diagnostics> {
                         sys.facility = n as u8;
                     }
                 }
+                ("syslog", "max_message_bytes") => {
+                    if let Some(n) = f.integer(key, v, 1 << 20) {
+                        if n < 2048 {
+                            f.err(
+                                Code::BadValue,
+                                v.span(),
+                                "`max_message_bytes` must be at least 2048 (RFC 5425: what every receiver takes)",
+                            );
+                        }
+                        sys.max_message_bytes = (n as usize).max(2048);
+                    }
+                }
                 ("collector", "ca_file") => col.ca_file = absolute(&mut f, key, v),
                 ("collector", "client_cert") => col.client_cert = absolute(&mut f, key, v),
                 ("collector", "client_key") => col.client_key = absolute(&mut f, key, v),
@@ -623,5 +640,49 @@ mod tests {
             (c.exec.deadline_ms, c.exec.fail_mode, c.exec.proc_connector),
             (250, FailMode::Closed, false)
         );
+    }
+
+    #[test]
+    fn the_syslog_message_cap_is_read_and_checked() {
+        let c = parse(
+            "c.toml",
+            "[syslog]
+address = \"siem:6514\"
+max_message_bytes = 65536
+",
+        )
+        .unwrap();
+        assert_eq!(c.syslog.unwrap().max_message_bytes, 65536);
+        assert_eq!(SyslogConfig::default().max_message_bytes, 8096);
+        let err = parse(
+            "c.toml",
+            "[syslog]
+address = \"siem:6514\"
+max_message_bytes = 100
+[exec]
+mounts = [\"rel\"]
+",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains(
+                "c.toml:2:21: error[bad-value]: `max_message_bytes` must be at least 2048"
+            ),
+            "{err}"
+        );
+        assert!(
+            err.contains("`mounts` entries must be absolute paths"),
+            "{err}"
+        );
+        let err = parse(
+            "c.toml",
+            "[syslog]
+max_message_bytes = 99999999
+",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("from 0 to 1048576"), "{err}");
     }
 }

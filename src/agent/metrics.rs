@@ -66,6 +66,9 @@ counters! {
     policies_applied,
     /// Policies rejected (the previous one stayed in force).
     policies_rejected,
+    /// Events queued for the event log writer (each then written, or counted in
+    /// `event_write_errors`).
+    events_queued,
     /// Events written to the event log.
     events_written,
     /// Events that could not be written to the event log.

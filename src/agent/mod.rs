@@ -111,6 +111,32 @@ struct SinkThreads {
     writer: std::thread::JoinHandle<()>,
     writer_done: Arc<AtomicBool>,
     shipper: Option<std::thread::JoinHandle<()>>,
+    syslog: Option<std::thread::JoinHandle<()>>,
+}
+
+/// A spool reader's stop condition at shutdown: keep delivering until the event writer has
+/// finished (everything is spooled, `agent_stopped` included), then one more round for what it
+/// wrote last, then stop; at most 3 s after the shutdown began.
+fn drain_then_stop(
+    shutdown: &Arc<shared::Shutdown>,
+    writer_done: &Arc<AtomicBool>,
+) -> impl Fn() -> bool {
+    let (shutdown, done) = (shutdown.clone(), writer_done.clone());
+    let last_round = AtomicBool::new(false);
+    let since = std::sync::Mutex::new(None::<Instant>);
+    move || {
+        if !shutdown.is_triggered() {
+            return false;
+        }
+        let began = *since
+            .lock()
+            .expect("drain clock")
+            .get_or_insert_with(Instant::now);
+        if began.elapsed() > Duration::from_secs(3) {
+            return true;
+        }
+        done.load(Ordering::SeqCst) && last_round.swap(true, Ordering::SeqCst)
+    }
 }
 
 /// Start the event writer, and the spool's readers (shipper, syslog) when configured.
@@ -136,6 +162,9 @@ fn start_sinks(
         consumers.push(Consumer::Syslog);
         wakes.push(syslog_wake);
     }
+    // Events numbered from here on are this run's (the syslog sink names their sender).
+    let mut first_seq_of_run = 1;
+    let mut syslog = None;
     let spool = if consumers.is_empty() {
         None
     } else {
@@ -145,6 +174,7 @@ fn start_sinks(
         )
         .map_err(|e| anyhow::anyhow!("cannot open the spool {}: {e}", spool_dir.display()))?;
         sinks::spool::set_consumers(&spool_dir, &consumers)?;
+        first_seq_of_run = s.next_seq();
         if s.torn_bytes > 0 {
             tracing::warn!(
                 "spool: cut a torn tail of {} bytes (a write cut short by a crash)",
@@ -184,18 +214,36 @@ fn start_sinks(
             PartState::Running,
             format!("RFC 5424 over {how} to {}", sc.address),
         );
-        let (metrics, dir, shutdown) = (
+        let (metrics, dir, shutdown, done) = (
             shared.metrics.clone(),
             spool_dir.clone(),
             shared.shutdown.clone(),
+            writer_done.clone(),
         );
-        std::thread::Builder::new()
-            .name("syslog".into())
-            .spawn(move || {
-                syslog::run(sc, dir, metrics, syslog_wake_rx, move || {
-                    shutdown.is_triggered()
-                })
-            })?;
+        let s = shared.clone();
+        let health = move |state: &str, detail: String| {
+            let state = match state {
+                "running" => PartState::Running,
+                "failing" => PartState::Failing,
+                _ => PartState::Stopped,
+            };
+            s.parts.set(Part::Syslog, state, detail);
+        };
+        syslog = Some(
+            std::thread::Builder::new()
+                .name("syslog".into())
+                .spawn(move || {
+                    syslog::run(
+                        sc,
+                        dir,
+                        metrics,
+                        syslog_wake_rx,
+                        first_seq_of_run,
+                        drain_then_stop(&shutdown, &done),
+                        health,
+                    )
+                })?,
+        );
     }
     let mut shipper = None;
     if let Some(cc) = &cfg.collector {
@@ -231,6 +279,7 @@ fn start_sinks(
         writer,
         writer_done,
         shipper,
+        syslog,
     })
 }
 
@@ -439,9 +488,13 @@ async fn run_async(
     if !sink_threads.writer_done.load(Ordering::SeqCst) {
         tracing::warn!("the event writer did not finish within 5 s");
     }
-    if let Some(s) = sink_threads.shipper {
+    // The syslog sink closes its connection (TLS with close_notify) once it is done.
+    for t in [sink_threads.shipper, sink_threads.syslog]
+        .into_iter()
+        .flatten()
+    {
         let deadline = Instant::now() + Duration::from_secs(5);
-        while !s.is_finished() && Instant::now() < deadline {
+        while !t.is_finished() && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }

@@ -194,9 +194,9 @@ impl Shared {
         e
     }
 
-    /// Queue an event.
-    pub fn emit(&self, e: Event) {
-        self.events.send(e, &self.metrics);
+    /// Queue an event; whether it was (when the queue is full it is dropped and counted).
+    pub fn emit(&self, e: Event) -> bool {
+        self.events.send(e, &self.metrics)
     }
 
     /// Today, for `enforce_from`.

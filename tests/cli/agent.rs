@@ -934,7 +934,9 @@ fn a_hash_learned_from_a_path_match_catches_a_renamed_copy_everywhere() {
         ),
     );
     let original = m.join("app/versions/2.1.0");
-    let digest = unique_copy("/bin/true", &original);
+    let bytes = unique_bytes("/bin/true");
+    write(&original, &bytes, 0o755);
+    let digest = sha256sum(&original);
     let e = agent.wait_event("detected by path", |e| {
         e["kind"] == "installed_detected" && e["rule"]["selector"] == "path"
     });
@@ -949,8 +951,12 @@ fn a_hash_learned_from_a_path_match_catches_a_renamed_copy_everywhere() {
         assert!(Instant::now() < deadline, "nothing learned");
         std::thread::sleep(Duration::from_millis(100));
     }
+    // Reading the banned file is refused now (so is copying it); a copy made from elsewhere is
+    // refused by hash.
+    let read = std::fs::read(&original).map(|_| ()).unwrap_err();
+    assert_eq!(read.raw_os_error(), Some(libc::EPERM), "{read}");
     let renamed = m.join("downloads/innocent");
-    write(&renamed, &std::fs::read(&original).unwrap(), 0o755);
+    write(&renamed, &bytes, 0o755);
     assert_denied(&renamed);
     let state = agent.dir.path().join("state");
     let r = run(interdict()
@@ -1092,7 +1098,9 @@ fn issue_10_a_copy_of_a_system_program_at_a_banned_path_is_denied_but_never_lear
     let stub = m.join("banned/stub");
     write(&stub, b"#!/bin/sh\nexit 0\n", 0o755);
     let real = m.join("banned/real-tool");
-    let real_digest = unique_copy("/bin/true", &real);
+    let real_bytes = unique_bytes("/bin/true");
+    write(&real, &real_bytes, 0o755);
+    let real_digest = sha256sum(&real);
     let policy = format!(
         "{POLICY_HEAD}{}",
         rule(
@@ -1132,7 +1140,7 @@ fn issue_10_a_copy_of_a_system_program_at_a_banned_path_is_denied_but_never_lear
         agent.stderr()
     );
     let renamed = m.join("tools/renamed");
-    write(&renamed, &std::fs::read(&real).unwrap(), 0o755);
+    write(&renamed, &real_bytes, 0o755);
     assert_denied(&renamed);
     let stderr = agent.stderr();
     assert!(stderr.contains("same content as /usr/bin/true"), "{stderr}");

@@ -9,5 +9,6 @@ mod npm_packages;
 mod policy_check;
 mod scan_installed;
 mod scan_processes;
+mod siem;
 mod support;
 mod syslog;

@@ -2,7 +2,9 @@
 //! ingestion, forged hosts, roles, malformed input, idempotence, chain findings and queries.
 
 use interdict_collector::{App, Background, Store};
-use interdict_event::{Event, EventKind, Origin, Outcome, RuleRef, GENESIS_HASH};
+use interdict_event::{
+    Event, EventKind, FileRef, Origin, Outcome, ProcessRef, RuleRef, GENESIS_HASH,
+};
 use serde_json::{json, Value};
 
 #[path = "support/pg.rs"]
@@ -151,6 +153,15 @@ fn chain(host: &str, from: u64, prev: &str, n: u64) -> Vec<Event> {
         .map(|i| {
             let mut e = o.event(EventKind::ExecDenied);
             e.outcome = Some(Outcome::Denied);
+            // A launch refused before it ran: the caller, and the refused file.
+            e.process = Some(ProcessRef {
+                pid: 4242,
+                ..ProcessRef::default()
+            });
+            e.file = Some(FileRef {
+                path: "/usr/local/bin/claude".into(),
+                ..FileRef::default()
+            });
             e.rule = Some(RuleRef {
                 id: if i % 2 == 0 { "claude-code" } else { "codex" }.into(),
                 name: "x".into(),

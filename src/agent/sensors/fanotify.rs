@@ -82,6 +82,8 @@ struct Guard {
     fan: OwnedFd,
     shared: Arc<Shared>,
     fail: u32,
+    /// Device and inode of the agent's own binary: `interdict scan` may read banned files.
+    own_exe: Option<(u64, u64)>,
 }
 
 impl Guard {
@@ -326,6 +328,12 @@ pub fn start(shared: Arc<Shared>) -> Result<Handle, StartError> {
             FailMode::Open => FAN_ALLOW,
             FailMode::Closed => FAN_DENY,
         },
+        own_exe: {
+            use std::os::unix::fs::MetadataExt;
+            std::fs::metadata("/proc/self/exe")
+                .ok()
+                .map(|m| (m.dev(), m.ino()))
+        },
     });
     let handle = Handle {
         fan: guard.clone(),
@@ -476,8 +484,9 @@ fn handle(
 ) {
     let start = Instant::now();
     let shared = &g.shared;
-    // The agent's own opens and execs are always allowed.
-    if pid == me {
+    // The agent's own opens and execs are always allowed; so are reads of a guarded file by
+    // interdict itself (`interdict scan` hashing it).
+    if pid == me || (access == Access::Open && runs_own_binary(g, pid)) {
         g.respond(fd.as_raw_fd(), FAN_ALLOW);
         return;
     }
@@ -524,6 +533,15 @@ fn handle(
             }
         }
     }
+}
+
+/// True when process `pid` runs the agent's own binary (one `stat` of `/proc/PID/exe`, for
+/// opens of the few files marked for open permission only).
+fn runs_own_binary(g: &Guard, pid: u32) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    g.own_exe.is_some_and(|own| {
+        std::fs::metadata(format!("/proc/{pid}/exe")).is_ok_and(|m| (m.dev(), m.ino()) == own)
+    })
 }
 
 fn count_deny(shared: &Shared, access: Access) {

@@ -10,6 +10,7 @@ use std::sync::mpsc::{channel, Receiver, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use interdict_event::{EventKind, FileRef, Outcome, ProcessRef};
 use notify::Watcher;
 
 use super::fanotify::ScriptMarker;
@@ -88,6 +89,123 @@ pub fn roots_now(shared: &Shared) -> Vec<PathBuf> {
 
 /// What has been reported as installed: (rule id, canonical path or package folder).
 type Seen = HashMap<(String, PathBuf), Found>;
+
+/// What was reported as installed, kept across restarts in `STATE_DIR/installs.json`, so that a
+/// restart does not report again, as new, what is still there unchanged; and so that what went
+/// away while the agent was stopped is reported gone.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct Reported {
+    /// The rule, as the event said.
+    rule: interdict_event::RuleRef,
+    /// The canonical file or package folder (the key, with the rule id).
+    #[serde(with = "crate::fsutil::any_path")]
+    canonical: PathBuf,
+    /// The path reported.
+    file: FileRef,
+    /// The owner.
+    owner: Option<ProcessRef>,
+}
+
+/// What the record of reported installs is made from, besides what this run reports.
+#[derive(Debug, Default)]
+struct Known {
+    /// What earlier runs reported and this run has not looked at yet.
+    earlier: HashMap<(String, PathBuf), Reported>,
+    /// Finds whose event could not be queued (the event queue was full; counted in
+    /// `event_drops`): left out of the record, so that the next run reports them.
+    unqueued: HashSet<(String, PathBuf)>,
+}
+
+fn reported_path(shared: &Shared) -> PathBuf {
+    shared.config.agent.state_dir.join("installs.json")
+}
+
+/// What earlier runs reported; nothing when there is no record (a first run) or it is damaged
+/// (then everything found is reported again, which loses nothing).
+fn load_known(shared: &Shared) -> Known {
+    let path = reported_path(shared);
+    let list: Vec<Reported> = match std::fs::read(&path) {
+        Ok(b) => serde_json::from_slice(&b).unwrap_or_else(|e| {
+            tracing::warn!(
+                "{}: {e}; what is installed will be reported again",
+                path.display()
+            );
+            Vec::new()
+        }),
+        Err(_) => Vec::new(),
+    };
+    Known {
+        earlier: list
+            .into_iter()
+            .map(|r| ((r.rule.id.clone(), r.canonical.clone()), r))
+            .collect(),
+        unqueued: HashSet::new(),
+    }
+}
+
+/// Wait (at most 5 s) until the event log writer has taken every event queued so far: what is
+/// recorded as reported must have reached the event log and the spool, or a crash right after
+/// the record would lose it for good. False when it has not.
+fn writer_caught_up(shared: &Shared) -> bool {
+    use std::sync::atomic::Ordering::Relaxed;
+    let c = &shared.metrics.c;
+    let queued = c.events_queued.load(Relaxed);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        if c.events_written.load(Relaxed) + c.event_write_errors.load(Relaxed) >= queued {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Record what is reported as installed now (with what earlier runs reported and this run has
+/// not looked at yet), once the events saying so are written. False when it was not recorded.
+fn save_reported(shared: &Shared, seen: &Seen, known: &Known) -> bool {
+    if !writer_caught_up(shared) {
+        return false;
+    }
+    let active = shared.policy.active();
+    let policy = &active.loaded.policy;
+    let mut list: Vec<&Reported> = known.earlier.values().collect();
+    let now: Vec<Reported> = seen
+        .iter()
+        .filter(|(k, _)| !known.unqueued.contains(*k))
+        .map(|(_, f)| f)
+        .filter(|f| f.decision.action != interdict_policy::Action::Allow)
+        .map(|f| Reported {
+            rule: verdict::rule_ref(policy, &f.decision, &f.facts),
+            canonical: f.canonical.clone(),
+            file: verdict::file_of(f, None),
+            owner: verdict::owner_of(shared, f),
+        })
+        .collect();
+    list.extend(now.iter());
+    let written = serde_json::to_vec(&list)
+        .map_err(std::io::Error::other)
+        .and_then(|bytes| crate::fsutil::write_atomic(&reported_path(shared), &bytes, 0o600));
+    if let Err(e) = written {
+        tracing::warn!("{}: {e}", reported_path(shared).display());
+    }
+    true
+}
+
+/// Report gone what earlier runs reported and the first full rescan did not find.
+fn report_known_gone(shared: &Shared, known: &mut Known) {
+    for (_, r) in known.earlier.drain() {
+        let mut e = shared.event(EventKind::InstalledRemoved);
+        e.outcome = Some(Outcome::Reported);
+        e.sensor = Some(Part::InstallScan.as_str().into());
+        e.rule = Some(r.rule);
+        e.file = Some(r.file);
+        e.process = r.owner;
+        shared.emit(e);
+        inc(&shared.metrics.c.installs_removed);
+    }
+}
 
 /// Start the watcher. Returns a sender for rescan requests (policy changes).
 /// With `guard`, every banned script file found is marked for the script guard at once.
@@ -219,6 +337,9 @@ fn run(
     let debounce = Duration::from_millis(shared.config.install.debounce_ms);
     let rescan_every = Duration::from_secs(shared.config.install.rescan_interval_s.max(1));
     let mut seen: Seen = HashMap::new();
+    let mut known = load_known(&shared);
+    // What the watcher changed is recorded at most every 2 s (a rescan records at once).
+    let mut unsaved: Option<Instant> = None;
     let mut pending = Pending {
         units: HashSet::new(),
         writing: HashSet::new(),
@@ -232,6 +353,7 @@ fn run(
                 roots: &mut Vec<PathBuf>,
                 watcher: &mut notify::RecommendedWatcher,
                 seen: &mut Seen,
+                known: &mut Known,
                 pending: &mut Pending| {
         if why == "watcher overflow" || why == "watch error" {
             // Closes may have been lost with the rest.
@@ -247,15 +369,23 @@ fn run(
             quiet: debounce,
             installing: installer_running(),
         };
-        let again = rescan(&shared, found, seen, why, &settle, started, guard);
+        let again = rescan(&shared, found, (seen, known), why, &settle, started, guard);
         pending.retry(again);
     };
     loop {
         if shared.shutdown.is_triggered() {
+            if unsaved.is_some() {
+                save_reported(&shared, &seen, &known);
+            }
             shared
                 .parts
                 .set(Part::InstallWatch, PartState::Stopped, "shut down");
             return;
+        }
+        if unsaved.is_some_and(|t| t.elapsed() >= Duration::from_secs(2))
+            && save_reported(&shared, &seen, &known)
+        {
+            unsaved = None;
         }
         let wait = if pending.units.is_empty() {
             Duration::from_millis(500).min(next_rescan.saturating_duration_since(Instant::now()))
@@ -268,7 +398,16 @@ fn run(
                 continue;
             }
             Ok(WatchMsg::Rescan(why)) => {
-                full(why, &mut roots, &mut watcher, &mut seen, &mut pending);
+                full(
+                    why,
+                    &mut roots,
+                    &mut watcher,
+                    &mut seen,
+                    &mut known,
+                    &mut pending,
+                );
+                // (Recorded by the rescan; again later should the writer have lagged.)
+                unsaved.get_or_insert_with(Instant::now);
                 next_rescan = Instant::now() + rescan_every;
                 continue;
             }
@@ -290,7 +429,15 @@ fn run(
                 quiet: debounce,
                 installing: installer_running(),
             };
-            let again = examine(&shared, &units, &mut seen, &mut deferred, &settle, guard);
+            let again = examine(
+                &shared,
+                &units,
+                (&mut seen, &mut known),
+                &mut deferred,
+                &settle,
+                guard,
+            );
+            unsaved.get_or_insert_with(Instant::now);
             pending.retry(again);
         }
         if Instant::now() >= next_rescan {
@@ -299,8 +446,10 @@ fn run(
                 &mut roots,
                 &mut watcher,
                 &mut seen,
+                &mut known,
                 &mut pending,
             );
+            unsaved.get_or_insert_with(Instant::now);
             next_rescan = Instant::now() + rescan_every;
         }
     }
@@ -467,7 +616,7 @@ type Deferred = HashMap<PathBuf, (u32, Instant)>;
 fn examine(
     shared: &Shared,
     units: &[PathBuf],
-    seen: &mut Seen,
+    (seen, known): (&mut Seen, &mut Known),
     deferred: &mut Deferred,
     settle: &Settle<'_>,
     guard: Option<&ScriptMarker>,
@@ -488,14 +637,25 @@ fn examine(
                 continue;
             }
         }
-        if is_news(seen, &key, &f) {
-            if detected(shared, &f, guard).is_err() {
-                if let Some(u) = unit {
-                    again.insert(u);
+        if is_news(seen, known, &key, &f) {
+            match detected(shared, &f, guard, Part::InstallWatch) {
+                Err(()) => {
+                    if let Some(u) = unit {
+                        again.insert(u);
+                    }
+                    continue;
                 }
-                continue;
+                Ok(true) => {
+                    known.unqueued.remove(&key);
+                }
+                Ok(false) => {
+                    known.unqueued.insert(key.clone());
+                }
             }
             seen.insert(key, f);
+        } else {
+            // Reported before, by this run or (unchanged) an earlier one.
+            seen.entry(key).or_insert(f);
         }
     }
     for u in units {
@@ -507,7 +667,7 @@ fn examine(
         }
     }
     // Anything reported under these folders that is no longer found has gone.
-    report_gone(shared, seen, |k| {
+    report_gone(shared, seen, Part::InstallWatch, |k| {
         units.iter().any(|u| k.1.starts_with(u)) && !now.contains(k)
     });
     again.into_iter().collect()
@@ -517,7 +677,7 @@ fn examine(
 fn rescan(
     shared: &Shared,
     found: Vec<Found>,
-    seen: &mut Seen,
+    (seen, known): (&mut Seen, &mut Known),
     why: &str,
     settle: &Settle<'_>,
     started: Instant,
@@ -532,6 +692,8 @@ fn rescan(
             // Still being written: looked at by the watcher once it is done. What was reported
             // before under this key stays reported meanwhile.
             again.insert(unit_of(&f.path));
+            // Reported by an earlier run: the watcher decides once it is written.
+            known.earlier.remove(&key);
             if let Some(old) = seen.remove(&key) {
                 now.insert(key, old);
             }
@@ -541,9 +703,20 @@ fn rescan(
     }
     let mut changed = Vec::new();
     for (k, f) in &now {
-        if is_news(seen, k, f) && detected(shared, f, guard).is_err() {
-            again.insert(unit_of(&f.path));
-            changed.push(k.clone());
+        if !is_news(seen, known, k, f) {
+            continue;
+        }
+        match detected(shared, f, guard, Part::InstallScan) {
+            Err(()) => {
+                again.insert(unit_of(&f.path));
+                changed.push(k.clone());
+            }
+            Ok(true) => {
+                known.unqueued.remove(k);
+            }
+            Ok(false) => {
+                known.unqueued.insert(k.clone());
+            }
         }
     }
     for k in changed {
@@ -553,8 +726,13 @@ fn rescan(
             now.insert(k, old.clone());
         }
     }
-    report_gone(shared, seen, |k| !now.contains_key(k));
+    report_gone(shared, seen, Part::InstallScan, |k| !now.contains_key(k));
+    // What earlier runs reported and is not there any more went while the agent was stopped.
+    report_known_gone(shared, known);
     *seen = now;
+    if !save_reported(shared, seen, known) {
+        tracing::debug!("installs record not written yet: the event writer lags");
+    }
     save_hash_cache(shared);
     shared.metrics.last_rescan_us.store(
         started.elapsed().as_micros() as u64,
@@ -566,10 +744,14 @@ fn rescan(
 }
 
 /// New under this key, or reported before with other content (reported while still being
-/// written, or rewritten in place since): worth an `installed_detected`.
-fn is_news(seen: &Seen, key: &(String, PathBuf), f: &Found) -> bool {
+/// written, or rewritten in place since): worth an `installed_detected`. What an earlier run
+/// reported and is still there unchanged is not news.
+fn is_news(seen: &Seen, known: &mut Known, key: &(String, PathBuf), f: &Found) -> bool {
     match seen.get(key) {
-        None => true,
+        None => match known.earlier.remove(key) {
+            Some(r) => r.file.sha256 != digest_of(f).map(|d| d.to_string()),
+            None => true,
+        },
         Some(old) => digest_of(f).is_some() && digest_of(f) != digest_of(old),
     }
 }
@@ -577,19 +759,28 @@ fn is_news(seen: &Seen, key: &(String, PathBuf), f: &Found) -> bool {
 /// A banned install found: guard it first when it is a script (so that the event announcing
 /// it means it is guarded), then hand it to the verdict. `Err` when the file changed since it
 /// was hashed (looked at again later).
-fn detected(shared: &Shared, f: &Found, guard: Option<&ScriptMarker>) -> Result<(), ()> {
+fn detected(
+    shared: &Shared,
+    f: &Found,
+    guard: Option<&ScriptMarker>,
+    sensor: Part,
+) -> Result<bool, ()> {
     let size = size_of(shared, f)?;
     mark_banned(shared, f, guard);
-    verdict::installed(shared, f, size, false);
-    Ok(())
+    Ok(verdict::installed(shared, f, size, false, sensor))
 }
 
 /// Report as removed, and forget, what was reported under the keys that are `gone`.
-fn report_gone(shared: &Shared, seen: &mut Seen, gone: impl Fn(&(String, PathBuf)) -> bool) {
+fn report_gone(
+    shared: &Shared,
+    seen: &mut Seen,
+    sensor: Part,
+    gone: impl Fn(&(String, PathBuf)) -> bool,
+) {
     let gone: Vec<_> = seen.keys().filter(|k| gone(k)).cloned().collect();
     for k in gone {
         if let Some(f) = seen.remove(&k) {
-            verdict::installed(shared, &f, None, true);
+            verdict::installed(shared, &f, None, true, sensor);
         }
     }
 }

@@ -45,6 +45,9 @@ pub enum Part {
     Learner,
     /// A one-time sweep of every process (start-up, policy changes); named in events only.
     Sweep,
+    /// A full rescan of the install roots (start-up, periodic, after an overflow): what it
+    /// finds was already there, not seen appearing. Named in events only.
+    InstallScan,
 }
 
 impl Part {
@@ -61,6 +64,7 @@ impl Part {
             Part::Syslog => "syslog",
             Part::Learner => "learner",
             Part::Sweep => "sweep",
+            Part::InstallScan => "install_scan",
         }
     }
 }
@@ -82,6 +86,9 @@ pub enum PartState {
     Idle,
     /// Switched off in the configuration.
     Disabled,
+    /// Running, but its last attempt failed (a sink that cannot reach its receiver; the
+    /// detail says why).
+    Failing,
     /// Could not start, or stopped on an error (the detail says why).
     Failed,
     /// Stopped at shutdown.
@@ -95,6 +102,7 @@ impl PartState {
             PartState::Running => "running",
             PartState::Idle => "idle",
             PartState::Disabled => "disabled",
+            PartState::Failing => "failing",
             PartState::Failed => "failed",
             PartState::Stopped => "stopped",
         }

@@ -29,10 +29,14 @@ impl EventSink {
         (EventSink { tx }, rx)
     }
 
-    /// Queue an event without waiting; count it when it cannot be queued.
-    pub fn send(&self, event: Event, metrics: &Metrics) {
+    /// Queue an event without waiting; count it when it cannot be queued. Whether it was.
+    pub fn send(&self, event: Event, metrics: &Metrics) -> bool {
         if self.tx.try_send(event).is_err() {
             inc(&metrics.c.event_drops);
+            false
+        } else {
+            inc(&metrics.c.events_queued);
+            true
         }
     }
 }

@@ -350,15 +350,54 @@ pub fn on_running(
     }
 }
 
-/// A banned install found (`gone = false`) or gone (`gone = true`): record it; for a new find,
-/// learn from it, quarantine it when its rule says so, and tell its owner. `size` is the size
-/// of the bytes that were hashed.
-pub fn installed(shared: &Shared, found: &Found, size: Option<u64>, gone: bool) {
+/// The file of a find, for an event.
+pub fn file_of(f: &Found, size: Option<u64>) -> FileRef {
+    FileRef {
+        path: crate::path_text(&f.path),
+        sha256: f
+            .facts
+            .exe_sha256
+            .or(f.facts.script_sha256)
+            .map(|h| h.to_string()),
+        size,
+    }
+}
+
+/// The owner of a find (read again; the user the scan saw when the file is gone).
+pub fn owner_of(shared: &Shared, f: &Found) -> Option<ProcessRef> {
+    use std::os::unix::fs::MetadataExt;
+    let uid = std::fs::symlink_metadata(&f.path)
+        .ok()
+        .map(|m| m.uid())
+        .or_else(|| {
+            f.facts
+                .user
+                .as_deref()
+                .and_then(|u| shared.accounts.uid_of(u))
+        })?;
+    Some(ProcessRef {
+        uid: Some(uid),
+        user: Some(shared.accounts.user_name(uid)),
+        ..ProcessRef::default()
+    })
+}
+
+/// A banned install found (`gone = false`) or gone (`gone = true`) by `sensor` (the watcher,
+/// or a full rescan: `install_scan`): record it; for a new find, learn from it, quarantine it
+/// when its rule says so, and tell its owner. `size` is the size of the bytes that were
+/// hashed. Returns whether its event was queued.
+pub fn installed(
+    shared: &Shared,
+    found: &Found,
+    size: Option<u64>,
+    gone: bool,
+    sensor: Part,
+) -> bool {
     use super::enforce::quarantine;
     let active = shared.policy.active();
     let policy = &active.loaded.policy;
     if found.decision.action == Action::Allow {
-        return;
+        return true;
     }
     let v = Verdict {
         policy,
@@ -371,35 +410,21 @@ pub fn installed(shared: &Shared, found: &Found, size: Option<u64>, gone: bool) 
     } else {
         EventKind::InstalledDetected
     };
-    let mut e = event(shared, kind, Outcome::Reported, Part::InstallWatch, &v);
-    e.file = Some(FileRef {
-        path: crate::path_text(&found.path),
-        sha256: found
-            .facts
-            .exe_sha256
-            .or(found.facts.script_sha256)
-            .map(|h| h.to_string()),
-        size,
-    });
+    let mut e = event(shared, kind, Outcome::Reported, sensor, &v);
+    e.file = Some(file_of(found, size));
     if let Some(p) = &found.package {
         e.message = Some(match &p.version {
             Some(ver) => format!("package {} {ver}", p.package),
             None => format!("package {}", p.package),
         });
     }
-    let owner = {
-        use std::os::unix::fs::MetadataExt;
-        std::fs::symlink_metadata(&found.path).ok().map(|m| m.uid())
-    };
-    e.process = owner.map(|uid| ProcessRef {
-        uid: Some(uid),
-        user: Some(shared.accounts.user_name(uid)),
-        ..ProcessRef::default()
-    });
-    shared.emit(e);
+    let owner = owner_of(shared, found);
+    let uid = owner.as_ref().and_then(|o| o.uid);
+    e.process = owner;
+    let queued = shared.emit(e);
     if gone {
         inc(&shared.metrics.c.installs_removed);
-        return;
+        return queued;
     }
     inc(&shared.metrics.c.installs_detected);
     // A file matched by a path or script glob: learn its digest. (Names are too weak to learn
@@ -434,7 +459,7 @@ pub fn installed(shared: &Shared, found: &Found, size: Option<u64>, gone: bool) 
                 Part::InstallWatch,
                 &v,
             );
-            q.file = None;
+            q.file = Some(file_of(found, size));
             q.message = Some(err.to_string());
             shared.emit(q);
             NoticeKind::Installed
@@ -444,9 +469,10 @@ pub fn installed(shared: &Shared, found: &Found, size: Option<u64>, gone: bool) 
     tell(
         shared,
         &v,
-        owner.map(|uid| Recipient { uid, tty_nr: None }),
+        uid.map(|uid| Recipient { uid, tty_nr: None }),
         told,
     );
+    queued
 }
 
 /// Say so, once per policy, when the policy would block or kill a file the agent protects (its

@@ -82,6 +82,22 @@ impl Drop for MountAt {
     }
 }
 
+/// The bytes of a system binary with a random tail: runs the same, hashes uniquely. (Keep them
+/// to make copies: once the agent knows a file is banned, it denies reading it.)
+pub fn unique_bytes(src: &str) -> Vec<u8> {
+    let mut bytes = std::fs::read(src).unwrap();
+    bytes.extend_from_slice(
+        format!(
+            "\ninterdict-test-{}-{:?}\n",
+            std::process::id(),
+            Instant::now()
+        )
+        .as_bytes(),
+    );
+    bytes.extend_from_slice(&rand_tail());
+    bytes
+}
+
 /// A copy of a system binary with a random tail: runs the same, hashes uniquely.
 pub fn unique_copy(src: &str, dst: &Path) -> String {
     let mut bytes = std::fs::read(src).unwrap();
