@@ -9,6 +9,7 @@ mod npm_packages;
 mod policy_check;
 mod scan_installed;
 mod scan_processes;
+mod service;
 mod siem;
 mod support;
 mod syslog;

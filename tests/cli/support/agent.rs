@@ -188,6 +188,8 @@ pub struct Setup<'a> {
     pub policy_file: Option<&'a Path>,
     /// Digests learned before: written to the state folder as `learned.json`.
     pub learned: Option<&'a Value>,
+    /// Extra environment variables (e.g. `NOTIFY_SOCKET`, `WATCHDOG_USEC`).
+    pub env: &'a [(&'a str, String)],
 }
 
 impl Agent {
@@ -221,8 +223,15 @@ impl Agent {
     }
 
     /// Start an agent with its own folder: state, event log, control socket and install roots
-    /// are all inside it, never the host's.
+    /// are all inside it, never the host's. Returns once it is ready ([`Agent::wait_ready`]).
     pub fn with(setup: Setup<'_>) -> Agent {
+        let agent = Agent::spawn(setup);
+        agent.wait_ready();
+        agent
+    }
+
+    /// Like [`Agent::with`], but return as soon as the process is started.
+    pub fn spawn(setup: Setup<'_>) -> Agent {
         let Setup {
             policy,
             exec,
@@ -230,6 +239,7 @@ impl Agent {
             binary,
             policy_file,
             learned,
+            env,
         } = setup;
         // Safety: a test never lets the agent mark every filesystem (that is, `/`).
         assert!(
@@ -313,15 +323,16 @@ impl Agent {
             .arg(&config)
             .stdout(std::fs::File::create(dir.path().join("agent.out")).unwrap())
             .stderr(std::fs::File::create(dir.path().join("agent.err")).unwrap());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
         let child = cmd.spawn().unwrap();
-        let agent = Agent {
+        Agent {
             child,
             dir,
             policy: policy_path,
             binary,
-        };
-        agent.wait_ready();
-        agent
+        }
     }
 
     /// Stop the agent and start it again with the same files (root only).
@@ -349,7 +360,7 @@ impl Agent {
     }
 
     /// Ready: answering status, and the start-up sweep (which follows script marking) done.
-    fn wait_ready(&self) {
+    pub fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(60);
         while Instant::now() < deadline {
             if let Some(s) = self.try_status() {
