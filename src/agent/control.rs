@@ -36,6 +36,10 @@ pub struct Status {
     pub generation: u64,
     /// Every sensor and its state.
     pub sensors: Vec<PartStatus>,
+    /// The mount points of the filesystems the exec guard marks (`interdict doctor` compares
+    /// them with the filesystems that hold programs).
+    #[serde(default)]
+    pub marked: Vec<String>,
     /// Counters.
     pub counters: CounterSnapshot,
     /// Decision latency of permission events.
@@ -80,6 +84,7 @@ pub fn status(shared: &Shared, started: std::time::Instant) -> Status {
         policy: active.policy_ref(),
         generation: active.generation,
         sensors,
+        marked: shared.guard.get().map(|g| g.marked()).unwrap_or_default(),
         counters: shared.metrics.c.snapshot(),
         latency: shared.metrics.latency.snapshot(),
         last_rescan_us: shared

@@ -2,10 +2,12 @@
 
 mod agent;
 mod collector;
+mod doctor;
 mod evasion;
 mod install_watch;
 mod notify;
 mod npm_packages;
+mod package;
 mod policy_check;
 mod scan_installed;
 mod scan_processes;

@@ -132,6 +132,11 @@ impl std::fmt::Debug for WeakHandle {
 }
 
 impl WeakHandle {
+    /// The mount points of the filesystems marked so far.
+    pub fn marked(&self) -> Vec<String> {
+        self.marked.lock().expect("marked poisoned").clone()
+    }
+
     /// The handle, while the guard runs.
     pub fn upgrade(&self) -> Option<Handle> {
         Some(Handle {

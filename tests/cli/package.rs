@@ -1,0 +1,508 @@
+//! The Debian packages (issue 16), checked with Debian's own tools: `dpkg-deb` reads the control
+//! data and the file list, the real `dpkg` installs, upgrades, removes and purges the package in
+//! a scratch root (`dpkg --root=DIR --force-script-chrootless`: the maintainer scripts run with
+//! `DPKG_ROOT=DIR` and must touch nothing outside it), and `systemd-analyze verify` checks the
+//! unit as installed there. The host's own /etc, /var and systemd state are never touched: every
+//! test checks that at the end.
+//!
+//! The packages come from `$INTERDICT_DEBS` when set (`scripts/test` builds them first with
+//! `cargo deb`), else the test builds them with `cargo deb -p PACKAGE`.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Mutex;
+
+use crate::support::*;
+
+/// Run a command, panicking with its whole output when it fails.
+fn ok(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}\n--- stdout\n{}\n--- stderr\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn arch() -> String {
+    ok(Command::new("dpkg").arg("--print-architecture"))
+        .trim()
+        .to_string()
+}
+
+/// The `.deb` of `package` (`interdict` or `interdict-collector`).
+pub fn deb(package: &str) -> PathBuf {
+    static BUILD: Mutex<()> = Mutex::new(());
+    let _one_at_a_time = BUILD.lock().unwrap_or_else(|p| p.into_inner());
+    let version = env!("CARGO_PKG_VERSION");
+    let name = format!("{package}_{version}-1_{}.deb", arch());
+    if let Some(dir) = std::env::var_os("INTERDICT_DEBS") {
+        let p = PathBuf::from(dir).join(&name);
+        assert!(
+            p.exists(),
+            "{} is missing: INTERDICT_DEBS names a folder without it (build it: cargo deb -p {package})",
+            p.display()
+        );
+        return p;
+    }
+    let out = repo().join("target/debian-test");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    ok(Command::new(cargo)
+        .current_dir(repo())
+        .args(["deb", "-p", package, "--output"])
+        .arg(&out));
+    out.join(name)
+}
+
+/// One entry of `dpkg-deb --contents`: mode string, owner/group, path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Entry {
+    mode: String,
+    owner: String,
+    link: Option<String>,
+}
+
+fn contents(deb: &Path) -> BTreeMap<String, Entry> {
+    let text = ok(Command::new("dpkg-deb").arg("--contents").arg(deb));
+    let mut out = BTreeMap::new();
+    for l in text.lines() {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        // mode owner size date time path [-> target]
+        let path = f[5]
+            .trim_start_matches('.')
+            .trim_end_matches('/')
+            .to_string();
+        let link = (f.len() > 7 && f[6] == "->").then(|| f[7].to_string());
+        out.insert(
+            if path.is_empty() { "/".into() } else { path },
+            Entry {
+                mode: f[0].to_string(),
+                owner: f[1].to_string(),
+                link,
+            },
+        );
+    }
+    out
+}
+
+/// A scratch root with an empty dpkg database.
+pub struct Root {
+    pub dir: tempfile::TempDir,
+}
+
+impl Root {
+    pub fn new() -> Root {
+        let dir = tempfile::Builder::new()
+            .prefix("interdict-dpkg-root-")
+            .tempdir()
+            .unwrap();
+        let db = dir.path().join("var/lib/dpkg");
+        for d in ["info", "updates", "triggers"] {
+            std::fs::create_dir_all(db.join(d)).unwrap();
+        }
+        std::fs::write(db.join("status"), "").unwrap();
+        std::fs::write(db.join("available"), "").unwrap();
+        Root { dir }
+    }
+
+    pub fn path(&self, p: &str) -> PathBuf {
+        self.dir.path().join(p.trim_start_matches('/'))
+    }
+
+    /// `dpkg --root=ROOT --force-script-chrootless ...` (dependencies on the host's libraries
+    /// are not in the scratch database: --force-depends). stdin is empty: a conffile prompt
+    /// fails the run instead of waiting.
+    pub fn dpkg(&self, args: &[&str]) -> String {
+        ok(Command::new("dpkg")
+            .arg(format!("--root={}", self.dir.path().display()))
+            .arg(format!("--log={}", self.path("dpkg.log").display()))
+            .args(["--force-script-chrootless", "--force-depends"])
+            .args(args)
+            .stdin(std::process::Stdio::null()))
+    }
+
+    pub fn status(&self, package: &str) -> String {
+        let out = Command::new("dpkg-query")
+            .arg(format!(
+                "--admindir={}",
+                self.path("var/lib/dpkg").display()
+            ))
+            .args(["-W", "-f=${Status} ${Version}", package])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// `(mode, uid, gid)` of a path in the root (not following a last symlink).
+    pub fn stat(&self, p: &str) -> Option<(u32, u32, u32)> {
+        std::fs::symlink_metadata(self.path(p))
+            .ok()
+            .map(|m| (m.permissions().mode() & 0o7777, m.uid(), m.gid()))
+    }
+
+    /// `systemd-analyze verify` of `unit` as installed in the root, with the host's targets
+    /// copied in (the dependencies the unit names). Passes only without any warning.
+    pub fn verify_unit(&self, unit: &str) {
+        let sys = self.path("lib/systemd/system");
+        for e in std::fs::read_dir("/lib/systemd/system").unwrap().flatten() {
+            let n = e.file_name().to_string_lossy().into_owned();
+            if n.ends_with(".target") || n == "systemd-user-sessions.service" {
+                let to = sys.join(&n);
+                if !to.exists() {
+                    std::fs::copy(e.path(), to).unwrap();
+                }
+            }
+        }
+        let out = Command::new("systemd-analyze")
+            .arg(format!("--root={}", self.dir.path().display()))
+            .args(["verify", unit])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success() && out.stderr.is_empty() && out.stdout.is_empty(),
+            "systemd-analyze verify {unit}: {}\n{}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+/// Host paths a package test must never create.
+const HOST_PATHS: &[&str] = &[
+    "/etc/interdict",
+    "/etc/interdict-collector",
+    "/lib/systemd/system/interdict.service",
+    "/lib/systemd/system/interdict-collector.service",
+    "/etc/systemd/system/multi-user.target.wants/interdict.service",
+    "/etc/systemd/system/multi-user.target.wants/interdict-collector.service",
+    "/var/lib/systemd/deb-systemd-helper-enabled/interdict.service.dsh-also",
+    "/var/lib/systemd/deb-systemd-helper-enabled/interdict-collector.service.dsh-also",
+    "/var/log/interdict",
+    "/var/lib/interdict-collector",
+    "/etc/logrotate.d/interdict",
+];
+
+pub fn host_untouched(before: &[bool]) {
+    for (p, was) in HOST_PATHS.iter().zip(before) {
+        assert_eq!(
+            Path::new(p).exists(),
+            *was,
+            "the package test changed the host's {p}"
+        );
+    }
+}
+
+pub fn host_before() -> Vec<bool> {
+    HOST_PATHS.iter().map(|p| Path::new(p).exists()).collect()
+}
+
+#[test]
+fn issue_16_the_agent_package_holds_every_file_with_its_mode_and_conffiles() {
+    let deb = deb("interdict");
+    // Control data.
+    let field = |f: &str| {
+        ok(Command::new("dpkg-deb").arg("--field").arg(&deb).arg(f))
+            .trim()
+            .to_string()
+    };
+    assert_eq!(field("Package"), "interdict");
+    assert_eq!(field("Version"), format!("{}-1", env!("CARGO_PKG_VERSION")));
+    assert_eq!(field("Architecture"), arch());
+    assert_eq!(field("Section"), "admin");
+    assert!(
+        field("Depends").starts_with("libc6"),
+        "{}",
+        field("Depends")
+    );
+    assert_eq!(field("Recommends"), "logrotate");
+    let ctl = tempfile::tempdir().unwrap();
+    ok(Command::new("dpkg-deb")
+        .arg("--control")
+        .arg(&deb)
+        .arg(ctl.path()));
+    assert_eq!(
+        std::fs::read_to_string(ctl.path().join("conffiles")).unwrap(),
+        "/etc/interdict/agent.toml\n/etc/interdict/policy.toml\n/etc/interdict/hashes/claude-code.sha256\n/etc/interdict/hashes/codex.sha256\n/etc/logrotate.d/interdict\n"
+    );
+    for s in ["postinst", "prerm", "postrm"] {
+        let p = ctl.path().join(s);
+        assert_eq!(
+            std::fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o755,
+            "{s}"
+        );
+        assert_eq!(
+            std::fs::read(&p).unwrap(),
+            std::fs::read(repo().join("packaging/deb/interdict").join(s)).unwrap(),
+            "{s} is the repository's"
+        );
+    }
+    assert!(!ctl.path().join("preinst").exists());
+
+    // Every file, with its mode and owner; nothing else.
+    let c = contents(&deb);
+    let files: Vec<(&str, &str)> = vec![
+        ("/usr/bin/interdict", "-rwxr-xr-x"),
+        ("/lib/systemd/system/interdict.service", "-rw-r--r--"),
+        ("/etc/interdict/agent.toml", "-rw-------"),
+        ("/etc/interdict/policy.toml", "-rw-r--r--"),
+        ("/etc/interdict/hashes/claude-code.sha256", "-rw-r--r--"),
+        ("/etc/interdict/hashes/codex.sha256", "-rw-r--r--"),
+        ("/etc/logrotate.d/interdict", "-rw-r--r--"),
+        ("/usr/share/doc/interdict/README.md", "-rw-r--r--"),
+        ("/usr/share/doc/interdict/copyright", "-rw-r--r--"),
+    ];
+    for (path, mode) in &files {
+        let e = c
+            .get(*path)
+            .unwrap_or_else(|| panic!("{path} missing from the package: {c:#?}"));
+        assert_eq!(
+            (e.mode.as_str(), e.owner.as_str()),
+            (*mode, "0/0"),
+            "{path}"
+        );
+    }
+    for (path, e) in &c {
+        let expected = files.iter().any(|(p, _)| p == path)
+            || (e.mode.starts_with('d')
+                && files
+                    .iter()
+                    .any(|(p, _)| p.starts_with(&format!("{path}/"))))
+            || (path.starts_with("/usr/lib/debug/")
+                && (e.mode.starts_with('d') || path.ends_with(".debug")));
+        assert!(expected, "unexpected {path} ({e:?}) in the package");
+        assert_eq!(e.owner, "0/0", "{path}");
+        assert!(e.link.is_none(), "{path} is a link");
+    }
+
+    // The files are the repository's, and they work: the shipped configuration and policy are
+    // valid as installed (the policy finds its hash lists beside it).
+    let x = tempfile::tempdir().unwrap();
+    ok(Command::new("dpkg-deb")
+        .arg("--extract")
+        .arg(&deb)
+        .arg(x.path()));
+    for (installed, source) in [
+        (
+            "etc/interdict/policy.toml",
+            "policies/ai-coding-agents.toml",
+        ),
+        (
+            "etc/interdict/hashes/claude-code.sha256",
+            "policies/hashes/claude-code.sha256",
+        ),
+        (
+            "etc/interdict/hashes/codex.sha256",
+            "policies/hashes/codex.sha256",
+        ),
+        (
+            "etc/interdict/agent.toml",
+            "packaging/etc/interdict/agent.toml",
+        ),
+        (
+            "lib/systemd/system/interdict.service",
+            "packaging/systemd/interdict.service",
+        ),
+        (
+            "etc/logrotate.d/interdict",
+            "packaging/etc/logrotate.d/interdict",
+        ),
+    ] {
+        assert_eq!(
+            std::fs::read(x.path().join(installed)).unwrap(),
+            std::fs::read(repo().join(source)).unwrap(),
+            "{installed}"
+        );
+    }
+    let bin = x.path().join("usr/bin/interdict");
+    assert_eq!(
+        ok(Command::new(&bin).arg("--version")).trim(),
+        format!("interdict {}", env!("CARGO_PKG_VERSION"))
+    );
+    let policy = x.path().join("etc/interdict/policy.toml");
+    let checked = ok(Command::new(&bin).args(["policy", "check"]).arg(&policy));
+    assert!(
+        checked.contains(": ok: policy ai-coding-agents "),
+        "{checked}"
+    );
+    let config = x.path().join("etc/interdict/agent.toml");
+    let out = Command::new(&bin)
+        .args(["doctor", "--policy"])
+        .arg(&policy)
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.lines()
+            .any(|l| l == format!("ok    config    {}: valid", config.display())),
+        "{text}"
+    );
+    // The shipped configuration is exactly the agent's defaults (every key commented out).
+    let parsed =
+        interdict::agent::config::parse("agent.toml", &std::fs::read_to_string(&config).unwrap())
+            .unwrap();
+    assert_eq!(parsed, interdict::agent::config::AgentConfig::default());
+    // logrotate reads the rule without complaint.
+    let out = Command::new("logrotate")
+        .arg("--debug")
+        .arg(x.path().join("etc/logrotate.d/interdict"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && !err.contains("error"), "{err}");
+}
+
+#[test]
+fn issue_16_the_agent_package_installs_upgrades_removes_and_purges_with_real_dpkg() {
+    let before = host_before();
+    let deb = deb("interdict");
+    let root = Root::new();
+    root.dpkg(&["--install", deb.to_str().unwrap()]);
+    assert_eq!(
+        root.status("interdict"),
+        format!("install ok installed {}-1", env!("CARGO_PKG_VERSION"))
+    );
+    // Paths, modes, owners as installed.
+    for (p, mode) in [
+        ("/usr/bin/interdict", 0o755),
+        ("/lib/systemd/system/interdict.service", 0o644),
+        ("/etc/interdict", 0o755),
+        ("/etc/interdict/agent.toml", 0o600),
+        ("/etc/interdict/policy.toml", 0o644),
+        ("/etc/interdict/hashes/claude-code.sha256", 0o644),
+        ("/etc/logrotate.d/interdict", 0o644),
+        ("/var/lib/interdict", 0o700),
+        ("/var/log/interdict", 0o750),
+    ] {
+        assert_eq!(root.stat(p), Some((mode, 0, 0)), "{p}");
+    }
+    // Enabled (as `systemctl enable` would), not started (no systemd in a scratch root).
+    assert_eq!(
+        std::fs::read_link(
+            root.path("etc/systemd/system/multi-user.target.wants/interdict.service")
+        )
+        .unwrap(),
+        PathBuf::from("/lib/systemd/system/interdict.service")
+    );
+    // dpkg tracks the conffiles.
+    let conffiles = ok(Command::new("dpkg-query")
+        .arg(format!(
+            "--admindir={}",
+            root.path("var/lib/dpkg").display()
+        ))
+        .args(["-W", "-f=${Conffiles}", "interdict"]));
+    let names: Vec<&str> = conffiles
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "/etc/interdict/agent.toml",
+            "/etc/interdict/policy.toml",
+            "/etc/interdict/hashes/claude-code.sha256",
+            "/etc/interdict/hashes/codex.sha256",
+            "/etc/logrotate.d/interdict"
+        ]
+    );
+    root.verify_unit("interdict.service");
+
+    // The admin edits the configuration; the agent has state and logs.
+    let admin_line = "\n# edited by IT: admin_group below\n";
+    let mut cfg = std::fs::read_to_string(root.path("etc/interdict/agent.toml")).unwrap();
+    cfg.push_str(admin_line);
+    std::fs::write(root.path("etc/interdict/agent.toml"), &cfg).unwrap();
+    std::fs::write(root.path("var/lib/interdict/learned.json"), "{}").unwrap();
+    std::fs::write(root.path("var/log/interdict/events.jsonl"), "{}\n").unwrap();
+    // Someone loosened the state folder: configure puts it back.
+    std::fs::set_permissions(
+        root.path("var/lib/interdict"),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
+
+    // Upgrade to a newer build whose shipped policy changed (repacked from this one).
+    let work = tempfile::tempdir().unwrap();
+    let tree = work.path().join("tree");
+    ok(Command::new("dpkg-deb")
+        .arg("--raw-extract")
+        .arg(&deb)
+        .arg(&tree));
+    let control = tree.join("DEBIAN/control");
+    let next = format!("{}-2", env!("CARGO_PKG_VERSION"));
+    let text = std::fs::read_to_string(&control).unwrap().replace(
+        &format!("Version: {}-1", env!("CARGO_PKG_VERSION")),
+        &format!("Version: {next}"),
+    );
+    std::fs::write(&control, text).unwrap();
+    let new_policy = format!(
+        "{}\n# a newer pack\n",
+        std::fs::read_to_string(tree.join("etc/interdict/policy.toml")).unwrap()
+    );
+    std::fs::write(tree.join("etc/interdict/policy.toml"), &new_policy).unwrap();
+    let newer = work.path().join("newer.deb");
+    ok(Command::new("dpkg-deb")
+        .args(["--root-owner-group", "--build"])
+        .arg(&tree)
+        .arg(&newer));
+    root.dpkg(&["--install", newer.to_str().unwrap()]);
+    assert_eq!(
+        root.status("interdict"),
+        format!("install ok installed {next}")
+    );
+    assert_eq!(
+        std::fs::read_to_string(root.path("etc/interdict/agent.toml")).unwrap(),
+        cfg,
+        "the admin's edit survives the upgrade"
+    );
+    assert_eq!(
+        std::fs::read_to_string(root.path("etc/interdict/policy.toml")).unwrap(),
+        new_policy,
+        "an unedited conffile follows the package"
+    );
+    assert!(root.path("var/lib/interdict/learned.json").exists());
+    assert!(root.path("var/log/interdict/events.jsonl").exists());
+    assert_eq!(root.stat("/var/lib/interdict"), Some((0o700, 0, 0)));
+
+    // Remove: the program and the unit go; configuration, state and logs stay.
+    root.dpkg(&["--remove", "interdict"]);
+    assert_eq!(
+        root.status("interdict"),
+        format!("deinstall ok config-files {next}")
+    );
+    assert!(!root.path("usr/bin/interdict").exists());
+    assert!(!root.path("lib/systemd/system/interdict.service").exists());
+    assert_eq!(
+        std::fs::read_to_string(root.path("etc/interdict/agent.toml")).unwrap(),
+        cfg
+    );
+    assert!(root.path("var/lib/interdict/learned.json").exists());
+    assert!(root.path("var/log/interdict/events.jsonl").exists());
+
+    // Purge: everything goes.
+    root.dpkg(&["--purge", "interdict"]);
+    assert_eq!(root.status("interdict"), "");
+    for gone in [
+        "etc/interdict",
+        "var/lib/interdict",
+        "var/log/interdict",
+        "etc/logrotate.d/interdict",
+        "etc/systemd/system/multi-user.target.wants/interdict.service",
+        "etc/systemd/system/interdict.service",
+        "var/lib/systemd/deb-systemd-helper-enabled/interdict.service.dsh-also",
+    ] {
+        assert!(
+            std::fs::symlink_metadata(root.path(gone)).is_err(),
+            "{gone} left after purge"
+        );
+    }
+    host_untouched(&before);
+}
