@@ -20,7 +20,7 @@ BIN=$PWD/target/release/interdict
 WORK=$(mktemp -d /tmp/interdict-exec-bench.XXXXXX)
 MNT=$WORK/mnt
 mkdir -p "$MNT"
-mount -t tmpfs -o size=512m tmpfs "$MNT"
+mount -t tmpfs -o size=2g tmpfs "$MNT"
 AGENT_PID=""; FAPO_PID=""
 cleanup() {
   [ -n "$AGENT_PID" ] && kill "$AGENT_PID" 2>/dev/null || true
