@@ -32,7 +32,7 @@ pub struct Cli {
 enum Command {
     /// Read the central log through the collector (reviewer token).
     #[command(subcommand)]
-    Logs(LogsCommand),
+    Logs(crate::logs::LogsCommand),
     /// Work with policy files.
     #[command(subcommand)]
     Policy(PolicyCommand),
@@ -162,32 +162,6 @@ impl StateArgs {
 }
 
 #[derive(Debug, Subcommand)]
-enum LogsCommand {
-    /// Print matching events as NDJSON (every page). Exit 0.
-    Query {
-        #[command(flatten)]
-        endpoint: crate::logs::Endpoint,
-        #[command(flatten)]
-        filter: crate::logs::Filter,
-    },
-    /// Print matching events, then new ones as they arrive.
-    Tail {
-        #[command(flatten)]
-        endpoint: crate::logs::Endpoint,
-        #[command(flatten)]
-        filter: crate::logs::Filter,
-        /// Seconds between polls.
-        #[arg(long, default_value_t = 2)]
-        every_s: u64,
-    },
-    /// Per-host chain report: sequence gaps and broken links. Exit 1 when any host has one.
-    Verify {
-        #[command(flatten)]
-        endpoint: crate::logs::Endpoint,
-    },
-}
-
-#[derive(Debug, Subcommand)]
 enum HashesCommand {
     /// List learned hashes.
     List {
@@ -268,23 +242,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 .init();
             crate::agent::run(&policy, config.as_deref())
         }
-        Command::Logs(LogsCommand::Query { endpoint, filter }) => {
-            crate::logs::query(&endpoint, &filter, None)?;
-            Ok(exit::OK)
-        }
-        Command::Logs(LogsCommand::Tail {
-            endpoint,
-            filter,
-            every_s,
-        }) => {
-            crate::logs::tail(&endpoint, &filter, std::time::Duration::from_secs(every_s))?;
-            Ok(exit::OK)
-        }
-        Command::Logs(LogsCommand::Verify { endpoint }) => Ok(if crate::logs::verify(&endpoint)? {
-            exit::OK
-        } else {
-            exit::VIOLATIONS
-        }),
+        Command::Logs(cmd) => crate::logs::run(cmd),
         Command::Hashes(HashesCommand::List { state, format }) => {
             let set = crate::learned::LearnedSet::load(&state.path()?)?;
             match format {

@@ -656,6 +656,9 @@ fn heartbeat(shared: Arc<state::Shared>, started: Instant) {
                     "uptime_s": st.uptime_s,
                     "sensors": st.sensors,
                     "counters": st.counters,
+                    // What the collector acknowledged last, as this host hashed it: lets the
+                    // collector's verification tell records removed there from records lost here.
+                    "acked": crate::agent::ship::acked_record(&shared.config.state_dir.join("spool")),
                 })
                 .to_string(),
             );

@@ -17,6 +17,8 @@
 //!   control characters made visible instead of interpreted.
 #![deny(missing_docs)]
 
+pub mod remote;
+
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashSet};
 

@@ -100,13 +100,34 @@ pub enum Db {
         /// Readers.
         r: Vec<Mutex<rusqlite::Connection>>,
     },
-    /// PostgreSQL: one writing and one reading connection per collector process.
+    /// PostgreSQL: one writing and one reading connection per collector process (always
+    /// `Some` until dropped).
     Postgres {
         /// The writer.
-        w: Mutex<postgres::Client>,
+        w: Mutex<Option<postgres::Client>>,
         /// The reader.
-        r: Mutex<postgres::Client>,
+        r: Mutex<Option<postgres::Client>>,
     },
+}
+
+impl Drop for Db {
+    /// The synchronous PostgreSQL client runs a runtime of its own to close its connection,
+    /// which must not happen on an async thread: there, it is closed on a thread of its own.
+    fn drop(&mut self) {
+        if let Db::Postgres { w, r } = self {
+            let clients: Vec<postgres::Client> = [w, r]
+                .into_iter()
+                .filter_map(|m| m.get_mut().ok().and_then(Option::take))
+                .collect();
+            if tokio::runtime::Handle::try_current().is_ok() {
+                let _ = std::thread::spawn(move || drop(clients)).join();
+            }
+        }
+    }
+}
+
+fn pg(c: &mut Option<postgres::Client>) -> &mut postgres::Client {
+    c.as_mut().expect("the PostgreSQL client is there until the store is dropped")
 }
 
 fn pg_sql(sql: &str) -> String {
@@ -279,7 +300,7 @@ impl Db {
     ) -> Result<T, DbError> {
         match self {
             Db::Sqlite { w, .. } => f(&mut *w.lock().expect("db poisoned")),
-            Db::Postgres { w, .. } => f(&mut *w.lock().expect("db poisoned")),
+            Db::Postgres { w, .. } => f(pg(&mut w.lock().expect("db poisoned"))),
         }
     }
 
@@ -298,7 +319,7 @@ impl Db {
                 }
                 f(&mut *r[0].lock().expect("db poisoned"))
             }
-            Db::Postgres { r, .. } => f(&mut *r.lock().expect("db poisoned")),
+            Db::Postgres { r, .. } => f(pg(&mut r.lock().expect("db poisoned"))),
         }
     }
 
@@ -318,7 +339,7 @@ impl Db {
             }
             Db::Postgres { w, .. } => {
                 let mut c = w.lock().expect("db poisoned");
-                let mut tx = c.transaction().map_err(DbError::from)?;
+                let mut tx = pg(&mut c).transaction().map_err(DbError::from)?;
                 let out = f(&mut tx)?;
                 tx.commit().map_err(DbError::from)?;
                 Ok(out)

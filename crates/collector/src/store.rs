@@ -444,20 +444,14 @@ impl Store {
             Ok(c)
         };
         let w = conn(true)?;
-        let store = Store::migrate(Store {
-            db: Db::Sqlite {
-                w: Mutex::new(w),
-                r: Vec::new(),
-            },
-        })?;
-        let Db::Sqlite { w, .. } = store.db else {
-            unreachable!()
-        };
         let r = (0..3)
             .map(|_| conn(false).map(Mutex::new))
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(Store {
-            db: Db::Sqlite { w, r },
+        Store::migrate(Store {
+            db: Db::Sqlite {
+                w: Mutex::new(w),
+                r,
+            },
         })
     }
 
@@ -468,8 +462,8 @@ impl Store {
         let r = postgres::Client::connect(params, postgres::NoTls).map_err(DbError::from)?;
         Store::migrate(Store {
             db: Db::Postgres {
-                w: Mutex::new(w),
-                r: Mutex::new(r),
+                w: Mutex::new(Some(w)),
+                r: Mutex::new(Some(r)),
             },
         })
     }
