@@ -126,6 +126,13 @@ impl Drop for Proc {
     }
 }
 
+/// The floods run one at a time (each takes the machine's two cores for a few seconds; run
+/// together they would measure each other).
+fn one_flood_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static HEAVY: Mutex<()> = Mutex::new(());
+    HEAVY.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// Raise this test process's own descriptor limit (it holds the flood's client sockets).
 fn more_fds() {
     // SAFETY: getrlimit/setrlimit on a local struct.
@@ -153,7 +160,10 @@ fn legit(url: &str, token: &str) -> (u16, Duration) {
         .header("Authorization", &format!("Bearer {token}"))
         .call()
         .map(|r| r.status().as_u16())
-        .unwrap_or(0);
+        .unwrap_or_else(|e| {
+            eprintln!("legitimate request: {e}");
+            0
+        });
     (st, t.elapsed())
 }
 
@@ -164,6 +174,7 @@ both!(
 );
 
 fn issue_13_idle_connections_do_not_lock_out_a_legitimate_request(backend: Backend) {
+    let _heavy = one_flood_at_a_time();
     more_fds();
     // The usual 1,024-descriptor limit; 1,500 connections that never send a byte.
     let mut p = Proc::start(backend, "", 1024);
@@ -178,7 +189,11 @@ fn issue_13_idle_connections_do_not_lock_out_a_legitimate_request(backend: Backe
     for _ in 0..5 {
         let (st, took) = legit(&p.url(), &token);
         assert_eq!(st, 200, "{}", p.stderr.lock().unwrap());
-        assert!(took < Duration::from_secs(1), "answered after {took:?}");
+        assert!(
+            took < Duration::from_secs(1),
+            "answered after {took:?}: {}",
+            p.stderr.lock().unwrap()
+        );
     }
     let (peak, _) = p.rss_kib();
     assert!(peak < 200 << 10, "peak RSS {peak} KiB");
@@ -196,6 +211,7 @@ fn issue_13_idle_connections_do_not_lock_out_a_legitimate_request(backend: Backe
 }
 
 fn issue_13_unauthenticated_large_bodies_are_not_read(backend: Backend) {
+    let _heavy = one_flood_at_a_time();
     more_fds();
     let mut p = Proc::start(backend, "", 4096);
     let token = p.store().add_reviewer("r").unwrap();
@@ -228,6 +244,9 @@ fn issue_13_unauthenticated_large_bodies_are_not_read(backend: Backend) {
                     }
                     sent += chunk.len() as u64;
                 }
+                // The next request of this client, a little later (200 clients keep about
+                // a thousand 8 MiB requests a second coming).
+                std::thread::sleep(Duration::from_millis(200));
             }
             sent
         }));
@@ -260,6 +279,7 @@ fn issue_13_unauthenticated_large_bodies_are_not_read(backend: Backend) {
 }
 
 fn issue_13_slow_headers_and_idle_connections_are_closed(backend: Backend) {
+    let _heavy = one_flood_at_a_time();
     let p = Proc::start(
         backend,
         "[limits]\nheader_read_timeout_s = 2\nidle_timeout_s = 4\n",
@@ -285,11 +305,13 @@ fn issue_13_slow_headers_and_idle_connections_are_closed(backend: Backend) {
     slow.write_all(b"GET /v1/hosts HTTP/1.1\r\nHost: x\r\nX-Slow: ")
         .unwrap();
     let idle = TcpStream::connect(p.addr).unwrap();
+    let opened = Instant::now();
     let t = closed_within(slow, 30).expect("the slow connection is closed");
     assert!(t >= Duration::from_millis(1500), "not before the timeout: {t:?}");
     // Connected and silent: closed after the idle timeout.
-    let t = closed_within(idle, 30).expect("the idle connection is closed");
-    assert!(t >= Duration::from_secs(2), "{t:?}");
+    closed_within(idle, 30).expect("the idle connection is closed");
+    let t = opened.elapsed();
+    assert!(t >= Duration::from_millis(3500), "not before the timeout: {t:?}");
 }
 
 #[test]
