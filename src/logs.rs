@@ -77,7 +77,11 @@ pub fn run(cmd: LogsCommand) -> anyhow::Result<u8> {
             endpoint,
             checkpoint,
             key,
-        } => Ok(if verify(&endpoint, &checkpoint, key)? { 0 } else { 1 }),
+        } => Ok(if verify(&endpoint, &checkpoint, key)? {
+            0
+        } else {
+            1
+        }),
         LogsCommand::Checkpoint { endpoint, out } => {
             let (body, _) = get(&endpoint, "/v1/checkpoint", &[])?;
             let s: interdict_chain::Signed =
@@ -216,7 +220,11 @@ fn params<'a>(f: &'a Filter, after: Option<&'a str>) -> Vec<(&'static str, &'a s
 
 /// Print every matching event stored after `after` as NDJSON (escaped for the terminal),
 /// following pages; returns the cursor of the last event the collector has stored so far.
-pub fn query(ep: &Endpoint, f: &Filter, mut after: Option<String>) -> anyhow::Result<Option<String>> {
+pub fn query(
+    ep: &Endpoint,
+    f: &Filter,
+    mut after: Option<String>,
+) -> anyhow::Result<Option<String>> {
     let mut out = std::io::stdout().lock();
     loop {
         let (body, next, cursor) = page(ep, "/v1/events", &params(f, after.as_deref()))?;

@@ -175,7 +175,11 @@ pub fn ship_once(
                 .map_err(|e| ShipError::Retry(format!("spool: {e}")))?;
             if let Some((_, json)) = recs.iter().find(|(s, _)| *s == acked) {
                 let line = format!("{acked} {}\n", interdict_event::sha256_hex(json.as_bytes()));
-                let _ = crate::fsutil::write_atomic(&spool_dir.join(ACKED_HASH), line.as_bytes(), 0o600);
+                let _ = crate::fsutil::write_atomic(
+                    &spool_dir.join(ACKED_HASH),
+                    line.as_bytes(),
+                    0o600,
+                );
             }
             metrics.c.shipped.fetch_add(recs.len() as u64, Relaxed);
             Ok(recs.len())

@@ -247,6 +247,10 @@ pub struct HostContext {
     pub arrival_breaks: HashSet<(u64, u64)>,
 }
 
+/// A head to check: sequence number, hash, where the claim comes from, and for a checkpoint
+/// its cut and missing count.
+type Check = (u64, Hash, String, Option<(u64, u64)>);
+
 struct Entry {
     seq: u64,
     hash: Hash,
@@ -351,11 +355,13 @@ impl HostWalk {
                 ));
             }
             let (mut prev_seq, mut prev_hash) = (cut, cut_hash);
-            for i in 0..entries.len() {
-                let en = &entries[i];
+            for (i, en) in entries.iter().enumerate() {
                 if en.seq <= prev_seq {
                     let what = if en.seq <= cut && i == 0 {
-                        format!("record {} is stored although the chain was cut at {cut}", en.seq)
+                        format!(
+                            "record {} is stored although the chain was cut at {cut}",
+                            en.seq
+                        )
                     } else {
                         format!("record {} is stored twice", en.seq)
                     };
@@ -379,10 +385,7 @@ impl HostWalk {
                     } else if prev_seq == cut && cut > 0 {
                         format!("it does not link to the signed cut at {cut}")
                     } else {
-                        format!(
-                            "record {} or {s} was altered after it was stored",
-                            s - 1
-                        )
+                        format!("record {} or {s} was altered after it was stored", s - 1)
                     };
                     self.problem(
                         epoch,
@@ -415,7 +418,7 @@ impl HostWalk {
                 .filter(|c| c.0 == epoch)
                 .map(|&(_, by, s, h)| (by, s, h))
                 .collect();
-            let mut checks: Vec<(u64, Hash, String, Option<(u64, u64)>)> = claims
+            let mut checks: Vec<Check> = claims
                 .into_iter()
                 .map(|(by, s, h)| {
                     (
@@ -481,9 +484,7 @@ impl HostWalk {
                     }
                 }
             }
-            let (head_seq, head_hash) = entries
-                .last()
-                .map_or((cut, cut_hash), |e| (e.seq, e.hash));
+            let (head_seq, head_hash) = entries.last().map_or((cut, cut_hash), |e| (e.seq, e.hash));
             reports.push(EpochReport {
                 epoch,
                 records: entries.len() as u64,
@@ -660,7 +661,10 @@ pub fn checkpoint(key: &ed25519_dalek::SigningKey, time_ms: i64, mut leaves: Vec
         root: hex(&merkle_root(&leaves)),
         leaves,
     };
-    sign(key, serde_json::to_string(&body).expect("checkpoints serialize"))
+    sign(
+        key,
+        serde_json::to_string(&body).expect("checkpoints serialize"),
+    )
 }
 
 /// Verify a signed checkpoint (with the pinned key when given) and its tree head.
@@ -669,7 +673,10 @@ pub fn open_checkpoint(s: &Signed, pinned: Option<&str>) -> Result<Checkpoint, C
     let c: Checkpoint =
         serde_json::from_str(&s.body).map_err(|e| ChainError::Statement(e.to_string()))?;
     if c.kind != "checkpoint" {
-        return Err(ChainError::Statement(format!("a {}, not a checkpoint", c.kind)));
+        return Err(ChainError::Statement(format!(
+            "a {}, not a checkpoint",
+            c.kind
+        )));
     }
     if c.tree_size != c.leaves.len() as u64 || hex(&merkle_root(&c.leaves)) != c.root {
         return Err(ChainError::Statement(
@@ -711,8 +718,7 @@ pub fn sign_cut(key: &ed25519_dalek::SigningKey, cut: &Cut) -> Signed {
 /// Verify a signed cut (with the pinned key when given).
 pub fn open_cut(s: &Signed, pinned: Option<&str>) -> Result<Cut, ChainError> {
     s.verify(pinned)?;
-    let c: Cut =
-        serde_json::from_str(&s.body).map_err(|e| ChainError::Statement(e.to_string()))?;
+    let c: Cut = serde_json::from_str(&s.body).map_err(|e| ChainError::Statement(e.to_string()))?;
     if c.kind != "cut" || unhex(&c.hash).is_none() {
         return Err(ChainError::Statement("not a cut".into()));
     }
@@ -807,7 +813,10 @@ mod tests {
         e[2] = e[2].replace("exec_denied", "exec_reported");
         let r = walk(&e, &HostContext::default());
         assert_eq!(r.problems.len(), 1, "{r:?}");
-        assert_eq!((r.problems[0].kind.as_str(), r.problems[0].from_seq), ("break", 4));
+        assert_eq!(
+            (r.problems[0].kind.as_str(), r.problems[0].from_seq),
+            ("break", 4)
+        );
         // The last record changed: only the acknowledged head shows it.
         let mut e = c.clone();
         e[4] = e[4].replace("exec_denied", "exec_reported");
@@ -823,10 +832,16 @@ mod tests {
             ..Default::default()
         };
         let r = walk(&e, &ctx);
-        assert_eq!((r.problems[0].kind.as_str(), r.problems[0].from_seq), ("altered", 5));
+        assert_eq!(
+            (r.problems[0].kind.as_str(), r.problems[0].from_seq),
+            ("altered", 5)
+        );
         // The tail deleted: removed, not a gap.
         let r = walk(&c[..3], &ctx);
-        assert_eq!((r.problems[0].kind.as_str(), r.problems[0].from_seq), ("removed", 5));
+        assert_eq!(
+            (r.problems[0].kind.as_str(), r.problems[0].from_seq),
+            ("removed", 5)
+        );
     }
 
     #[test]

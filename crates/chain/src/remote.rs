@@ -18,8 +18,11 @@ pub type ApiError = Box<dyn std::error::Error + Send + Sync>;
 /// The collector's reviewer API: GET `path` with `query`; the body and the `X-Next-Cursor`.
 pub trait Api {
     /// One GET.
-    fn get(&mut self, path: &str, query: &[(&str, &str)])
-        -> Result<(String, Option<String>), ApiError>;
+    fn get(
+        &mut self,
+        path: &str,
+        query: &[(&str, &str)],
+    ) -> Result<(String, Option<String>), ApiError>;
 }
 
 /// What to check besides the records.
@@ -189,9 +192,11 @@ pub fn verify(api: &mut dyn Api, opts: &Options) -> Result<Verdict, ApiError> {
     for s in &info.cuts {
         match open_cut(s, Some(&key)) {
             Ok(c) if c.reason == "retention" => {
-                let e = cuts
-                    .entry((c.host_id.clone(), c.epoch))
-                    .or_insert((0, String::new(), String::new()));
+                let e = cuts.entry((c.host_id.clone(), c.epoch)).or_insert((
+                    0,
+                    String::new(),
+                    String::new(),
+                ));
                 if c.seq >= e.0 {
                     *e = (c.seq, c.hash, c.reason);
                 }
@@ -214,8 +219,7 @@ pub fn verify(api: &mut dyn Api, opts: &Options) -> Result<Verdict, ApiError> {
     for host in all {
         let mut ctx = HostContext::default();
         let mut extra: Vec<Problem> = Vec::new();
-        for ((_, epoch), (seq, hash, _)) in
-            cuts.range((host.clone(), 0)..=(host.clone(), u64::MAX))
+        for ((_, epoch), (seq, hash, _)) in cuts.range((host.clone(), 0)..=(host.clone(), u64::MAX))
         {
             if let Some(hh) = unhex(hash) {
                 ctx.cuts.insert(*epoch, (*seq, hh));
@@ -288,7 +292,10 @@ pub fn verify(api: &mut dyn Api, opts: &Options) -> Result<Verdict, ApiError> {
         }
         let mut report = walk.finish(&ctx);
         report.problems.extend(extra);
-        hosts.push((names.get(host.as_str()).copied().unwrap_or("?").to_string(), report));
+        hosts.push((
+            names.get(host.as_str()).copied().unwrap_or("?").to_string(),
+            report,
+        ));
     }
     Ok(Verdict {
         hosts,
@@ -296,4 +303,3 @@ pub fn verify(api: &mut dyn Api, opts: &Options) -> Result<Verdict, ApiError> {
         notes,
     })
 }
-

@@ -239,7 +239,9 @@ const LIMIT_KEYS: &[LimitKey] = &[
     ("enroll_burst", 1_000_000, 1, |l| &mut l.enroll_burst),
     ("max_hosts", 100_000_000, 1, |l| &mut l.max_hosts),
     ("host_quota_mib", 1 << 30, 0, |l| &mut l.host_quota_mib),
-    ("max_future_s", 10 * 365 * 86_400, 0, |l| &mut l.max_future_s),
+    ("max_future_s", 10 * 365 * 86_400, 0, |l| {
+        &mut l.max_future_s
+    }),
 ];
 
 fn absolute(f: &mut Fields<'_>, key: &str, v: &Value<'_>) -> Option<PathBuf> {
@@ -312,10 +314,8 @@ pub fn parse(name: &str, text: &str) -> Result<Config, Diagnostics> {
                     }
                 }
                 ("limits", _) if limit_names.contains(&key) => {
-                    let (_, max, min, field) = LIMIT_KEYS
-                        .iter()
-                        .find(|l| l.0 == key)
-                        .expect("listed");
+                    let (_, max, min, field) =
+                        LIMIT_KEYS.iter().find(|l| l.0 == key).expect("listed");
                     if let Some(n) = f.integer(key, v, *max) {
                         if n < *min {
                             f.err(
@@ -425,6 +425,9 @@ mod tests {
         assert_eq!(c.listen, "0.0.0.0:9000");
         assert_eq!(c.retain_days, 30);
         assert_eq!(c.signing_key_path(), PathBuf::from("/k"));
-        assert_eq!((c.limits.max_connections, c.limits.host_quota_mib), (100, 0));
+        assert_eq!(
+            (c.limits.max_connections, c.limits.host_quota_mib),
+            (100, 0)
+        );
     }
 }

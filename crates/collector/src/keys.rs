@@ -17,7 +17,9 @@ pub enum KeyError {
         source: std::io::Error,
     },
     /// The file does not hold a key.
-    #[error("{0}: not a signing key (64 hex digits expected); move it away to have a new one made")]
+    #[error(
+        "{0}: not a signing key (64 hex digits expected); move it away to have a new one made"
+    )]
     Invalid(String),
 }
 

@@ -192,6 +192,8 @@ async fn who(app: &Shared, headers: &HeaderMap, peer: Peer) -> Result<Principal,
 }
 
 /// Rate-limit a principal's request (and its events).
+// The refusal is the response itself, built once per refused request.
+#[allow(clippy::result_large_err)]
 fn limit(app: &App, p: &Principal, events: u64) -> Result<(), Response> {
     let l = &app.config.limits;
     let r = match p {
@@ -229,7 +231,9 @@ fn limit(app: &App, p: &Principal, events: u64) -> Result<(), Response> {
 
 /// Room in the memory budget for `bytes`, waiting at most the request timeout.
 async fn room(app: &App, bytes: u64) -> Result<tokio::sync::OwnedSemaphorePermit, Response> {
-    let kib = bytes.div_ceil(1024).clamp(1, app.config.limits.inflight_mib << 10) as u32;
+    let kib = bytes
+        .div_ceil(1024)
+        .clamp(1, app.config.limits.inflight_mib << 10) as u32;
     let wait = Duration::from_secs(app.config.limits.request_timeout_s);
     match tokio::time::timeout(wait, app.budget.clone().acquire_many_owned(kib)).await {
         Ok(Ok(p)) => Ok(p),
@@ -290,7 +294,10 @@ async fn enroll(
     body: Body,
 ) -> Response {
     let l = &app.config.limits;
-    if let Err(w) = app.limiter.take("enroll", 1, l.enroll_per_s, l.enroll_burst) {
+    if let Err(w) = app
+        .limiter
+        .take("enroll", 1, l.enroll_per_s, l.enroll_burst)
+    {
         app.count_mem("rejected_enroll_rate");
         return too_many(w, "enrollment");
     }

@@ -38,7 +38,9 @@ impl Limiter {
             b.tokens -= n;
             Ok(())
         } else {
-            Err(Duration::from_secs_f64(((n.min(burst) - b.tokens) / rate).max(0.001)))
+            Err(Duration::from_secs_f64(
+                ((n.min(burst) - b.tokens) / rate).max(0.001),
+            ))
         }
     }
 }

@@ -254,7 +254,9 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Prune { retain_days } => {
             let days = retain_days.unwrap_or(cfg.retain_days);
             if days == 0 {
-                anyhow::bail!("no retention: give --retain-days N (or retain_days in the configuration)");
+                anyhow::bail!(
+                    "no retention: give --retain-days N (or retain_days in the configuration)"
+                );
             }
             let before = interdict_collector::store::now_ms() - days as i64 * 86_400_000;
             let n = store.prune(before, &key(&cfg)?)?;

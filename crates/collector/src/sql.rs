@@ -104,9 +104,9 @@ pub enum Db {
     /// `Some` until dropped).
     Postgres {
         /// The writer.
-        w: Mutex<Option<postgres::Client>>,
+        w: Mutex<Option<Box<postgres::Client>>>,
         /// The reader.
-        r: Mutex<Option<postgres::Client>>,
+        r: Mutex<Option<Box<postgres::Client>>>,
     },
 }
 
@@ -115,7 +115,7 @@ impl Drop for Db {
     /// which must not happen on an async thread: there, it is closed on a thread of its own.
     fn drop(&mut self) {
         if let Db::Postgres { w, r } = self {
-            let clients: Vec<postgres::Client> = [w, r]
+            let clients: Vec<Box<postgres::Client>> = [w, r]
                 .into_iter()
                 .filter_map(|m| m.get_mut().ok().and_then(Option::take))
                 .collect();
@@ -126,8 +126,9 @@ impl Drop for Db {
     }
 }
 
-fn pg(c: &mut Option<postgres::Client>) -> &mut postgres::Client {
-    c.as_mut().expect("the PostgreSQL client is there until the store is dropped")
+fn pg(c: &mut Option<Box<postgres::Client>>) -> &mut postgres::Client {
+    c.as_mut()
+        .expect("the PostgreSQL client is there until the store is dropped")
 }
 
 fn pg_sql(sql: &str) -> String {
@@ -247,7 +248,8 @@ macro_rules! pg_exec {
                 let p = pg_params(args);
                 let mut it = self.query_raw(
                     pg_sql(sql).as_str(),
-                    p.iter().map(|b| b.as_ref() as &(dyn postgres::types::ToSql + Sync)),
+                    p.iter()
+                        .map(|b| b.as_ref() as &(dyn postgres::types::ToSql + Sync)),
                 )?;
                 while let Some(r) = it.next()? {
                     if !f(&pg_row(&r)) {

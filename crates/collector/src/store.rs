@@ -357,8 +357,7 @@ impl Incoming {
             .as_deref()
             .and_then(unhex)
             .ok_or("no valid prev_hash (64 lower-case hex digits)")?;
-        let time_ms =
-            interdict_event::parse_rfc3339_millis(&event.time).ok_or("no valid time")?;
+        let time_ms = interdict_event::parse_rfc3339_millis(&event.time).ok_or("no valid time")?;
         Ok(Incoming {
             hash: sha256(raw.as_bytes()),
             raw: raw.to_string(),
@@ -462,8 +461,8 @@ impl Store {
         let r = postgres::Client::connect(params, postgres::NoTls).map_err(DbError::from)?;
         Store::migrate(Store {
             db: Db::Postgres {
-                w: Mutex::new(Some(w)),
-                r: Mutex::new(Some(r)),
+                w: Mutex::new(Some(Box::new(w))),
+                r: Mutex::new(Some(Box::new(r))),
             },
         })
     }
@@ -550,12 +549,9 @@ impl Store {
     /// Whether `secret` is the enroll secret (compared in constant time).
     pub fn check_enroll_secret(&self, secret: &str) -> Result<bool, StoreError> {
         use subtle::ConstantTimeEq;
-        let r = self.db.read(|c| {
-            c.rows(
-                "SELECT v FROM meta WHERE k = 'enroll_secret_sha256'",
-                &[],
-            )
-        })?;
+        let r = self
+            .db
+            .read(|c| c.rows("SELECT v FROM meta WHERE k = 'enroll_secret_sha256'", &[]))?;
         let Some(stored) = one(r).and_then(|r| r[0].text()) else {
             return Ok(false);
         };
@@ -665,12 +661,11 @@ impl Store {
     ) -> Result<bool, StoreError> {
         let lock = self.lock_clause();
         Ok(self.db.tx(|t| -> Result<bool, DbError> {
-            if t
-                .rows(
-                    &format!("SELECT 1 FROM hosts WHERE host_id = ?1{lock}"),
-                    &[host_id.into()],
-                )?
-                .is_empty()
+            if t.rows(
+                &format!("SELECT 1 FROM hosts WHERE host_id = ?1{lock}"),
+                &[host_id.into()],
+            )?
+            .is_empty()
             {
                 return Ok(false);
             }
@@ -1499,7 +1494,10 @@ impl Store {
                     }
                 }
             }
-            for f in findings.iter().filter(|f| f.host_id == host && f.kind == "break") {
+            for f in findings
+                .iter()
+                .filter(|f| f.host_id == host && f.kind == "break")
+            {
                 ctx.arrival_breaks.insert((f.epoch, f.from_seq));
             }
             let mut walk = interdict_chain::HostWalk::new(&host);
@@ -1542,18 +1540,21 @@ impl Store {
         for tg in targets {
             let (host, epoch, upto) = (text(&tg[0]), u(&tg[1]), u(&tg[2]));
             total += self.db.tx(|t| -> Result<u64, DbError> {
-                if t
-                    .rows(
-                        &format!("SELECT 1 FROM hosts WHERE host_id = ?1{lock}"),
-                        &[host.as_str().into()],
-                    )?
-                    .is_empty()
+                if t.rows(
+                    &format!("SELECT 1 FROM hosts WHERE host_id = ?1{lock}"),
+                    &[host.as_str().into()],
+                )?
+                .is_empty()
                 {
                     return Ok(0);
                 }
                 let Some(r) = one(t.rows(
                     "SELECT raw FROM events WHERE host_id = ?1 AND epoch = ?2 AND seq = ?3",
-                    &[host.as_str().into(), (epoch as i64).into(), (upto as i64).into()],
+                    &[
+                        host.as_str().into(),
+                        (epoch as i64).into(),
+                        (upto as i64).into(),
+                    ],
                 )?) else {
                     return Ok(0);
                 };
@@ -1561,13 +1562,21 @@ impl Store {
                 let stats = one(t.rows(
                     "SELECT COUNT(*), COALESCE(SUM(LENGTH(raw)), 0) FROM events
                      WHERE host_id = ?1 AND epoch = ?2 AND seq <= ?3",
-                    &[host.as_str().into(), (epoch as i64).into(), (upto as i64).into()],
+                    &[
+                        host.as_str().into(),
+                        (epoch as i64).into(),
+                        (upto as i64).into(),
+                    ],
                 )?)
                 .unwrap_or_default();
                 let (n, bytes) = (u(&stats[0]), u(&stats[1]));
                 t.exec(
                     "DELETE FROM events WHERE host_id = ?1 AND epoch = ?2 AND seq <= ?3",
-                    &[host.as_str().into(), (epoch as i64).into(), (upto as i64).into()],
+                    &[
+                        host.as_str().into(),
+                        (epoch as i64).into(),
+                        (upto as i64).into(),
+                    ],
                 )?;
                 t.exec(
                     "UPDATE chains SET cut_seq = ?3, cut_hash = ?4, records = records - ?5

@@ -97,8 +97,18 @@ fn reviewers_read_and_cannot_write_agents_write_and_cannot_read(backend: Backend
     assert_eq!(post(&url, Some(&reviewer), &evs).0, 403);
     assert_eq!(s.store().event_count("h1").unwrap(), 0);
     assert_eq!(post(&url, Some(&agent), &evs).0, 200);
-    for path in ["/v1/events", "/v1/hosts", "/v1/chains", "/v1/checkpoint", "/v1/verify"] {
-        assert_eq!(get(&format!("{}{path}", s.url), Some(&agent)).0, 403, "{path}");
+    for path in [
+        "/v1/events",
+        "/v1/hosts",
+        "/v1/chains",
+        "/v1/checkpoint",
+        "/v1/verify",
+    ] {
+        assert_eq!(
+            get(&format!("{}{path}", s.url), Some(&agent)).0,
+            403,
+            "{path}"
+        );
         assert_eq!(get(&format!("{}{path}", s.url), None).0, 401, "{path}");
     }
     let (st, body, _, _) = get(&url, Some(&reviewer));
@@ -130,7 +140,11 @@ fn malformed_oversized_and_incomplete_batches_get_4xx_and_store_nothing(backend:
     assert_eq!(post(&url, Some(&t), &batch(&evs)).0, 422);
     let mut evs = chain("h1", 1, GENESIS_HASH, 1);
     evs[0].prev_hash = Some("z".repeat(64));
-    assert_eq!(post(&url, Some(&t), &batch(&evs)).0, 422, "prev_hash not hex");
+    assert_eq!(
+        post(&url, Some(&t), &batch(&evs)).0,
+        422,
+        "prev_hash not hex"
+    );
     // An event spread over lines: not one record.
     let line = chain("h1", 1, GENESIS_HASH, 1)[0]
         .to_json_line()
@@ -141,7 +155,11 @@ fn malformed_oversized_and_incomplete_batches_get_4xx_and_store_nothing(backend:
     );
     // Over the body limit.
     let huge = format!("{{\"events\": [], \"pad\": \"{}\"}}", "x".repeat(9 << 20));
-    assert_eq!(post_raw(&s, Some(&t), huge.as_bytes()), 413, "refused before it is read");
+    assert_eq!(
+        post_raw(&s, Some(&t), huge.as_bytes()),
+        413,
+        "refused before it is read"
+    );
     assert_eq!(s.store().event_count("h1").unwrap(), 0);
 }
 
@@ -300,9 +318,7 @@ fn ten(backend: Backend) -> (Server, String, String, Vec<Event>) {
     (s, t, r, evs)
 }
 
-fn issue_13_records_edited_or_deleted_in_the_database_are_named_by_verification(
-    backend: Backend,
-) {
+fn issue_13_records_edited_or_deleted_in_the_database_are_named_by_verification(backend: Backend) {
     // One byte of a middle record: the next link breaks (the old check read "intact").
     let (s, t, r, evs) = ten(backend);
     s.tamper(
@@ -336,8 +352,15 @@ fn issue_13_records_edited_or_deleted_in_the_database_are_named_by_verification(
         &[],
     );
     let v = client_verify(&s, &r, &Default::default());
-    assert_eq!(problems(&v), [("altered".into(), 1, 10, 10)], "{}", v.render());
-    assert!(!server_verify(&s, &r)["hosts"][0]["intact"].as_bool().unwrap());
+    assert_eq!(
+        problems(&v),
+        [("altered".into(), 1, 10, 10)],
+        "{}",
+        v.render()
+    );
+    assert!(!server_verify(&s, &r)["hosts"][0]["intact"]
+        .as_bool()
+        .unwrap());
 
     // The tail deleted: removed at the collector, not a gap of the agent; and when the agent's
     // next record arrives it is blamed on the collector there too.
@@ -347,7 +370,11 @@ fn issue_13_records_edited_or_deleted_in_the_database_are_named_by_verification(
         2
     );
     let v = client_verify(&s, &r, &Default::default());
-    assert!(problems(&v).contains(&("removed".into(), 1, 10, 10)), "{}", v.render());
+    assert!(
+        problems(&v).contains(&("removed".into(), 1, 10, 10)),
+        "{}",
+        v.render()
+    );
     let (_, ans) = post(
         &format!("{}/v1/events", s.url),
         Some(&t),
@@ -377,7 +404,10 @@ fn issue_13_a_checkpoint_exported_earlier_catches_a_rewritten_chain(backend: Bac
         key: Some(s.public_key()),
     };
     ingest(&s, &t, &chain("h1", 11, &evs[9].record_hash(), 2));
-    assert!(client_verify(&s, &r, &opts).ok(), "later records do not spoil it");
+    assert!(
+        client_verify(&s, &r, &opts).ok(),
+        "later records do not spoil it"
+    );
     // Someone with the database rewrites history consistently: record 3 changed, every later
     // record re-chained, the stored head moved to match. Only the checkpoint can tell.
     let mut forged = chain("h1", 1, GENESIS_HASH, 12);
@@ -398,11 +428,23 @@ fn issue_13_a_checkpoint_exported_earlier_catches_a_rewritten_chain(backend: Bac
         &[&forged[11].record_hash()],
     );
     let v = client_verify(&s, &r, &Default::default());
-    assert!(v.ok(), "without a checkpoint the rewrite is consistent: {}", v.render());
+    assert!(
+        v.ok(),
+        "without a checkpoint the rewrite is consistent: {}",
+        v.render()
+    );
     let v = client_verify(&s, &r, &opts);
     assert!(!v.ok());
-    assert!(problems(&v).contains(&("altered".into(), 1, 10, 10)), "{}", v.render());
-    assert!(v.render().contains("checkpoint cp.json holds it"), "{}", v.render());
+    assert!(
+        problems(&v).contains(&("altered".into(), 1, 10, 10)),
+        "{}",
+        v.render()
+    );
+    assert!(
+        v.render().contains("checkpoint cp.json holds it"),
+        "{}",
+        v.render()
+    );
     // A checkpoint forged with another key does not count.
     let other = interdict_collector::keys::generate();
     let mut body: Value = serde_json::from_str(&cp.body).unwrap();
@@ -417,7 +459,11 @@ fn issue_13_a_checkpoint_exported_earlier_catches_a_rewritten_chain(backend: Bac
         },
     );
     assert!(!v.ok());
-    assert!(v.render().contains("fake.json: signature"), "{}", v.render());
+    assert!(
+        v.render().contains("fake.json: signature"),
+        "{}",
+        v.render()
+    );
 }
 
 fn heartbeat(host: &str, seq: u64, prev: &str, acked: (u64, &str)) -> Event {
@@ -444,7 +490,11 @@ fn issue_13_a_heartbeat_claim_blames_the_collector_for_a_removed_tail(backend: B
         &[&evs[7].record_hash()],
     );
     let v = client_verify(&s, &r, &Default::default());
-    assert!(v.ok(), "undetectable from the database alone: {}", v.render());
+    assert!(
+        v.ok(),
+        "undetectable from the database alone: {}",
+        v.render()
+    );
     // The agent's next heartbeat says the collector acknowledged record 10 (with its hash).
     let hb = heartbeat("h1", 11, &evs[9].record_hash(), (10, &evs[9].record_hash()));
     let (_, ans) = post(&format!("{}/v1/events", s.url), Some(&t), &batch(&[hb]));
@@ -455,8 +505,16 @@ fn issue_13_a_heartbeat_claim_blames_the_collector_for_a_removed_tail(backend: B
         "{f:?}"
     );
     let v = client_verify(&s, &r, &Default::default());
-    assert!(problems(&v).contains(&("removed".into(), 1, 10, 10)), "{}", v.render());
-    assert!(v.render().contains("heartbeat record 11 says"), "{}", v.render());
+    assert!(
+        problems(&v).contains(&("removed".into(), 1, 10, 10)),
+        "{}",
+        v.render()
+    );
+    assert!(
+        v.render().contains("heartbeat record 11 says"),
+        "{}",
+        v.render()
+    );
 }
 
 fn issue_13_the_tail_cursor_shows_late_events_and_future_times_are_refused(backend: Backend) {
@@ -478,7 +536,12 @@ fn issue_13_the_tail_cursor_shows_late_events_and_future_times_are_refused(backe
     assert!(body.contains("laptop"));
     // A date far in the future is refused, so it cannot blind anyone; an hour ahead is fine.
     for (ahead_s, want) in [(25 * 3600, 422), (3600, 200)] {
-        let mut e = chain("desk", 4, &chain("desk", 1, GENESIS_HASH, 3)[2].record_hash(), 1);
+        let mut e = chain(
+            "desk",
+            4,
+            &chain("desk", 1, GENESIS_HASH, 3)[2].record_hash(),
+            1,
+        );
         e[0].time = interdict_event::rfc3339(
             std::time::SystemTime::now() + std::time::Duration::from_secs(ahead_s),
         );
@@ -535,7 +598,10 @@ fn issue_13_a_gap_filled_in_later_is_resolved_with_the_time(backend: Backend) {
     ingest(&s, &t, &evs[..3]);
     ingest(&s, &t, &evs[6..]);
     let f = s.store().findings().unwrap();
-    assert_eq!((f[0].kind.as_str(), f[0].from_seq, f[0].to_seq), ("gap", 4, 6));
+    assert_eq!(
+        (f[0].kind.as_str(), f[0].from_seq, f[0].to_seq),
+        ("gap", 4, 6)
+    );
     // Part of it arrives: the finding is resolved, a narrower one left open.
     let v = ingest(&s, &t, &evs[3..4]);
     assert_eq!(v["stored"], 1, "{v}");
@@ -560,7 +626,9 @@ fn issue_13_unknown_fields_are_kept_and_the_chain_still_links(backend: Backend) 
     let t = enroll(&s, "h1");
     // A newer agent adds a field: the record is hashed and kept as sent.
     let e = chain("h1", 1, GENESIS_HASH, 1);
-    let line = e[0].to_json_line().replacen('{', "{\"container\":{\"id\":\"c1\"},", 1);
+    let line = e[0]
+        .to_json_line()
+        .replacen('{', "{\"container\":{\"id\":\"c1\"},", 1);
     let h = interdict_event::sha256_hex(line.as_bytes());
     let mut next = chain("h1", 2, &h, 1);
     rechain(&mut next, &h);
@@ -569,7 +637,11 @@ fn issue_13_unknown_fields_are_kept_and_the_chain_still_links(backend: Backend) 
     assert_eq!((st, v["findings"].as_u64()), (200, Some(0)), "{v}");
     let r = s.reviewer();
     let (_, out, _, _) = get(&format!("{}/v1/events", s.url), Some(&r));
-    assert_eq!(out.lines().next().unwrap(), line, "stored and returned as sent");
+    assert_eq!(
+        out.lines().next().unwrap(),
+        line,
+        "stored and returned as sent"
+    );
     assert!(client_verify(&s, &r, &Default::default()).ok());
 }
 
@@ -655,7 +727,10 @@ fn issue_13_enroll_secret_rotation_revocation_and_host_deletion(backend: Backend
             rows.iter().map(|r| r.get::<_, String>(0)).collect()
         }
     };
-    assert!(!dump.contains(&s.secret), "the enroll secret is kept hashed");
+    assert!(
+        !dump.contains(&s.secret),
+        "the enroll secret is kept hashed"
+    );
     let t1 = enroll(&s, "h1");
     // Rotation: the old secret stops working, the new one works; tokens stay valid.
     let old = s.secret.clone();
@@ -700,7 +775,11 @@ fn issue_13_enroll_secret_rotation_revocation_and_host_deletion(backend: Backend
         },
     );
     assert!(v.ok(), "{}", v.render());
-    assert!(v.render().contains("deleted by the administrator"), "{}", v.render());
+    assert!(
+        v.render().contains("deleted by the administrator"),
+        "{}",
+        v.render()
+    );
     s.stop();
 }
 
@@ -724,7 +803,11 @@ fn issue_13_retention_prunes_under_a_signed_cut_and_a_faked_cut_is_caught(backen
         },
     );
     assert!(v.ok(), "{}", v.render());
-    assert!(v.render().contains("records 1 to 6 pruned"), "{}", v.render());
+    assert!(
+        v.render().contains("records 1 to 6 pruned"),
+        "{}",
+        v.render()
+    );
     assert_eq!(server_verify(&s, &r)["hosts"][0]["intact"], true);
     // Someone deletes more and moves the cut in the database, without the key.
     s.tamper("DELETE FROM events WHERE host_id = 'h1' AND seq <= 9", &[]);

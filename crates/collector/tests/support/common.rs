@@ -85,7 +85,8 @@ impl Server {
             None => {
                 let c = rusqlite::Connection::open(&self.db).unwrap();
                 c.busy_timeout(std::time::Duration::from_secs(10)).unwrap();
-                c.execute(sql, rusqlite::params_from_iter(args.iter())).unwrap() as u64
+                c.execute(sql, rusqlite::params_from_iter(args.iter()))
+                    .unwrap() as u64
             }
             Some(pg) => {
                 let mut c = postgres::Client::connect(&pg.params(), postgres::NoTls).unwrap();
@@ -224,8 +225,7 @@ pub fn enroll_as(s: &Server, host: &str, hostname: &str) -> String {
     let (st, v) = post(
         &format!("{}/v1/enroll", s.url),
         None,
-        &serde_json::json!({"secret": s.secret, "host_id": host, "hostname": hostname})
-            .to_string(),
+        &serde_json::json!({"secret": s.secret, "host_id": host, "hostname": hostname}).to_string(),
     );
     assert_eq!(st, 200, "{v}");
     v["token"].as_str().unwrap().to_string()
@@ -307,7 +307,11 @@ impl interdict_chain::remote::Api for Api {
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
         let status = resp.status().as_u16();
-        let body = resp.body_mut().with_config().limit(1 << 30).read_to_string()?;
+        let body = resp
+            .body_mut()
+            .with_config()
+            .limit(1 << 30)
+            .read_to_string()?;
         if status != 200 {
             return Err(format!("{status} {body}").into());
         }
