@@ -295,8 +295,14 @@ impl HostWalk {
     /// One stored record: the chain (`epoch`, 0 = outside) and sequence number the store filed
     /// it under, and its bytes.
     pub fn add(&mut self, epoch: u64, seq: u64, raw: &str) {
+        self.add_link(epoch, seq, link(raw))
+    }
+
+    /// One stored record, already read with [`link`] (which may run on other threads: records
+    /// may come in any order).
+    pub fn add_link(&mut self, epoch: u64, seq: u64, l: Result<Link, ChainError>) {
         self.records += 1;
-        let l = match link(raw) {
+        let l = match l {
             Ok(l) => l,
             Err(e) => {
                 return self.problem(

@@ -1501,23 +1501,80 @@ impl Store {
                 ctx.arrival_breaks.insert((f.epoch, f.from_seq));
             }
             let mut walk = interdict_chain::HostWalk::new(&host);
-            self.db.read(|c| {
-                c.each(
-                    "SELECT epoch, seq, raw FROM events WHERE host_id = ?1 ORDER BY epoch, seq",
-                    &[host.as_str().into()],
-                    &mut |r| {
-                        if let Val::Text(raw) = &r[2] {
-                            walk.add(u(&r[0]), u(&r[1]), raw);
-                        }
-                        true
-                    },
-                )
-            })?;
+            self.walk_records(&host, &mut walk)?;
             let mut report = walk.finish(&ctx);
             report.problems.extend(cut_problems);
             out.push(report);
         }
         Ok(out)
+    }
+
+    /// Feed every stored record of `host` to `walk`: one thread reads the database while two
+    /// parse and hash (records go in batches through bounded queues: the reader waits when the
+    /// hashers are behind, so memory stays at a few batches).
+    fn walk_records(
+        &self,
+        host: &str,
+        walk: &mut interdict_chain::HostWalk,
+    ) -> Result<(), StoreError> {
+        type Batch = Vec<(u64, u64, String)>;
+        type Linked = Vec<(
+            u64,
+            u64,
+            Result<interdict_chain::Link, interdict_chain::ChainError>,
+        )>;
+        const BATCH: usize = 1024;
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Batch>(4);
+        let rx = Mutex::new(rx);
+        let (otx, orx) = std::sync::mpsc::sync_channel::<Linked>(4);
+        std::thread::scope(|sc| -> Result<(), StoreError> {
+            for _ in 0..2 {
+                let (rx, otx) = (&rx, otx.clone());
+                sc.spawn(move || loop {
+                    let Ok(batch) = rx.lock().expect("queue poisoned").recv() else {
+                        return;
+                    };
+                    let linked = batch
+                        .into_iter()
+                        .map(|(e, s, raw)| (e, s, interdict_chain::link(&raw)))
+                        .collect();
+                    if otx.send(linked).is_err() {
+                        return;
+                    }
+                });
+            }
+            drop(otx);
+            let feeder = sc.spawn(move || {
+                for batch in orx {
+                    for (e, s, l) in batch {
+                        walk.add_link(e, s, l);
+                    }
+                }
+            });
+            let mut batch: Batch = Vec::with_capacity(BATCH);
+            let r = self.db.read(|c| {
+                c.each(
+                    "SELECT epoch, seq, raw FROM events WHERE host_id = ?1 ORDER BY epoch, seq",
+                    &[host.into()],
+                    &mut |r| {
+                        if let Val::Text(raw) = &r[2] {
+                            batch.push((u(&r[0]), u(&r[1]), raw.clone()));
+                        }
+                        if batch.len() == BATCH {
+                            let full = std::mem::replace(&mut batch, Vec::with_capacity(BATCH));
+                            return tx.send(full).is_ok();
+                        }
+                        true
+                    },
+                )
+            });
+            if !batch.is_empty() {
+                let _ = tx.send(batch);
+            }
+            drop(tx);
+            let _ = feeder.join();
+            Ok(r?)
+        })
     }
 
     /// Prune records received before `before_ms` (retention): per chain, every record up to the
