@@ -27,7 +27,7 @@
 //! max_body_mib = 8
 //! max_batch = 5000
 //! max_event_kib = 64
-//! max_field_kib = 16
+//! max_field_kib = 32
 //! inflight_mib = 64
 //! max_page_mib = 4
 //! max_page_events = 10000
@@ -115,7 +115,7 @@ impl Default for Limits {
             max_body_mib: 8,
             max_batch: 5000,
             max_event_kib: 64,
-            max_field_kib: 16,
+            max_field_kib: 32,
             inflight_mib: 64,
             max_page_mib: 4,
             max_page_events: 10_000,

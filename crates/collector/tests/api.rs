@@ -654,9 +654,9 @@ fn issue_13_fields_events_rates_quotas_and_pages_are_bounded(backend: Backend) {
     let s = Server::start_with(backend, cfg);
     let t = enroll(&s, "h1");
     let url = format!("{}/v1/events", s.url);
-    // A field over 16 KiB.
+    // A field over 32 KiB.
     let mut e = chain("h1", 1, GENESIS_HASH, 1);
-    e[0].message = Some("m".repeat(17 << 10));
+    e[0].message = Some("m".repeat(33 << 10));
     rechain(&mut e, GENESIS_HASH);
     assert_eq!(post(&url, Some(&t), &batch(&e)).0, 422);
     // An event over 64 KiB (fields each under the limit).
