@@ -437,6 +437,9 @@ impl Store {
             let c = rusqlite::Connection::open(path)?;
             if write {
                 c.pragma_update(None, "journal_mode", "WAL")?;
+                // What is deleted (a plain-text secret of an older version, pruned events) is
+                // overwritten, not left in free pages.
+                c.pragma_update(None, "secure_delete", "ON")?;
             }
             c.pragma_update(None, "synchronous", "NORMAL")?;
             c.busy_timeout(std::time::Duration::from_secs(5))?;
@@ -474,7 +477,7 @@ impl Store {
 
     fn migrate(store: Store) -> Result<Store, StoreError> {
         let pg = store.db.is_postgres();
-        store.db.tx(|t| -> Result<(), DbError> {
+        let converted = store.db.tx(|t| -> Result<bool, DbError> {
             if pg {
                 // One migrating collector at a time.
                 t.exec("SELECT pg_advisory_xact_lock(7365)", &[])?;
@@ -514,9 +517,16 @@ impl Store {
                     &[token_hash(&text(&r[0])).into()],
                 )?;
                 t.exec("DELETE FROM meta WHERE k = 'enroll_secret'", &[])?;
+                return Ok(true);
             }
-            Ok(())
+            Ok(false)
         })?;
+        if converted && !pg {
+            // Out of the write-ahead log and into the (overwritten) database file now.
+            store
+                .db
+                .with(|c| c.rows("PRAGMA wal_checkpoint(TRUNCATE)", &[]))?;
+        }
         Ok(store)
     }
 

@@ -8,7 +8,7 @@
 mod common;
 use common::*;
 
-use interdict_collector::{Config, Store};
+use interdict_collector::{Config, Incoming, Store};
 use interdict_event::{Event, EventKind, GENESIS_HASH};
 use serde_json::{json, Value};
 
@@ -937,4 +937,61 @@ proptest::proptest! {
             proptest::prop_assert_eq!(store.event_count("fz").unwrap(), before);
         }
     }
+}
+
+#[test]
+fn issue_13_a_database_of_the_previous_schema_is_migrated_and_verifies() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("old.db");
+    // The schema as it was (migrations 1 and 2), with what an older collector stored.
+    let c = rusqlite::Connection::open(&db).unwrap();
+    c.execute_batch(
+        "CREATE TABLE schema_version (n BIGINT NOT NULL); INSERT INTO schema_version VALUES (2);
+         CREATE TABLE meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);
+         CREATE TABLE hosts (host_id TEXT PRIMARY KEY, hostname TEXT NOT NULL, token_sha256 TEXT NOT NULL UNIQUE,
+             enrolled_ms BIGINT NOT NULL, last_seen_ms BIGINT, last_seq BIGINT NOT NULL DEFAULT 0,
+             last_hash TEXT NOT NULL, version TEXT, policy_sha256 TEXT, mode TEXT);
+         CREATE TABLE reviewers (name TEXT PRIMARY KEY, token_sha256 TEXT NOT NULL UNIQUE);
+         CREATE TABLE events (id TEXT PRIMARY KEY, host_id TEXT NOT NULL, seq BIGINT NOT NULL, time_ms BIGINT NOT NULL,
+             kind TEXT NOT NULL, rule_id TEXT, user_name TEXT, outcome TEXT, json TEXT NOT NULL, received_ms BIGINT NOT NULL,
+             rule_action TEXT);
+         CREATE INDEX events_time ON events (time_ms, id);
+         CREATE TABLE findings (id INTEGER PRIMARY KEY, host_id TEXT NOT NULL, kind TEXT NOT NULL, from_seq BIGINT NOT NULL,
+             to_seq BIGINT NOT NULL, detail TEXT NOT NULL, at_ms BIGINT NOT NULL);
+         CREATE TABLE counters (name TEXT PRIMARY KEY, n BIGINT NOT NULL);
+         INSERT INTO meta VALUES ('enroll_secret', 'old-plain-secret');",
+    )
+    .unwrap();
+    let evs = chain("h1", 1, GENESIS_HASH, 5);
+    c.execute(
+        "INSERT INTO hosts (host_id, hostname, token_sha256, enrolled_ms, last_seq, last_hash) VALUES ('h1', 'h1.corp', 'x', 1, 5, ?1)",
+        [evs[4].record_hash()],
+    )
+    .unwrap();
+    for (i, e) in evs.iter().enumerate() {
+        c.execute(
+            "INSERT INTO events (id, host_id, seq, time_ms, kind, json, received_ms) VALUES (?1, 'h1', ?2, 1, 'exec_denied', ?3, ?4)",
+            rusqlite::params![e.id, i as i64 + 1, e.to_json_line(), 1000 + i as i64],
+        )
+        .unwrap();
+    }
+    drop(c);
+    let store = Store::open(&db).unwrap();
+    assert!(store.check_enroll_secret("old-plain-secret").unwrap());
+    let raw = std::fs::read(&db).unwrap();
+    assert!(
+        !String::from_utf8_lossy(&raw).contains("old-plain-secret"),
+        "kept hashed only"
+    );
+    let key = interdict_collector::keys::generate();
+    let reports = store
+        .verify(&interdict_collector::keys::public_hex(&key))
+        .unwrap();
+    assert!(reports[0].intact(), "{reports:?}");
+    assert_eq!(reports[0].records, 5);
+    // And the host goes on where it was.
+    let next = chain("h1", 6, &evs[4].record_hash(), 1);
+    let inc = vec![Incoming::parse(&next[0].to_json_line()).unwrap()];
+    let r = store.ingest("h1", inc, 0).unwrap();
+    assert_eq!((r.acked_seq, r.findings), (6, 0));
 }
