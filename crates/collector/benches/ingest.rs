@@ -208,6 +208,37 @@ fn query(store: &Store) -> (Duration, Duration, usize) {
     (pct(&mut lat, 0.5), pct(&mut lat, 0.99), rows)
 }
 
+/// The reviewer API, as `interdict logs verify` uses it.
+struct Http {
+    url: String,
+    token: String,
+}
+
+impl interdict_chain::remote::Api for Http {
+    fn get(
+        &mut self,
+        path: &str,
+        query: &[(&str, &str)],
+    ) -> Result<(String, Option<String>), interdict_chain::remote::ApiError> {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .build()
+            .into();
+        let mut r = agent
+            .get(&format!("{}{path}", self.url))
+            .query_pairs(query.iter().copied())
+            .header("Authorization", &format!("Bearer {}", self.token))
+            .call()?;
+        let next = r
+            .headers()
+            .get("x-next-cursor")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let body = r.body_mut().with_config().limit(1 << 30).read_to_string()?;
+        Ok((body, next))
+    }
+}
+
 /// A keep-alive HTTP/1.1 connection, as an agent holds one.
 struct Conn {
     s: std::io::BufReader<std::net::TcpStream>,
@@ -464,12 +495,40 @@ fn main() {
             let verified = s.elapsed();
             let records: u64 = reports.iter().map(|r| r.records).sum();
             assert!(reports.iter().all(|r| r.intact()));
+            // The same, client-side over HTTP, as `interdict logs verify` does it.
+            let second = match name {
+                "sqlite" => Store::open(&dir.path().join("query.db")).unwrap(),
+                _ => Store::open_postgres(&pg2.params()).unwrap(),
+            };
+            let reviewer = second.add_reviewer("bench").unwrap();
+            let server = Background::start(
+                "127.0.0.1:0",
+                App::new(second, unlimited(), key.clone()),
+                None,
+            )
+            .unwrap();
+            let s = Instant::now();
+            let v = interdict_chain::remote::verify(
+                &mut Http {
+                    url: format!("http://{}", server.addr()),
+                    token: reviewer,
+                },
+                &interdict_chain::remote::Options {
+                    key: Some(public.clone()),
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+            let client = s.elapsed();
+            assert!(v.ok(), "{}", v.render());
+            drop(server);
             println!(
-                "  {name:<10} query p50 {:>6.2} ms  p99 {:>6.2} ms  ({rows} rows per page); verify {records} records in {:.2} s ({:.0} records/s); filled in {:.0} s",
+                "  {name:<10} query p50 {:>6.2} ms  p99 {:>6.2} ms  ({rows} rows per page); verify {records} records in {:.2} s ({:.0} records/s), client-side over HTTP {:.2} s; filled in {:.0} s",
                 ms(p50),
                 ms(p99),
                 verified.as_secs_f64(),
                 records as f64 / verified.as_secs_f64(),
+                client.as_secs_f64(),
                 filled.as_secs_f64()
             );
         }

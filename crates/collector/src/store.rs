@@ -1284,7 +1284,7 @@ impl Store {
             c.each(
                 &format!(
                     "SELECT epoch, seq, ingest_seq, raw FROM events WHERE host_id = ?1
-                     AND (epoch > ?2 OR (epoch = ?2 AND (seq > ?3 OR (seq = ?3 AND ingest_seq > ?4))))
+                     AND (epoch, seq, ingest_seq) > (?2, ?3, ?4)
                      ORDER BY epoch, seq, ingest_seq LIMIT {}",
                     max_events + 1
                 ),
