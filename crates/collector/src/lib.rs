@@ -111,17 +111,24 @@ impl App {
     }
 }
 
-/// Background chores while serving: counters saved every 5 s, retention pruning hourly.
+/// Background chores while serving: counters saved every 5 s; hourly, retention pruning and
+/// the query planner's statistics.
 async fn chores(app: Arc<App>) {
     let mut tick = tokio::time::interval(Duration::from_secs(5));
     let mut n: u64 = 0;
     loop {
         tick.tick().await;
         let a = app.clone();
-        let prune = a.config.retain_days > 0 && n % 720 == 0;
+        let hourly = n % 720 == 0;
+        let prune = a.config.retain_days > 0 && hourly;
         n += 1;
         let _ = tokio::task::spawn_blocking(move || {
             a.flush_counters();
+            if hourly {
+                if let Err(e) = a.store.optimize() {
+                    tracing::warn!("planner statistics: {e}");
+                }
+            }
             if prune {
                 let before = store::now_ms() - a.config.retain_days as i64 * 86_400_000;
                 match a.store.prune(before, &a.key) {
@@ -271,6 +278,27 @@ async fn read_body(
     })
 }
 
+/// Read and discard a refused request's body when it is small (an agent's batch, up to 1 MiB,
+/// declared by Content-Length), so that the agent reads the refusal (401: enroll again) instead
+/// of failing to send; larger or undeclared bodies are not read at all.
+async fn drain_small(headers: &HeaderMap, mut body: Body) {
+    use http_body::Body as _;
+    let small = headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .is_some_and(|n| n <= 1 << 20);
+    if !small {
+        return;
+    }
+    let read = async {
+        while let Some(Ok(_)) =
+            std::future::poll_fn(|cx| std::pin::Pin::new(&mut body).poll_frame(cx)).await
+        {}
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(5), read).await;
+}
+
 /// An enrollment request.
 #[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -395,7 +423,10 @@ async fn ingest(
 ) -> Response {
     let principal = match who(&app, &headers, peer).await {
         Ok(p) => p,
-        Err(r) => return r,
+        Err(r) => {
+            drain_small(&headers, body).await;
+            return r;
+        }
     };
     let host = match &principal {
         Principal::Host(h) => h.clone(),

@@ -95,6 +95,7 @@ ALTER TABLE events3 RENAME TO events;
 CREATE UNIQUE INDEX events_host_id ON events (host_id, id);
 CREATE INDEX events_chain ON events (host_id, epoch, seq);
 CREATE INDEX events_host ON events (host_id, ingest_seq);
+CREATE INDEX events_host_rule ON events (host_id, rule_id, ingest_seq);
 CREATE INDEX events_rule ON events (rule_id, ingest_seq);
 CREATE INDEX events_user ON events (user_name, ingest_seq);
 CREATE INDEX events_outcome ON events (outcome, ingest_seq);
@@ -468,6 +469,15 @@ impl Store {
                 r: Mutex::new(Some(Box::new(r))),
             },
         })
+    }
+
+    /// Refresh the query planner's statistics where that is worth it (SQLite's `PRAGMA
+    /// optimize`; PostgreSQL's autovacuum does it by itself).
+    pub fn optimize(&self) -> Result<(), StoreError> {
+        if !self.db.is_postgres() {
+            self.db.with(|c| c.rows("PRAGMA optimize", &[]))?;
+        }
+        Ok(())
     }
 
     /// True on PostgreSQL.
