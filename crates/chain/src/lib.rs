@@ -158,6 +158,67 @@ pub fn link(raw: &str) -> Result<Link, ChainError> {
     })
 }
 
+#[derive(Deserialize)]
+struct RawCheck<'a> {
+    #[serde(borrow)]
+    host_id: Cow<'a, str>,
+    seq: Option<u64>,
+    #[serde(borrow, default)]
+    prev_hash: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    kind: Cow<'a, str>,
+    #[serde(borrow, default)]
+    message: Option<Cow<'a, str>>,
+}
+
+/// What a walk needs of one record, read from its bytes (which need not be kept).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Checked {
+    /// Its sequence number.
+    pub seq: u64,
+    /// The `prev_hash` it says.
+    pub prev: Hash,
+    /// SHA-256 of its bytes.
+    pub hash: Hash,
+    /// A heartbeat's acknowledged (seq, hash).
+    pub acked: Option<(u64, Hash)>,
+    /// The host it says it is from, when that is not the host expected.
+    pub other_host: Option<String>,
+}
+
+/// Read the chain fields of one record of `host` (cheaper than [`link`]: nothing is copied
+/// unless the record names another host).
+pub fn check(raw: &str, host: &str) -> Result<Checked, ChainError> {
+    let r: RawCheck<'_> =
+        serde_json::from_str(raw).map_err(|e| ChainError::Record(e.to_string()))?;
+    let seq = r
+        .seq
+        .filter(|s| *s > 0)
+        .ok_or_else(|| ChainError::Record("no seq".into()))?;
+    let prev = r
+        .prev_hash
+        .as_deref()
+        .and_then(unhex)
+        .ok_or_else(|| ChainError::Record("no valid prev_hash".into()))?;
+    let acked = if r.kind == "heartbeat" {
+        r.message
+            .as_deref()
+            .and_then(|m| serde_json::from_str::<HeartbeatMessage>(m).ok())
+            .and_then(|m| m.acked)
+            .and_then(|a| Some((a.seq, unhex(&a.hash)?)))
+            .filter(|(s, _)| *s > 0)
+    } else {
+        None
+    };
+    Ok(Checked {
+        seq,
+        prev,
+        hash: sha256(raw.as_bytes()),
+        acked,
+        other_host: (r.host_id != host).then(|| r.host_id.into_owned()),
+    })
+}
+
 /// A problem found re-deriving a chain: what, where, and who is to blame when that is known.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Problem {
@@ -295,12 +356,18 @@ impl HostWalk {
     /// One stored record: the chain (`epoch`, 0 = outside) and sequence number the store filed
     /// it under, and its bytes.
     pub fn add(&mut self, epoch: u64, seq: u64, raw: &str) {
-        self.add_link(epoch, seq, link(raw))
+        let c = check(raw, &self.host_id);
+        self.add_checked(epoch, seq, c)
     }
 
-    /// One stored record, already read with [`link`] (which may run on other threads: records
+    /// The host being walked.
+    pub fn host_id(&self) -> &str {
+        &self.host_id
+    }
+
+    /// One stored record, already read with [`check`] (which may run on other threads: records
     /// may come in any order).
-    pub fn add_link(&mut self, epoch: u64, seq: u64, l: Result<Link, ChainError>) {
+    pub fn add_checked(&mut self, epoch: u64, seq: u64, l: Result<Checked, ChainError>) {
         self.records += 1;
         let l = match l {
             Ok(l) => l,
@@ -314,15 +381,16 @@ impl HostWalk {
                 )
             }
         };
-        if l.host_id != self.host_id || l.seq != seq {
+        if l.other_host.is_some() || l.seq != seq {
+            let host = l.other_host.unwrap_or_else(|| self.host_id.clone());
             return self.problem(
                 epoch,
                 seq,
                 seq,
                 "altered",
                 format!(
-                    "the record stored as host {} record {seq} says it is host {} record {}",
-                    self.host_id, l.host_id, l.seq
+                    "the record stored as host {} record {seq} says it is host {host} record {}",
+                    self.host_id, l.seq
                 ),
             );
         }

@@ -80,13 +80,13 @@ pub trait Exec {
     fn exec(&mut self, sql: &str, args: &[Val]) -> Result<u64, DbError>;
     /// Run a query; every row.
     fn rows(&mut self, sql: &str, args: &[Val]) -> Result<Vec<Vec<Val>>, DbError>;
-    /// Run a query, handing each row to `f` as it is read, until `f` says to stop (false): for
-    /// results too large to hold at once.
+    /// Run a query, handing each row to `f` as it is read (`f` may take its values), until `f`
+    /// says to stop (false): for results too large to hold at once.
     fn each(
         &mut self,
         sql: &str,
         args: &[Val],
-        f: &mut dyn FnMut(&[Val]) -> bool,
+        f: &mut dyn FnMut(&mut [Val]) -> bool,
     ) -> Result<(), DbError>;
 }
 
@@ -153,7 +153,10 @@ fn sqlite_exec(c: &rusqlite::Connection, sql: &str, args: &[Val]) -> Result<u64,
 fn sqlite_val(v: rusqlite::types::ValueRef<'_>) -> Val {
     match v {
         rusqlite::types::ValueRef::Integer(x) => Val::Int(x),
-        rusqlite::types::ValueRef::Text(t) => Val::Text(String::from_utf8_lossy(t).into_owned()),
+        rusqlite::types::ValueRef::Text(t) => Val::Text(match std::str::from_utf8(t) {
+            Ok(s) => s.to_owned(),
+            Err(_) => String::from_utf8_lossy(t).into_owned(),
+        }),
         _ => Val::Null,
     }
 }
@@ -162,7 +165,7 @@ fn sqlite_each(
     c: &rusqlite::Connection,
     sql: &str,
     args: &[Val],
-    f: &mut dyn FnMut(&[Val]) -> bool,
+    f: &mut dyn FnMut(&mut [Val]) -> bool,
 ) -> Result<(), DbError> {
     let mut st = c.prepare_cached(sql)?;
     let n = st.column_count();
@@ -173,7 +176,7 @@ fn sqlite_each(
         for i in 0..n {
             row.push(sqlite_val(r.get_ref(i)?));
         }
-        if !f(&row) {
+        if !f(&mut row) {
             break;
         }
     }
@@ -242,7 +245,7 @@ macro_rules! pg_exec {
                 &mut self,
                 sql: &str,
                 args: &[Val],
-                f: &mut dyn FnMut(&[Val]) -> bool,
+                f: &mut dyn FnMut(&mut [Val]) -> bool,
             ) -> Result<(), DbError> {
                 use postgres::fallible_iterator::FallibleIterator;
                 let p = pg_params(args);
@@ -252,7 +255,7 @@ macro_rules! pg_exec {
                         .map(|b| b.as_ref() as &(dyn postgres::types::ToSql + Sync)),
                 )?;
                 while let Some(r) = it.next()? {
-                    if !f(&pg_row(&r)) {
+                    if !f(&mut pg_row(&r)) {
                         break;
                     }
                 }
@@ -278,7 +281,7 @@ macro_rules! sqlite_exec {
                 &mut self,
                 sql: &str,
                 args: &[Val],
-                f: &mut dyn FnMut(&[Val]) -> bool,
+                f: &mut dyn FnMut(&mut [Val]) -> bool,
             ) -> Result<(), DbError> {
                 sqlite_each(self, sql, args, f)
             }

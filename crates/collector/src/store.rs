@@ -1470,8 +1470,10 @@ impl Store {
         let chains = self.chains(None)?;
         let cuts = self.cuts(None)?;
         let findings = self.findings()?;
-        let mut out = Vec::new();
-        for host in hosts {
+        // Two hosts at a time, each on a reading connection of its own (SQLite has three).
+        let queue = Mutex::new(hosts.into_iter());
+        let out = Mutex::new(Vec::new());
+        let one_host = |host: String| -> Result<interdict_chain::HostReport, StoreError> {
             let mut ctx = interdict_chain::HostContext::default();
             let mut cut_problems = Vec::new();
             for c in chains.iter().filter(|c| c.host_id == host) {
@@ -1524,8 +1526,29 @@ impl Store {
             self.walk_records(&host, &mut walk)?;
             let mut report = walk.finish(&ctx);
             report.problems.extend(cut_problems);
-            out.push(report);
-        }
+            Ok(report)
+        };
+        std::thread::scope(|sc| -> Result<(), StoreError> {
+            let workers: Vec<_> = (0..2)
+                .map(|_| {
+                    sc.spawn(|| -> Result<(), StoreError> {
+                        loop {
+                            let Some(host) = queue.lock().expect("queue poisoned").next() else {
+                                return Ok(());
+                            };
+                            let r = one_host(host)?;
+                            out.lock().expect("reports poisoned").push(r);
+                        }
+                    })
+                })
+                .collect();
+            for w in workers {
+                w.join().expect("verification thread")?;
+            }
+            Ok(())
+        })?;
+        let mut out = out.into_inner().expect("reports poisoned");
+        out.sort_by(|a, b| a.host_id.cmp(&b.host_id));
         Ok(out)
     }
 
@@ -1538,15 +1561,15 @@ impl Store {
         walk: &mut interdict_chain::HostWalk,
     ) -> Result<(), StoreError> {
         type Batch = Vec<(u64, u64, String)>;
-        type Linked = Vec<(
+        type Checked = Vec<(
             u64,
             u64,
-            Result<interdict_chain::Link, interdict_chain::ChainError>,
+            Result<interdict_chain::Checked, interdict_chain::ChainError>,
         )>;
         const BATCH: usize = 1024;
         let (tx, rx) = std::sync::mpsc::sync_channel::<Batch>(4);
         let rx = Mutex::new(rx);
-        let (otx, orx) = std::sync::mpsc::sync_channel::<Linked>(4);
+        let (otx, orx) = std::sync::mpsc::sync_channel::<Checked>(4);
         std::thread::scope(|sc| -> Result<(), StoreError> {
             for _ in 0..2 {
                 let (rx, otx) = (&rx, otx.clone());
@@ -1554,11 +1577,11 @@ impl Store {
                     let Ok(batch) = rx.lock().expect("queue poisoned").recv() else {
                         return;
                     };
-                    let linked = batch
+                    let checked = batch
                         .into_iter()
-                        .map(|(e, s, raw)| (e, s, interdict_chain::link(&raw)))
+                        .map(|(e, s, raw)| (e, s, interdict_chain::check(&raw, host)))
                         .collect();
-                    if otx.send(linked).is_err() {
+                    if otx.send(checked).is_err() {
                         return;
                     }
                 });
@@ -1566,8 +1589,8 @@ impl Store {
             drop(otx);
             let feeder = sc.spawn(move || {
                 for batch in orx {
-                    for (e, s, l) in batch {
-                        walk.add_link(e, s, l);
+                    for (e, s, c) in batch {
+                        walk.add_checked(e, s, c);
                     }
                 }
             });
@@ -1577,8 +1600,9 @@ impl Store {
                     "SELECT epoch, seq, raw FROM events WHERE host_id = ?1 ORDER BY epoch, seq",
                     &[host.into()],
                     &mut |r| {
-                        if let Val::Text(raw) = &r[2] {
-                            batch.push((u(&r[0]), u(&r[1]), raw.clone()));
+                        let (epoch, seq) = (u(&r[0]), u(&r[1]));
+                        if let Val::Text(raw) = &mut r[2] {
+                            batch.push((epoch, seq, std::mem::take(raw)));
                         }
                         if batch.len() == BATCH {
                             let full = std::mem::replace(&mut batch, Vec::with_capacity(BATCH));
