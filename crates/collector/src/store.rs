@@ -168,6 +168,9 @@ pub enum IngestError {
     /// The host was deleted.
     #[error("this host is no longer enrolled")]
     Gone,
+    /// (Internal) an event id was stored before after all: the batch is done again.
+    #[error("an event id was stored before")]
+    Recheck,
 }
 
 /// Who a bearer token belongs to.
@@ -773,6 +776,21 @@ impl Store {
         quota_bytes: u64,
     ) -> Result<Ingested, IngestError> {
         events.sort_by_key(|e| e.seq);
+        // Usually every event is new: its ids are then not looked up first, and if one was
+        // stored before after all, the batch is done again, looking them up.
+        match self.ingest_pass(host_id, &events, quota_bytes, false) {
+            Err(IngestError::Recheck) => self.ingest_pass(host_id, &events, quota_bytes, true),
+            r => r,
+        }
+    }
+
+    fn ingest_pass(
+        &self,
+        host_id: &str,
+        events: &[Incoming],
+        quota_bytes: u64,
+        look_up_ids: bool,
+    ) -> Result<Ingested, IngestError> {
         let lock = self.lock_clause();
         let now = now_ms();
         let batch_bytes: u64 = events.iter().map(|e| e.raw.len() as u64).sum();
@@ -797,9 +815,11 @@ impl Store {
                     cut_hash: hex(&GENESIS),
                 });
             let mut out = Ingested::default();
-            // Ids stored before: the same bytes are a resend, different bytes a conflict.
+            // Ids stored before: the same bytes are a resend, different bytes a conflict. Only
+            // a batch reaching back to numbers acknowledged before is likely to hold any.
+            let look_up_ids = look_up_ids || events.first().is_some_and(|e| e.seq <= chain.head_seq);
             let mut known: HashMap<String, String> = HashMap::new();
-            for chunk in events.chunks(IN_CHUNK) {
+            for chunk in events.chunks(IN_CHUNK).filter(|_| look_up_ids) {
                 let mut args: Vec<Val> = vec![host_id.into()];
                 args.extend(chunk.iter().map(|e| Val::from(e.event.id.as_str())));
                 for r in t.rows(
@@ -816,7 +836,7 @@ impl Store {
             for e in events {
                 match known.get(&e.event.id) {
                     Some(raw) if *raw == e.raw => out.duplicates += 1,
-                    Some(_) => return Err(IngestError::Conflict(e.event.id)),
+                    Some(_) => return Err(IngestError::Conflict(e.event.id.clone())),
                     None => fresh.push(e),
                 }
             }
@@ -881,7 +901,7 @@ impl Store {
             let mut closed: Vec<ChainRow> = Vec::new();
             let mut placed: Vec<(u64, &Incoming)> = Vec::with_capacity(fresh.len());
             let mut late: BTreeSet<u64> = BTreeSet::new();
-            for e in &fresh {
+            for &e in &fresh {
                 let s = e.seq;
                 if s > head_seq {
                     if s == head_seq + 1 {
@@ -992,7 +1012,11 @@ impl Store {
                             now.into(),
                         ]);
                     }
-                    t.exec(&sql, &args)?;
+                    sql.push_str(" ON CONFLICT (host_id, id) DO NOTHING");
+                    if t.exec(&sql, &args)? != chunk.len() as u64 {
+                        // An id stored before that was not looked up: again, looking up.
+                        return Err(IngestError::Recheck);
+                    }
                 }
             }
             // Late records: do they link to their neighbours? Which gaps do they settle?
