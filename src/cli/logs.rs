@@ -1,10 +1,106 @@
 //! `interdict logs`: the reviewer's view of the central log, through the collector's API with a
 //! reviewer token (`--token` or `INTERDICT_REVIEWER_TOKEN`).
+//!
+//! Everything a host sent is printed with its control characters escaped (JSON `\uXXXX` in
+//! NDJSON, `\u{..}` in reports), so an enrolled host cannot paint a reviewer's terminal.
+//! `verify` re-derives every chain here from the records as stored, and checks them against
+//! checkpoints exported earlier with `checkpoint`.
 
 use std::io::Write;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
+
+/// `interdict logs ...`.
+#[derive(Debug, clap::Subcommand)]
+pub enum LogsCommand {
+    /// Print matching events as NDJSON (every page). Exit 0.
+    Query {
+        #[command(flatten)]
+        endpoint: Endpoint,
+        #[command(flatten)]
+        filter: Filter,
+    },
+    /// Print matching events, then new ones as the collector stores them (an event shipped
+    /// late by a host that was offline is shown when it arrives).
+    Tail {
+        #[command(flatten)]
+        endpoint: Endpoint,
+        #[command(flatten)]
+        filter: Filter,
+        /// Seconds between polls.
+        #[arg(long, default_value_t = 2)]
+        every_s: u64,
+    },
+    /// Re-derive every host's chain from the stored records and report gaps, broken links,
+    /// records altered or removed at the collector. Exit 1 when anything is wrong.
+    Verify {
+        #[command(flatten)]
+        endpoint: Endpoint,
+        /// A checkpoint exported earlier with `interdict logs checkpoint` (repeatable): every
+        /// chain head it holds must still be there, unchanged.
+        #[arg(long, value_name = "FILE")]
+        checkpoint: Vec<PathBuf>,
+        /// The collector's public key (hex, `interdict-collector key`): cuts and checkpoints
+        /// must be signed with it.
+        #[arg(long, value_name = "HEX")]
+        key: Option<String>,
+    },
+    /// Export a signed checkpoint of every chain's head (to keep outside the collector and
+    /// give to `verify --checkpoint` later).
+    Checkpoint {
+        #[command(flatten)]
+        endpoint: Endpoint,
+        /// Write it here instead of standard output.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
+}
+
+/// Run a `logs` command; the exit code.
+pub fn run(cmd: LogsCommand) -> anyhow::Result<u8> {
+    match cmd {
+        LogsCommand::Query { endpoint, filter } => {
+            query(&endpoint, &filter, None)?;
+            Ok(0)
+        }
+        LogsCommand::Tail {
+            endpoint,
+            filter,
+            every_s,
+        } => {
+            tail(&endpoint, &filter, Duration::from_secs(every_s))?;
+            Ok(0)
+        }
+        LogsCommand::Verify {
+            endpoint,
+            checkpoint,
+            key,
+        } => Ok(if verify(&endpoint, &checkpoint, key)? {
+            0
+        } else {
+            1
+        }),
+        LogsCommand::Checkpoint { endpoint, out } => {
+            let (body, _) = get(&endpoint, "/v1/checkpoint", &[])?;
+            let s: interdict_chain::Signed =
+                serde_json::from_str(&body).context("the collector's checkpoint")?;
+            let c = interdict_chain::open_checkpoint(&s, None)
+                .context("the collector's checkpoint does not verify")?;
+            let text = serde_json::to_string_pretty(&s)? + "\n";
+            match out {
+                Some(p) => std::fs::write(&p, text).with_context(|| format!("{}", p.display()))?,
+                None => std::io::stdout().write_all(text.as_bytes())?,
+            }
+            eprintln!(
+                "checkpoint of {} chain head(s), tree head {}, signed by {}",
+                c.tree_size, c.root, s.key
+            );
+            Ok(0)
+        }
+    }
+}
 
 /// Which events to fetch.
 #[derive(Debug, Clone, Default, clap::Args)]
@@ -27,10 +123,10 @@ pub struct Filter {
     /// The rule's action (block, kill, quarantine, report).
     #[arg(long)]
     pub action: Option<String>,
-    /// From this time (UTC: 2026-11-26T09:30:00Z, with or without milliseconds, or a date).
+    /// From this event time (UTC: 2026-11-26T09:30:00Z, with or without milliseconds, or a date).
     #[arg(long)]
     pub since: Option<String>,
-    /// Until this time (exclusive; same forms as --since).
+    /// Until this event time (exclusive; same forms as --since).
     #[arg(long)]
     pub until: Option<String>,
     /// native, ocsf or ecs.
@@ -57,11 +153,12 @@ fn client() -> ureq::Agent {
         .into()
 }
 
-fn get(
+/// One page: the body, and the `X-Next-Cursor` and `X-Cursor` headers.
+fn page(
     ep: &Endpoint,
     path: &str,
     query: &[(&str, &str)],
-) -> anyhow::Result<(String, Option<String>)> {
+) -> anyhow::Result<(String, Option<String>, Option<String>)> {
     let url = format!("{}{path}", ep.collector.trim_end_matches('/'));
     let mut resp = client()
         .get(&url)
@@ -70,16 +167,34 @@ fn get(
         .call()
         .with_context(|| format!("cannot reach the collector at {}", ep.collector))?;
     let status = resp.status().as_u16();
-    let next = resp
-        .headers()
-        .get("x-next-cursor")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
-    let body = resp.body_mut().read_to_string()?;
+    let header = |n: &str| {
+        resp.headers()
+            .get(n)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    let (next, cursor) = (header("x-next-cursor"), header("x-cursor"));
+    let body = resp
+        .body_mut()
+        .with_config()
+        .limit(1 << 30)
+        .read_to_string()?;
     if !(200..300).contains(&status) {
-        anyhow::bail!("the collector answered {status}: {}", body.trim());
+        anyhow::bail!(
+            "the collector answered {status}: {}",
+            interdict_chain::printable(body.trim())
+        );
     }
-    Ok((body, next))
+    Ok((body, next, cursor))
+}
+
+fn get(
+    ep: &Endpoint,
+    path: &str,
+    query: &[(&str, &str)],
+) -> anyhow::Result<(String, Option<String>)> {
+    let (b, n, _) = page(ep, path, query)?;
+    Ok((b, n))
 }
 
 /// The query parameters of `f`, and of the page after `after`.
@@ -103,7 +218,8 @@ fn params<'a>(f: &'a Filter, after: Option<&'a str>) -> Vec<(&'static str, &'a s
     q
 }
 
-/// Print every matching event as NDJSON, following pages; returns the last cursor.
+/// Print every matching event stored after `after` as NDJSON (escaped for the terminal),
+/// following pages; returns the cursor of the last event the collector has stored so far.
 pub fn query(
     ep: &Endpoint,
     f: &Filter,
@@ -111,64 +227,56 @@ pub fn query(
 ) -> anyhow::Result<Option<String>> {
     let mut out = std::io::stdout().lock();
     loop {
-        let (body, next) = get(ep, "/v1/events", &params(f, after.as_deref()))?;
-        out.write_all(body.as_bytes())?;
-        // The cursor of the last event printed, for `tail`.
-        if let Some(last) = body.lines().last() {
-            if let Ok(v) = serde_json::from_str::<serde_json::Value>(last) {
-                if let (Some(t), Some(id)) = (
-                    v["time"]
-                        .as_str()
-                        .and_then(interdict_event::parse_rfc3339_millis),
-                    v["id"].as_str(),
-                ) {
-                    after = Some(format!("{t}/{id}"));
-                }
-            }
+        let (body, next, cursor) = page(ep, "/v1/events", &params(f, after.as_deref()))?;
+        for line in body.lines() {
+            out.write_all(interdict_chain::safe_json_line(line).as_bytes())?;
+            out.write_all(b"\n")?;
         }
-        match next {
-            Some(n) => after = Some(n),
-            None => return Ok(after),
+        out.flush()?;
+        after = cursor.or(after);
+        if next.is_none() {
+            return Ok(after);
         }
     }
 }
 
-/// Follow new events as they arrive (native format; polls every `every`).
+/// Follow new events as the collector stores them (polls every `every`). The cursor is the
+/// collector's own storage order, so an event dated in the past (shipped late) or in the future
+/// neither hides nor is hidden.
 pub fn tail(ep: &Endpoint, f: &Filter, every: Duration) -> anyhow::Result<()> {
-    let mut f = f.clone();
-    f.format = "native".into();
     let mut after = None;
     loop {
-        after = query(ep, &f, after.clone())?.or(after);
+        after = query(ep, f, after.clone())?.or(after);
         std::thread::sleep(every);
     }
 }
 
-/// Print the chain report per host; `Ok(false)` when any host has findings or missing records.
-pub fn verify(ep: &Endpoint) -> anyhow::Result<bool> {
-    let (body, _) = get(ep, "/v1/verify", &[])?;
-    let v: serde_json::Value = serde_json::from_str(&body)?;
-    let mut ok = true;
-    for h in v["hosts"].as_array().into_iter().flatten() {
-        let intact = h["intact"].as_bool().unwrap_or(false);
-        ok &= intact;
-        println!(
-            "{} {} ({}): {} event(s), last seq {}",
-            if intact { "intact " } else { "BROKEN " },
-            h["host_id"].as_str().unwrap_or("?"),
-            h["hostname"].as_str().unwrap_or("?"),
-            h["events"],
-            h["last_seq"]
-        );
-        for f in h["findings"].as_array().into_iter().flatten() {
-            println!(
-                "  {} seq {}..{}: {}",
-                f["kind"].as_str().unwrap_or("?"),
-                f["from_seq"],
-                f["to_seq"],
-                f["detail"].as_str().unwrap_or("")
-            );
-        }
+struct Http<'a>(&'a Endpoint);
+
+impl interdict_chain::remote::Api for Http<'_> {
+    fn get(
+        &mut self,
+        path: &str,
+        query: &[(&str, &str)],
+    ) -> Result<(String, Option<String>), interdict_chain::remote::ApiError> {
+        get(self.0, path, query).map_err(|e| format!("{e:#}").into())
     }
-    Ok(ok)
+}
+
+/// Re-derive every chain and print the report; `Ok(false)` when anything is wrong.
+pub fn verify(ep: &Endpoint, checkpoints: &[PathBuf], key: Option<String>) -> anyhow::Result<bool> {
+    let mut opts = interdict_chain::remote::Options {
+        key,
+        ..Default::default()
+    };
+    for p in checkpoints {
+        let text = std::fs::read_to_string(p).with_context(|| format!("{}", p.display()))?;
+        let s: interdict_chain::Signed = serde_json::from_str(&text)
+            .with_context(|| format!("{}: not a checkpoint", p.display()))?;
+        opts.checkpoints.push((p.display().to_string(), s));
+    }
+    let v = interdict_chain::remote::verify(&mut Http(ep), &opts)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    print!("{}", v.render());
+    Ok(v.ok())
 }

@@ -47,7 +47,7 @@ pub struct Cli {
 enum Command {
     /// Read the central log through the collector (reviewer token).
     #[command(subcommand)]
-    Logs(LogsCommand),
+    Logs(logs::LogsCommand),
     /// Work with policy files.
     #[command(subcommand)]
     Policy(PolicyCommand),
@@ -222,32 +222,6 @@ impl StateArgs {
 }
 
 #[derive(Debug, Subcommand)]
-enum LogsCommand {
-    /// Print matching events as NDJSON (every page). Exit 0.
-    Query {
-        #[command(flatten)]
-        endpoint: crate::cli::logs::Endpoint,
-        #[command(flatten)]
-        filter: crate::cli::logs::Filter,
-    },
-    /// Print matching events, then new ones as they arrive.
-    Tail {
-        #[command(flatten)]
-        endpoint: crate::cli::logs::Endpoint,
-        #[command(flatten)]
-        filter: crate::cli::logs::Filter,
-        /// Seconds between polls.
-        #[arg(long, default_value_t = 2)]
-        every_s: u64,
-    },
-    /// Per-host chain report: sequence gaps and broken links. Exit 1 when any host has one.
-    Verify {
-        #[command(flatten)]
-        endpoint: crate::cli::logs::Endpoint,
-    },
-}
-
-#[derive(Debug, Subcommand)]
 enum HashesCommand {
     /// List learned hashes: rule, digest, size, where and how each was first seen.
     List {
@@ -355,25 +329,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 .init();
             crate::agent::run(&policy, config.as_deref())
         }
-        Command::Logs(LogsCommand::Query { endpoint, filter }) => {
-            crate::cli::logs::query(&endpoint, &filter, None)?;
-            Ok(exit::OK)
-        }
-        Command::Logs(LogsCommand::Tail {
-            endpoint,
-            filter,
-            every_s,
-        }) => {
-            crate::cli::logs::tail(&endpoint, &filter, std::time::Duration::from_secs(every_s))?;
-            Ok(exit::OK)
-        }
-        Command::Logs(LogsCommand::Verify { endpoint }) => {
-            Ok(if crate::cli::logs::verify(&endpoint)? {
-                exit::OK
-            } else {
-                exit::VIOLATIONS
-            })
-        }
+        Command::Logs(cmd) => logs::run(cmd),
         Command::Hashes(HashesCommand::List { state, format }) => {
             hashes::list(&state.path()?, format)
         }

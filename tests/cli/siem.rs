@@ -8,7 +8,7 @@ use std::process::Command;
 
 use serde_json::Value;
 
-use crate::collector::{counter, free_port, reporting_agent, wait_for};
+use crate::collector::{counter, reporting_agent, wait_for};
 use crate::support::agent::{rule, unique_copy, Agent, TmpMount, POLICY_HEAD};
 use crate::support::*;
 
@@ -98,18 +98,20 @@ fn issue_18_every_kind_from_a_live_agent_validates_as_ocsf_and_ecs() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("collector.db");
     let store = interdict_collector::Store::open(&db).unwrap();
-    let secret = store.enroll_secret().unwrap();
+    let secret = store.rotate_enroll_secret().unwrap();
     let reviewer = store.add_reviewer("soc").unwrap();
-    let port = free_port();
-    let _collector = interdict_collector::Background::start(
-        ("127.0.0.1", port),
-        interdict_collector::App {
-            store,
-            silent_after_ms: 60_000,
+    let reserved = crate::collector::Reserved::new();
+    let port = reserved.port;
+    let app = interdict_collector::App::new(
+        store,
+        interdict_collector::Config {
+            silent_after_s: 60,
+            ..Default::default()
         },
-        None,
-    )
-    .unwrap();
+        interdict_collector::keys::generate(),
+    );
+    let _collector =
+        interdict_collector::Background::start_on(reserved.listen(), app, None).unwrap();
     let mut agent = Agent::start(
         &policy,
         &format!(

@@ -38,6 +38,11 @@ fn beat(shared: &Shared, started: Instant) {
             "uptime_s": st.uptime_s,
             "sensors": st.sensors,
             "counters": st.counters,
+            // What the collector acknowledged last, as this host hashed it: lets the
+            // collector's verification tell records removed there from records lost here.
+            "acked": crate::agent::sinks::ship::acked_record(
+                &shared.config.agent.state_dir.join("spool")
+            ),
         })
         .to_string(),
     );

@@ -3,8 +3,12 @@
 //! At-least-once: a batch is acknowledged by the collector's `acked_seq` and only then marked
 //! delivered in the spool (`acked`), so a crash between sending and recording resends it; the
 //! collector stores each event id once. Failures (unreachable, 5xx) are retried with exponential
-//! backoff (0.5 s doubling to 30 s) with jitter; a 401 re-enrolls; a batch refused as invalid
-//! (other 4xx) is skipped and counted (`ship_rejected`), since resending it cannot succeed.
+//! backoff (0.5 s doubling to 30 s) with jitter, and so are 408 and 429 (over the collector's
+//! rate limit); a 401 re-enrolls; a batch refused as invalid (other 4xx, such as 422 for a
+//! duplicate id) is sent again one event at a time, and only the events refused on their own are
+//! skipped and counted (`ship_rejected`), since resending them cannot succeed. After each
+//! acknowledgement, the acknowledged record's sequence number and hash go to `acked.hash` in the
+//! spool, and heartbeats carry them.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering::Relaxed;
@@ -120,6 +124,8 @@ fn post(
     match status {
         200..=299 => Ok(text),
         401 => Err(ShipError::Unauthorized),
+        // Over a rate limit, a timeout, busy: the same batch succeeds later.
+        408 | 429 => Err(ShipError::Retry(format!("{status} {text}"))),
         400..=499 => Err(ShipError::Rejected(format!("{status} {text}"))),
         _ => Err(ShipError::Retry(format!("{status} {text}"))),
     }
@@ -183,10 +189,40 @@ pub fn ship_once(
                 .ok()
                 .and_then(|v| v["acked_seq"].as_u64())
                 .ok_or_else(|| ShipError::Retry("answer without acked_seq".into()))?;
-            crate::agent::sinks::spool::ack(spool_dir, acked_seq.min(last))
+            let acked = acked_seq.min(last);
+            crate::agent::sinks::spool::ack(spool_dir, acked)
                 .map_err(|e| ShipError::Retry(format!("spool: {e}")))?;
+            if let Some((_, json)) = recs.iter().find(|(s, _)| *s == acked) {
+                let line = format!("{acked} {}\n", interdict_event::sha256_hex(json.as_bytes()));
+                let _ = crate::fsutil::write_atomic(
+                    &spool_dir.join(ACKED_HASH),
+                    line.as_bytes(),
+                    0o600,
+                );
+            }
             metrics.c.shipped.fetch_add(recs.len() as u64, Relaxed);
             Ok(recs.len())
+        }
+        Err(ShipError::Rejected(why)) if recs.len() > 1 => {
+            // One refused event must not cost the others: send them one at a time, skipping
+            // only what is refused on its own.
+            tracing::warn!(
+                "the collector refused a batch of {} event(s): {why}; sending them one at a time",
+                recs.len()
+            );
+            let one = ShipConfig {
+                batch: 1,
+                ..cfg.clone()
+            };
+            let mut n = 0;
+            for _ in 0..recs.len() {
+                match ship_once(http, &one, spool_dir, token, metrics) {
+                    Ok(k) => n += k,
+                    Err(ShipError::Rejected(_)) => n += 1,
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok(n)
         }
         Err(ShipError::Rejected(why)) => {
             tracing::error!(
@@ -202,6 +238,22 @@ pub fn ship_once(
         }
         Err(e) => Err(e),
     }
+}
+
+/// The file in the spool folder naming the last record the collector acknowledged and its hash
+/// (`SEQ HASH`), for the heartbeat.
+const ACKED_HASH: &str = "acked.hash";
+
+/// The last record the collector acknowledged, as `{seq, hash}` (the hash computed here, from
+/// the record as this host sent it), or null before the first acknowledgement.
+pub fn acked_record(spool_dir: &Path) -> serde_json::Value {
+    std::fs::read_to_string(spool_dir.join(ACKED_HASH))
+        .ok()
+        .and_then(|t| {
+            let (s, h) = t.trim().split_once(' ')?;
+            Some(serde_json::json!({ "seq": s.parse::<u64>().ok()?, "hash": h }))
+        })
+        .unwrap_or(serde_json::Value::Null)
 }
 
 /// Retry delays for the shipper and the syslog sink: 0.5 s doubling to 30 s, each cut to a

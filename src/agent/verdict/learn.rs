@@ -163,10 +163,12 @@ pub fn start(shared: &Arc<Shared>) -> Result<(), StartError> {
 }
 
 /// The sizes of the regular files in the system directories, to find a candidate's twin
-/// without hashing them all. Rebuilt when older than ten minutes.
+/// without hashing them all. Built when first needed (a walk of /usr takes a second or more),
+/// rebuilt when older than ten minutes.
+#[derive(Default)]
 struct SystemSizes {
     sizes: BTreeSet<u64>,
-    built: Instant,
+    built: Option<Instant>,
 }
 
 const SYSTEM_SIZES_TTL: Duration = Duration::from_secs(600);
@@ -190,7 +192,7 @@ impl SystemSizes {
             .collect();
         SystemSizes {
             sizes,
-            built: Instant::now(),
+            built: Some(Instant::now()),
         }
     }
 
@@ -201,7 +203,7 @@ impl SystemSizes {
         digest: Sha256,
         memo: &crate::inventory::hash::HashMemo,
     ) -> Option<PathBuf> {
-        if self.built.elapsed() > SYSTEM_SIZES_TTL {
+        if self.built.is_none_or(|t| t.elapsed() > SYSTEM_SIZES_TTL) {
             *self = SystemSizes::build();
         }
         if !self.sizes.contains(&size) {
@@ -218,7 +220,7 @@ impl SystemSizes {
 const PACKAGES_TTL: Duration = Duration::from_secs(300);
 
 fn run(shared: Arc<Shared>, rx: Receiver<Job>) {
-    let mut system = SystemSizes::build();
+    let mut system = SystemSizes::default();
     recheck(&shared, &mut system);
     let mut packages_read = Instant::now();
     while !shared.shutdown.is_triggered() {
