@@ -506,3 +506,269 @@ fn issue_16_the_agent_package_installs_upgrades_removes_and_purges_with_real_dpk
     }
     host_untouched(&before);
 }
+
+/// The control fields every package shares.
+fn check_fields(deb: &Path, package: &str) {
+    let field = |f: &str| {
+        ok(Command::new("dpkg-deb").arg("--field").arg(deb).arg(f))
+            .trim()
+            .to_string()
+    };
+    assert_eq!(field("Package"), package);
+    assert_eq!(field("Version"), format!("{}-1", env!("CARGO_PKG_VERSION")));
+    assert_eq!(field("Architecture"), arch());
+    assert_eq!(field("Section"), "admin");
+    assert!(
+        field("Depends").starts_with("libc6"),
+        "{}",
+        field("Depends")
+    );
+}
+
+#[test]
+fn issue_16_the_collector_package_holds_every_file_with_its_mode_and_conffiles() {
+    let deb = deb("interdict-collector");
+    check_fields(&deb, "interdict-collector");
+    let ctl = tempfile::tempdir().unwrap();
+    ok(Command::new("dpkg-deb")
+        .arg("--control")
+        .arg(&deb)
+        .arg(ctl.path()));
+    assert_eq!(
+        std::fs::read_to_string(ctl.path().join("conffiles")).unwrap(),
+        "/etc/interdict-collector/collector.toml\n"
+    );
+    for s in ["postinst", "prerm", "postrm"] {
+        let p = ctl.path().join(s);
+        assert_eq!(
+            std::fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o755,
+            "{s}"
+        );
+        assert_eq!(
+            std::fs::read(&p).unwrap(),
+            std::fs::read(repo().join("packaging/deb/interdict-collector").join(s)).unwrap(),
+            "{s} is the repository's"
+        );
+    }
+    assert!(!ctl.path().join("preinst").exists());
+
+    let c = contents(&deb);
+    let files: Vec<(&str, &str)> = vec![
+        ("/usr/bin/interdict-collector", "-rwxr-xr-x"),
+        (
+            "/lib/systemd/system/interdict-collector.service",
+            "-rw-r--r--",
+        ),
+        ("/etc/interdict-collector/collector.toml", "-rw-r-----"),
+        ("/usr/lib/sysusers.d/interdict-collector.conf", "-rw-r--r--"),
+        ("/usr/share/doc/interdict-collector/README.md", "-rw-r--r--"),
+        ("/usr/share/doc/interdict-collector/copyright", "-rw-r--r--"),
+    ];
+    for (path, mode) in &files {
+        let e = c
+            .get(*path)
+            .unwrap_or_else(|| panic!("{path} missing from the package: {c:#?}"));
+        assert_eq!(
+            (e.mode.as_str(), e.owner.as_str()),
+            (*mode, "0/0"),
+            "{path}"
+        );
+    }
+    for (path, e) in &c {
+        let expected = files.iter().any(|(p, _)| p == path)
+            || (e.mode.starts_with('d')
+                && files
+                    .iter()
+                    .any(|(p, _)| p.starts_with(&format!("{path}/"))))
+            || (path.starts_with("/usr/lib/debug/")
+                && (e.mode.starts_with('d') || path.ends_with(".debug")));
+        assert!(expected, "unexpected {path} ({e:?}) in the package");
+        assert_eq!(e.owner, "0/0", "{path}");
+        assert!(e.link.is_none(), "{path} is a link");
+    }
+
+    let x = tempfile::tempdir().unwrap();
+    ok(Command::new("dpkg-deb")
+        .arg("--extract")
+        .arg(&deb)
+        .arg(x.path()));
+    for (installed, source) in [
+        (
+            "etc/interdict-collector/collector.toml",
+            "packaging/etc/interdict-collector/collector.toml",
+        ),
+        (
+            "lib/systemd/system/interdict-collector.service",
+            "packaging/systemd/interdict-collector.service",
+        ),
+        (
+            "usr/lib/sysusers.d/interdict-collector.conf",
+            "packaging/sysusers.d/interdict-collector.conf",
+        ),
+    ] {
+        assert_eq!(
+            std::fs::read(x.path().join(installed)).unwrap(),
+            std::fs::read(repo().join(source)).unwrap(),
+            "{installed}"
+        );
+    }
+    let bin = x.path().join("usr/bin/interdict-collector");
+    assert_eq!(
+        ok(Command::new(&bin).arg("--version")).trim(),
+        format!("interdict-collector {}", env!("CARGO_PKG_VERSION"))
+    );
+    // The shipped configuration is exactly the collector's defaults (every key commented out),
+    // and the installed binary reads it (`key` makes the signing key in a folder of the test's).
+    let config = x.path().join("etc/interdict-collector/collector.toml");
+    let parsed = interdict_collector::config::parse(
+        "collector.toml",
+        &std::fs::read_to_string(&config).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(parsed, interdict_collector::Config::default());
+    let db = x.path().join("state/collector.db");
+    let key = ok(Command::new(&bin)
+        .arg("--config")
+        .arg(&config)
+        .arg("--db")
+        .arg(&db)
+        .arg("key"));
+    assert_eq!(key.trim().len(), 64, "{key}");
+    // The unit runs the binary as the package's system user, never root, with no capability.
+    let unit = std::fs::read_to_string(
+        x.path()
+            .join("lib/systemd/system/interdict-collector.service"),
+    )
+    .unwrap();
+    for line in [
+        "User=interdict-collector",
+        "CapabilityBoundingSet=",
+        "NoNewPrivileges=yes",
+        "ExecStart=/usr/bin/interdict-collector --config /etc/interdict-collector/collector.toml serve",
+    ] {
+        assert!(unit.lines().any(|l| l == line), "{line} missing from the unit:\n{unit}");
+    }
+}
+
+#[test]
+fn issue_16_the_collector_package_installs_upgrades_removes_and_purges_with_real_dpkg() {
+    let before = host_before();
+    let deb = deb("interdict-collector");
+    let root = Root::new();
+    // A root as Debian makes one: the account files exist (base-passwd), with other system
+    // users in them.
+    std::fs::create_dir_all(root.path("etc")).unwrap();
+    std::fs::write(
+        root.path("etc/passwd"),
+        "root:x:0:0:root:/root:/bin/bash\ndaemon:x:1:1:daemon:/usr/sbin:/usr/sbin/nologin\n",
+    )
+    .unwrap();
+    std::fs::write(root.path("etc/group"), "root:x:0:\ndaemon:x:1:\n").unwrap();
+    root.dpkg(&["--install", deb.to_str().unwrap()]);
+    assert_eq!(
+        root.status("interdict-collector"),
+        format!("install ok installed {}-1", env!("CARGO_PKG_VERSION"))
+    );
+    // The system user: its own group, no shell, home = the state folder, a system uid.
+    let passwd = std::fs::read_to_string(root.path("etc/passwd")).unwrap();
+    let user: Vec<&str> = passwd
+        .lines()
+        .find(|l| l.starts_with("interdict-collector:"))
+        .unwrap_or_else(|| panic!("no interdict-collector user:\n{passwd}"))
+        .split(':')
+        .collect();
+    let uid: u32 = user[2].parse().unwrap();
+    let gid: u32 = user[3].parse().unwrap();
+    assert!((1..1000).contains(&uid), "a system uid: {user:?}");
+    assert_eq!(user[5], "/var/lib/interdict-collector", "{user:?}");
+    assert!(user[6].ends_with("nologin"), "{user:?}");
+    let group = std::fs::read_to_string(root.path("etc/group")).unwrap();
+    assert!(
+        group
+            .lines()
+            .any(|l| l.starts_with(&format!("interdict-collector:x:{gid}:"))),
+        "{group}"
+    );
+    assert!(
+        passwd.starts_with("root:x:0:0:"),
+        "the root's own users are kept:\n{passwd}"
+    );
+    for (p, mode, owner) in [
+        ("/usr/bin/interdict-collector", 0o755, (0, 0)),
+        (
+            "/lib/systemd/system/interdict-collector.service",
+            0o644,
+            (0, 0),
+        ),
+        (
+            "/usr/lib/sysusers.d/interdict-collector.conf",
+            0o644,
+            (0, 0),
+        ),
+        ("/etc/interdict-collector", 0o750, (0, gid)),
+        ("/etc/interdict-collector/collector.toml", 0o640, (0, gid)),
+        ("/var/lib/interdict-collector", 0o700, (uid, gid)),
+    ] {
+        assert_eq!(root.stat(p), Some((mode, owner.0, owner.1)), "{p}");
+    }
+    assert_eq!(
+        std::fs::read_link(
+            root.path("etc/systemd/system/multi-user.target.wants/interdict-collector.service")
+        )
+        .unwrap(),
+        PathBuf::from("/lib/systemd/system/interdict-collector.service")
+    );
+    // The unit names the user: systemd-analyze verify resolves it in the root's account files.
+    root.verify_unit("interdict-collector.service");
+
+    // The admin edits the configuration; the collector has a database.
+    let mut cfg =
+        std::fs::read_to_string(root.path("etc/interdict-collector/collector.toml")).unwrap();
+    cfg.push_str("\n# edited by IT\n");
+    std::fs::write(root.path("etc/interdict-collector/collector.toml"), &cfg).unwrap();
+    std::fs::write(root.path("var/lib/interdict-collector/collector.db"), "db").unwrap();
+
+    // Reinstall of the same version (an upgrade as dpkg runs it): the user is not made twice,
+    // the edit and the database stay.
+    root.dpkg(&["--install", deb.to_str().unwrap()]);
+    let again = std::fs::read_to_string(root.path("etc/passwd")).unwrap();
+    assert_eq!(again.matches("interdict-collector:").count(), 1, "{again}");
+    assert_eq!(again, passwd);
+    assert_eq!(
+        std::fs::read_to_string(root.path("etc/interdict-collector/collector.toml")).unwrap(),
+        cfg
+    );
+    assert_eq!(
+        root.stat("/etc/interdict-collector/collector.toml"),
+        Some((0o640, 0, gid))
+    );
+    assert!(root
+        .path("var/lib/interdict-collector/collector.db")
+        .exists());
+
+    root.dpkg(&["--remove", "interdict-collector"]);
+    assert!(!root.path("usr/bin/interdict-collector").exists());
+    assert!(root
+        .path("var/lib/interdict-collector/collector.db")
+        .exists());
+    assert_eq!(
+        std::fs::read_to_string(root.path("etc/interdict-collector/collector.toml")).unwrap(),
+        cfg
+    );
+
+    root.dpkg(&["--purge", "interdict-collector"]);
+    assert_eq!(root.status("interdict-collector"), "");
+    for gone in [
+        "etc/interdict-collector",
+        "var/lib/interdict-collector",
+        "etc/systemd/system/multi-user.target.wants/interdict-collector.service",
+        "var/lib/systemd/deb-systemd-helper-enabled/interdict-collector.service.dsh-also",
+    ] {
+        assert!(
+            std::fs::symlink_metadata(root.path(gone)).is_err(),
+            "{gone} left after purge"
+        );
+    }
+    host_untouched(&before);
+}
