@@ -162,7 +162,7 @@ fn issue_16_doctor_as_root_with_an_agent_running_then_killed() {
     assert_eq!(
         line(&r, "FAIL  agent     "),
         format!(
-            "FAIL  agent     not running: no answer on {}/control.sock (connection refused); start it: systemctl start interdict, and see journalctl -u interdict",
+            "FAIL  agent     not running: no answer on {}/control.sock (Connection refused); start it: systemctl start interdict, and see journalctl -u interdict",
             d.display()
         )
     );
