@@ -783,3 +783,46 @@ fn issue_16_the_collector_package_installs_upgrades_removes_and_purges_with_real
     }
     host_untouched(&before);
 }
+
+/// `systemd-analyze security --offline=true UNIT`: (exposure, level).
+fn exposure(unit: &Path) -> (f64, String) {
+    let text = ok(Command::new("systemd-analyze")
+        .args(["security", "--offline=true", "--no-pager"])
+        .arg(unit));
+    let last = text
+        .lines()
+        .rev()
+        .find(|l| l.contains("Overall exposure level for "))
+        .unwrap_or_else(|| panic!("no overall exposure in:\n{text}"));
+    let after = last.rsplit(": ").next().unwrap();
+    let mut f = after.split_whitespace();
+    let score: f64 = f.next().unwrap().parse().unwrap();
+    (score, f.next().unwrap().to_string())
+}
+
+#[test]
+fn issue_16_systemd_rates_both_units_ok_or_better() {
+    let good = ["PERFECT", "SAFE", "OK"];
+    let collector = exposure(&repo().join("packaging/systemd/interdict-collector.service"));
+    let agent = exposure(&repo().join("packaging/systemd/interdict.service"));
+    assert!(
+        good.contains(&collector.1.as_str()),
+        "collector {collector:?}"
+    );
+    assert!(good.contains(&agent.1.as_str()), "agent {agent:?}");
+    // The collector needs no privilege at all: it must stay well below the root agent.
+    assert!(
+        collector.0 < 2.0 && collector.0 < agent.0,
+        "{collector:?} {agent:?}"
+    );
+    // The same check tells an unhardened unit apart (the test can fail).
+    let bare = tempfile::tempdir().unwrap();
+    let unit = bare.path().join("bare.service");
+    std::fs::write(
+        &unit,
+        "[Unit]\nDescription=bare\n[Service]\nExecStart=/usr/bin/interdict agent\n",
+    )
+    .unwrap();
+    let b = exposure(&unit);
+    assert!(!good.contains(&b.1.as_str()), "{b:?}");
+}
