@@ -134,11 +134,14 @@ pub fn render(r: &Report) -> String {
         s.push_str("doctor: all is well\n");
     } else {
         s.push_str(&format!(
-            "doctor: {} failed, {} warning(s), {} not checked (run as root for those)\n",
+            "doctor: {} failed, {} warning(s)",
             count(Verdict::Fail),
-            count(Verdict::Warn),
-            count(Verdict::Skip)
+            count(Verdict::Warn)
         ));
+        match count(Verdict::Skip) {
+            0 => s.push('\n'),
+            n => s.push_str(&format!(", {n} not checked (run as root for those)\n")),
+        }
     }
     s
 }
@@ -935,5 +938,7 @@ mod tests {
             text.starts_with("ok    x         m\nskip  x         m\nFAIL  x         m\n"),
             "{text}"
         );
+        let text = render(&r(vec![Verdict::Warn]));
+        assert!(text.ends_with("doctor: 0 failed, 1 warning(s)\n"), "{text}");
     }
 }
