@@ -266,3 +266,91 @@ fn issue_16_doctor_reports_an_invalid_configuration_and_json_has_every_line() {
     let policy_line = checks.iter().find(|c| c["area"] == "policy").unwrap();
     assert_eq!(policy_line["status"], "ok", "{j:#}");
 }
+
+#[test]
+fn issue_16_doctor_checks_that_the_collector_is_reachable_and_accepts_this_host() {
+    use crate::collector::{reporting_agent, Reserved};
+    use interdict_collector::Store;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("collector.db");
+    let secret = Store::open(&db).unwrap().rotate_enroll_secret().unwrap();
+    let root = dir.path().join("installs");
+    std::fs::create_dir_all(&root).unwrap();
+    let reserved = Reserved::new();
+    let port = reserved.port;
+    let url = format!("http://127.0.0.1:{port}");
+    let agent = reporting_agent(
+        &root,
+        &format!("[collector]\nurl = \"{url}\"\nenroll_secret = \"{secret}\"\nheartbeat_s = 1"),
+    );
+    let config = agent.dir.path().join("agent.toml");
+    let token = agent.dir.path().join("state/collector.token");
+
+    // The configuration holds the enroll secret: readable by others is a failure.
+    let r = run(&mut doctor(&agent));
+    r.expect_code(1);
+    assert_eq!(
+        line(&r, "FAIL  files     "),
+        format!(
+            "FAIL  files     {c} (configuration with the enroll secret): mode 0666, owner uid 0; must be root's and at most 0600: chmod 600 {c}; chown root: {c}",
+            c = config.display()
+        )
+    );
+    chmod(&config, 0o600);
+    chmod(&agent.policy, 0o644);
+
+    // The collector is down (the port refuses connections).
+    let r = run(&mut doctor(&agent));
+    r.expect_code(1);
+    assert!(
+        line(&r, "FAIL  collector ")
+            .starts_with(&format!("FAIL  collector {url}: not reachable: ")),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        line(&r, "FAIL  collector ").ends_with("; events wait in the spool until it is"),
+        "{}",
+        r.stdout
+    );
+
+    // Up: the agent enrolls, and doctor sees the collector accept this host's token.
+    let app = interdict_collector::App::new(
+        Store::open(&db).unwrap(),
+        interdict_collector::Config::default(),
+        interdict_collector::keys::generate(),
+    );
+    let _collector =
+        interdict_collector::Background::start_on(reserved.listen(), app, None).unwrap();
+    wait_until("the agent to enroll", 60, || token.exists());
+    let r = run(&mut doctor(&agent));
+    for want in [
+        format!("ok    collector {url}: reachable (HTTP 401 without credentials)"),
+        "ok    collector enrolled: the collector accepts this host's token (HTTP 200 for an empty batch)".to_string(),
+        format!("ok    files     {} (collector token): mode 0600, root", token.display()),
+        format!(
+            "ok    files     {} (configuration with the enroll secret): mode 0600, root",
+            config.display()
+        ),
+    ] {
+        assert!(
+            r.stdout.lines().any(|l| l == want),
+            "no line {want:?}\n--- stdout\n{}\n--- stderr\n{}",
+            r.stdout,
+            r.stderr
+        );
+    }
+
+    // IT resets the host at the collector: its token no longer works, and doctor says what to do.
+    let host = agent.events()[0]["host_id"].as_str().unwrap().to_string();
+    assert!(Store::open(&db).unwrap().reset_host(&host).unwrap());
+    let r = run(&mut doctor(&agent));
+    r.expect_code(1);
+    assert_eq!(
+        line(&r, "FAIL  collector "),
+        format!(
+            "FAIL  collector enrollment: the collector refuses the token in {} (reset or deleted host?); remove the token file and restart the agent to enroll again",
+            token.display()
+        )
+    );
+}
