@@ -146,6 +146,9 @@ pub struct Shared {
     /// by fanotify (which sees them even when they exit at once), not again by the proc
     /// connector.
     pub marked_devs: Mutex<HashSet<u64>>,
+    /// Banned script files the script guard has marked (device, inode): their runs are judged
+    /// and reported by the guard, which sees every open, not again by the proc connector.
+    pub guarded_scripts: Mutex<HashSet<(u64, u64)>>,
 }
 
 impl Shared {
@@ -173,6 +176,7 @@ impl Shared {
             accounts: Accounts::load(),
             parts: Board::default(),
             marked_devs: Mutex::new(HashSet::new()),
+            guarded_scripts: Mutex::new(HashSet::new()),
         }))
     }
 
@@ -199,6 +203,17 @@ impl Shared {
             .lock()
             .expect("marked devices poisoned")
             .contains(&dev)
+    }
+
+    /// True when the script guard has marked the file at `path`.
+    pub fn is_guarded_script(&self, path: &std::path::Path) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(path).is_ok_and(|m| {
+            self.guarded_scripts
+                .lock()
+                .expect("guarded scripts poisoned")
+                .contains(&(m.dev(), m.ino()))
+        })
     }
 }
 

@@ -750,7 +750,8 @@ fn a_banned_install_is_reported_once_per_package_and_its_removal_too() {
     assert_eq!(e["file"]["path"], dir.to_string_lossy().as_ref());
     assert_eq!(e["message"], format!("package npm:{pkg} 1.0.0"));
     assert_eq!(e["process"]["user"], "root");
-    std::thread::sleep(Duration::from_secs(2));
+    // Everything the install wrote has been looked at once a full rescan has run.
+    agent.settle_installs();
     let detected = agent
         .events()
         .iter()
