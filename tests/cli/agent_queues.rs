@@ -141,17 +141,15 @@ fn issue_10_a_full_decision_queue_is_answered_at_once_per_fail_mode() {
         // would have built, is counted as dropped rather than lost without a trace.
         assert_denied(&seen_before);
         agent.wait_counter("event_drops", drops_events_before + 1);
-        // A stopping agent answers what it still holds per fail_mode (or, gone, its descriptor
-        // is closed and the kernel lets them through): nothing stays held.
-        assert_eq!(agent.stop().code(), Some(0), "{}", agent.stderr());
-        for h in held {
-            let out = h.wait_with_output().unwrap();
-            let denied = String::from_utf8_lossy(&out.stderr).contains("Operation not permitted");
-            assert!(
-                out.status.success() || (fail_mode == "closed" && denied),
-                "{out:?}"
-            );
+        // The held execs never run: other tests' agents, whose proc connectors judge every
+        // exec on the machine, would hash a terabyte each. (A process waiting for a
+        // permission answer can be killed.)
+        for mut h in held {
+            let _ = h.kill();
+            let st = h.wait().unwrap();
+            assert_eq!(st.signal(), Some(libc::SIGKILL), "{st:?}");
         }
+        assert_eq!(agent.stop().code(), Some(0), "{}", agent.stderr());
     }
 }
 
