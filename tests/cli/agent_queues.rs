@@ -9,7 +9,6 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
 use crate::support::agent::*;
 use crate::support::*;
@@ -88,14 +87,15 @@ fn issue_10_a_full_decision_queue_is_answered_at_once_per_fail_mode() {
             huge(&h);
             let (misses, _) = misses_and_drops(&agent);
             let read = bytes_read(&worker);
-            // Through a shell of its own: the exec the guard holds is not one of this test
-            // process's own spawns (which share its memory until they exec).
+            // Through a shell of its own: when this process spawned the held exec directly (a
+            // vfork-style spawn that shares its memory until the exec completes), its next
+            // spawns stalled until the guard answered.
             held.push(
                 Command::new("sh")
                     .args(["-c", "exec \"$0\""])
                     .arg(&h)
                     .stdout(Stdio::null())
-                    .stderr(Stdio::piped())
+                    .stderr(Stdio::null())
                     .spawn()
                     .unwrap(),
             );
@@ -113,13 +113,8 @@ fn issue_10_a_full_decision_queue_is_answered_at_once_per_fail_mode() {
         let drops_events_before = agent.counter("event_drops");
         // Now every miss is answered at once, per fail_mode: an allowed program, and a banned
         // one the guard has not judged yet.
-        let t = Instant::now();
         let ran_ok = exec(&ok, &[]);
         let ran_banned = exec(&banned, &[]);
-        assert!(
-            t.elapsed() < Duration::from_secs(50),
-            "answered by the deadline, not at once"
-        );
         match fail_mode {
             "open" => {
                 assert!(ran_ok.unwrap().success(), "{}", agent.stderr());
@@ -136,6 +131,7 @@ fn issue_10_a_full_decision_queue_is_answered_at_once_per_fail_mode() {
         assert_eq!(c["queue_drops"].as_u64().unwrap(), 2, "{c:#}");
         let denied = c["denied"].as_u64().unwrap() - denied_before;
         assert_eq!(denied, if fail_mode == "open" { 0 } else { 2 }, "{c:#}");
+        // Answered at once by the full queue, not by the deadline.
         assert_eq!(c["deadline_expirations"], 0, "{c:#}");
         // A cached deny needs no worker: still denied at once, and its event, which a worker
         // would have built, is counted as dropped rather than lost without a trace.

@@ -788,3 +788,61 @@ fn issue_10_a_file_a_dpkg_package_owns_is_quarantined_only_with_allow_system_fil
         assert_eq!(sha256sum(&owned), real_before);
     }
 }
+
+#[test]
+fn issue_10_a_rescan_while_a_reported_file_looks_busy_does_not_report_it_again() {
+    let (_outside, original, digest) = banned_outside("busy");
+    let root = tempfile::tempdir().unwrap();
+    let r = root.path();
+    let installed = r.join("bin/tool");
+    write(&installed, &std::fs::read(&original).unwrap(), 0o755);
+    backdate(&installed);
+    // A long quiet period: a file touched now counts as still being written for 20 s.
+    let mut agent = Agent::start(
+        &hash_policy("busy", "report", &digest),
+        &format!(
+            "fanotify = false\nproc_connector = false\n\n[install]\nroots = [\"{}\"]\ndebounce_ms = 20000",
+            r.display()
+        ),
+    );
+    agent.wait_event("the file found at start-up", |e| {
+        is_event(e, "installed_detected", &installed)
+    });
+    // Touched (same bytes): it looks busy to the rescan that follows a policy change.
+    std::fs::File::options()
+        .write(true)
+        .open(&installed)
+        .unwrap()
+        .set_modified(std::time::SystemTime::now())
+        .unwrap();
+    agent.settle_installs();
+    agent.stop();
+    let events = agent.events();
+    assert_eq!(
+        count(&events, "installed_detected", &installed),
+        1,
+        "{events:#?}"
+    );
+}
+
+#[test]
+fn issue_10_a_symlink_is_reported_after_one_quiet_period_not_held_as_if_being_written() {
+    // A symlink is whole the moment it exists: nothing writes to it, nothing closes it. With a
+    // quiet period of 1 s, holding it back as "being written" for the 60 rounds a file gets
+    // would take a minute.
+    let (_outside, original, digest) = banned_outside("linked");
+    let root = tempfile::tempdir().unwrap();
+    let r = root.path();
+    std::fs::create_dir_all(r.join("bin")).unwrap();
+    let agent = Agent::start(
+        &hash_policy("linked", "report", &digest),
+        &format!(
+            "fanotify = false\nproc_connector = false\n\n[install]\nroots = [\"{}\"]\ndebounce_ms = 1000",
+            r.display()
+        ),
+    );
+    let link = r.join("bin/claude");
+    std::os::unix::fs::symlink(&original, &link).unwrap();
+    let e = agent.wait_event("the symlink", |e| is_event(e, "installed_detected", &link));
+    assert_eq!(e["file"]["sha256"], digest.as_str());
+}

@@ -370,9 +370,11 @@ impl Agent {
         std::fs::read_to_string(self.dir.path().join("agent.err")).unwrap_or_default()
     }
 
+    /// The events written so far: complete lines only (the agent may be writing the last one).
     pub fn events(&self) -> Vec<Value> {
-        std::fs::read_to_string(&self.event_log)
-            .unwrap_or_default()
+        let text = std::fs::read_to_string(&self.event_log).unwrap_or_default();
+        let complete = text.rfind('\n').map_or("", |i| &text[..=i]);
+        complete
             .lines()
             .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad event line {l}: {e}")))
             .collect()
