@@ -247,6 +247,11 @@ fn issue_16_the_agent_package_holds_every_file_with_its_mode_and_conffiles() {
         field("Depends")
     );
     assert_eq!(field("Recommends"), "logrotate");
+    assert!(
+        field("Depends").ends_with(", init-system-helpers"),
+        "{}",
+        field("Depends")
+    );
     let ctl = tempfile::tempdir().unwrap();
     ok(Command::new("dpkg-deb")
         .arg("--control")
@@ -544,6 +549,16 @@ fn check_fields(deb: &Path, package: &str) {
 fn issue_16_the_collector_package_holds_every_file_with_its_mode_and_conffiles() {
     let deb = deb("interdict-collector");
     check_fields(&deb, "interdict-collector");
+    let depends = ok(Command::new("dpkg-deb")
+        .arg("--field")
+        .arg(&deb)
+        .arg("Depends"));
+    assert!(
+        depends
+            .trim()
+            .ends_with(", init-system-helpers, systemd | adduser"),
+        "{depends}"
+    );
     let ctl = tempfile::tempdir().unwrap();
     ok(Command::new("dpkg-deb")
         .arg("--control")
