@@ -212,9 +212,25 @@ const HOST_PATHS: &[&str] = &[
     "/var/log/interdict",
     "/var/lib/interdict-collector",
     "/etc/logrotate.d/interdict",
+    "/usr/lib/sysusers.d/interdict-collector.conf",
 ];
 
+/// True when the host's own account files name the collector's user.
+fn host_has_collector_user() -> bool {
+    ["/etc/passwd", "/etc/group"].iter().any(|f| {
+        std::fs::read_to_string(f)
+            .unwrap_or_default()
+            .lines()
+            .any(|l| l.starts_with("interdict-collector:"))
+    })
+}
+
 pub fn host_untouched(before: &[bool]) {
+    assert_eq!(
+        host_has_collector_user(),
+        before[HOST_PATHS.len()],
+        "the package test changed the host's /etc/passwd or /etc/group"
+    );
     for (p, was) in HOST_PATHS.iter().zip(before) {
         assert_eq!(
             Path::new(p).exists(),
@@ -225,7 +241,9 @@ pub fn host_untouched(before: &[bool]) {
 }
 
 pub fn host_before() -> Vec<bool> {
-    HOST_PATHS.iter().map(|p| Path::new(p).exists()).collect()
+    let mut v: Vec<bool> = HOST_PATHS.iter().map(|p| Path::new(p).exists()).collect();
+    v.push(host_has_collector_user());
+    v
 }
 
 #[test]
