@@ -36,6 +36,10 @@ pub struct Status {
     pub generation: u64,
     /// Every sensor and its state.
     pub sensors: Vec<PartStatus>,
+    /// The mount points of the filesystems the exec guard marks (`interdict doctor` compares
+    /// them with the filesystems that hold programs).
+    #[serde(default)]
+    pub marked: Vec<String>,
     /// Counters.
     pub counters: CounterSnapshot,
     /// Decision latency of permission events.
@@ -80,6 +84,7 @@ pub fn status(shared: &Shared, started: std::time::Instant) -> Status {
         policy: active.policy_ref(),
         generation: active.generation,
         sensors,
+        marked: shared.guard.get().map(|g| g.marked()).unwrap_or_default(),
         counters: shared.metrics.c.snapshot(),
         latency: shared.metrics.latency.snapshot(),
         last_rescan_us: shared
@@ -90,29 +95,46 @@ pub fn status(shared: &Shared, started: std::time::Instant) -> Status {
     }
 }
 
-/// Serve the control socket until shutdown.
-pub async fn serve(
-    shared: Arc<Shared>,
-    started: std::time::Instant,
-    reload: tokio::sync::mpsc::Sender<tokio::sync::oneshot::Sender<ReloadReply>>,
-) -> std::io::Result<()> {
+/// Make the control socket (root-only, or root and `admin_group`), listening: `interdict
+/// status` answers from here on (the service manager is told the agent is ready after this).
+pub fn listen(shared: &Shared) -> std::io::Result<tokio::net::UnixListener> {
     let path = shared.config.agent.control_socket.clone();
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
     let _ = std::fs::remove_file(&path);
     let listener = tokio::net::UnixListener::bind(&path)?;
-    let admin_gid = shared
+    let mode = if admin_gid(shared).is_some() {
+        0o660
+    } else {
+        0o600
+    };
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))?;
+    if let Some(gid) = admin_gid(shared) {
+        std::os::unix::fs::chown(&path, Some(0), Some(gid))?;
+    }
+    Ok(listener)
+}
+
+fn admin_gid(shared: &Shared) -> Option<u32> {
+    shared
         .config
         .agent
         .admin_group
         .as_deref()
-        .and_then(|g| shared.accounts.gid_of(g));
-    let mode = if admin_gid.is_some() { 0o660 } else { 0o600 };
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))?;
-    if let Some(gid) = admin_gid {
-        std::os::unix::fs::chown(&path, Some(0), Some(gid))?;
-    }
+        .and_then(|g| shared.accounts.gid_of(g))
+}
+
+/// Serve the control socket made by [`listen`] until shutdown.
+pub async fn serve(
+    shared: Arc<Shared>,
+    listener: std::io::Result<tokio::net::UnixListener>,
+    started: std::time::Instant,
+    reload: tokio::sync::mpsc::Sender<tokio::sync::oneshot::Sender<ReloadReply>>,
+) -> std::io::Result<()> {
+    let path = shared.config.agent.control_socket.clone();
+    let listener = listener?;
+    let admin_gid = admin_gid(&shared);
     loop {
         let (stream, _) = tokio::select! {
             r = listener.accept() => r?,

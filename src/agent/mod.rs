@@ -20,6 +20,7 @@ pub mod enforce;
 pub mod metrics;
 pub mod reload;
 pub mod sensors;
+pub mod service;
 pub mod shared;
 pub mod sinks;
 pub mod verdict;
@@ -203,7 +204,7 @@ fn start_sinks(
         std::thread::Builder::new()
             .name("event-writer".into())
             .spawn(move || {
-                event_log::run(log, &path, &metrics, events_rx, spool);
+                event_log::run(log, &path, group, &metrics, events_rx, spool);
                 done.store(true, Ordering::SeqCst);
             })?
     };
@@ -388,6 +389,22 @@ async fn run_async(
             config.agent.state_dir.display()
         )
     })?;
+    // One agent per state folder: a second one would share the spool, the learned digests and
+    // the control socket.
+    let lock = service::StateLock::acquire(&config.agent.state_dir)?;
+    let previous_run = lock.previous();
+    let this_run = lock.record_start().map_err(|e| {
+        anyhow::anyhow!(
+            "cannot write the run record in {}: {e}",
+            config.agent.state_dir.display()
+        )
+    })?;
+    let notifier = service::Notifier::from_env()
+        .map_err(|e| tracing::warn!("sd_notify unavailable: {e}"))
+        .ok()
+        .flatten()
+        .map(Arc::new);
+    let watchdog = notifier.as_ref().and(service::watchdog_from_env());
     let origin = Origin {
         host_id: host_id(),
         hostname: crate::inventory::host::hostname(),
@@ -398,6 +415,9 @@ async fn run_async(
         crate::policy::learned::LearnedSet::load(&config.agent.state_dir).unwrap_or_default();
     let policy = PolicyInForce::new(policy_path, loaded, &learned);
     let shared = Shared::new(config, policy, origin, events, notices)?;
+    if let Some(w) = watchdog {
+        shared.liveness.set_idle_wake(service::idle_wake_for(w));
+    }
 
     enforce::notifier::start(&shared, notices_rx)?;
     let sink_threads = start_sinks(&shared, events_rx, started)?;
@@ -421,6 +441,12 @@ async fn run_async(
         info.version,
         info.mode,
     );
+    if let Some(prev) = previous_run.filter(|r| r.stopped.is_none()) {
+        tracing::warn!("{}", service::unclean_stop_message(&prev));
+        let mut e = shared.event(EventKind::AgentStopped);
+        e.message = Some(service::unclean_stop_message(&prev));
+        shared.emit(e);
+    }
     let mut e = shared.event(EventKind::AgentStarted);
     e.message = Some(summary);
     shared.emit(e);
@@ -443,29 +469,64 @@ async fn run_async(
     let _watcher = reload::watch_policy(&shared.policy.path, file_tx)
         .map_err(|e| tracing::warn!("policy file watch unavailable: {e}"))
         .ok();
-    let control = tokio::spawn(control::serve(shared.clone(), started, reload_tx));
+    let listener = control::listen(&shared);
+    if let Err(e) = &listener {
+        tracing::error!(
+            "control socket {}: {e}",
+            shared.config.agent.control_socket.display()
+        );
+    }
+    let control = tokio::spawn(control::serve(shared.clone(), listener, started, reload_tx));
+    // Ready for the service manager: the sensors are up and `interdict status` answers.
+    if let Some(n) = &notifier {
+        let parts: Vec<String> = shared
+            .parts
+            .rows()
+            .iter()
+            .map(|r| format!("{} {}", r.name, r.state.as_str()))
+            .collect();
+        n.send_or_log(&format!(
+            "READY=1\nMAINPID={}\nSTATUS=policy {} {} ({}); {}",
+            std::process::id(),
+            info.name,
+            info.version,
+            info.mode,
+            parts.join(", ")
+        ));
+        if let Some(w) = watchdog {
+            service::start_watchdog(shared.clone(), n.clone(), w)?;
+        }
+    }
     use tokio::signal::unix::{signal, SignalKind};
     let mut hup = signal(SignalKind::hangup())?;
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let why = loop {
         tokio::select! {
-            _ = hup.recv() => { reloader.reload("SIGHUP").await; }
+            _ = hup.recv() => {
+                let r = reloader.reload("SIGHUP").await;
+                tell_reload(notifier.as_deref(), &r);
+            }
             Some(reply) = reload_rx.recv() => {
                 let r = reloader.reload("interdict reload").await;
+                tell_reload(notifier.as_deref(), &r);
                 let _ = reply.send(r);
             }
             Some(()) = file_rx.recv() => {
                 // Editors write in several steps: let the file settle.
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 while file_rx.try_recv().is_ok() {}
-                reloader.reload("policy file changed").await;
+                let r = reloader.reload("policy file changed").await;
+                tell_reload(notifier.as_deref(), &r);
             }
             _ = term.recv() => break "SIGTERM",
             _ = int.recv() => break "SIGINT",
         }
     };
     tracing::info!("interdict agent stopping ({why})");
+    if let Some(n) = &notifier {
+        n.send_or_log(&format!("STOPPING=1\nSTATUS=stopping ({why})"));
+    }
     let mut e = shared.event(EventKind::AgentStopped);
     e.message = Some(format!(
         "stopped by {why}; counters: {}",
@@ -498,5 +559,20 @@ async fn run_async(
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
+    if let Err(e) = lock.record_stop(&this_run, why) {
+        tracing::warn!("cannot record the clean stop: {e}");
+    }
     Ok(exit::OK)
+}
+
+/// Tell the service manager what a reload did (`systemctl status` shows it).
+fn tell_reload(notifier: Option<&service::Notifier>, r: &ReloadReply) {
+    if let Some(n) = notifier {
+        let first = r.message.lines().next().unwrap_or_default();
+        n.status(&if r.applied {
+            format!("reloaded: {first}")
+        } else {
+            format!("reload rejected, the last good policy stays in force: {first}")
+        });
+    }
 }

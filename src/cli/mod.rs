@@ -3,10 +3,13 @@
 //! - `policy check` (here), `scan` ([`scan`]), `explain` ([`explain`]), `hashes list|forget`
 //!   ([`hashes`]), `logs query|tail|verify` ([`logs`]);
 //! - on Linux: `agent`, `status`, `reload` (the agent's [control socket](crate::agent::control)),
-//!   `quarantine list|restore`, `notify-test` and the internal `notify-helper`.
+//!   `quarantine list|restore`, `notify-test`, `doctor` ([`doctor`]) and the internal
+//!   `notify-helper`.
 //!
 //! Exit codes are in [`exit`]: 0 success (or compliant), 1 violations found, 2 error.
 
+#[cfg(target_os = "linux")]
+pub mod doctor;
 pub mod explain;
 pub mod hashes;
 pub mod logs;
@@ -128,6 +131,28 @@ enum Command {
     Reload {
         #[command(flatten)]
         socket: SocketArgs,
+    },
+    /// Check this machine, line by line: kernel features, configuration and policy, the running
+    /// agent and the filesystems it guards, the collector, notices, file modes of secrets.
+    ///
+    /// Run it as root for every check. Exit status: 0 when all is well (only `ok` and `info`
+    /// lines), 1 otherwise, 2 on bad arguments.
+    #[cfg(target_os = "linux")]
+    Doctor {
+        /// The agent's policy file.
+        #[arg(
+            long,
+            value_name = "FILE",
+            default_value = "/etc/interdict/policy.toml"
+        )]
+        policy: PathBuf,
+        /// The agent's configuration file (default /etc/interdict/agent.toml; the defaults
+        /// apply when that file does not exist).
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
     },
 }
 
@@ -367,6 +392,28 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         }
         #[cfg(target_os = "linux")]
         Command::NotifyTest { user } => notify_test(&user),
+        #[cfg(target_os = "linux")]
+        Command::Doctor {
+            policy,
+            config,
+            format,
+        } => {
+            let opts = doctor::Options {
+                policy,
+                config_given: config.is_some(),
+                config: config.unwrap_or_else(|| PathBuf::from("/etc/interdict/agent.toml")),
+            };
+            let report = doctor::run(&opts);
+            match format {
+                Format::Text => print!("{}", doctor::render(&report)),
+                Format::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+            }
+            Ok(if report.healthy {
+                exit::OK
+            } else {
+                exit::VIOLATIONS
+            })
+        }
         Command::Explain { path, policy } => {
             let Some(loaded) = policy_file::load_or_print(&policy) else {
                 return Ok(exit::ERROR);
