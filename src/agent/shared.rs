@@ -156,6 +156,8 @@ pub struct Shared {
     /// The running fanotify guard (set once it has started), to mark more files and
     /// filesystems from other sensors.
     pub guard: std::sync::OnceLock<super::sensors::fanotify::WeakHandle>,
+    /// What the fleet control plane handed out and the agent accepted.
+    pub fleet: super::fleet::Fleet,
 }
 
 impl Shared {
@@ -169,6 +171,7 @@ impl Shared {
     ) -> std::io::Result<Arc<Shared>> {
         Ok(Arc::new(Shared {
             learner: Learner::new(&config.agent.state_dir),
+            fleet: super::fleet::Fleet::load(&config.agent.state_dir),
             config,
             policy,
             metrics: Arc::new(Metrics::default()),
