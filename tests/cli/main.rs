@@ -3,6 +3,7 @@
 mod agent;
 mod collector;
 mod evasion;
+mod fleet;
 mod install_watch;
 mod notify;
 mod npm_packages;

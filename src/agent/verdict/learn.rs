@@ -425,7 +425,7 @@ fn add_fleet(
             Action::Block | Action::Kill | Action::Quarantine
         ) {
             let why = format!(
-                "rule `{}` is a {} rule: approved digests are only added to block, kill and quarantine rules",
+                "rule `{}` has action {}: approved digests are only added to block, kill and quarantine rules",
                 rule.id, rule.action
             );
             out.refused.push((entry, why));

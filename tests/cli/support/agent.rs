@@ -188,6 +188,8 @@ pub struct Setup<'a> {
     pub policy_file: Option<&'a Path>,
     /// Digests learned before: written to the state folder as `learned.json`.
     pub learned: Option<&'a Value>,
+    /// More lines for the `[agent]` table (`host_id = "..."`).
+    pub agent: &'a str,
 }
 
 impl Agent {
@@ -230,6 +232,7 @@ impl Agent {
             binary,
             policy_file,
             learned,
+            agent: agent_extra,
         } = setup;
         // Safety: a test never lets the agent mark every filesystem (that is, `/`).
         assert!(
@@ -278,7 +281,7 @@ impl Agent {
         std::fs::write(
             &config,
             format!(
-                "[agent]\nstate_dir = \"{d}/state\"\nevent_log = \"{d}/events.jsonl\"\ncontrol_socket = \"{d}/control.sock\"\n\n{install}[exec]{follow}\n{exec}\n",
+                "[agent]\nstate_dir = \"{d}/state\"\nevent_log = \"{d}/events.jsonl\"\ncontrol_socket = \"{d}/control.sock\"\n{agent_extra}\n\n{install}[exec]{follow}\n{exec}\n",
                 d = dir.path().display()
             ),
         )
