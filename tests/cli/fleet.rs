@@ -672,8 +672,8 @@ fn issue_15_an_exception_is_requested_approved_used_by_its_user_only_announced_a
                     && x["host_id"] == id.as_str()
             })
     });
-    // Forged and excessive approvals are refused: one signed with another key, one signed with
-    // the real exception key but longer than the policy allows.
+    // Forged and excessive approvals are refused: one signed with another key; signed with the
+    // real exception key, one for another host and one longer than the policy allows.
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -698,6 +698,15 @@ fn issue_15_an_exception_is_requested_approved_used_by_its_user_only_announced_a
             "too-long-1",
             grant("too-long-1", now + 3 * 86_400).sign(&SecretKey::from_seed(c.exception_seed)),
         ),
+        // Signed with the real exception key, for another host, served to this one.
+        (
+            "other-host-1",
+            interdict_fleet::ExceptionGrant {
+                host_id: "another-host".into(),
+                ..grant("other-host-1", now + 600)
+            }
+            .sign(&SecretKey::from_seed(c.exception_seed)),
+        ),
     ] {
         c.sql(
             "INSERT INTO fleet_exceptions (id, host_id, hostname, user_name, uid, rule_id, days, reason, requested_ms, status, from_s, until_s, signed)
@@ -718,6 +727,13 @@ fn issue_15_an_exception_is_requested_approved_used_by_its_user_only_announced_a
                 .as_str()
                 .unwrap_or("")
                 .contains("longer than the policy allows (2 days)")
+    });
+    agent.wait_event("exception_rejected: another host", |e| {
+        e["kind"] == "exception_rejected"
+            && e["message"]
+                .as_str()
+                .unwrap_or("")
+                .contains(&format!("it is for host another-host, not this one ({id})"))
     });
     let out = user_runs("0").wait_with_output().unwrap();
     assert!(
