@@ -76,6 +76,19 @@ pub enum LogsCommand {
     /// asked, or `--days N`) reaches the host with its next heartbeat, signed with the
     /// collector's exception key.
     Exceptions(ExceptionsArgs),
+    /// The fleet audit: every change to the fleet at the collector, oldest first (bundles
+    /// published, digests learned by hosts, exception requests, reviewers' decisions, hash
+    /// lists signed), each with who, what, on what and when.
+    Audit {
+        #[command(flatten)]
+        endpoint: Endpoint,
+        /// Only the changes after this revision (the `seq` of the last one you saw).
+        #[arg(long, default_value_t = 0)]
+        after: i64,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = super::Format::Text)]
+        format: super::Format,
+    },
 }
 
 /// `interdict logs learned [--pending] | approve|reject DIGEST`.
@@ -215,7 +228,54 @@ pub fn run(cmd: LogsCommand) -> anyhow::Result<u8> {
         } => hosts(&endpoint, behind, format),
         LogsCommand::Learned(a) => learned(a),
         LogsCommand::Exceptions(a) => exceptions(a),
+        LogsCommand::Audit {
+            endpoint,
+            after,
+            format,
+        } => audit(&endpoint, after, format),
     }
+}
+
+/// `interdict logs audit`: every page of the fleet audit after `after`.
+fn audit(ep: &Endpoint, after: i64, format: super::Format) -> anyhow::Result<u8> {
+    let mut rows: Vec<serde_json::Value> = Vec::new();
+    let mut from = after;
+    loop {
+        let after_s = from.to_string();
+        let (body, _) = get(ep, "/v1/fleet/audit", &[("after", after_s.as_str())])?;
+        let page: Vec<serde_json::Value> =
+            serde_json::from_str(&body).context("the collector's fleet audit")?;
+        let Some(last) = page.last().and_then(|r| r["seq"].as_i64()) else {
+            break;
+        };
+        if last <= from {
+            break;
+        }
+        from = last;
+        rows.extend(page);
+    }
+    match format {
+        super::Format::Json => println!(
+            "{}",
+            interdict_chain::safe_json_line(&serde_json::to_string(&rows)?)
+        ),
+        super::Format::Text => {
+            for r in &rows {
+                let s = |k: &str| r[k].as_str().unwrap_or("-").to_string();
+                println!(
+                    "{:>6} {} {:<22} {:<28} {}: {}",
+                    r["seq"].as_i64().unwrap_or(0),
+                    when(r["at_ms"].as_i64()),
+                    p(&s("action")),
+                    p(&s("actor")),
+                    p(&s("subject")),
+                    p(&s("detail")),
+                );
+            }
+            eprintln!("{} change(s)", rows.len());
+        }
+    }
+    Ok(0)
 }
 
 fn need(ep: Option<Endpoint>) -> anyhow::Result<Endpoint> {

@@ -464,6 +464,29 @@ fn issue_15_a_digest_learned_on_host_a_protects_host_b_only_after_approval_and_f
         e["kind"] == "hash_list_applied" && e["message"].as_str().unwrap_or("").contains(&digest)
     });
     assert_denied(&at_b);
+    // The fleet audit says who did what: host A reported it, the reviewer approved it.
+    let r = c.logs(&["audit", "--format", "json"]);
+    r.expect_code(0);
+    let changes = r.json();
+    let did = |action: &str, actor: &str| {
+        changes.as_array().unwrap().iter().any(|x| {
+            x["action"] == action
+                && x["actor"] == actor
+                && x["subject"] == format!("fleet-tool/{digest}").as_str()
+        })
+    };
+    assert!(
+        did("learned_pending", &format!("host:{ida}"))
+            && did("learned_approved", "reviewer:sec-team"),
+        "{changes:#}"
+    );
+    let r = c.logs(&["audit"]);
+    r.expect_code(0);
+    assert!(
+        r.stdout.contains("learned_approved") && r.stdout.contains("reviewer:sec-team"),
+        "{}",
+        r.stdout
+    );
     let learned_b = std::fs::read_to_string(b.dir.path().join("state/learned.json")).unwrap();
     assert!(
         learned_b.contains(&digest) && learned_b.contains("\"fleet\""),

@@ -279,8 +279,16 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         } => {
             let text = std::fs::read_to_string(&bundle)
                 .with_context(|| format!("cannot read {}", bundle.display()))?;
+            // Who, for the fleet audit: the account that ran this command.
+            let who = format!(
+                "uid {} ({})",
+                rustix::process::getuid().as_raw(),
+                std::env::var("SUDO_USER")
+                    .or_else(|_| std::env::var("USER"))
+                    .unwrap_or_else(|_| "unknown".into())
+            );
             let row = store
-                .publish_bundle(&text, &hosts)
+                .publish_bundle_by(&text, &hosts, &who)
                 .map_err(|e| anyhow::anyhow!("{}: {e}", bundle.display()))?;
             eprintln!(
                 "published bundle version {} (policy sha256 {}, signed {}) for {}",

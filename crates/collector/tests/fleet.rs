@@ -2,7 +2,8 @@
 //! PostgreSQL: bundles published in growing versions and fetched conditionally per host,
 //! learned digests pending until a reviewer approves them (then signed with the hash-list key,
 //! and only with it), exception requests decided and signed with the exception key for one
-//! user, one rule and one host, and what each token may do.
+//! user, one rule and one host, what each token may do, and the fleet audit (every change,
+//! with who made it).
 
 #[path = "support/common.rs"]
 mod common;
@@ -18,6 +19,7 @@ both!(
     issue_15_bundles_are_published_in_growing_versions_and_fetched_conditionally_per_host,
     issue_15_learned_digests_wait_for_a_reviewer_and_approvals_are_signed_with_the_hash_list_key,
     issue_15_exceptions_are_decided_and_signed_for_one_user_one_rule_one_host,
+    issue_15_every_fleet_change_is_audited_with_who_what_and_when_and_refusals_change_nothing,
 );
 
 fn seeded(n: u8) -> SecretKey {
@@ -421,4 +423,136 @@ fn issue_15_exceptions_are_decided_and_signed_for_one_user_one_rule_one_host(bac
     let (st, v) = decide(&reviewer, "req-3", "approve", json!({"days": 1}));
     assert_eq!(st, 200, "{v}");
     let _ = PublicKey::from_hex(&keys().exceptions.public().to_string()).unwrap();
+}
+
+fn issue_15_every_fleet_change_is_audited_with_who_what_and_when_and_refusals_change_nothing(
+    backend: Backend,
+) {
+    let s = Server::start_fleet(backend, keys());
+    let reviewer = s.reviewer();
+    let h1 = enroll(&s, "h1");
+    let url = format!("{}/v1/fleet/audit", s.url);
+    let audit = |q: &str| -> Vec<Value> {
+        let (st, body, _, _) = get(&format!("{url}{q}"), Some(&reviewer));
+        assert_eq!(st, 200, "{body}");
+        serde_json::from_str(&body).unwrap()
+    };
+    assert_eq!(audit(""), Vec::<Value>::new());
+    // A publication, a digest learned and a request by a host, decisions by a reviewer.
+    s.store()
+        .publish_bundle_by(
+            &bundle(1, POLICY, &seeded(1)),
+            &["canary-*".into()],
+            "it-admin",
+        )
+        .unwrap();
+    let d = "ab".repeat(32);
+    let mut a = start();
+    send(
+        &s,
+        &h1,
+        "h1",
+        &mut a,
+        vec![
+            learned("h1", "tool", &d),
+            requested("h1", "req-1", "ann", 1),
+        ],
+    );
+    let decide = |path: &str, body: Value| {
+        post(
+            &format!("{}/v1/{path}", s.url),
+            Some(&reviewer),
+            &body.to_string(),
+        )
+    };
+    assert_eq!(decide(&format!("learned/{d}/approve"), json!({})).0, 200);
+    assert_eq!(
+        decide("exceptions/req-1/deny", json!({"note": "no"})).0,
+        200
+    );
+    let rows = audit("");
+    let got: Vec<(&str, &str, &str)> = rows
+        .iter()
+        .map(|r| {
+            (
+                r["action"].as_str().unwrap(),
+                r["actor"].as_str().unwrap(),
+                r["subject"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            ("bundle_published", "local:it-admin", "1"),
+            ("learned_pending", "host:h1", &*format!("tool/{d}")),
+            ("exception_requested", "host:h1", "req-1"),
+            (
+                "learned_approved",
+                "reviewer:sec-team",
+                &*format!("tool/{d}")
+            ),
+            ("hash_list_signed", "reviewer:sec-team", "1"),
+            ("exception_denied", "reviewer:sec-team", "req-1"),
+        ],
+        "{rows:#?}"
+    );
+    let detail = |i: usize| rows[i]["detail"].as_str().unwrap().to_string();
+    assert!(
+        detail(0).contains("hosts matching canary-*"),
+        "{}",
+        detail(0)
+    );
+    assert!(
+        detail(0).contains(&seeded(1).public().to_string()),
+        "the signer is named: {}",
+        detail(0)
+    );
+    assert!(detail(2).contains("user ann"), "{}", detail(2));
+    assert!(
+        detail(4).contains(&keys().hash_list.public().to_string()),
+        "{}",
+        detail(4)
+    );
+    let seqs: Vec<i64> = rows.iter().map(|r| r["seq"].as_i64().unwrap()).collect();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
+    assert!(rows.iter().all(|r| r["at_ms"].as_i64().unwrap() > 0));
+    // Refused changes change nothing and leave no row: an older bundle, a decision taken
+    // already, a reviewer taking back an approved digest, a resent batch.
+    assert!(s
+        .store()
+        .publish_bundle(&bundle(1, POLICY, &seeded(1)), &[])
+        .is_err());
+    assert_eq!(
+        decide("exceptions/req-1/approve", json!({})).0,
+        409,
+        "decided once"
+    );
+    assert_eq!(decide(&format!("learned/{d}/reject"), json!({})).0, 409);
+    let mut again = start();
+    send(
+        &s,
+        &h1,
+        "h1",
+        &mut again,
+        vec![
+            learned("h1", "tool", &d),
+            requested("h1", "req-1", "ann", 1),
+        ],
+    );
+    assert_eq!(audit("").len(), rows.len(), "{:#?}", audit(""));
+    // Paged by revision.
+    let after = audit(&format!("?after={}", seqs[2]));
+    assert_eq!(after.len(), 3);
+    assert_eq!(after[0]["seq"], seqs[3]);
+    assert_eq!(audit(&format!("?after={}&limit=1", seqs[0])).len(), 1);
+    // Reviewers only; bad queries are said so.
+    let (st, _, _, _) = get(&url, Some(&h1));
+    assert_eq!(st, 403);
+    let (st, _, _, _) = get(&url, None);
+    assert_eq!(st, 401);
+    let (st, _, _, _) = get(&format!("{url}?after=x"), Some(&reviewer));
+    assert_eq!(st, 400);
+    let (st, _, _, _) = get(&format!("{url}?bogus=1"), Some(&reviewer));
+    assert_eq!(st, 400);
 }

@@ -22,7 +22,7 @@
 //! its recent denials; conditional on the fleet revision) with every heartbeat. Reviewers list
 //! with `GET /v1/learned?status=`, `GET /v1/exceptions?status=`, `GET /v1/bundles`, and see
 //! which bundle each host enforces in `GET /v1/hosts` (`policy_bundle`, `policy_bundle_target`,
-//! `behind`).
+//! `behind`). Every change is in the fleet audit, `GET /v1/fleet/audit?after=SEQ`.
 
 pub mod store;
 
@@ -40,7 +40,7 @@ use serde_json::json;
 
 use crate::store::{HostRow, Principal, StoreError};
 use crate::{blocking, err, internal, limit, read_body, who, Peer, Shared};
-pub use store::{Approvals, BundleRow, Denied, ExceptionRow, FleetError, LearnedRow};
+pub use store::{Approvals, AuditRow, BundleRow, Denied, ExceptionRow, FleetError, LearnedRow};
 
 /// The collector's fleet keys.
 pub struct Keys {
@@ -91,6 +91,7 @@ pub fn routes() -> Router<Shared> {
         .route("/v1/learned/{sha256}/{decision}", post(decide_learned))
         .route("/v1/exceptions", get(exceptions))
         .route("/v1/exceptions/{id}/{decision}", post(decide_exception))
+        .route("/v1/fleet/audit", get(audit))
 }
 
 /// The host behind an agent token (refused for reviewer tokens), within its rate limit.
@@ -249,10 +250,44 @@ async fn bundles(
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct AuditQuery {
+    after: Option<i64>,
+    limit: Option<i64>,
+}
+
+/// `GET /v1/fleet/audit?after=SEQ&limit=N` (reviewers): the fleet's changes after revision
+/// `after`, oldest first (page with the last `seq`).
+async fn audit(
+    State(app): State<Shared>,
+    Extension(peer): Extension<Peer>,
+    headers: HeaderMap,
+    q: Result<QueryParams<AuditQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    if let Err(r) = reviewer_name(&app, &headers, peer).await {
+        return r;
+    }
+    let q = match q {
+        Ok(QueryParams(q)) => q,
+        Err(e) => return err(StatusCode::BAD_REQUEST, e.body_text()),
+    };
+    let (after, limit) = (
+        q.after.unwrap_or(0),
+        q.limit.unwrap_or(store::MAX_AUDIT_ROWS),
+    );
+    let a = app.clone();
+    match blocking(move || a.store.fleet_audit(after, limit)).await {
+        Ok(v) => Json(v).into_response(),
+        Err(r) => r,
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct StatusQuery {
     status: Option<String>,
 }
 
+#[allow(clippy::result_large_err)]
 fn status_of(
     q: Result<QueryParams<StatusQuery>, axum::extract::rejection::QueryRejection>,
     allowed: &[&str],

@@ -1,6 +1,11 @@
 //! The fleet's tables: published policy bundles, digests hosts learned (pending, approved,
 //! rejected), exception requests and decisions, and the signed hash list. Their schema has its
 //! own migrations (`meta` key `fleet_schema`), applied after the store's.
+//!
+//! Every change to them through the store is also a row of the append-only **fleet audit**
+//! (`fleet_audit`: who, what, on what, when), numbered by the fleet revision it made, in the
+//! same transaction as the change: a publication, a digest learned or a request made by a host,
+//! a reviewer's decision, a hash list signed or put in place.
 
 use interdict_event::{Event, EventKind};
 use interdict_fleet::{Envelope, ExceptionGrant, HashEntry, HashList, SecretKey};
@@ -10,7 +15,8 @@ use crate::sql::{Db, DbError, Exec, Val};
 use crate::store::{now_ms, Store, StoreError};
 
 /// The fleet tables, as migrations applied in order.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE fleet_bundles (
     version BIGINT PRIMARY KEY,
     hosts TEXT NOT NULL,
@@ -61,7 +67,18 @@ CREATE TABLE fleet_state (k TEXT PRIMARY KEY, n BIGINT NOT NULL, v TEXT);
 INSERT INTO fleet_state (k, n) VALUES ('rev', 1);
 ALTER TABLE hosts ADD COLUMN policy_bundle BIGINT;
 ALTER TABLE hosts ADD COLUMN policy_source TEXT
-"#];
+"#,
+    r#"
+CREATE TABLE fleet_audit (
+    seq BIGINT PRIMARY KEY,
+    at_ms BIGINT NOT NULL,
+    actor TEXT NOT NULL,
+    action TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    detail TEXT NOT NULL
+)
+"#,
+];
 
 /// Apply the fleet migrations not applied yet (inside the store's migration transaction).
 pub(crate) fn migrate(t: &mut dyn Exec) -> Result<(), DbError> {
@@ -138,6 +155,25 @@ pub struct BundleRow {
     pub created: String,
     /// When it was published here, ms.
     pub published_ms: i64,
+}
+
+/// One row of the fleet audit.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AuditRow {
+    /// The fleet revision this change made (grows by one with each change).
+    pub seq: i64,
+    /// When, ms since the epoch.
+    pub at_ms: i64,
+    /// Who: `reviewer:NAME`, `host:HOST_ID`, or `local:...` (the collector's command line).
+    pub actor: String,
+    /// What: `bundle_published`, `learned_pending`, `learned_approved`, `learned_rejected`,
+    /// `hash_list_signed`, `hash_list_put`, `exception_requested`, `exception_approved`,
+    /// `exception_denied`.
+    pub action: String,
+    /// On what: a bundle version, `RULE/DIGEST`, an exception id, a hash list sequence number.
+    pub subject: String,
+    /// The rest, for people.
+    pub detail: String,
 }
 
 /// A digest a host learned, and what reviewers decided.
@@ -269,6 +305,38 @@ fn bump(t: &mut dyn Exec) -> Result<(), DbError> {
     Ok(())
 }
 
+/// A change: the fleet revision moves on, and the fleet audit gets a row numbered by it (in
+/// the caller's transaction, so that there is no change without its row).
+fn audit(
+    t: &mut dyn Exec,
+    actor: &str,
+    action: &str,
+    subject: &str,
+    detail: &str,
+) -> Result<(), DbError> {
+    bump(t)?;
+    let seq = t
+        .rows("SELECT n FROM fleet_state WHERE k = 'rev'", &[])?
+        .first()
+        .map_or(0, |r| int(&r[0]));
+    t.exec(
+        "INSERT INTO fleet_audit (seq, at_ms, actor, action, subject, detail)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        &[
+            seq.into(),
+            now_ms().into(),
+            actor.into(),
+            action.into(),
+            subject.into(),
+            detail.into(),
+        ],
+    )?;
+    Ok(())
+}
+
+/// Most rows `GET /v1/fleet/audit` returns at once.
+pub const MAX_AUDIT_ROWS: i64 = 1000;
+
 /// Most digests waiting for a decision; beyond it, newly learned digests are counted
 /// (`fleet_learned_dropped`) and not recorded, so that a host cannot flood the queue.
 pub const MAX_PENDING: i64 = 10_000;
@@ -312,7 +380,17 @@ impl Store {
     /// must be higher than every version published before. The collector does not hold IT's
     /// key and does not check the signature (agents do); it refuses what is not a bundle.
     pub fn publish_bundle(&self, text: &str, hosts: &[String]) -> Result<BundleRow, FleetError> {
-        let (body, _) = interdict_fleet::peek_bundle(text)
+        self.publish_bundle_by(text, hosts, "local")
+    }
+
+    /// [`Store::publish_bundle`], naming who published it in the fleet audit (`local:WHO`).
+    pub fn publish_bundle_by(
+        &self,
+        text: &str,
+        hosts: &[String],
+        who: &str,
+    ) -> Result<BundleRow, FleetError> {
+        let (body, signer) = interdict_fleet::peek_bundle(text)
             .map_err(|e| FleetError::Refused(format!("not published: {e}")))?;
         let row = BundleRow {
             version: body.version,
@@ -346,7 +424,23 @@ impl Store {
                     row.published_ms.into(),
                 ],
             )?;
-            bump(t)?;
+            audit(
+                t,
+                &format!("local:{who}"),
+                "bundle_published",
+                &version.to_string(),
+                &format!(
+                    "policy sha256 {}, signed {} by key {}, for {}",
+                    row.policy_sha256,
+                    row.created,
+                    signer.key,
+                    if hosts.is_empty() {
+                        "every host".to_string()
+                    } else {
+                        format!("hosts matching {}", hosts.join(", "))
+                    }
+                ),
+            )?;
             Ok(())
         })?;
         Ok(row)
@@ -411,7 +505,9 @@ impl Store {
         Ok(r.first().and_then(|r| r[0].text()))
     }
 
-    /// The bundle version each host said (in its last heartbeat) it enforces.
+    /// The bundle version each host said (in its last heartbeat) it enforces: (host id,
+    /// bundle version, policy source).
+    #[allow(clippy::type_complexity)]
     pub fn host_bundles(&self) -> Result<Vec<(String, Option<u64>, Option<String>)>, StoreError> {
         let r = db(self).read(|c| {
             c.rows(
@@ -488,7 +584,13 @@ impl Store {
                                     now.into(),
                                 ],
                             )?;
-                            bump(t)?;
+                            audit(
+                                t,
+                                &format!("host:{host_id}"),
+                                "learned_pending",
+                                &format!("{}/{sha}", rule.id),
+                                &format!("{size} bytes, first seen at {} ({source})", f.path),
+                            )?;
                         }
                         t.exec(
                             "INSERT INTO fleet_learned_hosts (rule_id, sha256, host_id) VALUES (?1, ?2, ?3)
@@ -530,7 +632,16 @@ impl Store {
                             ],
                         )?;
                         if n == 1 {
-                            bump(t)?;
+                            audit(
+                                t,
+                                &format!("host:{host_id}"),
+                                "exception_requested",
+                                &req.id,
+                                &format!(
+                                    "user {} asks {} day(s) from rule {}: {}",
+                                    req.user, req.days, req.rule, req.reason
+                                ),
+                            )?;
                         }
                     }
                     _ => {}
@@ -637,7 +748,7 @@ impl Store {
         let status = if approve { "approved" } else { "rejected" };
         let now = now_ms();
         db(self).tx(|t| -> Result<(), FleetError> {
-            for r in &matching {
+            for r in matching.iter().filter(|r| r.status != "approved") {
                 t.exec(
                     "UPDATE fleet_learned SET status = ?3, decided_by = ?4, decided_ms = ?5
                      WHERE rule_id = ?1 AND sha256 = ?2 AND status <> 'approved'",
@@ -649,17 +760,61 @@ impl Store {
                         now.into(),
                     ],
                 )?;
+                audit(
+                    t,
+                    &format!("reviewer:{reviewer}"),
+                    if approve {
+                        "learned_approved"
+                    } else {
+                        "learned_rejected"
+                    },
+                    &format!("{}/{}", r.rule_id, r.sha256),
+                    &format!(
+                        "was {}; {} bytes, first seen at {} on {}",
+                        r.status, r.size, r.path, r.first_host
+                    ),
+                )?;
             }
             if let Some(key) = key {
-                sign_hash_list(t, key)?;
+                let seq = sign_hash_list(t, key)?;
+                audit(
+                    t,
+                    &format!("reviewer:{reviewer}"),
+                    "hash_list_signed",
+                    &seq.to_string(),
+                    &format!("with the hash-list key {}", key.public()),
+                )?;
             }
-            bump(t)?;
             Ok(())
         })?;
         Ok(self
             .learned(None)?
             .into_iter()
             .filter(|r| r.sha256 == sha && rule.is_none_or(|x| x == r.rule_id))
+            .collect())
+    }
+
+    /// The fleet audit: the changes after revision `after`, oldest first, at most `limit`
+    /// (capped at [`MAX_AUDIT_ROWS`]).
+    pub fn fleet_audit(&self, after: i64, limit: i64) -> Result<Vec<AuditRow>, StoreError> {
+        let limit = limit.clamp(1, MAX_AUDIT_ROWS);
+        let rows = db(self).read(|c| {
+            c.rows(
+                "SELECT seq, at_ms, actor, action, subject, detail FROM fleet_audit
+                 WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+                &[after.into(), limit.into()],
+            )
+        })?;
+        Ok(rows
+            .iter()
+            .map(|r| AuditRow {
+                seq: int(&r[0]),
+                at_ms: int(&r[1]),
+                actor: text(&r[2]),
+                action: text(&r[3]),
+                subject: text(&r[4]),
+                detail: text(&r[5]),
+            })
             .collect())
     }
 
@@ -730,7 +885,19 @@ impl Store {
                      WHERE id = ?1 AND status = 'pending'",
                     &[id.into(), reviewer.into(), now.into(), note.into()],
                 )?;
-                bump(t)?;
+                audit(
+                    t,
+                    &format!("reviewer:{reviewer}"),
+                    "exception_denied",
+                    id,
+                    &format!(
+                        "user {} on host {}, rule {}{}",
+                        row.user,
+                        row.host_id,
+                        row.rule_id,
+                        note.map(|n| format!(": {n}")).unwrap_or_default()
+                    ),
+                )?;
                 Ok(())
             })?;
         } else {
@@ -774,7 +941,23 @@ impl Store {
                         note.into(),
                     ],
                 )?;
-                bump(t)?;
+                audit(
+                    t,
+                    &format!("reviewer:{reviewer}"),
+                    "exception_approved",
+                    id,
+                    &format!(
+                        "user {} on host {}, rule {}, for {secs} s (until {}), signed with the exception key {}",
+                        row.user,
+                        row.host_id,
+                        row.rule_id,
+                        interdict_event::rfc3339(
+                            std::time::UNIX_EPOCH
+                                + std::time::Duration::from_secs(grant.until.max(0) as u64)
+                        ),
+                        key.public()
+                    ),
+                )?;
                 Ok(())
             })?;
         }
@@ -842,14 +1025,20 @@ impl Store {
                         .into(),
                 ],
             )?;
-            bump(t)
+            audit(
+                t,
+                "local",
+                "hash_list_put",
+                &seq.to_string(),
+                &format!("signed by key {}", env.key),
+            )
         })?;
         Ok(())
     }
 }
 
 /// Sign a new hash list (the sequence number after the last one) holding every approved digest.
-fn sign_hash_list(t: &mut dyn Exec, key: &SecretKey) -> Result<(), DbError> {
+fn sign_hash_list(t: &mut dyn Exec, key: &SecretKey) -> Result<i64, DbError> {
     let seq = t
         .rows("SELECT n FROM fleet_state WHERE k = 'hash_list'", &[])?
         .first()
@@ -887,7 +1076,7 @@ fn sign_hash_list(t: &mut dyn Exec, key: &SecretKey) -> Result<(), DbError> {
                 .into(),
         ],
     )?;
-    Ok(())
+    Ok(seq)
 }
 
 /// An exception request as the agent forwards it (`exception_requested`): the rule, the user
