@@ -202,6 +202,139 @@ fn write_policy(dir: &Path, name: &str, text: &str) -> PathBuf {
     p
 }
 
+/// `interdict policy verify --public-key K... BUNDLE`.
+fn verify(bundle: &Path, keys: &[&str]) -> Run {
+    let mut c = interdict();
+    c.args(["policy", "verify"]);
+    for k in keys {
+        c.args(["--public-key", k]);
+    }
+    run(c.arg(bundle))
+}
+
+#[test]
+fn issue_15_policy_keygen_sign_and_verify_refuse_tampering_other_keys_and_bad_policies() {
+    use std::os::unix::fs::PermissionsExt;
+    let work = tempfile::tempdir().unwrap();
+    let (it_key, it_pub) = keygen(work.path(), "it.key");
+    assert!(
+        it_pub.len() == 64 && it_pub.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{it_pub}"
+    );
+    let mode = std::fs::metadata(&it_key).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "the private key is its owner's only");
+    // An existing key is never overwritten.
+    let before = std::fs::read(&it_key).unwrap();
+    let r = run(interdict().args(["policy", "keygen", "--out"]).arg(&it_key));
+    assert_ne!(r.code, 0, "{}", r.stderr);
+    assert!(r.stderr.contains("never overwritten"), "{}", r.stderr);
+    assert_eq!(std::fs::read(&it_key).unwrap(), before);
+    let (_, other_pub) = keygen(work.path(), "other.key");
+    // A policy with a hash file beside it: signed with the file, verified with the right key
+    // (alone or beside another during a rotation), refused with another key alone.
+    std::fs::create_dir_all(work.path().join("hashes")).unwrap();
+    std::fs::write(
+        work.path().join("hashes/tool.sha256"),
+        format!("{}  tool\n", "ab".repeat(32)),
+    )
+    .unwrap();
+    let p = write_policy(
+        work.path(),
+        "p.toml",
+        &format!(
+            "[policy]\nname = \"fleet\"\nversion = \"v7\"\nmode = \"enforce\"\n{}",
+            rule("tool", "block", "sha256_files = [\"hashes/tool.sha256\"]")
+        ),
+    );
+    let b = sign(&it_key, &p, 7);
+    let r = verify(&b, &[&it_pub]);
+    r.expect_code(0);
+    assert!(
+        r.stdout.contains("version 7") && r.stdout.contains(&it_pub),
+        "{}",
+        r.stdout
+    );
+    verify(&b, &[&other_pub, &it_pub]).expect_code(0);
+    let r = verify(&b, &[&other_pub]);
+    r.expect_code(2);
+    assert!(
+        r.stdout.contains("not one of the pinned keys")
+            || r.stderr.contains("not one of the pinned keys"),
+        "{}{}",
+        r.stdout,
+        r.stderr
+    );
+    // Any one flipped byte of the signed policy, of the hash file inside, of the version or of
+    // the signature is refused.
+    let text = std::fs::read_to_string(&b).unwrap();
+    let env: Value = serde_json::from_str(&text).unwrap();
+    let body = env["body"].as_str().unwrap();
+    for (what, needle) in [
+        ("the policy", "v7"),
+        ("the hash file", &"ab".repeat(32)[..]),
+        ("the version", "\"version\":7"),
+    ] {
+        let at = body
+            .find(needle)
+            .unwrap_or_else(|| panic!("{what}: {needle} in {body}"));
+        let mut altered = body.to_string().into_bytes();
+        altered[at + needle.len() - 1] ^= 0x01;
+        let mut e = env.clone();
+        e["body"] = Value::String(String::from_utf8(altered).unwrap());
+        let t = work.path().join("tampered.bundle");
+        std::fs::write(&t, serde_json::to_string(&e).unwrap()).unwrap();
+        let r = verify(&t, &[&it_pub]);
+        r.expect_code(2);
+        assert!(
+            format!("{}{}", r.stdout, r.stderr).contains("does not verify"),
+            "{what}: {}{}",
+            r.stdout,
+            r.stderr
+        );
+    }
+    let mut e = env.clone();
+    let sig = e["signature"].as_str().unwrap().to_string();
+    let flipped = if sig.starts_with('0') { "1" } else { "0" }.to_string() + &sig[1..];
+    e["signature"] = Value::String(flipped);
+    let t = work.path().join("tampered.bundle");
+    std::fs::write(&t, serde_json::to_string(&e).unwrap()).unwrap();
+    verify(&t, &[&it_pub]).expect_code(2);
+    // A policy with errors is not signed: every problem at once, FILE:LINE:COL, no bundle.
+    let bad = write_policy(
+        work.path(),
+        "bad.toml",
+        "[policy]\nname = \"fleet\"\nversion = \"1\"\nmode = \"sometimes\"\n\n[[rule]]\nid = \"x\"\n",
+    );
+    let out = work.path().join("bad.bundle");
+    let r = run(interdict()
+        .args(["policy", "sign", "--key"])
+        .arg(&it_key)
+        .arg(&bad)
+        .arg("--out")
+        .arg(&out));
+    assert_ne!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    assert!(r.stderr.contains("bad.toml:4:"), "{}", r.stderr);
+    assert!(r.stderr.contains("not signed"), "{}", r.stderr);
+    assert!(!out.exists());
+    // A policy naming a hash file that is missing is not signed either.
+    let missing = write_policy(
+        work.path(),
+        "missing.toml",
+        &format!(
+            "[policy]\nname = \"fleet\"\nversion = \"1\"\nmode = \"enforce\"\n{}",
+            rule("tool", "block", "sha256_files = [\"hashes/none.sha256\"]")
+        ),
+    );
+    let r = run(interdict()
+        .args(["policy", "sign", "--key"])
+        .arg(&it_key)
+        .arg(&missing)
+        .arg("--out")
+        .arg(&out));
+    assert_ne!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    assert!(!out.exists());
+}
+
 #[test]
 fn issue_15_signed_bundles_apply_within_a_heartbeat_refusals_keep_the_policy_and_a_restart_without_the_collector_keeps_it(
 ) {
@@ -345,6 +478,20 @@ fn issue_15_signed_bundles_apply_within_a_heartbeat_refusals_keep_the_policy_and
     let b4 = sign(&other_key, &p3, 4);
     c.store().publish_bundle(&bundle_text(&b4), &[]).unwrap();
     refused(&agent, "which is not one of the pinned keys");
+    // (b2) signed with IT's own key, a higher version, but a policy that does not load:
+    // refused like a failed reload, the last good policy stays.
+    let it_secret = SecretKey::from_file_text(&std::fs::read_to_string(&it_key).unwrap()).unwrap();
+    let broken = "[policy]\nname = \"fleet\"\nversion = \"v5\"\nmode = \"sometimes\"\n";
+    let b5 = interdict_fleet::BundleBody {
+        version: 5,
+        created: "2026-12-01T00:00:00Z".into(),
+        policy_sha256: interdict_fleet::sha256_hex(broken.as_bytes()),
+        policy: broken.into(),
+        files: Default::default(),
+    }
+    .sign(&it_secret);
+    c.store().publish_bundle(&b5.to_text(), &[]).unwrap();
+    refused(&agent, "version 5: its policy is invalid");
     // (c) version 1 after version 2: the collector's newer bundles deleted.
     c.sql("DELETE FROM fleet_bundles WHERE version > 1", &[]);
     refused(
@@ -356,6 +503,7 @@ fn issue_15_signed_bundles_apply_within_a_heartbeat_refusals_keep_the_policy_and
     for why in [
         "the signature does not verify",
         "not one of the pinned keys",
+        "its policy is invalid",
         "a rollback",
     ] {
         assert_eq!(count(&agent, "policy_rejected", why), 1, "{why}");
