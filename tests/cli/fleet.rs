@@ -963,5 +963,74 @@ fn issue_15_an_exception_is_requested_approved_used_by_its_user_only_announced_a
         + s["counters"]["notices_failed"].as_u64().unwrap()
         + s["counters"]["notices_terminal"].as_u64().unwrap();
     assert!(tried >= 3, "{s:#}");
+    // A request denied: the host hears of it (with the reviewer's note) with its next heartbeat.
+    let r = as_user(&[
+        "exception",
+        "request",
+        "--rule",
+        "tool",
+        "--days",
+        "1",
+        "--reason",
+        "once more",
+    ]);
+    r.expect_code(0);
+    let again = agent.wait_event("the second exception_requested", |e| {
+        e["kind"] == "exception_requested" && e["id"] != requested["id"]
+    });
+    let again_id = serde_json::from_str::<Value>(again["message"].as_str().unwrap()).unwrap()
+        ["request_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    wait_until("the second request pending at the collector", 20, || {
+        let r = c.logs(&["exceptions", "--pending", "--format", "json"]);
+        r.code == 0
+            && r.json()
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|x| x["id"] == again_id.as_str())
+    });
+    c.logs(&[
+        "exceptions",
+        "deny",
+        &again_id,
+        "--note",
+        "use the approved assistant",
+    ])
+    .expect_code(0);
+    let denied = agent.wait_event("exception_denied", |e| e["kind"] == "exception_denied");
+    assert!(
+        denied["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("use the approved assistant"),
+        "{denied:#}"
+    );
+    assert_eq!(denied["process"]["user"], TEST_USER);
+    let out = user_runs("0").wait_with_output().unwrap();
+    assert!(!out.status.success(), "denied stays denied: {out:?}");
+    // A user cannot flood the reviewers: at most 5 requests an hour (refused ones count).
+    let ask = || {
+        as_user(&[
+            "exception",
+            "request",
+            "--rule",
+            "tool",
+            "--days",
+            "1",
+            "--reason",
+            "again",
+        ])
+    };
+    ask().expect_code(0);
+    let r = ask();
+    r.expect_code(2);
+    assert!(
+        r.stderr.contains("at most 5 requests an hour"),
+        "{}",
+        r.stderr
+    );
     let _ = Command::new("true").status();
 }
