@@ -553,7 +553,11 @@ pub fn policy_changed(shared: &Shared) {
 
 /// Start the exception clock (once a second), after putting the exceptions kept in force.
 pub fn start(shared: std::sync::Arc<Shared>) -> Result<(), StartError> {
-    apply(&shared);
+    // The exceptions kept from before a restart (none: the policy and its generation stay as
+    // they were loaded).
+    if !shared.fleet.state().exceptions.is_empty() {
+        apply(&shared);
+    }
     std::thread::Builder::new()
         .name("exceptions".into())
         .spawn(move || loop {
