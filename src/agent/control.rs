@@ -1,7 +1,8 @@
 //! The control socket: `interdict status`, `reload`, `hashes forget` and `exception request`
 //! talk to the agent over a Unix socket. Every connection's peer credentials (`SO_PEERCRED`)
 //! decide what it may ask: root and the members of `admin_group` everything; any other local
-//! user only `exception-request` (the socket is mode 0666 so that they can connect), and that
+//! user only `exception-request` (with a `[collector]` the socket is mode 0666 so that they can
+//! connect; without one it is 0600, or 0660 for `admin_group`), and that
 //! user is the one the kernel names, never one the request claims.
 //!
 //! Protocol: one request line (`status`, `reload`, `forget JSON` with a
@@ -121,8 +122,20 @@ pub async fn serve(
         .admin_group
         .as_deref()
         .and_then(|g| shared.accounts.gid_of(g));
-    // Any local user may connect: what each may ask is decided by its peer credentials.
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666))?;
+    // With a collector, any local user may connect to ask for an exception (issue 15); what
+    // each may ask is decided by its peer credentials. Without one, no exception can be asked
+    // for: root only, or root and `admin_group`.
+    let mode = if shared.config.collector.is_some() {
+        0o666
+    } else if admin_gid.is_some() {
+        0o660
+    } else {
+        0o600
+    };
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))?;
+    if let Some(gid) = admin_gid {
+        std::os::unix::fs::chown(&path, Some(0), Some(gid))?;
+    }
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
         let (stream, _) = tokio::select! {
