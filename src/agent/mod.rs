@@ -17,6 +17,7 @@
 pub mod config;
 pub mod control;
 pub mod enforce;
+pub mod fleet;
 pub mod metrics;
 pub mod reload;
 pub mod sensors;
@@ -68,8 +69,19 @@ pub fn run(policy_path: &Path, config_path: Option<&Path>) -> anyhow::Result<u8>
             return Ok(exit::ERROR);
         }
     };
-    let Some(loaded) = crate::policy::load_or_print(policy_path) else {
-        return Ok(exit::ERROR);
+    // A signed bundle kept from an earlier run is the policy IT published last: it comes
+    // before the file, and is enforced without reaching the collector.
+    let (loaded, source, note) = match fleet::bundle::load_persisted(&config) {
+        Some(Ok((l, src))) => (l, src, None),
+        kept => {
+            let Some(l) = crate::policy::load_or_print(policy_path) else {
+                return Ok(exit::ERROR);
+            };
+            let src = reload::PolicySource::File {
+                path: crate::path_text(policy_path),
+            };
+            (l, src, kept.and_then(Result::err))
+        }
     };
     if let (Some(p), Some(_)) = (
         config_path,
@@ -83,7 +95,12 @@ pub fn run(policy_path: &Path, config_path: Option<&Path>) -> anyhow::Result<u8>
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    rt.block_on(run_async(policy_path.to_path_buf(), config, loaded))
+    rt.block_on(run_async(
+        policy_path.to_path_buf(),
+        config,
+        (loaded, source),
+        note,
+    ))
 }
 
 fn warn_if_readable_by_others(p: &Path) {
@@ -380,7 +397,8 @@ fn start_sensors(
 async fn run_async(
     policy_path: PathBuf,
     config: config::AgentConfig,
-    loaded: crate::policy::LoadedPolicy,
+    (loaded, source): (crate::policy::LoadedPolicy, reload::PolicySource),
+    bundle_note: Option<String>,
 ) -> anyhow::Result<u8> {
     let started = Instant::now();
     make_state_dir(&config.agent.state_dir).map_err(|e| {
@@ -406,14 +424,14 @@ async fn run_async(
         .map(Arc::new);
     let watchdog = notifier.as_ref().and(service::watchdog_from_env());
     let origin = Origin {
-        host_id: host_id(),
+        host_id: config.agent.host_id.clone().unwrap_or_else(host_id),
         hostname: crate::inventory::host::hostname(),
     };
     let (events, events_rx) = sinks::event_log::EventSink::new(config.agent.event_queue);
     let (notices, notices_rx) = enforce::notifier::NoticeSink::new(&config.notify);
     let learned =
         crate::policy::learned::LearnedSet::load(&config.agent.state_dir).unwrap_or_default();
-    let policy = PolicyInForce::new(policy_path, loaded, &learned);
+    let policy = PolicyInForce::new(policy_path, loaded, &learned, source);
     let shared = Shared::new(config, policy, origin, events, notices)?;
     if let Some(w) = watchdog {
         shared.liveness.set_idle_wake(service::idle_wake_for(w));
@@ -450,8 +468,20 @@ async fn run_async(
     let mut e = shared.event(EventKind::AgentStarted);
     e.message = Some(summary);
     shared.emit(e);
+    if let Some(why) = bundle_note {
+        tracing::error!("the signed bundle kept in the state folder is not used: {why}");
+        let mut e = shared.event(EventKind::PolicyRejected);
+        e.message = Some(format!(
+            "the signed bundle kept in the state folder is not used: {why}; the policy file is in force"
+        ));
+        shared.emit(e);
+        metrics::inc(&shared.metrics.c.policies_rejected);
+    }
     let mut e = shared.event(EventKind::PolicyApplied);
-    e.message = Some("initial policy".into());
+    e.message = Some(format!(
+        "initial policy, from {}",
+        shared.policy.active().source.describe()
+    ));
     shared.emit(e);
     metrics::inc(&shared.metrics.c.policies_applied);
 
@@ -462,6 +492,8 @@ async fn run_async(
     };
     // Start-up work off the async thread: mark banned scripts, sweep what already runs.
     reloader.after_change("start-up");
+    // Signed bundles, approved digests and exceptions from the collector.
+    fleet::start(reloader.clone())?;
 
     // Reloads: SIGHUP, the control socket, the policy file changing.
     let (reload_tx, mut reload_rx) = mpsc::channel::<oneshot::Sender<ReloadReply>>(16);

@@ -6,6 +6,7 @@ mod agent_queues;
 mod collector;
 mod doctor;
 mod evasion;
+mod fleet;
 mod install_watch;
 mod notify;
 mod npm_packages;

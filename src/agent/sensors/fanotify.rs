@@ -715,7 +715,8 @@ fn decide(g: &Guard, p: &Pending) {
         }
         // Only "nothing to do" and "deny" are cached: a report, a kill or a would-enforce must
         // be acted on at every exec.
-        let cacheable = matches!(v.plan, Plan::Allow | Plan::Stop);
+        // Nor a decision another user would get otherwise (an exemption, an exception).
+        let cacheable = matches!(v.plan, Plan::Allow | Plan::Stop) && !v.per_user;
         if cacheable && !hash_failed && FileKey::of_fd(&p.fd) == Some(p.key) {
             shared.decisions.put(
                 p.key,
