@@ -358,6 +358,22 @@ impl Agent {
         for (k, v) in env {
             cmd.env(k, v);
         }
+        // If the test process dies without dropping the agent (killed by a timeout), `timeout`
+        // is told (SIGTERM, which it passes on to the agent): no orphaned agent keeps its marks
+        // and the privileged-test lock it inherited.
+        {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: prctl(PR_SET_PDEATHSIG) is async-signal-safe and touches no memory of
+            // the parent; it only sets the child's parent-death signal.
+            unsafe {
+                cmd.pre_exec(|| {
+                    if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) == -1 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
         let child = cmd.spawn().unwrap();
         Agent {
             child,
