@@ -34,6 +34,7 @@
 #![deny(missing_docs)]
 
 pub mod config;
+pub mod console;
 pub mod keys;
 pub mod limits;
 pub mod server;
@@ -124,6 +125,7 @@ async fn chores(app: Arc<App>) {
         n += 1;
         let _ = tokio::task::spawn_blocking(move || {
             a.flush_counters();
+            console::chore(&a);
             if hourly {
                 if let Err(e) = a.store.optimize() {
                     tracing::warn!("planner statistics: {e}");
@@ -846,6 +848,7 @@ fn reviewer_routes() -> Router<Shared> {
 pub fn router(app: Arc<App>) -> Router {
     agent_routes()
         .merge(reviewer_routes())
+        .merge(console::routes())
         .layer(axum::extract::DefaultBodyLimit::disable())
         .with_state(app)
 }
