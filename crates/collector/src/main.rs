@@ -238,7 +238,11 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 eprintln!(
                     "a sign-in link for {name}: valid for 10 minutes, signs in once; send it to {name} only"
                 );
-                if base.starts_with("http://") && !base.contains("://127.") && !base.contains("://localhost") && !base.contains("://[::1]") {
+                if base.starts_with("http://")
+                    && !base.contains("://127.")
+                    && !base.contains("://localhost")
+                    && !base.contains("://[::1]")
+                {
                     eprintln!("warning: {base} is plain HTTP: the link and the session cross the network readable; serve HTTPS (--tls-cert/--tls-key)");
                 }
             }

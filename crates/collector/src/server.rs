@@ -416,7 +416,17 @@ pub async fn serve(
             let work = async {
                 match tls {
                     None => {
-                        http(io, conn.clone(), peer, false, router, request, backstop, stop).await
+                        http(
+                            io,
+                            conn.clone(),
+                            peer,
+                            false,
+                            router,
+                            request,
+                            backstop,
+                            stop,
+                        )
+                        .await
                     }
                     Some(acceptor) => match tokio::time::timeout(header, acceptor.accept(io)).await
                     {

@@ -19,7 +19,7 @@ mod browser;
 mod seed;
 
 use browser::Chrome;
-use interdict_collector::console;
+use interdict_collector::{console, Config};
 use interdict_event::{Event, EventKind, Outcome};
 use seed::Agent;
 
@@ -60,19 +60,112 @@ fn seed(s: &Server) -> Fleet {
     let _old = Agent::enroll(s, "h-old", "old.corp"); // never reports: silent
     let cc = "claude-code";
     let v = |a: &Agent, k, o, rule, act, user, days, mins| {
-        a.violation(k, o, rule, act, user, &["claude", "--print", "x"], days, mins)
+        a.violation(
+            k,
+            o,
+            rule,
+            act,
+            user,
+            &["claude", "--print", "x"],
+            days,
+            mins,
+        )
     };
     let mut e = vec![
-        v(&alpha, ExecDenied, Outcome::Denied, cc, "block", "ana", 40, 0),
-        v(&alpha, ExecDenied, Outcome::Denied, cc, "block", "ana", 3, 0),
-        v(&alpha, ExecReported, Outcome::Reported, "codex", "report", "ana", 5, 0),
-        alpha.install(InstalledDetected, cc, "/home/ana/.npm/claude-code", "ana", 4, 0),
-        alpha.install(InstalledDetected, "codex", "/home/ana/.npm/codex", "ana", 3, 0),
-        alpha.install(InstalledRemoved, cc, "/home/ana/.npm/claude-code", "ana", 2, 0),
-        v(&alpha, ExecReported, Outcome::Reported, "codex", "report", "ana", 2, 0),
-        v(&alpha, ProcessKilled, Outcome::Killed, cc, "kill", "bob", 1, 0),
-        v(&alpha, ExecDenied, Outcome::Denied, cc, "block", "ana", 1, 0),
-        v(&alpha, ExecDenied, Outcome::Denied, cc, "block", "ana", 0, 30),
+        v(
+            &alpha,
+            ExecDenied,
+            Outcome::Denied,
+            cc,
+            "block",
+            "ana",
+            40,
+            0,
+        ),
+        v(
+            &alpha,
+            ExecDenied,
+            Outcome::Denied,
+            cc,
+            "block",
+            "ana",
+            3,
+            0,
+        ),
+        v(
+            &alpha,
+            ExecReported,
+            Outcome::Reported,
+            "codex",
+            "report",
+            "ana",
+            5,
+            0,
+        ),
+        alpha.install(
+            InstalledDetected,
+            cc,
+            "/home/ana/.npm/claude-code",
+            "ana",
+            4,
+            0,
+        ),
+        alpha.install(
+            InstalledDetected,
+            "codex",
+            "/home/ana/.npm/codex",
+            "ana",
+            3,
+            0,
+        ),
+        alpha.install(
+            InstalledRemoved,
+            cc,
+            "/home/ana/.npm/claude-code",
+            "ana",
+            2,
+            0,
+        ),
+        v(
+            &alpha,
+            ExecReported,
+            Outcome::Reported,
+            "codex",
+            "report",
+            "ana",
+            2,
+            0,
+        ),
+        v(
+            &alpha,
+            ProcessKilled,
+            Outcome::Killed,
+            cc,
+            "kill",
+            "bob",
+            1,
+            0,
+        ),
+        v(
+            &alpha,
+            ExecDenied,
+            Outcome::Denied,
+            cc,
+            "block",
+            "ana",
+            1,
+            0,
+        ),
+        v(
+            &alpha,
+            ExecDenied,
+            Outcome::Denied,
+            cc,
+            "block",
+            "ana",
+            0,
+            30,
+        ),
     ];
     let mut pa = alpha.event(PolicyApplied, 6, 0);
     pa.message = Some("policy ai-coding-agents 2026.11 applied (start-up)".into());
@@ -83,7 +176,16 @@ fn seed(s: &Server) -> Fleet {
         s,
         vec![
             v(&beta, ExecDenied, Outcome::Denied, cc, "block", "ana", 6, 0),
-            v(&beta, ExecDenied, Outcome::Denied, cc, "block", "ana", 0, 20),
+            v(
+                &beta,
+                ExecDenied,
+                Outcome::Denied,
+                cc,
+                "block",
+                "ana",
+                0,
+                20,
+            ),
             beta.heartbeat(None, 1),
         ],
     );
@@ -91,7 +193,16 @@ fn seed(s: &Server) -> Fleet {
     beta.lose(2);
     beta.send(
         s,
-        vec![v(&beta, ExecDenied, Outcome::Denied, "gemini-cli", "block", "carol", 0, 10)],
+        vec![v(
+            &beta,
+            ExecDenied,
+            Outcome::Denied,
+            "gemini-cli",
+            "block",
+            "carol",
+            0,
+            10,
+        )],
     );
     let mut x = evil.violation(
         ExecDenied,
@@ -109,9 +220,11 @@ fn seed(s: &Server) -> Fleet {
         a.sent
             .iter()
             .filter(|e| {
-                matches!(e.kind, ExecDenied | ExecReported | ProcessKilled | ScriptDenied)
-                    && interdict_event::parse_rfc3339_millis(&e.time).unwrap()
-                        > interdict_collector::store::now_ms() - 29 * 86_400_000
+                matches!(
+                    e.kind,
+                    ExecDenied | ExecReported | ProcessKilled | ScriptDenied
+                ) && interdict_event::parse_rfc3339_millis(&e.time).unwrap()
+                    > interdict_collector::store::now_ms() - 29 * 86_400_000
             })
             .count()
     };
@@ -140,7 +253,10 @@ fn api_events(s: &Server, token: &str, query: &str) -> Vec<String> {
         let url = format!(
             "{}/v1/events?{query}{}",
             s.url,
-            after.as_deref().map(|a| format!("&after={a}")).unwrap_or_default()
+            after
+                .as_deref()
+                .map(|a| format!("&after={a}"))
+                .unwrap_or_default()
         );
         let (st, body, next, _) = get(&url, Some(token));
         assert_eq!(st, 200, "{url}: {body}");
@@ -175,15 +291,17 @@ fn same_events(rows: &[csv::StringRecord], api: &[String]) {
         assert_eq!(&r[1], e.host_id, "host");
         assert_eq!(&r[3], interdict_event::snake(e.kind), "kind");
         assert_eq!(&r[5], e.rule.as_ref().map(|r| r.id.as_str()).unwrap_or(""));
-        let user = e.process.as_ref().and_then(|p| p.user.clone()).unwrap_or_default();
+        let user = e
+            .process
+            .as_ref()
+            .and_then(|p| p.user.clone())
+            .unwrap_or_default();
         assert_eq!(&r[12], user, "user");
         assert_eq!(&r[29], e.seq.unwrap().to_string(), "seq");
     }
 }
 
-fn issue_17_a_reviewer_signs_in_reads_filters_exports_and_signs_out_in_a_browser(
-    backend: Backend,
-) {
+fn issue_17_a_reviewer_signs_in_reads_filters_exports_and_signs_out_in_a_browser(backend: Backend) {
     let s = Server::start(backend);
     let fleet = seed(&s);
     let api = s.store().add_reviewer("api-reader").unwrap();
@@ -195,19 +313,43 @@ fn issue_17_a_reviewer_signs_in_reads_filters_exports_and_signs_out_in_a_browser
     // Not signed in: the console sends the browser to the sign-in page.
     b.goto(&format!("{}/console/", s.url));
     assert_eq!(b.url(), format!("{}/console/login", s.url));
-    assert!(b.text("main").contains("one-time link"), "{}", b.text("main"));
+    assert!(
+        b.text("main").contains("one-time link"),
+        "{}",
+        b.text("main")
+    );
 
     // The link: the secret leaves the address bar at once; the button signs in.
     b.goto(&link);
-    assert_eq!(b.url(), format!("{}/console/login", s.url), "the secret stays out of the address");
+    assert_eq!(
+        b.url(),
+        format!("{}/console/login", s.url),
+        "the secret stays out of the address"
+    );
     assert_eq!(b.text("#link-reviewer"), "sec-team");
     b.shot(&format!("{tag}-01-sign-in"));
     b.click_and_wait("#sign-in");
     assert_eq!(b.url(), format!("{}/console/", s.url), "{}", b.text("main"));
     assert_eq!(b.text("#reviewer"), "sec-team");
+    let cookies = b.tab.get_cookies().unwrap();
+    let c = cookies
+        .iter()
+        .find(|c| c.name == "interdict_session")
+        .expect("the session cookie");
+    assert!(c.http_only, "HttpOnly");
+    assert_eq!(format!("{:?}", c.same_site), "Some(Strict)");
+    let session = c.value.clone();
+    assert_eq!(
+        b.eval("document.cookie"),
+        serde_json::json!(""),
+        "no cookie a page could read"
+    );
 
     // The overview: the counts of the seeded fleet.
-    assert_eq!(b.text("#total-violations"), fleet.violations_30d.to_string());
+    assert_eq!(
+        b.text("#total-violations"),
+        fleet.violations_30d.to_string()
+    );
     assert_eq!(fleet.violations_30d, 10, "the seed itself");
     assert_eq!(b.text("#hosts-enrolled"), "4");
     assert_eq!(b.text("#hosts-reporting"), "3");
@@ -215,13 +357,26 @@ fn issue_17_a_reviewer_signs_in_reads_filters_exports_and_signs_out_in_a_browser
     assert_eq!(b.text("#hosts-noncompliant"), "1");
     assert_eq!(b.text("#open-findings"), "1");
     let rules = b.text("#top-rules-table");
-    assert!(rules.starts_with("Rule\tViolations\nclaude-code\t6"), "{rules}");
-    assert!(rules.contains("codex\t2") && rules.contains("gemini-cli\t1"), "{rules}");
+    assert!(
+        rules.starts_with("Rule\tViolations\nclaude-code\t6"),
+        "{rules}"
+    );
+    assert!(
+        rules.contains("codex\t2") && rules.contains("gemini-cli\t1"),
+        "{rules}"
+    );
     let users = b.text("#top-users-table");
-    assert!(users.contains("ana\t7") && users.contains("bob\t1"), "{users}");
+    assert!(
+        users.contains("ana\t7") && users.contains("bob\t1"),
+        "{users}"
+    );
     assert!(b.text("#noncompliant-hosts").contains("alpha.corp: codex"));
     assert!(b.text("#silent-hosts").contains("old.corp"));
-    assert!(b.text("#overview-findings").contains("gap"), "{}", b.text("#overview-findings"));
+    assert!(
+        b.text("#overview-findings").contains("gap"),
+        "{}",
+        b.text("#overview-findings")
+    );
     assert_eq!(b.count("svg rect[fill]") > 5, true, "the chart has bars");
     b.shot(&format!("{tag}-02-overview"));
 
@@ -232,7 +387,10 @@ fn issue_17_a_reviewer_signs_in_reads_filters_exports_and_signs_out_in_a_browser
     b.fill("#f-user", "ana");
     b.click_and_wait("#apply");
     let url = b.url();
-    assert!(url.contains("rule=claude-code") && url.contains("user=ana"), "{url}");
+    assert!(
+        url.contains("rule=claude-code") && url.contains("user=ana"),
+        "{url}"
+    );
     assert_eq!(b.count("table.events tbody tr"), 6);
     assert_eq!(b.text("#match-count"), "6 events match.");
     b.shot(&format!("{tag}-04-violations-filtered"));
@@ -243,7 +401,9 @@ fn issue_17_a_reviewer_signs_in_reads_filters_exports_and_signs_out_in_a_browser
     assert!(b.text("#facts-rule").contains("claude-code"));
     assert!(b.text("#facts-policy").contains("ai-coding-agents"));
     assert!(b.text("#facts-process").contains("/usr/bin/bash"));
-    assert!(b.text("#facts-file").contains("/home/ana/.local/bin/claude-code"));
+    assert!(b
+        .text("#facts-file")
+        .contains("/home/ana/.local/bin/claude-code"));
     assert!(
         b.text("#chain-verdict").starts_with("This record verifies"),
         "{} / {}",
@@ -253,7 +413,11 @@ fn issue_17_a_reviewer_signs_in_reads_filters_exports_and_signs_out_in_a_browser
     b.shot(&format!("{tag}-05-event"));
 
     // Export the filter as CSV: the same events as the API (violations of the filter).
-    b.tab.navigate_to(&url).unwrap().wait_until_navigated().unwrap();
+    b.tab
+        .navigate_to(&url)
+        .unwrap()
+        .wait_until_navigated()
+        .unwrap();
     let csv = b.download("#export-CSV");
     let rows = parse_csv(&csv);
     let want: Vec<String> = api_events(&s, &api, "rule=claude-code&user=ana")
@@ -270,7 +434,10 @@ fn issue_17_a_reviewer_signs_in_reads_filters_exports_and_signs_out_in_a_browser
         .collect();
     assert_eq!(ocsf.lines().count(), 6, "{ocsf}");
     for l in ocsf.lines() {
-        assert!(api_ocsf.contains(&l.to_string()), "{l} not in the API's OCSF");
+        assert!(
+            api_ocsf.contains(&l.to_string()),
+            "{l} not in the API's OCSF"
+        );
     }
 
     // The fleet, one host, the findings, a person.
@@ -290,14 +457,24 @@ fn issue_17_a_reviewer_signs_in_reads_filters_exports_and_signs_out_in_a_browser
     b.goto(&format!("{}/console/hosts/{}", s.url, fleet.alpha.id));
     assert!(b.text("#compliance").contains("installed now"));
     assert!(b.text("main").contains("/home/ana/.npm/codex"));
-    assert!(!b.text("main").contains("/home/ana/.npm/claude-code\u{20}("), "removed since");
+    assert!(
+        !b.text("main").contains("/home/ana/.npm/claude-code\u{20}("),
+        "removed since"
+    );
     b.shot(&format!("{tag}-07-host"));
     b.goto(&format!("{}/console/hosts/{}/verify", s.url, fleet.beta.id));
-    assert!(b.text("#verify-verdict").contains("problem"), "{}", b.text("main"));
+    assert!(
+        b.text("#verify-verdict").contains("problem"),
+        "{}",
+        b.text("main")
+    );
     b.shot(&format!("{tag}-08-verify"));
     b.goto(&format!("{}/console/findings", s.url));
     let f = b.text("#open-findings-table");
-    assert!(f.contains("beta.corp") && f.contains("gap") && f.contains("never reached the collector"), "{f}");
+    assert!(
+        f.contains("beta.corp") && f.contains("gap") && f.contains("never reached the collector"),
+        "{f}"
+    );
     b.shot(&format!("{tag}-09-findings"));
     b.goto(&format!("{}/console/people", s.url));
     b.shot(&format!("{tag}-10-people"));
@@ -310,7 +487,9 @@ fn issue_17_a_reviewer_signs_in_reads_filters_exports_and_signs_out_in_a_browser
         .filter(|e| e.process.as_ref().and_then(|p| p.user.as_deref()) == Some("ana"))
         .count();
     assert_eq!(b.text("#person-total"), ana_events.to_string());
-    assert!(b.text("#person-policies").contains("ai-coding-agents 2026.11"));
+    assert!(b
+        .text("#person-policies")
+        .contains("ai-coding-agents 2026.11"));
     b.shot(&format!("{tag}-11-person"));
 
     // What a hostile host sent is shown as text: no element of its making.
@@ -321,7 +500,9 @@ fn issue_17_a_reviewer_signs_in_reads_filters_exports_and_signs_out_in_a_browser
     b.click_and_wait("table.events tbody tr:first-child a.detail-link");
     assert_eq!(b.count("script, img, iframe, object, embed"), 0);
     assert!(b.text("#facts-rule").contains(EVIL_RULE));
-    assert!(b.text("#facts-process").contains("<script>alert(2)</script>"));
+    assert!(b
+        .text("#facts-process")
+        .contains("<script>alert(2)</script>"));
     assert!(b.text("#raw").contains("</pre><script>alert(4)</script>"));
     b.shot(&format!("{tag}-12-hostile-event"));
 
@@ -344,7 +525,10 @@ fn issue_17_a_reviewer_signs_in_reads_filters_exports_and_signs_out_in_a_browser
     let reqs = b.requests.lock().unwrap().clone();
     assert!(reqs.len() > 20, "{reqs:?}");
     let outside: Vec<&String> = reqs.iter().filter(|u| !u.starts_with(&s.url)).collect();
-    assert!(outside.is_empty(), "requests outside the collector: {outside:?}");
+    assert!(
+        outside.is_empty(),
+        "requests outside the collector: {outside:?}"
+    );
     let log = b.log.lock().unwrap().clone();
     let bad: Vec<&String> = log
         .iter()
@@ -360,24 +544,774 @@ fn issue_17_a_reviewer_signs_in_reads_filters_exports_and_signs_out_in_a_browser
     assert!(!reqs.iter().any(|u| u.contains("session")));
     let state = console::auth::link_state(&s.store(), &secret).unwrap();
     assert_eq!(state, console::auth::LinkState::Used);
+    // The browser's history keeps the link the reviewer opened (any link does), but that secret
+    // is used up; the session's secret is in no address.
+    let history = b.history();
+    assert!(
+        history
+            .iter()
+            .any(|u| u.ends_with("/console/events/14") || u.contains("/console/hosts")),
+        "the history database was read: {history:?}"
+    );
+    for u in &history {
+        assert!(!u.contains(&session), "{u}");
+        if let Some(x) = u.split("link=").nth(1) {
+            let st = console::auth::link_state(&s.store(), x).unwrap();
+            assert!(
+                !matches!(st, console::auth::LinkState::Valid { .. }),
+                "{u}: {st:?}"
+            );
+        }
+    }
+}
+
+// ---- plain HTTP, as an adversary or a script would ----
+
+/// HTTP without following redirects.
+fn web() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .max_redirects(0)
+        .timeout_global(Some(std::time::Duration::from_secs(60)))
+        .build()
+        .into()
+}
+
+struct Resp {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+impl Resp {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn cookies(&self) -> Vec<&str> {
+        self.headers
+            .iter()
+            .filter(|(k, _)| k.eq_ignore_ascii_case("set-cookie"))
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+
+    /// The value a Set-Cookie gives cookie `name`.
+    fn cookie(&self, name: &str) -> Option<String> {
+        self.cookies().iter().find_map(|c| {
+            let (k, v) = c.split(';').next()?.split_once('=')?;
+            (k == name).then(|| v.to_string())
+        })
+    }
+}
+
+fn send(method: &str, url: &str, headers: &[(&str, &str)], body: Option<&str>) -> Resp {
+    let a = web();
+    let mut resp = match method {
+        "GET" => {
+            let mut r = a.get(url);
+            for (k, v) in headers {
+                r = r.header(*k, *v);
+            }
+            r.call().unwrap()
+        }
+        _ => {
+            let mut r = a.post(url);
+            for (k, v) in headers {
+                r = r.header(*k, *v);
+            }
+            r.send(body.unwrap_or("")).unwrap()
+        }
+    };
+    let status = resp.status().as_u16();
+    let headers = resp
+        .headers()
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string()))
+        .collect();
+    let body = resp
+        .body_mut()
+        .with_config()
+        .limit(1 << 30)
+        .read_to_string()
+        .unwrap_or_default();
+    Resp {
+        status,
+        headers,
+        body,
+    }
+}
+
+/// GET with the console session cookie.
+fn page(s: &Server, path: &str, session: &str) -> Resp {
+    send(
+        "GET",
+        &format!("{}{path}", s.url),
+        &[("Cookie", &format!("interdict_session={session}"))],
+        None,
+    )
+}
+
+/// Post the sign-in form as the sign-in page does (same origin, the link cookie, its token).
+fn post_login(
+    s: &Server,
+    secret: &str,
+    origin: Option<&str>,
+    site: Option<&str>,
+    csrf: &str,
+) -> Resp {
+    let cookie = format!("interdict_link={secret}");
+    let body = format!("csrf={csrf}");
+    let mut h: Vec<(&str, &str)> = vec![
+        ("Cookie", &cookie),
+        ("Content-Type", "application/x-www-form-urlencoded"),
+    ];
+    if let Some(o) = origin {
+        h.push(("Origin", o));
+    }
+    if let Some(x) = site {
+        h.push(("Sec-Fetch-Site", x));
+    }
+    send("POST", &format!("{}/console/login", s.url), &h, Some(&body))
+}
+
+/// Sign in over HTTP with a fresh link for `name` (a reviewer already); the session cookie.
+fn sign_in(s: &Server, name: &str) -> String {
+    let secret = console::auth::create_link(&s.store(), name)
+        .unwrap()
+        .unwrap();
+    let origin = s.url.clone();
+    let r = post_login(
+        s,
+        &secret,
+        Some(&origin),
+        Some("same-origin"),
+        &console::auth::csrf_for(&secret),
+    );
+    assert_eq!(r.status, 303, "{}", r.body);
+    r.cookie("interdict_session").expect("a session cookie")
+}
+
+fn text_of(html: &str, id: &str) -> String {
+    let start = format!("id=\"{id}\">");
+    let i = html
+        .find(&start)
+        .unwrap_or_else(|| panic!("no #{id} in {html}"))
+        + start.len();
+    html[i..].split('<').next().unwrap().to_string()
 }
 
 fn issue_17_links_and_sessions_resist_reuse_expiry_revocation_and_cross_site_posts(
-    _backend: Backend,
+    backend: Backend,
 ) {
+    let s = Server::start(backend);
+    let store = s.store();
+    let agent_token = enroll(&s, "h-1");
+    let api_token = store.add_reviewer("rita").unwrap();
+    let secret = console::auth::create_link(&store, "rita").unwrap().unwrap();
+    let good = console::auth::csrf_for(&secret);
+    let origin = s.url.clone();
+    let valid = |secret: &str| {
+        matches!(
+            console::auth::link_state(&s.store(), secret).unwrap(),
+            console::auth::LinkState::Valid { .. }
+        )
+    };
+
+    // Following the link uses nothing up (mail scanners follow links): it moves the secret
+    // into a cookie for the sign-in page and drops it from the address.
+    let r = send(
+        "GET",
+        &format!("{}/console/login?link={secret}", s.url),
+        &[],
+        None,
+    );
+    assert_eq!(r.status, 303);
+    assert_eq!(r.header("location"), Some("/console/login"));
+    let c = r.cookies().join(" | ");
+    assert!(
+        c.contains(&format!("interdict_link={secret}"))
+            && c.contains("HttpOnly")
+            && c.contains("Path=/console/login"),
+        "{c}"
+    );
+    assert!(valid(&secret));
+    // The stored link is its hash, not the secret.
+    assert_eq!(
+        s.tamper(
+            "UPDATE console_links SET reviewer = reviewer WHERE secret_sha256 = ?1",
+            &[&secret]
+        ),
+        0
+    );
+    assert_eq!(
+        s.tamper(
+            "UPDATE console_links SET reviewer = reviewer WHERE secret_sha256 = ?1",
+            &[&interdict_collector::store::token_hash(&secret)]
+        ),
+        1
+    );
+
+    // Cross-site posts: refused, and the link stays unused.
+    let evil = Some("https://evil.example");
+    for (o, site, csrf, why) in [
+        (None, None, good.as_str(), "no Origin"),
+        (evil, None, good.as_str(), "another origin"),
+        (evil, Some("cross-site"), good.as_str(), "cross-site"),
+        (
+            Some("null"),
+            None,
+            good.as_str(),
+            "Origin null without Sec-Fetch-Site",
+        ),
+        (
+            Some("null"),
+            Some("same-site"),
+            good.as_str(),
+            "Origin null from a sibling site",
+        ),
+        (
+            Some(origin.as_str()),
+            Some("cross-site"),
+            good.as_str(),
+            "Sec-Fetch-Site cross-site",
+        ),
+        (
+            Some(origin.as_str()),
+            Some("same-origin"),
+            "00",
+            "a wrong form token",
+        ),
+    ] {
+        let r = post_login(&s, &secret, o, site, csrf);
+        assert_eq!(r.status, 403, "{why}: {}", r.body);
+        assert!(r.cookie("interdict_session").is_none(), "{why}");
+        assert!(valid(&secret), "{why}: the link was used up");
+    }
+    // Agent tokens and API tokens are not sign-in links.
+    for t in [&agent_token, &api_token] {
+        let r = post_login(
+            &s,
+            t,
+            Some(&origin),
+            Some("same-origin"),
+            &console::auth::csrf_for(t),
+        );
+        assert_eq!(r.status, 403);
+        assert!(r.body.contains("not a valid sign-in link"), "{}", r.body);
+    }
+    assert!(
+        console::auth::create_link(&store, "h-1").unwrap().is_none(),
+        "a host is no reviewer"
+    );
+
+    // The sign-in page's own post (Chrome sends Origin: null under no-referrer).
+    let r = post_login(&s, &secret, Some("null"), Some("same-origin"), &good);
+    assert_eq!(r.status, 303, "{}", r.body);
+    assert_eq!(r.header("location"), Some("/console/"));
+    let session = r.cookie("interdict_session").unwrap();
+    let set = r.cookies().join(" | ");
+    assert!(
+        set.contains("HttpOnly") && set.contains("SameSite=Strict") && set.contains("Path=/"),
+        "{set}"
+    );
+    assert!(!set.contains("Secure"), "plain HTTP: {set}");
+    assert_ne!(session, secret);
+    let home = page(&s, "/console/", &session);
+    assert_eq!(home.status, 200);
+    assert_eq!(text_of(&home.body, "reviewer"), "rita");
+    // Used once.
+    let r = post_login(&s, &secret, Some(&origin), Some("same-origin"), &good);
+    assert_eq!(r.status, 403);
+    assert!(r.body.contains("used already"), "{}", r.body);
+    let r = send(
+        "GET",
+        &format!("{}/console/login", s.url),
+        &[("Cookie", &format!("interdict_link={secret}"))],
+        None,
+    );
+    assert_eq!(r.status, 403);
+    assert!(!r.body.contains("id=\"sign-in\""));
+
+    // Two uses at once: exactly one signs in.
+    let racy = console::auth::create_link(&store, "rita").unwrap().unwrap();
+    let wins: usize = std::thread::scope(|sc| {
+        let hs: Vec<_> = (0..4)
+            .map(|_| {
+                sc.spawn(|| console::auth::redeem(&s.store(), &racy).unwrap().is_ok() as usize)
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).sum()
+    });
+    assert_eq!(wins, 1);
+
+    // An expired link.
+    let old = console::auth::create_link(&store, "rita").unwrap().unwrap();
+    s.tamper(
+        "UPDATE console_links SET expires_ms = 1 WHERE secret_sha256 = ?1",
+        &[&interdict_collector::store::token_hash(&old)],
+    );
+    let r = post_login(
+        &s,
+        &old,
+        Some(&origin),
+        Some("same-origin"),
+        &console::auth::csrf_for(&old),
+    );
+    assert_eq!(r.status, 403);
+    assert!(r.body.contains("expired"), "{}", r.body);
+
+    // Tokens are not sessions: an agent's, a reviewer's API token, as the cookie or as a bearer.
+    for (h, v) in [
+        ("Cookie", format!("interdict_session={agent_token}")),
+        ("Cookie", format!("interdict_session={api_token}")),
+        ("Authorization", format!("Bearer {api_token}")),
+        ("Cookie", format!("interdict_session={secret}")),
+    ] {
+        let r = send("GET", &format!("{}/console/", s.url), &[(h, &v)], None);
+        assert_eq!(r.status, 303, "{h}: {v}");
+        assert_eq!(r.header("location"), Some("/console/login"));
+    }
+    // And a session is not an API token.
+    let (st, _, _, _) = get(&format!("{}/v1/hosts", s.url), Some(&session));
+    assert_eq!(st, 401);
+
+    // Sessions end when unused for too long, and after the longest time in any case.
+    let idle = sign_in(&s, "rita");
+    assert_eq!(page(&s, "/console/hosts", &idle).status, 200);
+    let h = interdict_collector::store::token_hash(&idle);
+    let idle_s = Config::default().console.session_idle_s as i64;
+    s.tamper(
+        &format!(
+            "UPDATE console_sessions SET seen_ms = seen_ms - {} WHERE id_sha256 = ?1",
+            (idle_s + 5) * 1000
+        ),
+        &[&h],
+    );
+    assert_eq!(
+        page(&s, "/console/hosts", &idle).status,
+        303,
+        "idle too long"
+    );
+    let long = sign_in(&s, "rita");
+    let max_s = Config::default().console.session_max_s as i64;
+    s.tamper(
+        &format!(
+            "UPDATE console_sessions SET created_ms = created_ms - {} WHERE id_sha256 = ?1",
+            (max_s + 5) * 1000
+        ),
+        &[&interdict_collector::store::token_hash(&long)],
+    );
+    assert_eq!(
+        page(&s, "/console/hosts", &long).status,
+        303,
+        "past the longest session"
+    );
+
+    // Signing out: not from another site; from the page, the session ends.
+    let csrf = console::auth::csrf_for(&session);
+    let cookie = format!("interdict_session={session}");
+    let form = format!("csrf={csrf}");
+    let out = |origin: &str, site: &str, body: &str| {
+        send(
+            "POST",
+            &format!("{}/console/logout", s.url),
+            &[
+                ("Cookie", &cookie),
+                ("Origin", origin),
+                ("Sec-Fetch-Site", site),
+                ("Content-Type", "application/x-www-form-urlencoded"),
+            ],
+            Some(body),
+        )
+    };
+    assert_eq!(out("https://evil.example", "cross-site", &form).status, 403);
+    assert_eq!(out(&origin, "same-origin", "csrf=00").status, 403);
+    assert_eq!(
+        page(&s, "/console/", &session).status,
+        200,
+        "still signed in"
+    );
+    let r = out(&origin, "same-origin", &form);
+    assert_eq!(r.status, 303);
+    assert_eq!(r.header("location"), Some("/console/login?out=1"));
+    assert!(r.cookies().join(" ").contains("Max-Age=0"));
+    assert_eq!(page(&s, "/console/", &session).status, 303, "signed out");
+
+    // Revoking the reviewer ends their sessions at once, and their links; a new token for the
+    // same name does not bring them back.
+    let live = sign_in(&s, "rita");
+    let pending = console::auth::create_link(&store, "rita").unwrap().unwrap();
+    assert_eq!(page(&s, "/console/", &live).status, 200);
+    assert!(store.revoke_reviewer("rita").unwrap());
+    assert_eq!(page(&s, "/console/", &live).status, 303, "revoked");
+    assert_eq!(
+        console::auth::link_state(&store, &pending).unwrap(),
+        console::auth::LinkState::Revoked
+    );
+    store.add_reviewer("rita").unwrap();
+    assert_eq!(
+        page(&s, "/console/", &live).status,
+        303,
+        "a new token, not the old sessions"
+    );
+    let r = post_login(
+        &s,
+        &pending,
+        Some(&origin),
+        Some("same-origin"),
+        &console::auth::csrf_for(&pending),
+    );
+    assert_eq!(r.status, 403);
 }
 
-fn issue_17_host_data_is_escaped_and_every_response_carries_the_security_headers(
-    _backend: Backend,
-) {
+/// The escaped form of `s` in the console's HTML.
+fn escaped(s: &str) -> String {
+    s.replace('&', "&#38;")
+        .replace('<', "&#60;")
+        .replace('>', "&#62;")
+        .replace('"', "&#34;")
+        .replace('\'', "&#39;")
+}
+
+/// The collector's cursor of a host's newest event.
+fn newest_cursor(s: &Server, token: &str, host: &str) -> String {
+    let (st, _, _, cursor) = get(
+        &format!("{}/v1/events?host={host}&limit=10000", s.url),
+        Some(token),
+    );
+    assert_eq!(st, 200);
+    cursor.unwrap()
+}
+
+fn security_headers(r: &Resp, what: &str) {
+    let want = [
+        ("content-security-policy", console::CSP),
+        ("x-frame-options", "DENY"),
+        ("x-content-type-options", "nosniff"),
+        ("referrer-policy", "no-referrer"),
+        ("cross-origin-opener-policy", "same-origin"),
+    ];
+    for (k, v) in want {
+        assert_eq!(r.header(k), Some(v), "{what}: {k}");
+    }
+    let csp = r.header("content-security-policy").unwrap();
+    for part in [
+        "default-src 'self'",
+        "script-src 'none'",
+        "frame-ancestors 'none'",
+        "form-action 'self'",
+    ] {
+        assert!(csp.contains(part), "{csp}");
+    }
+    assert!(!csp.contains("unsafe"), "{csp}");
+}
+
+fn issue_17_host_data_is_escaped_and_every_response_carries_the_security_headers(backend: Backend) {
+    let s = Server::start(backend);
+    let fleet = seed(&s);
+    let api = s.store().add_reviewer("api-reader").unwrap();
+    s.store().add_reviewer("rita").unwrap();
+    let session = sign_in(&s, "rita");
+    let evil_cursor = newest_cursor(&s, &api, &fleet.evil.id);
+    let hostile_query = console::qs(&[
+        ("user", "\"><script>alert(5)</script>"),
+        ("rule", "'><img src=x>"),
+    ]);
+    let pages: Vec<(String, u16)> = vec![
+        ("/console/".into(), 200),
+        ("/console/events".into(), 200),
+        (
+            format!("/console/events?host={}&kind=all", fleet.evil.id),
+            200,
+        ),
+        (format!("/console/events{hostile_query}"), 200),
+        (format!("/console/events/{evil_cursor}"), 200),
+        ("/console/hosts".into(), 200),
+        (format!("/console/hosts/{}", fleet.evil.id), 200),
+        (format!("/console/hosts/{}/verify", fleet.evil.id), 200),
+        ("/console/findings".into(), 200),
+        ("/console/people".into(), 200),
+        (
+            format!("/console/person{}", console::qs(&[("user", EVIL_USER)])),
+            200,
+        ),
+        ("/console/hosts/%3Cscript%3E".into(), 404),
+        ("/console/events/99999999".into(), 404),
+        ("/console/events/%3Cscript%3E".into(), 404),
+        ("/console/events?since=%3Cscript%3E".into(), 200),
+    ];
+    for (path, status) in &pages {
+        let r = page(&s, path, &session);
+        assert_eq!(r.status, *status, "{path}: {}", r.body);
+        security_headers(&r, path);
+        assert_eq!(r.header("cache-control"), Some("no-store"), "{path}");
+        let lower = r.body.to_lowercase();
+        for tag in [
+            "<script",
+            "<img",
+            "<iframe",
+            "<object",
+            "<embed",
+            "javascript:",
+        ] {
+            assert!(!lower.contains(tag), "{path} holds {tag}:\n{}", r.body);
+        }
+    }
+    let hosts = page(&s, "/console/hosts", &session).body;
+    assert!(hosts.contains(&escaped(EVIL_HOST)), "{hosts}");
+    let ev = page(&s, &format!("/console/events/{evil_cursor}"), &session).body;
+    for x in [EVIL_USER, EVIL_RULE, "</pre><script>alert(4)</script>"] {
+        assert!(ev.contains(&escaped(x)), "{x} in {ev}");
+    }
+    let list = page(&s, &format!("/console/events{hostile_query}"), &session).body;
+    assert!(
+        list.contains(&escaped("\"><script>alert(5)</script>")),
+        "{list}"
+    );
+    let bad_time = page(&s, "/console/events?since=%3Cscript%3E", &session).body;
+    assert!(bad_time.contains("give a UTC date"), "{bad_time}");
+
+    // Signed out, too: the sign-in page, the redirects, static files.
+    for (path, status) in [
+        ("/console/login", 200),
+        ("/console/", 303),
+        ("/console/events/1", 303),
+        ("/console/export?format=csv", 303),
+        ("/console/static/console.css", 200),
+        ("/console/static/icon.svg", 200),
+        ("/console/nowhere", 404),
+    ] {
+        let r = send("GET", &format!("{}{path}", s.url), &[], None);
+        assert_eq!(r.status, status, "{path}");
+        if path != "/console/nowhere" {
+            security_headers(&r, path);
+        }
+        if status == 303 {
+            assert_eq!(r.header("location"), Some("/console/login"), "{path}");
+        }
+    }
+    let css = send(
+        "GET",
+        &format!("{}/console/static/console.css", s.url),
+        &[],
+        None,
+    );
+    assert_eq!(css.header("content-type"), Some("text/css; charset=utf-8"));
+    assert!(
+        !css.body.contains("url(") && !css.body.contains("@import"),
+        "no outside resources"
+    );
 }
 
 fn issue_17_exports_match_the_api_in_every_format_and_csv_cells_cannot_run_formulas(
-    _backend: Backend,
+    backend: Backend,
 ) {
+    let s = Server::start(backend);
+    let fleet = seed(&s);
+    let api = s.store().add_reviewer("api-reader").unwrap();
+    s.store().add_reviewer("rita").unwrap();
+    let session = sign_in(&s, "rita");
+    let export = |q: &str| {
+        let r = page(&s, &format!("/console/export?{q}"), &session);
+        assert_eq!(r.status, 200, "{q}: {}", r.body);
+        r
+    };
+    let alpha = &fleet.alpha.id;
+
+    // Every format of one filter (everything of one host) is what the API gives.
+    let native = api_events(&s, &api, &format!("host={alpha}"));
+    assert_eq!(native.len(), fleet.alpha.sent.len());
+    let r = export(&format!("host={alpha}&kind=all&format=ndjson"));
+    assert_eq!(r.body.lines().collect::<Vec<_>>(), native);
+    assert!(r
+        .header("content-disposition")
+        .unwrap()
+        .starts_with("attachment; filename=\"interdict-events-"));
+    for f in ["ocsf", "ecs"] {
+        let want = api_events(&s, &api, &format!("host={alpha}&format={f}"));
+        assert_eq!(
+            export(&format!("host={alpha}&kind=all&format={f}"))
+                .body
+                .lines()
+                .collect::<Vec<_>>(),
+            want,
+            "{f}"
+        );
+    }
+    let csv = export(&format!("host={alpha}&kind=all&format=csv"));
+    assert_eq!(csv.header("content-type"), Some("text/csv; charset=utf-8"));
+    same_events(&parse_csv(csv.body.as_bytes()), &native);
+    // The default (violations) is the API's answer less the other kinds.
+    let want: Vec<String> = api_events(&s, &api, "rule=claude-code")
+        .into_iter()
+        .filter(|l| {
+            let e: Event = serde_json::from_str(l).unwrap();
+            matches!(
+                e.kind,
+                EventKind::ExecDenied
+                    | EventKind::ExecReported
+                    | EventKind::ProcessKilled
+                    | EventKind::ScriptDenied
+            )
+        })
+        .collect();
+    assert_eq!(want.len(), 7);
+    assert_eq!(
+        export("rule=claude-code&format=ndjson")
+            .body
+            .lines()
+            .collect::<Vec<_>>(),
+        want
+    );
+
+    // Many pages: 2,300 events of one host, in the API's order.
+    let bulk_token = enroll(&s, "h-bulk");
+    let evs = chain("h-bulk", 1, interdict_event::GENESIS_HASH, 2300);
+    for c in evs.chunks(1000) {
+        ingest(&s, &bulk_token, c);
+    }
+    let want = api_events(&s, &api, "host=h-bulk");
+    assert_eq!(want.len(), 2300);
+    assert_eq!(
+        export("host=h-bulk&kind=all&format=ndjson")
+            .body
+            .lines()
+            .collect::<Vec<_>>(),
+        want
+    );
+    let rows = parse_csv(export("host=h-bulk&format=csv").body.as_bytes());
+    same_events(&rows, &want);
+
+    // Cells a spreadsheet would run are quoted off; the values are kept.
+    let mut f = Agent::enroll(&s, "h-formula", "=cmd|' /C calc'!A0");
+    let mut e = f.violation(
+        EventKind::ExecDenied,
+        Outcome::Denied,
+        "+rule",
+        "block",
+        "=HYPERLINK(\"http://evil.example\")",
+        &["-rf"],
+        0,
+        1,
+    );
+    e.message = Some("@SUM(A1:A9)".into());
+    if let Some(p) = e.process.as_mut() {
+        p.cwd = Some("-x".into());
+        p.exe = Some("\t=1+1".into());
+    }
+    e.sensor = Some("line one\r\n=2+2".into());
+    f.send(&s, vec![e.clone()]);
+    let body = export("host=h-formula&format=csv").body;
+    let rows = parse_csv(body.as_bytes());
+    assert_eq!(rows.len(), 1);
+    let r = &rows[0];
+    assert_eq!(&r[2], "'=cmd|' /C calc'!A0");
+    assert_eq!(&r[5], "'+rule");
+    assert_eq!(&r[12], "'=HYPERLINK(\"http://evil.example\")");
+    assert_eq!(&r[16], "'\t=1+1");
+    assert_eq!(&r[17], "[\"-rf\"]");
+    assert_eq!(&r[18], "'-x");
+    assert_eq!(&r[27], "line one\r\n=2+2");
+    assert_eq!(&r[28], "'@SUM(A1:A9)");
+    for cell in r.iter() {
+        assert!(
+            !cell.starts_with(['=', '+', '-', '@', '\t', '\r']),
+            "{cell:?}"
+        );
+    }
+
+    // Bad requests.
+    assert_eq!(page(&s, "/console/export?format=xml", &session).status, 400);
+    let r = page(&s, "/console/export?format=csv&since=yesterday", &session);
+    assert_eq!(r.status, 400);
+    assert!(r.body.contains("give a UTC date"));
 }
 
-fn issue_17_summaries_are_counted_again_after_a_deletion_and_after_the_migration(
-    _backend: Backend,
-) {
+/// The overview's count of violations in 30 days, at `url` with `session`.
+fn overview_total(url: &str, session: &str) -> String {
+    let r = send(
+        "GET",
+        &format!("{url}/console/"),
+        &[("Cookie", &format!("interdict_session={session}"))],
+        None,
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(!r.body.contains("Still counting"), "{}", r.body);
+    text_of(&r.body, "total-violations")
+}
+
+fn issue_17_summaries_are_counted_again_after_a_deletion_and_after_the_migration(backend: Backend) {
+    let mut s = Server::start(backend);
+    let mut fleet = seed(&s);
+    s.store().add_reviewer("rita").unwrap();
+    let session = sign_in(&s, "rita");
+    assert_eq!(overview_total(&s.url, &session), "10");
+    // New events are counted as they arrive.
+    let e = fleet.beta.violation(
+        EventKind::ScriptDenied,
+        Outcome::Denied,
+        "aider",
+        "block",
+        "dan",
+        &[],
+        0,
+        0,
+    );
+    fleet.beta.send(&s, vec![e]);
+    assert_eq!(overview_total(&s.url, &session), "11");
+    // A host deleted: its events go, and so do they from the counts (6 violations of alpha's).
+    assert!(s.store().delete_host(&fleet.alpha.id, &s.key).unwrap());
+    assert_eq!(overview_total(&s.url, &session), "5");
+    let home = page(&s, "/console/", &session).body;
+    assert_eq!(text_of(&home, "hosts-enrolled"), "3");
+    assert_eq!(text_of(&home, "hosts-noncompliant"), "0");
+
+    // The migration from issue 13's schema (three migrations): the console's tables are made
+    // and the summaries counted from the events already stored.
+    s.stop();
+    for t in [
+        "console_links",
+        "console_sessions",
+        "console_days",
+        "console_installs",
+        "console_hoststate",
+        "console_rollup",
+    ] {
+        s.tamper(&format!("DROP TABLE {t}"), &[]);
+    }
+    s.tamper("UPDATE schema_version SET n = 3", &[]);
+    let store = s.store();
+    let api = store.add_reviewer("api-reader").unwrap();
+    let again = interdict_collector::Background::start(
+        "127.0.0.1:0",
+        interdict_collector::App::new(store, Config::default(), s.key.clone()),
+        None,
+    )
+    .unwrap();
+    let url = format!("http://{}", again.addr());
+    let st = s.store();
+    st.add_reviewer("rita").unwrap();
+    let secret = console::auth::create_link(&st, "rita").unwrap().unwrap();
+    let r = send(
+        "POST",
+        &format!("{url}/console/login"),
+        &[
+            ("Cookie", &format!("interdict_link={secret}")),
+            ("Origin", &url),
+            ("Content-Type", "application/x-www-form-urlencoded"),
+        ],
+        Some(&format!("csrf={}", console::auth::csrf_for(&secret))),
+    );
+    assert_eq!(r.status, 303, "{}", r.body);
+    let session = r.cookie("interdict_session").unwrap();
+    assert_eq!(overview_total(&url, &session), "5");
+    let (_, body, _, _) = get(
+        &format!("{url}/v1/events?host={}&limit=10000", fleet.beta.id),
+        Some(&api),
+    );
+    assert_eq!(body.lines().count(), fleet.beta.sent.len(), "events intact");
 }

@@ -69,7 +69,9 @@ pub struct Session {
 /// The form token that goes with a secret (a session's or a link's): forms posted from another
 /// site cannot know it.
 pub fn csrf_for(secret: &str) -> String {
-    hex(&sha256(format!("interdict-console-form\0{secret}").as_bytes()))
+    hex(&sha256(
+        format!("interdict-console-form\0{secret}").as_bytes(),
+    ))
 }
 
 fn reviewer_token_hash(store: &Store, name: &str) -> Result<Option<String>, StoreError> {
@@ -152,7 +154,10 @@ fn classify(r: &[Val], now: i64) -> LinkState {
 
 /// Use the link with this secret up and start a session: `Ok((session secret, reviewer))`, or
 /// why not. Used once, even when two requests race (the second finds it used).
-pub fn redeem(store: &Store, secret: &str) -> Result<Result<(String, String), LinkState>, StoreError> {
+pub fn redeem(
+    store: &Store,
+    secret: &str,
+) -> Result<Result<(String, String), LinkState>, StoreError> {
     let now = now_ms();
     let session = new_token();
     let h = token_hash(secret);

@@ -10,7 +10,9 @@ pub const DAYS: i64 = 30;
 
 /// Colours for the rules (the most frequent first), each at least 3:1 against white (WCAG
 /// non-text contrast), told apart by hue and lightness; the rest are grey.
-const PALETTE: &[&str] = &["#0b5cad", "#b34700", "#00785a", "#a3316f", "#5e3c99", "#7a6300"];
+const PALETTE: &[&str] = &[
+    "#0b5cad", "#b34700", "#00785a", "#a3316f", "#5e3c99", "#7a6300",
+];
 const OTHER: &str = "#5f6368";
 
 /// One stacked segment.
@@ -96,20 +98,22 @@ pub fn date(day: i64) -> String {
     interdict_event::rfc3339(t)[..10].to_string()
 }
 
+/// The top of the count axis: four equal steps, each a whole number up to 5, then 1, 2, 2.5 or
+/// 5 times a power of ten; at least `v`.
 fn nice_ceiling(v: u64) -> u64 {
-    if v <= 5 {
-        return 5;
+    let need = v.div_ceil(4).max(1);
+    if need <= 5 {
+        return need * 4;
     }
-    let mut p = 1u64;
-    while p * 10 < v {
+    let mut p = 10u64;
+    loop {
+        for step in [p, 2 * p, 5 * p / 2, 5 * p] {
+            if step >= need {
+                return step * 4;
+            }
+        }
         p *= 10;
     }
-    for m in [1, 2, 5, 10] {
-        if p * m >= v {
-            return p * m;
-        }
-    }
-    p * 10
 }
 
 /// Build the chart from (day, rule, count) rows, for the [`DAYS`] days ending with `today`.
@@ -133,7 +137,11 @@ pub fn build(rows: &[(i64, String, u64)], today: i64) -> Chart {
         .enumerate()
         .map(|(i, (r, n))| Legend {
             fill: PALETTE[i],
-            label: if r.is_empty() { "(no rule)".into() } else { r.to_string() },
+            label: if r.is_empty() {
+                "(no rule)".into()
+            } else {
+                r.to_string()
+            },
             total: *n,
         })
         .collect();
@@ -155,11 +163,15 @@ pub fn build(rows: &[(i64, String, u64)], today: i64) -> Chart {
     for (d, r, n) in rows.iter().filter(|x| x.0 >= first && x.0 <= today) {
         grid[(d - first) as usize][slot(r)] += n;
     }
-    let (width, height) = (960u32, 280u32);
+    let (width, height) = (960u32, 240u32);
     let (left, right, top, bottom) = (56.0f64, 12.0f64, 12.0f64, 36.0f64);
     let plot_w = width as f64 - left - right;
     let plot_h = height as f64 - top - bottom;
-    let max_day = grid.iter().map(|d| d.iter().sum::<u64>()).max().unwrap_or(0);
+    let max_day = grid
+        .iter()
+        .map(|d| d.iter().sum::<u64>())
+        .max()
+        .unwrap_or(0);
     let ceil = nice_ceiling(max_day);
     let step = plot_w / DAYS as f64;
     let bw = step * 0.72;
@@ -247,8 +259,12 @@ mod tests {
         assert_eq!(c.table.len(), DAYS as usize);
         assert_eq!(c.table.last().unwrap().total, 7);
         assert_eq!(c.table.iter().map(|d| d.total).sum::<u64>(), c.total);
-        assert_eq!(nice_ceiling(7), 10);
+        assert_eq!(nice_ceiling(0), 4);
+        assert_eq!(nice_ceiling(7), 8);
         assert_eq!(nice_ceiling(101), 200);
+        assert_eq!(nice_ceiling(1000), 1000);
+        assert_eq!(nice_ceiling(9), 12);
+        assert_eq!(nice_ceiling(21), 40);
         assert_eq!(date(0), "1970-01-01");
     }
 }

@@ -150,7 +150,11 @@ const COLS: &str = "ingest_seq, host_id, epoch, seq, raw, received_ms";
 
 /// A page of events matching `f`, newest first (before `f.before`): the rows and whether older
 /// ones follow.
-pub fn page(store: &Store, f: &Filter, size: usize) -> Result<Result<(Vec<Row>, bool), String>, StoreError> {
+pub fn page(
+    store: &Store,
+    f: &Filter,
+    size: usize,
+) -> Result<Result<(Vec<Row>, bool), String>, StoreError> {
     let (cond, mut args) = match f.sql() {
         Ok(x) => x,
         Err(e) => return Ok(Err(e)),
@@ -401,7 +405,12 @@ pub fn hostnames(store: &Store) -> Result<BTreeMap<String, String>, StoreError> 
         .read(|c| c.rows("SELECT host_id, hostname FROM hosts", &[]))?;
     Ok(rows
         .into_iter()
-        .map(|r| (r[0].text().unwrap_or_default(), r[1].text().unwrap_or_default()))
+        .map(|r| {
+            (
+                r[0].text().unwrap_or_default(),
+                r[1].text().unwrap_or_default(),
+            )
+        })
         .collect())
 }
 

@@ -467,7 +467,11 @@ async fn logout(
 /// The signed-in reviewer (within their rate limit), or the response to send instead: the
 /// sign-in page for anyone else (a bearer token is not a session: the console takes its own
 /// cookie only).
-async fn signed_in(app: &Shared, headers: &HeaderMap, tls: bool) -> Result<auth::Session, Response> {
+async fn signed_in(
+    app: &Shared,
+    headers: &HeaderMap,
+    tls: bool,
+) -> Result<auth::Session, Response> {
     let Some(secret) = cookie(headers, session_cookie_name(tls)).map(str::to_string) else {
         return Err(see_other("/console/login"));
     };
@@ -532,7 +536,10 @@ fn host_lines(app: &App) -> Result<Vec<HostLine>, StoreError> {
     Ok(hosts
         .into_iter()
         .map(|h| {
-            let beat = beats.get(&h.host_id).map(|b| b.1.clone()).unwrap_or_default();
+            let beat = beats
+                .get(&h.host_id)
+                .map(|b| b.1.clone())
+                .unwrap_or_default();
             let sha = h
                 .policy_sha256
                 .clone()
@@ -540,10 +547,16 @@ fn host_lines(app: &App) -> Result<Vec<HostLine>, StoreError> {
                 .unwrap_or_default();
             let bundle = beat.bundle.clone().unwrap_or_default();
             HostLine {
+                heard: h.last_seen_ms.is_some(),
+                beat: beats.contains_key(&h.host_id),
                 last_seen: ago(h.last_seen_ms, now),
                 last_seen_utc: h.last_seen_ms.map(when).unwrap_or_default(),
                 silent: h.silent,
-                version: h.version.clone().or(beat.version.clone()).unwrap_or_default(),
+                version: h
+                    .version
+                    .clone()
+                    .or(beat.version.clone())
+                    .unwrap_or_default(),
                 policy: match (&beat.policy_name, &beat.policy_version) {
                     (Some(n), Some(v)) => format!("{n} {v}"),
                     (Some(n), None) => n.clone(),
@@ -552,7 +565,9 @@ fn host_lines(app: &App) -> Result<Vec<HostLine>, StoreError> {
                 policy_sha: short(&sha),
                 policy_sha_full: sha,
                 bundle_behind: !bundle.is_empty()
-                    && newest.as_deref().is_some_and(|n| bundle_key(n) > bundle_key(&bundle)),
+                    && newest
+                        .as_deref()
+                        .is_some_and(|n| bundle_key(n) > bundle_key(&bundle)),
                 bundle,
                 mode: h.mode.clone().or(beat.mode.clone()).unwrap_or_default(),
                 degraded: beat
@@ -646,8 +661,16 @@ pub fn overview_page(app: &App, s: &auth::Session) -> Result<OverviewPage, Store
         silent: lines.iter().filter(|h| h.silent).cloned().collect(),
         behind: lines.iter().filter(|h| h.bundle_behind).cloned().collect(),
         bundles,
-        degraded: lines.iter().filter(|h| !h.degraded.is_empty()).cloned().collect(),
-        noncompliant: lines.iter().filter(|h| !h.installed.is_empty()).cloned().collect(),
+        degraded: lines
+            .iter()
+            .filter(|h| !h.degraded.is_empty())
+            .cloned()
+            .collect(),
+        noncompliant: lines
+            .iter()
+            .filter(|h| !h.installed.is_empty())
+            .cloned()
+            .collect(),
         findings,
         counting: if progress.done() {
             String::new()
@@ -762,7 +785,11 @@ async fn events(
     build(move || events_page(&app, &s, f)).await
 }
 
-fn events_page(app: &App, s: &auth::Session, f: Filter) -> Result<Result<EventsPage, Response>, StoreError> {
+fn events_page(
+    app: &App,
+    s: &auth::Session,
+    f: Filter,
+) -> Result<Result<EventsPage, Response>, StoreError> {
     let names = data::hostnames(&app.store)?;
     let size = f.limit.unwrap_or(PAGE).clamp(1, 500);
     let (rows, more, error) = match data::page(&app.store, &f, size)? {
@@ -806,7 +833,12 @@ fn events_page(app: &App, s: &auth::Session, f: Filter) -> Result<Result<EventsP
         count: if n > data::COUNT_CAP {
             format!("More than {} events match.", num(data::COUNT_CAP))
         } else {
-            format!("{} event{} match{}.", num(n), if n == 1 { "" } else { "s" }, if n == 1 { "es" } else { "" })
+            format!(
+                "{} event{} match{}.",
+                num(n),
+                if n == 1 { "" } else { "s" },
+                if n == 1 { "es" } else { "" }
+            )
         },
         older: match (more, rows.last()) {
             (true, Some(last)) => with_before("/console/events", &q, last.cursor),
@@ -844,7 +876,11 @@ async fn event(
     build(move || event_page(&app, &s, cursor)).await
 }
 
-fn event_page(app: &App, s: &auth::Session, cursor: i64) -> Result<Result<EventPage, Response>, StoreError> {
+fn event_page(
+    app: &App,
+    s: &auth::Session,
+    cursor: i64,
+) -> Result<Result<EventPage, Response>, StoreError> {
     let Some(r) = data::event(&app.store, cursor)? else {
         return Ok(Err(message(
             StatusCode::NOT_FOUND,
@@ -872,17 +908,65 @@ fn event_page(app: &App, s: &auth::Session, cursor: i64) -> Result<Result<EventP
             vec![],
         ),
         Some(e) => {
-            let user = e.process.as_ref().and_then(|p| p.user.clone()).unwrap_or_default();
+            let user = e
+                .process
+                .as_ref()
+                .and_then(|p| p.user.clone())
+                .unwrap_or_default();
             let what = facts(vec![
-                ("Time (UTC, host's clock)", e.time.clone(), String::new(), false),
-                ("Stored by the collector", when(r.received_ms), String::new(), false),
-                ("Host", format!("{hostname} ({})", r.host_id), host_url.clone(), false),
-                ("Host name in the event", e.hostname.clone(), String::new(), false),
+                (
+                    "Time (UTC, host's clock)",
+                    e.time.clone(),
+                    String::new(),
+                    false,
+                ),
+                (
+                    "Stored by the collector",
+                    when(r.received_ms),
+                    String::new(),
+                    false,
+                ),
+                (
+                    "Host",
+                    format!("{hostname} ({})", r.host_id),
+                    host_url.clone(),
+                    false,
+                ),
+                (
+                    "Host name in the event",
+                    e.hostname.clone(),
+                    String::new(),
+                    false,
+                ),
                 ("Kind", interdict_event::snake(e.kind), String::new(), false),
-                ("Outcome", e.outcome.map(interdict_event::snake).unwrap_or_default(), String::new(), false),
-                ("User", user.clone(), if user.is_empty() { String::new() } else { format!("/console/person{}", qs(&[("user", &user)])) }, false),
-                ("Sensor", e.sensor.clone().unwrap_or_default(), String::new(), false),
-                ("Message", e.message.clone().unwrap_or_default(), String::new(), false),
+                (
+                    "Outcome",
+                    e.outcome.map(interdict_event::snake).unwrap_or_default(),
+                    String::new(),
+                    false,
+                ),
+                (
+                    "User",
+                    user.clone(),
+                    if user.is_empty() {
+                        String::new()
+                    } else {
+                        format!("/console/person{}", qs(&[("user", &user)]))
+                    },
+                    false,
+                ),
+                (
+                    "Sensor",
+                    e.sensor.clone().unwrap_or_default(),
+                    String::new(),
+                    false,
+                ),
+                (
+                    "Message",
+                    e.message.clone().unwrap_or_default(),
+                    String::new(),
+                    false,
+                ),
                 ("Event id", e.id.clone(), String::new(), true),
             ]);
             let rule = e
@@ -890,7 +974,12 @@ fn event_page(app: &App, s: &auth::Session, cursor: i64) -> Result<Result<EventP
                 .as_ref()
                 .map(|x| {
                     facts(vec![
-                        ("Rule", x.id.clone(), format!("/console/events{}", qs(&[("rule", &x.id)])), false),
+                        (
+                            "Rule",
+                            x.id.clone(),
+                            format!("/console/events{}", qs(&[("rule", &x.id)])),
+                            false,
+                        ),
                         ("Tool", x.name.clone(), String::new(), false),
                         ("Risk", x.risk.clone(), String::new(), false),
                         ("Action", x.action.clone(), String::new(), false),
@@ -910,14 +999,65 @@ fn event_page(app: &App, s: &auth::Session, cursor: i64) -> Result<Result<EventP
                         ""
                     };
                     facts(vec![
-                        ("Program", p.exe.clone().map(|x| format!("{x}{caller}")).unwrap_or_default(), String::new(), true),
-                        ("Command line", if p.argv.is_empty() { String::new() } else { serde_json::to_string(&p.argv).unwrap_or_default() }, String::new(), true),
-                        ("Working directory", p.cwd.clone().unwrap_or_default(), String::new(), true),
-                        ("User", p.user.clone().unwrap_or_default(), String::new(), false),
-                        ("uid", p.uid.map(|u| u.to_string()).unwrap_or_default(), String::new(), false),
-                        ("pid", if p.pid == 0 { String::new() } else { p.pid.to_string() }, String::new(), false),
-                        ("Parent pid", p.ppid.map(|u| u.to_string()).unwrap_or_default(), String::new(), false),
-                        ("Parent program", p.parent_exe.clone().unwrap_or_default(), String::new(), true),
+                        (
+                            "Program",
+                            p.exe
+                                .clone()
+                                .map(|x| format!("{x}{caller}"))
+                                .unwrap_or_default(),
+                            String::new(),
+                            true,
+                        ),
+                        (
+                            "Command line",
+                            if p.argv.is_empty() {
+                                String::new()
+                            } else {
+                                serde_json::to_string(&p.argv).unwrap_or_default()
+                            },
+                            String::new(),
+                            true,
+                        ),
+                        (
+                            "Working directory",
+                            p.cwd.clone().unwrap_or_default(),
+                            String::new(),
+                            true,
+                        ),
+                        (
+                            "User",
+                            p.user.clone().unwrap_or_default(),
+                            String::new(),
+                            false,
+                        ),
+                        (
+                            "uid",
+                            p.uid.map(|u| u.to_string()).unwrap_or_default(),
+                            String::new(),
+                            false,
+                        ),
+                        (
+                            "pid",
+                            if p.pid == 0 {
+                                String::new()
+                            } else {
+                                p.pid.to_string()
+                            },
+                            String::new(),
+                            false,
+                        ),
+                        (
+                            "Parent pid",
+                            p.ppid.map(|u| u.to_string()).unwrap_or_default(),
+                            String::new(),
+                            false,
+                        ),
+                        (
+                            "Parent program",
+                            p.parent_exe.clone().unwrap_or_default(),
+                            String::new(),
+                            true,
+                        ),
                     ])
                 })
                 .unwrap_or_default();
@@ -927,8 +1067,20 @@ fn event_page(app: &App, s: &auth::Session, cursor: i64) -> Result<Result<EventP
                 .map(|f| {
                     facts(vec![
                         ("Path", f.path.clone(), String::new(), true),
-                        ("SHA-256", f.sha256.clone().unwrap_or_default(), String::new(), true),
-                        ("Size", f.size.map(|s| format!("{} bytes", num(s))).unwrap_or_default(), String::new(), false),
+                        (
+                            "SHA-256",
+                            f.sha256.clone().unwrap_or_default(),
+                            String::new(),
+                            true,
+                        ),
+                        (
+                            "Size",
+                            f.size
+                                .map(|s| format!("{} bytes", num(s)))
+                                .unwrap_or_default(),
+                            String::new(),
+                            false,
+                        ),
                     ])
                 })
                 .unwrap_or_default();
@@ -939,7 +1091,12 @@ fn event_page(app: &App, s: &auth::Session, cursor: i64) -> Result<Result<EventP
                     facts(vec![
                         ("Policy", p.name.clone(), String::new(), false),
                         ("Version", p.version.clone(), String::new(), false),
-                        ("SHA-256 of the policy file", p.sha256.clone(), String::new(), true),
+                        (
+                            "SHA-256 of the policy file",
+                            p.sha256.clone(),
+                            String::new(),
+                            true,
+                        ),
                         ("Mode", p.mode.clone(), String::new(), false),
                     ])
                 })
@@ -949,21 +1106,43 @@ fn event_page(app: &App, s: &auth::Session, cursor: i64) -> Result<Result<EventP
     };
     let (checks, findings) = chain_checks(app, &r, &hash, &names)?;
     let chain = facts(vec![
-        ("Chain", if r.epoch == 0 { "none (kept outside the chain)".into() } else { r.epoch.to_string() }, String::new(), false),
+        (
+            "Chain",
+            if r.epoch == 0 {
+                "none (kept outside the chain)".into()
+            } else {
+                r.epoch.to_string()
+            },
+            String::new(),
+            false,
+        ),
         ("Sequence number", r.seq.to_string(), String::new(), false),
         ("SHA-256 of the record", hash.clone(), String::new(), true),
-        ("prev_hash", e.as_ref().and_then(|e| e.prev_hash.clone()).unwrap_or_default(), String::new(), true),
-        ("Collector's cursor", r.cursor.to_string(), String::new(), false),
+        (
+            "prev_hash",
+            e.as_ref()
+                .and_then(|e| e.prev_hash.clone())
+                .unwrap_or_default(),
+            String::new(),
+            true,
+        ),
+        (
+            "Collector's cursor",
+            r.cursor.to_string(),
+            String::new(),
+            false,
+        ),
     ]);
-    let raw = serde_json::from_str::<serde_json::Value>(&r.raw)
-        .ok()
-        .and_then(|v| serde_json::to_string_pretty(&v).ok())
-        .unwrap_or_else(|| r.raw.clone());
+    let raw = r.raw.clone();
     let heading = match &e {
         Some(e) => format!(
             "{} on {}",
             interdict_event::snake(e.kind),
-            if hostname.is_empty() { &r.host_id } else { &hostname }
+            if hostname.is_empty() {
+                &r.host_id
+            } else {
+                &hostname
+            }
         ),
         None => "Event".into(),
     };
@@ -1000,7 +1179,10 @@ fn chain_checks(
     match &me {
         Ok(c) if c.other_host.is_none() && c.seq == r.seq => add(
             true,
-            format!("The record says it is record {} of this host, where it is stored.", r.seq),
+            format!(
+                "The record says it is record {} of this host, where it is stored.",
+                r.seq
+            ),
         ),
         Ok(c) => add(
             false,
@@ -1012,7 +1194,10 @@ fn chain_checks(
                 r.host_id
             ),
         ),
-        Err(e) => add(false, format!("The record is not a valid chained event ({e}).")),
+        Err(e) => add(
+            false,
+            format!("The record is not a valid chained event ({e})."),
+        ),
     }
     let findings: Vec<FindingLine> = app
         .store
@@ -1058,7 +1243,10 @@ fn chain_checks(
             ),
             None => add(
                 false,
-                format!("Record {} is not stored, so nothing shows what came before it.", s - 1),
+                format!(
+                    "Record {} is not stored, so nothing shows what came before it.",
+                    s - 1
+                ),
             ),
         }
         match data::at(&app.store, &r.host_id, r.epoch, s + 1)? {
@@ -1134,7 +1322,12 @@ async fn export(
         );
     };
     if let Err(e) = f.sql() {
-        return message(StatusCode::BAD_REQUEST, Some(chrome(&s, "Bad filter", "events")), "Bad filter", e);
+        return message(
+            StatusCode::BAD_REQUEST,
+            Some(chrome(&s, "Bad filter", "events")),
+            "Bad filter",
+            e,
+        );
     }
     let l = &app.config.limits;
     let max_bytes = (l.max_page_mib << 20) as usize;
@@ -1192,7 +1385,10 @@ async fn export(
             (header::CONTENT_TYPE, ctype.to_string()),
             (
                 header::CONTENT_DISPOSITION,
-                format!("attachment; filename=\"interdict-events-{}.{ext}\"", &stamp[..15]),
+                format!(
+                    "attachment; filename=\"interdict-events-{}.{ext}\"",
+                    &stamp[..15]
+                ),
             ),
         ],
         Body::new(export::ChannelBody(rx)),
@@ -1289,7 +1485,11 @@ async fn host(
             },
             rows: rows.iter().map(|r| EventLine::new(r, &names)).collect(),
             heartbeats: hb,
-            toggle: if hb { base.clone() } else { format!("{base}?heartbeats=1") },
+            toggle: if hb {
+                base.clone()
+            } else {
+                format!("{base}?heartbeats=1")
+            },
             h,
         }))
     })
@@ -1455,7 +1655,12 @@ async fn person(
                     last: when(t.5),
                     url: format!(
                         "/console/events{}",
-                        qs(&[("user", &user), ("host", &t.0), ("rule", &t.1), ("kind", &t.2)])
+                        qs(&[
+                            ("user", &user),
+                            ("host", &t.0),
+                            ("rule", &t.1),
+                            ("kind", &t.2)
+                        ])
                     ),
                 })
                 .collect(),

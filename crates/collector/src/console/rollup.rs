@@ -325,7 +325,11 @@ fn count_heartbeats(t: &mut dyn Exec, from: i64, to: i64) -> Result<(), DbError>
 }
 
 /// Counts of one dimension (`rule`, `host`, `user`) per day from `from_day` on: (day, key, n).
-pub fn days(store: &Store, dim: &str, from_day: i64) -> Result<Vec<(i64, String, u64)>, StoreError> {
+pub fn days(
+    store: &Store,
+    dim: &str,
+    from_day: i64,
+) -> Result<Vec<(i64, String, u64)>, StoreError> {
     let rows = store.db().read(|c| {
         c.rows(
             "SELECT day_n, k, n FROM console_days WHERE dim = ?1 AND day_n >= ?2 ORDER BY day_n, k",
@@ -334,7 +338,13 @@ pub fn days(store: &Store, dim: &str, from_day: i64) -> Result<Vec<(i64, String,
     })?;
     Ok(rows
         .into_iter()
-        .map(|r| (r[0].int(), r[1].text().unwrap_or_default(), r[2].int().max(0) as u64))
+        .map(|r| {
+            (
+                r[0].int(),
+                r[1].text().unwrap_or_default(),
+                r[2].int().max(0) as u64,
+            )
+        })
         .collect())
 }
 

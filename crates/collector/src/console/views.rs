@@ -162,7 +162,11 @@ impl EventLine {
                 "denied" | "killed" | "denied_on_deadline" | "quarantined"
             ),
             outcome,
-            action: e.rule.as_ref().map(|r| r.action.clone()).unwrap_or_default(),
+            action: e
+                .rule
+                .as_ref()
+                .map(|r| r.action.clone())
+                .unwrap_or_default(),
             target: e
                 .file
                 .as_ref()
@@ -271,6 +275,10 @@ pub struct HostLine {
     pub host_id: String,
     /// Host name.
     pub hostname: String,
+    /// Whether it ever made a request.
+    pub heard: bool,
+    /// Whether a heartbeat of it is stored.
+    pub beat: bool,
     /// Last request, in words.
     pub last_seen: String,
     /// Last request, UTC.

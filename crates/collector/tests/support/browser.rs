@@ -141,7 +141,10 @@ impl Chrome {
 
     /// The address the tab shows now.
     pub fn url(&self) -> String {
-        self.eval("location.href").as_str().unwrap_or_default().to_string()
+        self.eval("location.href")
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
     }
 
     /// Evaluate JavaScript in the page (through DevTools: the pages themselves run none) and
@@ -186,7 +189,11 @@ impl Chrome {
     pub fn fill(&self, selector: &str, text: &str) {
         let sel = serde_json::to_string(selector).unwrap();
         self.eval(&format!("(document.querySelector({sel}).value = '', true)"));
-        self.tab.find_element(selector).unwrap().type_into(text).unwrap();
+        self.tab
+            .find_element(selector)
+            .unwrap()
+            .type_into(text)
+            .unwrap();
     }
 
     /// Save what the laptop screen shows, and the whole page, under
@@ -230,6 +237,22 @@ impl Chrome {
         self.tab
             .call_method(Emulation::ClearDeviceMetricsOverride(None))
             .unwrap();
+    }
+
+    /// The addresses in the browser's history database (read from a copy: the browser keeps
+    /// it open).
+    pub fn history(&self) -> Vec<String> {
+        let db = self.profile.join("Default/History");
+        let copy = self.downloads.join("History.copy");
+        if std::fs::copy(&db, &copy).is_err() {
+            return Vec::new();
+        }
+        let c = rusqlite::Connection::open(&copy).unwrap();
+        let mut st = c.prepare("SELECT url FROM urls").unwrap();
+        st.query_map([], |r| r.get::<_, String>(0))
+            .unwrap()
+            .map(|r| r.unwrap())
+            .collect()
     }
 
     /// Click a download link and wait (at most 30 s) for the file; its contents.

@@ -94,7 +94,15 @@ impl Agent {
     }
 
     /// An install event (`installed_detected`, `installed_removed`) of `rule` at `path`.
-    pub fn install(&self, kind: EventKind, rule: &str, path: &str, user: &str, days_ago: u64, mins: u64) -> Event {
+    pub fn install(
+        &self,
+        kind: EventKind,
+        rule: &str,
+        path: &str,
+        user: &str,
+        days_ago: u64,
+        mins: u64,
+    ) -> Event {
         let mut e = self.event(kind, days_ago, mins);
         e.outcome = Some(Outcome::Reported);
         e.sensor = Some("install_watch".into());
@@ -124,7 +132,8 @@ impl Agent {
     /// A heartbeat saying what the agent runs; `failing` names a sensor that is not working.
     pub fn heartbeat(&self, failing: Option<&str>, mins: u64) -> Event {
         let mut e = self.event(EventKind::Heartbeat, 0, mins);
-        let mut sensors = vec![serde_json::json!({"name": "fanotify", "state": "running", "detail": "2 mounts"})];
+        let mut sensors =
+            vec![serde_json::json!({"name": "fanotify", "state": "running", "detail": "2 mounts"})];
         if let Some(f) = failing {
             sensors.push(serde_json::json!({"name": f, "state": "failed", "detail": "inotify limit reached"}));
         }
