@@ -31,6 +31,9 @@
 //!
 //! Malformed, oversized or unauthenticated requests get a 4xx and store nothing; the token is
 //! checked before the body is read.
+//!
+//! The reviewer's console, web pages for the people who read the log, is under `/console/`
+//! ([`console`]).
 #![deny(missing_docs)]
 
 pub mod config;

@@ -29,6 +29,7 @@ both!(
     issue_17_host_data_is_escaped_and_every_response_carries_the_security_headers,
     issue_17_exports_match_the_api_in_every_format_and_csv_cells_cannot_run_formulas,
     issue_17_summaries_are_counted_again_after_a_deletion_and_after_the_migration,
+    issue_17_the_command_line_link_signs_in_and_no_secret_reaches_the_log,
 );
 
 /// The hostile strings a host may send.
@@ -377,7 +378,7 @@ fn issue_17_a_reviewer_signs_in_reads_filters_exports_and_signs_out_in_a_browser
         "{}",
         b.text("#overview-findings")
     );
-    assert_eq!(b.count("svg rect[fill]") > 5, true, "the chart has bars");
+    assert!(b.count("svg rect[fill]") > 5, "the chart has bars");
     b.shot(&format!("{tag}-02-overview"));
 
     // Violations, filtered by rule and user through the form.
@@ -1314,4 +1315,162 @@ fn issue_17_summaries_are_counted_again_after_a_deletion_and_after_the_migration
         Some(&api),
     );
     assert_eq!(body.lines().count(), fleet.beta.sent.len(), "events intact");
+}
+
+const BIN: &str = env!("CARGO_BIN_EXE_interdict-collector");
+
+fn issue_17_the_command_line_link_signs_in_and_no_secret_reaches_the_log(backend: Backend) {
+    use std::process::{Command, Stdio};
+    let dir = tempfile::tempdir().unwrap();
+    let pg = (backend == Backend::Postgres).then(common::pg::Pg::start);
+    let db = dir.path().join("state/collector.db");
+    let cli = |args: &[&str]| {
+        let mut c = Command::new(BIN);
+        c.arg("--db").arg(&db);
+        if let Some(pg) = &pg {
+            c.args(["--postgres", &pg.params()]);
+        }
+        let out = c.args(args).output().unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).trim().to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let (st, token, err) = cli(&["reviewer", "add", "rita"]);
+    assert_eq!(st, 0, "{err}");
+    // The program, serving, its log captured.
+    let mut c = Command::new(BIN);
+    c.arg("--db").arg(&db);
+    if let Some(pg) = &pg {
+        c.args(["--postgres", &pg.params()]);
+    }
+    let mut child = c
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let mut pipe = child.stderr.take().unwrap();
+    let buf = log.clone();
+    let reader = std::thread::spawn(move || {
+        let mut r = std::io::BufReader::new(&mut pipe);
+        let mut line = String::new();
+        while std::io::BufRead::read_line(&mut r, &mut line).unwrap_or(0) > 0 {
+            if let Some(a) = line
+                .trim()
+                .strip_prefix("interdict-collector: listening on ")
+            {
+                let _ = tx.send(a.to_string());
+            }
+            buf.lock().unwrap().push_str(&line);
+            line.clear();
+        }
+    });
+    let mut child = Kill(child);
+    let url = rx
+        .recv_timeout(std::time::Duration::from_secs(60))
+        .unwrap_or_else(|_| panic!("the collector did not start: {}", log.lock().unwrap()));
+
+    // The link, printed by the command line for the address the browser uses.
+    let (st, link, err) = cli(&[
+        "reviewer",
+        "rita",
+        "--login-link",
+        "--base-url",
+        &format!("{url}/"),
+    ]);
+    assert_eq!(st, 0, "{err}");
+    assert!(err.contains("valid for 10 minutes"), "{err}");
+    let secret = link
+        .strip_prefix(&format!("{url}/console/login?link="))
+        .unwrap_or_else(|| panic!("{link}"))
+        .to_string();
+    assert!(
+        secret.len() == 64 && secret.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{secret}"
+    );
+    // Only for reviewers, and only for an address a browser can open.
+    let (st, _, err) = cli(&["reviewer", "nobody", "--login-link", "--base-url", &url]);
+    assert_eq!(st, 2);
+    assert!(err.contains("no reviewer nobody"), "{err}");
+    let (st, _, err) = cli(&["reviewer", "rita", "--login-link", "--base-url", "ftp://x"]);
+    assert_eq!(st, 2);
+    assert!(err.contains("--base-url ftp://x"), "{err}");
+    let (st, _, err) = cli(&["reviewer", "rita", "--login-link"]);
+    assert_eq!(st, 2, "{err}");
+
+    // Signing in with it, using the console, signing out; the link again: refused.
+    let r = send("GET", &link, &[], None);
+    assert_eq!(r.status, 303);
+    let login = |origin: &str| {
+        send(
+            "POST",
+            &format!("{url}/console/login"),
+            &[
+                ("Cookie", &format!("interdict_link={secret}")),
+                ("Origin", origin),
+                ("Sec-Fetch-Site", "same-origin"),
+                ("Content-Type", "application/x-www-form-urlencoded"),
+            ],
+            Some(&format!("csrf={}", console::auth::csrf_for(&secret))),
+        )
+    };
+    assert_eq!(login("https://evil.example").status, 403);
+    let r = login(&url);
+    assert_eq!(r.status, 303, "{}", r.body);
+    let session = r.cookie("interdict_session").unwrap();
+    let cookie = format!("interdict_session={session}");
+    for p in [
+        "/console/",
+        "/console/events",
+        "/console/hosts",
+        "/console/export?format=csv",
+    ] {
+        let r = send("GET", &format!("{url}{p}"), &[("Cookie", &cookie)], None);
+        assert_eq!(r.status, 200, "{p}: {}", r.body);
+    }
+    let r = send(
+        "POST",
+        &format!("{url}/console/logout"),
+        &[
+            ("Cookie", &cookie),
+            ("Origin", &url),
+            ("Content-Type", "application/x-www-form-urlencoded"),
+        ],
+        Some(&format!("csrf={}", console::auth::csrf_for(&session))),
+    );
+    assert_eq!(r.status, 303);
+    let r = login(&url);
+    assert_eq!(r.status, 403);
+    assert!(r.body.contains("used already"));
+
+    // The log says who signed in, and holds none of the secrets.
+    wait_for("the sign-in in the log", 30, || {
+        log.lock().unwrap().contains("console: rita signed in")
+    });
+    // SAFETY: kill(2) on our own child's PID, not waited for yet.
+    unsafe { libc::kill(child.0.id() as i32, libc::SIGTERM) };
+    let _ = child.0.wait();
+    reader.join().unwrap();
+    let log = log.lock().unwrap().clone();
+    assert!(
+        log.contains("sign-in posted from another site was refused"),
+        "{log}"
+    );
+    for (what, x) in [("link", &secret), ("session", &session), ("token", &token)] {
+        assert!(
+            !log.contains(x.as_str()),
+            "the {what} secret is in the log:\n{log}"
+        );
+    }
 }
