@@ -667,7 +667,7 @@ mounts = [\"rel\"]
         .to_string();
         assert!(
             err.contains(
-                "c.toml:2:21: error[bad-value]: `max_message_bytes` must be at least 2048"
+                "c.toml:3:21: error[bad-value]: `max_message_bytes` must be at least 2048"
             ),
             "{err}"
         );
@@ -678,6 +678,7 @@ mounts = [\"rel\"]
         let err = parse(
             "c.toml",
             "[syslog]
+address = \"siem:6514\"
 max_message_bytes = 99999999
 ",
         )

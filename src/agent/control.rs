@@ -206,14 +206,18 @@ pub fn request(socket: &Path, command: &str) -> anyhow::Result<String> {
     let mut s = std::os::unix::net::UnixStream::connect(socket)
         .with_context(|| format!("cannot reach the agent at {}", socket.display()))?;
     s.set_read_timeout(Some(Duration::from_secs(30)))?;
-    s.write_all(format!("{command}\n").as_bytes())?;
+    // An agent that refuses a peer answers and hangs up without reading the request: the
+    // write may then fail, and its answer is still there to read.
+    let sent = s.write_all(format!("{command}\n").as_bytes());
     let mut line = String::new();
-    BufReader::new(s).read_line(&mut line)?;
+    let read = BufReader::new(s).read_line(&mut line);
     if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
         if let Some(e) = v.get("error").and_then(|e| e.as_str()) {
             anyhow::bail!("the agent refused: {e}");
         }
     }
+    sent?;
+    read?;
     Ok(line)
 }
 

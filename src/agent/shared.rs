@@ -156,6 +156,9 @@ pub struct Shared {
     /// The running fanotify guard (set once it has started), to mark more files and
     /// filesystems from other sensors.
     pub guard: std::sync::OnceLock<super::sensors::fanotify::WeakHandle>,
+    /// Banned script files the script guard has marked (device, inode): their runs are judged
+    /// and reported by the guard, which sees every open, not again by the proc connector.
+    pub guarded_scripts: Mutex<HashSet<(u64, u64)>>,
 }
 
 impl Shared {
@@ -184,6 +187,7 @@ impl Shared {
             parts: Board::default(),
             marked_devs: Mutex::new(HashSet::new()),
             guard: std::sync::OnceLock::new(),
+            guarded_scripts: Mutex::new(HashSet::new()),
         }))
     }
 
@@ -210,6 +214,17 @@ impl Shared {
             .lock()
             .expect("marked devices poisoned")
             .contains(&dev)
+    }
+
+    /// True when the script guard has marked the file at `path`.
+    pub fn is_guarded_script(&self, path: &std::path::Path) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(path).is_ok_and(|m| {
+            self.guarded_scripts
+                .lock()
+                .expect("guarded scripts poisoned")
+                .contains(&(m.dev(), m.ino()))
+        })
     }
 }
 

@@ -107,7 +107,7 @@ fn a_banned_program_on_an_unmarked_path_is_killed_before_it_finishes() {
     let st = Command::new("sh")
         .arg("-c")
         .arg(format!(
-            "'{}' 3 && touch '{}'",
+            "'{}' 60 && touch '{}'",
             banned.display(),
             marker.display()
         ))
@@ -136,7 +136,7 @@ fn a_memfd_exec_of_a_banned_binary_is_killed() {
     std::fs::write(
         &script,
         format!(
-            "import os\nfd = os.memfd_create('innocent', 0)\nos.write(fd, open('{}', 'rb').read())\nos.execve(fd, ['innocent', '3'], dict(os.environ))\n",
+            "import os\nfd = os.memfd_create('innocent', 0)\nos.write(fd, open('{}', 'rb').read())\nos.execve(fd, ['innocent', '60'], dict(os.environ))\n",
             bytes_path.display()
         ),
     )
@@ -603,7 +603,7 @@ fn a_late_decision_fails_open_then_kills_what_it_let_start() {
     let st = Command::new("sh")
         .arg("-c")
         .arg(format!(
-            "'{}' 5 && touch '{}'",
+            "'{}' 60 && touch '{}'",
             big.display(),
             marker.display()
         ))
@@ -692,7 +692,7 @@ fn every_exec_of_a_reported_or_killed_tool_is_handled_not_only_the_first() {
     let mut agent = Agent::start(&policy, &marks(m));
     for _ in 0..3 {
         assert!(exec(&reported, &[]).unwrap().success());
-        let st = exec(&killed, &["5"]).unwrap();
+        let st = exec(&killed, &["60"]).unwrap();
         assert_eq!(
             st.signal(),
             Some(libc::SIGKILL),
@@ -750,7 +750,8 @@ fn a_banned_install_is_reported_once_per_package_and_its_removal_too() {
     assert_eq!(e["file"]["path"], dir.to_string_lossy().as_ref());
     assert_eq!(e["message"], format!("package npm:{pkg} 1.0.0"));
     assert_eq!(e["process"]["user"], "root");
-    std::thread::sleep(Duration::from_secs(2));
+    // Everything the install wrote has been looked at once a full rescan has run.
+    agent.settle_installs();
     let detected = agent
         .events()
         .iter()
@@ -1221,25 +1222,26 @@ fn issue_10_a_learned_digest_that_names_a_system_program_is_dropped_not_enforced
             "path": "/home/ann/.local/share/claude/versions/2.1.332", "selector": "path"
         }]}),
     );
-    let out = Command::new(&tac)
+    // tac waits for the end of its input: alive until the proc connector has judged it (a
+    // process that is gone before it is looked at is never judged).
+    let mut child = Command::new(&tac)
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .spawn()
-        .and_then(|mut c| {
-            use std::io::Write;
-            c.stdin.take().unwrap().write_all(b"one\ntwo\n")?;
-            c.wait_with_output()
-        })
         .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    std::io::Write::write_all(&mut input, b"one\ntwo\n").unwrap();
+    let e = agent.wait_event("learned_hash_dropped", |e| {
+        e["kind"] == "learned_hash_dropped"
+    });
+    drop(input);
+    let out = child.wait_with_output().unwrap();
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
         "two\none\n",
         "{out:?}\n{}",
         agent.stderr()
     );
-    let e = agent.wait_event("learned_hash_dropped", |e| {
-        e["kind"] == "learned_hash_dropped"
-    });
     assert_eq!(e["file"]["sha256"], digest.as_str());
     assert!(
         e["message"].as_str().unwrap().contains("/usr/bin/tac"),

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::support::agent::{hash_policy, unique_copy, Agent};
+use crate::support::agent::{backdate, hash_policy, unique_copy, Agent, MountedAt, Paused};
 use crate::support::*;
 
 /// The `[exec]` body of an agent that only watches installs under `root`.
@@ -41,7 +41,7 @@ fn copies_renames_hard_links_and_symlinks_of_a_banned_binary_are_each_caught_by_
     let (_outside, original, digest) = banned_outside("claude");
     let root = tempfile::tempdir().unwrap();
     let r = root.path();
-    let agent = Agent::start(&hash_policy("evade", "report", &digest), &watch_only(r));
+    let mut agent = Agent::start(&hash_policy("evade", "report", &digest), &watch_only(r));
 
     // A copy under an innocent name.
     let copy = r.join("tools/notes-helper");
@@ -85,7 +85,8 @@ fn copies_renames_hard_links_and_symlinks_of_a_banned_binary_are_each_caught_by_
     let marker = r.join("bin/marker");
     std::fs::copy(&original, &marker).unwrap();
     agent.wait_event("the marker", |e| is_event(e, "installed_detected", &marker));
-    std::thread::sleep(Duration::from_millis(500));
+    agent.settle_installs();
+    agent.stop();
     let events = agent.events();
     for p in [&copy, &moved, &hard, &link, &marker] {
         assert_eq!(
@@ -154,7 +155,8 @@ fn a_real_npm_install_into_a_watched_prefix_is_reported_once_per_package_and_bin
         is_event(e, "installed_detected", &native)
     });
     assert_eq!(binary["rule"]["id"], "claude-code");
-    std::thread::sleep(Duration::from_secs(2));
+    // npm has finished: once a full rescan has run, everything it wrote has been looked at.
+    agent.settle_installs();
     agent.stop();
     let events = agent.events();
     let detected: Vec<&Value> = events
@@ -328,7 +330,7 @@ fn a_banned_file_deleted_as_it_lands_is_never_left_reported_as_installed() {
     agent.wait_event("the file that stays", |e| {
         is_event(e, "installed_detected", &stays)
     });
-    std::thread::sleep(Duration::from_millis(1500));
+    agent.settle_installs();
     let events = agent.events();
     for p in &racy {
         let detected = count(&events, "installed_detected", p);
@@ -380,7 +382,7 @@ fn a_banned_binary_written_slowly_is_reported_with_its_final_digest() {
     agent.wait_event("the finished file", |e| {
         is_event(e, "installed_detected", &first) && e["file"]["sha256"] == digest.as_str()
     });
-    std::thread::sleep(Duration::from_secs(2));
+    agent.settle_installs();
     let events = agent.events();
     let reported: Vec<&Value> = events
         .iter()
@@ -400,7 +402,7 @@ fn a_banned_binary_written_slowly_is_reported_with_its_final_digest() {
     agent.wait_event("the second file", |e| {
         is_event(e, "installed_detected", &second)
     });
-    std::thread::sleep(Duration::from_secs(2));
+    agent.settle_installs();
     let events = agent.events();
     assert_eq!(
         count(&events, "installed_detected", &second),
@@ -431,4 +433,419 @@ fn slow_write(path: &Path, bytes: &[u8]) {
         f.flush().unwrap();
         std::thread::sleep(Duration::from_millis(350));
     }
+}
+
+/// The kernel's bound on one inotify instance's queue.
+fn max_queued_events() -> usize {
+    std::fs::read_to_string("/proc/sys/fs/inotify/max_queued_events")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn issue_10_an_inotify_overflow_makes_the_watcher_rescan_and_find_what_was_lost() {
+    let (_outside, original, digest) = banned_outside("lost-in-overflow");
+    let root = tempfile::tempdir().unwrap();
+    let r = root.path();
+    let noisy = [r.join("noise/a"), r.join("noise/b")];
+    for n in &noisy {
+        write(n, b"noise", 0o644);
+    }
+    let agent = Agent::start(&hash_policy("lost", "report", &digest), &watch_only(r));
+    let before = agent.wait_counter("install_rescans", 1)["counters"]["install_rescans"]
+        .as_u64()
+        .unwrap();
+    let lost = r.join("noise/banned");
+    {
+        // While the agent cannot read, more events than its inotify queue holds: the kernel
+        // drops the rest and queues an overflow. (Alternating between two files, so that no
+        // event repeats the one before it, which the kernel would merge.)
+        let _paused = Paused::new(agent.pid());
+        for i in 0..max_queued_events() + 1000 {
+            std::fs::set_permissions(
+                &noisy[i % 2],
+                std::os::unix::fs::PermissionsExt::from_mode(0o600 | (i as u32 & 0o44)),
+            )
+            .unwrap();
+        }
+        // Its events are lost with the rest: only a rescan can find it.
+        std::fs::copy(&original, &lost).unwrap();
+    }
+    let e = agent.wait_event("the banned file whose events were lost", |e| {
+        is_event(e, "installed_detected", &lost)
+    });
+    assert_eq!(e["file"]["sha256"], digest.as_str());
+    // It was the overflow's rescan (counted once finished): nothing else asks for one here.
+    agent.wait_counter("install_rescans", before + 1);
+}
+
+#[test]
+fn issue_10_a_periodic_rescan_finds_what_no_watch_can_see() {
+    let (_outside, original, digest) = banned_outside("unseen");
+    let root = tempfile::tempdir().unwrap();
+    let r = root.path();
+    let hidden = r.join("mnt");
+    std::fs::create_dir_all(&hidden).unwrap();
+    let agent = Agent::start(
+        &hash_policy("unseen", "report", &digest),
+        &format!("{}\nrescan_interval_s = 1", watch_only(r)),
+    );
+    let watch = agent.status()["sensors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "install_watch")
+        .unwrap()
+        .clone();
+    assert!(
+        watch["detail"]
+            .as_str()
+            .unwrap()
+            .ends_with("rescan every 1 s"),
+        "{watch:#}"
+    );
+    agent.wait_counter("install_rescans", 1);
+    // A filesystem mounted inside a watched root after the watch was set up: inotify watches
+    // the folder underneath, so nothing written on the new filesystem is ever reported to the
+    // watcher. Only rescans walk into it.
+    let _mnt = MountedAt::new(&hidden);
+    let before = agent.counter("install_rescans");
+    let inside = hidden.join("tool");
+    std::fs::copy(&original, &inside).unwrap();
+    let e = agent.wait_event("the file on the new mount", |e| {
+        is_event(e, "installed_detected", &inside)
+    });
+    assert_eq!(e["file"]["sha256"], digest.as_str());
+    // And the rescans keep coming, one a second.
+    agent.wait_counter("install_rescans", before + 3);
+}
+
+#[test]
+fn issue_10_an_install_root_that_appears_later_is_rescanned_and_then_watched() {
+    let (_outside, original, digest) = banned_outside("late-root");
+    let base = tempfile::tempdir().unwrap();
+    // A new user's folder: not there when the agent starts.
+    let late = base.path().join("home/newcomer/.local/bin");
+    let policy = hash_policy("late-root", "report", &digest);
+    let mut agent = Agent::start(
+        &policy,
+        &format!(
+            "fanotify = false\nproc_connector = false\n\n[install]\nroots = [\"{}\"]\ndebounce_ms = 200",
+            late.display()
+        ),
+    );
+    let watch = agent.status()["sensors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "install_watch")
+        .unwrap()
+        .clone();
+    assert!(
+        watch["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("0 install root(s) watched"),
+        "{watch:#}"
+    );
+    let first = late.join("claude");
+    std::fs::create_dir_all(&late).unwrap();
+    std::fs::copy(&original, &first).unwrap();
+    backdate(&first);
+    // A policy change brings a full rescan, which takes in the new root.
+    std::fs::write(
+        &agent.policy,
+        policy.replace("version = \"1\"", "version = \"2\""),
+    )
+    .unwrap();
+    agent.reload().expect_code(0);
+    agent.wait_event("the file in the new root", |e| {
+        is_event(e, "installed_detected", &first)
+    });
+    // From then on the new root is watched: a later arrival is reported without a rescan.
+    // (The rescan that found the first file is counted when it has finished.)
+    let rescans = agent.wait_counter("install_rescans", 2)["counters"]["install_rescans"]
+        .as_u64()
+        .unwrap();
+    let second = late.join("renamed-copy");
+    std::fs::copy(&original, &second).unwrap();
+    agent.wait_event("a later arrival in the new root", |e| {
+        is_event(e, "installed_detected", &second)
+    });
+    assert_eq!(
+        agent.counter("install_rescans"),
+        rescans,
+        "{}",
+        agent.stderr()
+    );
+    agent.stop();
+    let events = agent.events();
+    assert_eq!(
+        count(&events, "installed_detected", &first),
+        1,
+        "{events:#?}"
+    );
+}
+
+/// The expected fate of a banned file found installed.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Fate {
+    Quarantined,
+    /// Reported only; the file stays where it is.
+    Stays,
+}
+
+#[test]
+fn issue_10_quarantine_happens_only_when_enforced_never_in_monitor_mode_or_before_enforce_from() {
+    // (rule id, action, extra rule keys, fate in enforce mode); in monitor mode every file stays.
+    let cases: &[(&str, &str, &str, Fate)] = &[
+        ("q-now", "quarantine", "", Fate::Quarantined),
+        (
+            "q-later",
+            "quarantine",
+            "enforce_from = 2999-01-01",
+            Fate::Stays,
+        ),
+        (
+            "q-but-report",
+            "quarantine",
+            "on_install = \"report\"",
+            Fate::Stays,
+        ),
+        (
+            "block-then-q",
+            "block",
+            "on_install = \"quarantine\"",
+            Fate::Quarantined,
+        ),
+        (
+            "block-later-q",
+            "block",
+            "on_install = \"quarantine\"\nenforce_from = 2999-01-01",
+            Fate::Stays,
+        ),
+        ("block-plain", "block", "", Fate::Stays),
+        (
+            "kill-then-q",
+            "kill",
+            "on_install = \"quarantine\"",
+            Fate::Quarantined,
+        ),
+    ];
+    for mode in ["enforce", "monitor"] {
+        let root = tempfile::tempdir().unwrap();
+        let r = root.path();
+        let mut policy = crate::support::agent::POLICY_HEAD.replace("enforce", mode);
+        let mut files = Vec::new();
+        for (id, action, extra, fate) in cases {
+            let f = r.join(format!("home/ann/.local/bin/{id}"));
+            let digest = unique_copy("/bin/true", &f);
+            backdate(&f);
+            policy.push_str(
+                &crate::support::agent::rule(id, action, &format!("sha256 = [\"{digest}\"]"))
+                    .replace("[rule.match]", &format!("{extra}\n[rule.match]")),
+            );
+            let fate = if mode == "monitor" {
+                Fate::Stays
+            } else {
+                *fate
+            };
+            files.push((*id, f, digest, fate));
+        }
+        let mut agent = Agent::start(&policy, &watch_only(r));
+        // The files were there (and finished) before the start: the first rescan decides on all
+        // of them, quarantine included, before it is counted.
+        agent.wait_counter("install_rescans", 1);
+        agent.stop();
+        let events = agent.events();
+        let state = agent.dir.path().join("state");
+        let r = run(interdict()
+            .args(["quarantine", "list", "--format", "json", "--state-dir"])
+            .arg(&state));
+        r.expect_code(0);
+        let store = r.json();
+        for (id, f, digest, fate) in &files {
+            let what = format!("{mode} mode, rule {id}");
+            assert_eq!(
+                count(&events, "installed_detected", f),
+                1,
+                "{what}: {events:#?}"
+            );
+            let quarantined: Vec<&Value> = events
+                .iter()
+                .filter(|e| e["kind"] == "installed_quarantined" && e["rule"]["id"] == *id)
+                .collect();
+            let entry = store
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|e| e["rule_id"] == *id);
+            match fate {
+                Fate::Quarantined => {
+                    assert!(!f.exists(), "{what}: still in place");
+                    assert_eq!(quarantined.len(), 1, "{what}: {events:#?}");
+                    assert_eq!(quarantined[0]["outcome"], "quarantined", "{what}");
+                    let entry = entry.unwrap_or_else(|| panic!("{what}: not in {store:#}"));
+                    assert_eq!(entry["sha256"], digest.as_str(), "{what}");
+                }
+                Fate::Stays => {
+                    assert!(f.exists(), "{what}: moved away");
+                    assert_eq!(sha256sum(f), *digest, "{what}: changed");
+                    assert!(quarantined.is_empty(), "{what}: {quarantined:#?}");
+                    assert!(entry.is_none(), "{what}: {store:#}");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn issue_10_a_file_a_dpkg_package_owns_is_quarantined_only_with_allow_system_files() {
+    // A path dpkg really owns, on this machine's own package database. The agent runs in a
+    // private mount namespace in which a tmpfs covers that folder: it sees a banned file at the
+    // package-owned path, while the real folder stays untouched (and hidden from it only).
+    let owned_dir = Path::new("/usr/share/doc/coreutils");
+    let owned = owned_dir.join("NEWS.gz");
+    let list = std::fs::read_to_string("/var/lib/dpkg/info/coreutils.list").unwrap();
+    assert!(
+        list.lines().any(|l| Path::new(l) == owned),
+        "coreutils no longer lists {}",
+        owned.display()
+    );
+    let real_before = sha256sum(&owned);
+    for allow in [false, true] {
+        let fixtures = tempfile::tempdir().unwrap();
+        let sample = fixtures.path().join("banned");
+        let digest = unique_copy("/bin/true", &sample);
+        let policy = hash_policy("sysfile", "quarantine", &digest).replace(
+            "[rule.match]",
+            &format!("allow_system_files = {allow}\n[rule.match]"),
+        );
+        let not_owned = owned_dir.join("interdict-test-not-owned");
+        let snippet = format!(
+            "mount -t tmpfs -o size=16m tmpfs {d}\nmountpoint -q {d}\ncp {s} {o}\ncp {s} {n}\ntouch -d '1 hour ago' {o} {n}",
+            d = owned_dir.display(),
+            s = sample.display(),
+            o = owned.display(),
+            n = not_owned.display(),
+        );
+        let mut agent = Agent::with(crate::support::agent::Setup {
+            policy: &policy,
+            exec: &format!(
+                "fanotify = false\nproc_connector = false\n\n[install]\nroots = [\"{}\"]\ndebounce_ms = 200",
+                owned_dir.display()
+            ),
+            mount_ns: Some(&snippet),
+            ..Default::default()
+        });
+        let seen_by_agent = |p: &Path| {
+            PathBuf::from(format!("/proc/{}/root", agent.pid())).join(p.strip_prefix("/").unwrap())
+        };
+        agent.wait_counter("install_rescans", 1);
+        let owned_left = seen_by_agent(&owned).exists();
+        let not_owned_left = seen_by_agent(&not_owned).exists();
+        agent.stop();
+        let events = agent.events();
+        let what = format!("allow_system_files = {allow}");
+        let outcome = |p: &Path| {
+            events
+                .iter()
+                .filter(|e| e["kind"] == "installed_quarantined")
+                .filter(|e| {
+                    e["file"]["path"] == p.to_string_lossy().as_ref()
+                        || e["message"]
+                            .as_str()
+                            .is_some_and(|m| m.starts_with(&format!("{}:", p.display())))
+                })
+                .map(|e| e["outcome"].as_str().unwrap().to_string())
+                .collect::<Vec<_>>()
+        };
+        // A file no package owns is quarantined either way.
+        assert!(!not_owned_left, "{what}: {events:#?}");
+        assert_eq!(outcome(&not_owned), ["quarantined"], "{what}: {events:#?}");
+        if allow {
+            assert!(!owned_left, "{what}: {events:#?}");
+            assert_eq!(outcome(&owned), ["quarantined"], "{what}: {events:#?}");
+        } else {
+            assert!(owned_left, "{what}: {events:#?}");
+            assert_eq!(
+                outcome(&owned),
+                ["quarantine_failed"],
+                "{what}: {events:#?}"
+            );
+            let failed = events
+                .iter()
+                .find(|e| e["outcome"] == "quarantine_failed")
+                .unwrap();
+            assert!(
+                failed["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("owned by the system package manager"),
+                "{failed:#}"
+            );
+        }
+        // The host's own file was never touched.
+        assert_eq!(sha256sum(&owned), real_before);
+    }
+}
+
+#[test]
+fn issue_10_a_rescan_while_a_reported_file_looks_busy_does_not_report_it_again() {
+    let (_outside, original, digest) = banned_outside("busy");
+    let root = tempfile::tempdir().unwrap();
+    let r = root.path();
+    let installed = r.join("bin/tool");
+    write(&installed, &std::fs::read(&original).unwrap(), 0o755);
+    backdate(&installed);
+    // A long quiet period: a file touched now counts as still being written for 20 s.
+    let mut agent = Agent::start(
+        &hash_policy("busy", "report", &digest),
+        &format!(
+            "fanotify = false\nproc_connector = false\n\n[install]\nroots = [\"{}\"]\ndebounce_ms = 20000",
+            r.display()
+        ),
+    );
+    agent.wait_event("the file found at start-up", |e| {
+        is_event(e, "installed_detected", &installed)
+    });
+    // Touched (same bytes): it looks busy to the rescan that follows a policy change.
+    std::fs::File::options()
+        .write(true)
+        .open(&installed)
+        .unwrap()
+        .set_modified(std::time::SystemTime::now())
+        .unwrap();
+    agent.settle_installs();
+    agent.stop();
+    let events = agent.events();
+    assert_eq!(
+        count(&events, "installed_detected", &installed),
+        1,
+        "{events:#?}"
+    );
+}
+
+#[test]
+fn issue_10_a_symlink_is_reported_after_one_quiet_period_not_held_as_if_being_written() {
+    // A symlink is whole the moment it exists: nothing writes to it, nothing closes it. With a
+    // quiet period of 1 s, holding it back as "being written" for the 60 rounds a file gets
+    // would take a minute.
+    let (_outside, original, digest) = banned_outside("linked");
+    let root = tempfile::tempdir().unwrap();
+    let r = root.path();
+    std::fs::create_dir_all(r.join("bin")).unwrap();
+    let agent = Agent::start(
+        &hash_policy("linked", "report", &digest),
+        &format!(
+            "fanotify = false\nproc_connector = false\n\n[install]\nroots = [\"{}\"]\ndebounce_ms = 1000",
+            r.display()
+        ),
+    );
+    let link = r.join("bin/claude");
+    std::os::unix::fs::symlink(&original, &link).unwrap();
+    let e = agent.wait_event("the symlink", |e| is_event(e, "installed_detected", &link));
+    assert_eq!(e["file"]["sha256"], digest.as_str());
 }

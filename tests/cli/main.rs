@@ -1,6 +1,8 @@
 //! Integration tests of the `interdict` binary: one test binary, a module per command.
 
 mod agent;
+mod agent_guards;
+mod agent_queues;
 mod collector;
 mod evasion;
 mod install_watch;

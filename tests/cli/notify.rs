@@ -47,12 +47,16 @@ fn as_user(cmd: &str) -> Command {
     c
 }
 
-/// Processes of the desktop session, killed by PID when the test ends.
+/// Processes of the desktop session, killed by PID when the test ends. One session at a time:
+/// they all use the test user's bus address.
 struct Session {
     children: Vec<Child>,
     uid: u32,
     dir: tempfile::TempDir,
+    _one_at_a_time: std::sync::MutexGuard<'static, ()>,
 }
+
+static SESSIONS: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 impl Drop for Session {
     fn drop(&mut self) {
@@ -73,6 +77,28 @@ impl Session {
         std::fs::read_to_string(self.dir.path().join("received.tsv")).unwrap_or_default()
     }
 
+    /// Wait until dunst has recorded `n` notifications; fail with what it recorded otherwise.
+    fn wait_received(&self, n: usize) -> String {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let r = self.received();
+            if r.lines().count() >= n {
+                return r;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "dunst recorded {} notification(s), not {n}:\n{r}\ndunst:\n{}",
+                r.lines().count(),
+                self.dunst_log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn dunst_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("dunst.log")).unwrap_or_default()
+    }
+
     fn dunstctl(&self, args: &[&str]) -> String {
         let out = as_user("env")
             .arg("HOME=/tmp")
@@ -85,9 +111,32 @@ impl Session {
     }
 }
 
+/// Read the first line a child prints (its readiness message), within 30 s; fail with its
+/// exit status and `log` otherwise.
+fn first_line(child: &mut Child, what: &str, log: &Path) -> String {
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line);
+        let _ = tx.send(line);
+    });
+    match rx.recv_timeout(Duration::from_secs(30)) {
+        Ok(l) if !l.trim().is_empty() => l.trim().to_string(),
+        other => panic!(
+            "{what} did not come up ({other:?}, {:?}):\n{}",
+            child.try_wait(),
+            std::fs::read_to_string(log).unwrap_or_default()
+        ),
+    }
+}
+
 /// Xvfb, a session bus at /run/user/UID/bus and dunst, all as the test user. dunst records the
-/// urgency and summary of every interdict notification through a rule script.
+/// urgency and summary of every interdict notification through a rule script. Each is waited
+/// for by what it says when ready: Xvfb its display number (`-displayfd`), the bus its address
+/// (`--print-address`), dunst its name on the bus.
 fn start_session() -> Session {
+    let one_at_a_time = SESSIONS.lock().unwrap_or_else(|e| e.into_inner());
     let uid = ensure_user();
     std::fs::create_dir_all("/tmp/.X11-unix").unwrap();
     Command::new("chmod")
@@ -101,6 +150,7 @@ fn start_session() -> Session {
         .arg(&run)
         .status()
         .unwrap();
+    let _ = std::fs::remove_file(run.join("bus"));
     let dir = tempfile::tempdir().unwrap();
     let record = dir.path().join("record.sh");
     let received = dir.path().join("received.tsv");
@@ -116,7 +166,7 @@ fn start_session() -> Session {
     let rc = dir.path().join("dunstrc");
     write(
         &rc,
-        format!("[global]\n    history_length = 50\n\n[record]\n    appname = interdict\n    script = {}\n", record.display()).as_bytes(),
+        format!("[global]\n    history_length = 50\n    stack_duplicates = false\n\n[record]\n    appname = interdict\n    script = {}\n", record.display()).as_bytes(),
         0o644,
     );
     Command::new("chmod")
@@ -124,36 +174,40 @@ fn start_session() -> Session {
         .arg(dir.path())
         .status()
         .unwrap();
-    let display = format!(":{}", 50 + std::process::id() % 400);
+    let logs = dir.path().to_path_buf();
+    let log = |name: &str| std::fs::File::create(logs.join(name)).unwrap();
     let mut s = Session {
         children: Vec::new(),
         uid,
         dir,
+        _one_at_a_time: one_at_a_time,
     };
-    s.children.push(
-        as_user("Xvfb")
-            .args([display.as_str(), "-nolisten", "tcp"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    s.children.push(
-        as_user("env")
-            .arg("HOME=/tmp")
-            .args(["dbus-daemon", "--session", "--nofork", "--nopidfile"])
-            .arg(format!("--address={}", s.bus()))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let bus = run.join("bus");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !bus.exists() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    std::thread::sleep(Duration::from_millis(500)); // Xvfb
+    let xlog = s.dir.path().join("xvfb.log");
+    let mut xvfb = as_user("Xvfb")
+        .args(["-displayfd", "1", "-nolisten", "tcp"])
+        .stdout(Stdio::piped())
+        .stderr(log("xvfb.log"))
+        .spawn()
+        .unwrap();
+    let display = format!(":{}", first_line(&mut xvfb, "Xvfb", &xlog));
+    s.children.push(xvfb);
+    let blog = s.dir.path().join("dbus.log");
+    let mut bus = as_user("env")
+        .arg("HOME=/tmp")
+        .args([
+            "dbus-daemon",
+            "--session",
+            "--nofork",
+            "--nopidfile",
+            "--print-address=1",
+        ])
+        .arg(format!("--address={}", s.bus()))
+        .stdout(Stdio::piped())
+        .stderr(log("dbus.log"))
+        .spawn()
+        .unwrap();
+    first_line(&mut bus, "the session bus", &blog);
+    s.children.push(bus);
     s.children.push(
         as_user("env")
             .arg("HOME=/tmp")
@@ -163,14 +217,19 @@ fn start_session() -> Session {
             .arg("-config")
             .arg(&rc)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log("dunst.log"))
             .spawn()
             .unwrap(),
     );
     // Ready when dunst answers on the bus.
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + Duration::from_secs(30);
     while !s.dunstctl(&["count"]).contains("Currently displayed") {
-        assert!(Instant::now() < deadline, "dunst did not come up");
+        let exited = s.children.last_mut().unwrap().try_wait().unwrap();
+        assert!(
+            Instant::now() < deadline && exited.is_none(),
+            "dunst did not come up ({exited:?}):\n{}",
+            s.dunst_log()
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     s
@@ -186,18 +245,23 @@ fn run_as_user(program: &Path) -> std::io::Result<std::process::ExitStatus> {
 }
 
 #[test]
-fn a_blocked_program_shows_one_critical_desktop_notification_per_interval() {
+fn a_blocked_program_shows_one_critical_desktop_notification_per_interval_and_more_info_opens_the_link(
+) {
     let session = start_session();
     let mnt = TmpMount::new();
     let banned = mnt.path().join("desk-banned");
     let digest = unique_copy("/bin/true", &banned);
     // "More info" opens the link with the configured opener, run as the user: here a script
-    // that records what it was asked to open.
+    // that records who was asked to open what.
     let opened = session.dir.path().join("opened.txt");
     let opener = session.dir.path().join("opener.sh");
     write(
         &opener,
-        format!("#!/bin/sh\necho \"$1\" >> '{}'\n", opened.display()).as_bytes(),
+        format!(
+            "#!/bin/sh\necho \"$(id -u) $1\" >> '{}'\n",
+            opened.display()
+        )
+        .as_bytes(),
         0o755,
     );
     let policy = hash_policy("desk", "block", &digest).replace(
@@ -216,20 +280,25 @@ fn a_blocked_program_shows_one_critical_desktop_notification_per_interval() {
         let st = run_as_user(&banned).unwrap();
         assert!(!st.success(), "the banned program ran");
     }
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !session.received().contains("CRITICAL") {
-        assert!(
-            Instant::now() < deadline,
-            "dunst received nothing; agent:\n{}",
-            agent.stderr()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    std::thread::sleep(Duration::from_millis(500));
+    // The agent has taken all three notices (one shown, two held back) before anything is
+    // checked: a second notification cannot be merely late.
+    let c = agent.wait_counter("notices_suppressed", 2)["counters"].clone();
+    assert_eq!(c["notices_sent"], 1, "{c:#}");
+    assert_eq!(c["denied"], 3, "{c:#}");
     assert_eq!(
-        session.received(),
+        session.wait_received(1),
         "CRITICAL\tBlocked: Tool desk\n",
         "one notification, critical"
+    );
+    // Click "More info" (dunst's default action on the notification shown).
+    session.dunstctl(&["action", "0"]);
+    wait_until("the opener to run", 30, || {
+        std::fs::read_to_string(&opened).is_ok_and(|t| !t.is_empty())
+    });
+    assert_eq!(
+        std::fs::read_to_string(&opened).unwrap(),
+        format!("{} https://it.example.com/sw?rule=desk\n", uid_of(USER)),
+        "opened once, as the user"
     );
     session.dunstctl(&["close-all"]);
     let history: serde_json::Value = serde_json::from_str(&session.dunstctl(&["history"])).unwrap();
@@ -244,10 +313,52 @@ fn a_blocked_program_shows_one_critical_desktop_notification_per_interval() {
         body.contains("More: https://it.example.com/sw?rule=desk"),
         "{body}"
     );
-    let c = &agent.status()["counters"];
-    assert_eq!(c["notices_sent"], 1, "{c:#}");
-    assert_eq!(c["notices_suppressed"], 2, "{c:#}");
-    assert_eq!(c["denied"], 3, "{c:#}");
+}
+
+#[test]
+fn issue_10_the_notice_rate_limit_expires_after_interval_s() {
+    let session = start_session();
+    let mnt = TmpMount::new();
+    let banned = mnt.path().join("rate-banned");
+    let digest = unique_copy("/bin/true", &banned);
+    let agent = Agent::start(
+        &hash_policy("rate", "block", &digest),
+        &format!(
+            "{}\n\n[notify]\ninterval_s = 2\nterminal = false",
+            marks(mnt.path())
+        ),
+    );
+    let t0 = Instant::now();
+    assert!(!run_as_user(&banned).unwrap().success());
+    agent.wait_counter("notices_sent", 1);
+    assert!(!run_as_user(&banned).unwrap().success());
+    let c = agent.wait_counter("notices_suppressed", 1)["counters"].clone();
+    assert_eq!(c["notices_sent"], 1, "held back within the interval: {c:#}");
+    // Keep trying: once interval_s has passed since the first, the next one is shown.
+    wait_until("a second notice after the interval", 30, || {
+        assert!(!run_as_user(&banned).unwrap().success());
+        agent.status()["counters"]["notices_sent"] == 2
+    });
+    assert!(
+        t0.elapsed() >= Duration::from_secs(2),
+        "shown again within interval_s"
+    );
+    assert_eq!(
+        session.wait_received(2),
+        "CRITICAL\tBlocked: Tool rate\nCRITICAL\tBlocked: Tool rate\n"
+    );
+}
+
+#[test]
+fn issue_10_notify_test_shows_a_notification_and_exits_0() {
+    let session = start_session();
+    let r = run(interdict().args(["notify-test", "--user", USER]));
+    r.expect_code(0);
+    r.expect_stdout(&format!("sent to {USER}"));
+    assert_eq!(
+        session.wait_received(1),
+        "CRITICAL\tBlocked: Sample Tool (interdict notify-test)\n"
+    );
 }
 
 #[test]
@@ -264,15 +375,50 @@ fn no_session_bus_is_quiet_and_counted() {
         .status()
         .unwrap();
     assert!(!st.success());
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let c = agent.status()["counters"].clone();
-        if c["notices_failed"].as_u64().unwrap() >= 1 {
-            assert_eq!(c["notices_sent"], 0);
-            break;
+    let c = agent.wait_counter("notices_failed", 1)["counters"].clone();
+    assert_eq!(c["notices_sent"], 0, "{c:#}");
+}
+
+/// Programs run one after another on a real pseudo-terminal (`script`). Before each, and
+/// before the terminal closes, the shell waits for the test's go-ahead: the terminal stays open
+/// until the test has seen the agent act, never for a fixed time.
+struct Terminal {
+    child: Child,
+    dir: tempfile::TempDir,
+}
+
+impl Terminal {
+    fn new(programs: &[&Path]) -> Terminal {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().display();
+        let mut sh = String::from("w() { while [ ! -e \"$1\" ]; do sleep 0.05; done; }\n");
+        for (i, p) in programs.iter().enumerate() {
+            sh.push_str(&format!("w '{d}/go-{i}'\n'{}'\n", p.display()));
         }
-        assert!(Instant::now() < deadline, "{c:#}");
-        std::thread::sleep(Duration::from_millis(100));
+        sh.push_str(&format!("w '{d}/end'\n"));
+        let script = dir.path().join("run.sh");
+        std::fs::write(&script, sh).unwrap();
+        let child = Command::new("timeout")
+            .args(["60", "script", "-qec"])
+            .arg(format!("sh '{}'", script.display()))
+            .arg("/dev/null")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        Terminal { child, dir }
+    }
+
+    /// Let program `i` run.
+    fn go(&self, i: usize) {
+        std::fs::write(self.dir.path().join(format!("go-{i}")), "").unwrap();
+    }
+
+    /// Close the terminal; what it showed.
+    fn finish(self) -> String {
+        std::fs::write(self.dir.path().join("end"), "").unwrap();
+        let out = self.child.wait_with_output().unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
     }
 }
 
@@ -281,20 +427,14 @@ fn the_terminal_of_a_blocked_program_gets_one_line() {
     let mnt = TmpMount::new();
     let banned = mnt.path().join("tty-banned");
     let digest = unique_copy("/bin/true", &banned);
-    let _agent = Agent::start(
+    let agent = Agent::start(
         &hash_policy("tty", "block", &digest),
         &format!("{}\n\n[notify]\ndesktop = false", marks(mnt.path())),
     );
-    // `script` runs the command on a real pseudo-terminal and copies what it shows; the terminal
-    // stays open a moment after the denied exec so the agent's line can arrive.
-    let out = Command::new("timeout")
-        .args(["30", "script", "-qec"])
-        .arg(format!("'{}'; sleep 2", banned.display()))
-        .arg("/dev/null")
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    let shown = String::from_utf8_lossy(&out.stdout);
+    let t = Terminal::new(&[&banned]);
+    t.go(0);
+    agent.wait_counter("notices_terminal", 1);
+    let shown = t.finish();
     assert!(shown.contains("Operation not permitted"), "{shown}");
     let line = shown
         .lines()
@@ -370,18 +510,6 @@ fn explain_says_which_rule_why_and_instead_without_root() {
     r.expect_stdout("no rule");
 }
 
-/// What a pseudo-terminal showed while `program` ran (and two seconds after).
-fn on_a_terminal(program: &Path) -> String {
-    let out = Command::new("timeout")
-        .args(["30", "script", "-qec"])
-        .arg(format!("'{}'; sleep 2", program.display()))
-        .arg("/dev/null")
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 #[test]
 fn rules_with_notify_false_and_the_silent_switch_tell_nobody() {
     let mnt = TmpMount::new();
@@ -399,24 +527,28 @@ fn rules_with_notify_false_and_the_silent_switch_tell_nobody() {
         &policy,
         &format!("{}\n\n[notify]\ndesktop = false", marks(mnt.path())),
     );
-    assert!(on_a_terminal(&loud).contains("interdict: blocked Tool loud"));
-    let shown = on_a_terminal(&quiet);
-    assert!(shown.contains("Operation not permitted"), "{shown}");
+    // The quiet rule's denial first, then the loud one's: notices are delivered in order, so
+    // once the loud line is on the terminal, a line for the quiet one would be there too.
+    let t = Terminal::new(&[&quiet, &loud]);
+    t.go(0);
+    agent.wait_event("the quiet denial", |e| {
+        e["kind"] == "exec_denied" && e["rule"]["id"] == "quiet"
+    });
+    t.go(1);
+    agent.wait_counter("notices_terminal", 1);
+    let shown = t.finish();
+    assert!(shown.contains("interdict: blocked Tool loud"), "{shown}");
     assert!(
-        !shown.contains("interdict:"),
+        !shown.contains("interdict: blocked Tool quiet"),
         "a notify = false rule spoke:\n{shown}"
     );
+    assert_eq!(agent.counter("notices_terminal"), 1);
     drop(agent);
 
+    // With the silent switch there is no notifier at all: nothing can arrive late.
     let agent = Agent::start(
         &policy,
         &format!("{}\n\n[notify]\nenabled = false", marks(mnt.path())),
-    );
-    let shown = on_a_terminal(&loud);
-    assert!(shown.contains("Operation not permitted"), "{shown}");
-    assert!(
-        !shown.contains("interdict:"),
-        "the silent switch did not silence:\n{shown}"
     );
     let s = agent.status();
     let n = s["sensors"]
@@ -427,4 +559,15 @@ fn rules_with_notify_false_and_the_silent_switch_tell_nobody() {
         .unwrap()
         .clone();
     assert_eq!(n["state"], "disabled");
+    let t = Terminal::new(&[&loud]);
+    t.go(0);
+    agent.wait_event("the loud denial", |e| {
+        e["kind"] == "exec_denied" && e["rule"]["id"] == "loud"
+    });
+    let shown = t.finish();
+    assert!(shown.contains("Operation not permitted"), "{shown}");
+    assert!(
+        !shown.contains("interdict:"),
+        "the silent switch did not silence:\n{shown}"
+    );
 }

@@ -6,7 +6,6 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
-use std::time::Duration;
 
 use crate::support::*;
 
@@ -212,7 +211,8 @@ fn the_agent_reports_a_real_claude_code_install_once_per_package_and_binary() {
         e["kind"] == "installed_detected" && e["rule"]["selector"] == "sha256"
     });
     assert_eq!(binary["rule"]["id"], "claude-code");
-    std::thread::sleep(Duration::from_secs(2));
+    // Once a full rescan has run, everything the copy wrote has been looked at.
+    agent.settle_installs();
     agent.stop();
     let events = agent.events();
     let detected: Vec<_> = events

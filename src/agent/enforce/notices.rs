@@ -264,13 +264,16 @@ impl DesktopBackend for LinuxDesktop {
             .by_uid(notice.uid)
             .map(|a| a.gid)
             .unwrap_or(notice.uid);
-        let mut child = Command::new(&self.exe)
-            .arg("notify-helper")
-            .env_clear()
-            .env(
-                "DBUS_SESSION_BUS_ADDRESS",
-                format!("unix:path={}", bus.display()),
-            )
+        let mut cmd = Command::new(&self.exe);
+        cmd.arg("notify-helper").env_clear().env(
+            "DBUS_SESSION_BUS_ADDRESS",
+            format!("unix:path={}", bus.display()),
+        );
+        // The configured opener for "More info" (the helper's default is xdg-open).
+        if let Some(o) = &self.opener {
+            cmd.env("INTERDICT_OPENER", o);
+        }
+        let mut child = cmd
             .uid(notice.uid)
             .gid(gid)
             .stdin(Stdio::piped())

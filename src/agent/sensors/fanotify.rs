@@ -144,14 +144,25 @@ impl WeakHandle {
 impl Handle {
     /// Deny every open of `path` until the agent decides (`FAN_OPEN_PERM` on that file only):
     /// banned scripts (the script guard), and banned programs already found, so that neither
-    /// the dynamic loader nor a copy can read them.
+    /// the dynamic loader nor a copy can read them. The file is remembered as guarded: its runs
+    /// are the guard's to report.
     pub fn mark(&self, path: &Path) -> std::io::Result<()> {
         mark(
             self.fan.fan.as_raw_fd(),
             libc::FAN_MARK_ADD,
             libc::FAN_OPEN_PERM,
             path,
-        )
+        )?;
+        if let Ok(m) = std::fs::metadata(path) {
+            use std::os::unix::fs::MetadataExt;
+            self.fan
+                .shared
+                .guarded_scripts
+                .lock()
+                .expect("guarded scripts poisoned")
+                .insert((m.dev(), m.ino()));
+        }
+        Ok(())
     }
 
     /// Guard execs on the whole filesystem that `path` is on (`FAN_MARK_FILESYSTEM`: every
@@ -509,8 +520,14 @@ fn handle(
                 let info = crate::inventory::procs::read_proc(pid);
                 g.respond(fd.as_raw_fd(), FAN_DENY);
                 count_deny(shared, access);
-                // The event (with the evidence) is built off this thread.
-                let _ = work.try_send(Pending::new(fd, pid, key, access, start, true, info));
+                // The event (with the evidence) is built off this thread; with every worker
+                // busy and the queue full it cannot be, and is counted as dropped.
+                if work
+                    .try_send(Pending::new(fd, pid, key, access, start, true, info))
+                    .is_err()
+                {
+                    inc(&shared.metrics.c.event_drops);
+                }
             }
         }
         shared
@@ -693,6 +710,10 @@ fn decide(g: &Guard, p: &Pending) {
         return;
     }
     let late = p.expired.load(Ordering::SeqCst) && g.fail == FAN_ALLOW;
+    let sensor = match p.access {
+        Access::Open => Part::ScriptGuard,
+        Access::Exec => Part::Fanotify,
+    };
     match v.plan {
         Plan::Allow => {}
         Plan::Stop if !late => {
@@ -714,14 +735,14 @@ fn decide(g: &Guard, p: &Pending) {
         Plan::Stop | Plan::Kill => {
             if let Some(i) = &info {
                 let note = late.then(|| "decision missed its deadline; the exec was allowed (fail_mode = open), then killed".to_string());
-                verdict::on_running(shared, Part::Fanotify, i, &v, Plan::Kill, note);
+                verdict::on_running(shared, sensor, i, &v, Plan::Kill, note);
             }
         }
         // Reported here, where the process is known even if it exits at once; the proc
         // connector leaves execs on marked mounts to this guard.
         Plan::Report | Plan::WouldEnforce => {
             if let Some(i) = &info {
-                verdict::on_running(shared, Part::Fanotify, i, &v, v.plan, None);
+                verdict::on_running(shared, sensor, i, &v, v.plan, None);
             }
         }
     }

@@ -535,7 +535,10 @@ impl Settle<'_> {
         if f.package.is_some() {
             return false;
         }
-        if self.writing.contains(&f.path) || self.writing.contains(&f.canonical) {
+        // A symlink is whole once it exists (its creation is never followed by a close): only
+        // what it points at can be half-written.
+        let link = std::fs::symlink_metadata(&f.path).is_ok_and(|m| m.file_type().is_symlink());
+        if (!link && self.writing.contains(&f.path)) || self.writing.contains(&f.canonical) {
             return true;
         }
         std::fs::metadata(&f.canonical)
@@ -690,12 +693,12 @@ fn rescan(
         let key = key_of(shared, &f);
         if settle.writing(&f) || settle.installing(&f) {
             // Still being written: looked at by the watcher once it is done. What was reported
-            // before under this key stays reported meanwhile.
+            // before under this key stays reported meanwhile (and is no news).
             again.insert(unit_of(&f.path));
             // Reported by an earlier run: the watcher decides once it is written.
             known.earlier.remove(&key);
-            if let Some(old) = seen.remove(&key) {
-                now.insert(key, old);
+            if let Some(old) = seen.get(&key) {
+                now.insert(key, old.clone());
             }
             continue;
         }

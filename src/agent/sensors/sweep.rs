@@ -119,12 +119,19 @@ pub fn judge(shared: &Shared, info: &procs::ProcessInfo, sensor: Part) {
     );
     let v = verdict::decide(shared, policy, &mut pf.facts);
     let Some(d) = v.decision else { return };
-    if sensor == Part::ProcConnector
-        && matches!(v.plan, Plan::Report | Plan::WouldEnforce)
-        && d.subject == interdict_policy::Subject::Exe
-        && on_marked_filesystem(shared, pid)
-    {
-        return; // the fanotify guard reported this exec already
+    if sensor == Part::ProcConnector && matches!(v.plan, Plan::Report | Plan::WouldEnforce) {
+        let seen_by_the_guard = match d.subject {
+            interdict_policy::Subject::Exe => on_marked_filesystem(shared, pid),
+            interdict_policy::Subject::Script => v
+                .facts
+                .script_path
+                .as_deref()
+                .is_some_and(|s| shared.is_guarded_script(s)),
+            _ => false,
+        };
+        if seen_by_the_guard {
+            return; // the fanotify guard (or the script guard) reported this run already
+        }
     }
     verdict::on_running(shared, sensor, info, &v, v.plan, None);
 }

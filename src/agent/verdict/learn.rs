@@ -337,14 +337,18 @@ fn learn(shared: &Shared, system: &mut SystemSizes, req: LearnRequest) {
         size: Some(size),
         source: Some(req.source.as_str().to_string()),
     };
-    {
+    let in_force = {
         let mut set = shared.learner.set.lock().expect("learned poisoned");
         if !set.add_entry(entry) {
             return;
         }
+        // In force before it is listed: whoever sees it in `learned.json` (`interdict hashes
+        // list`) can count on it being enforced.
+        let in_force = shared.policy.learn(&req.rule_id, digest, size);
         shared.learner.save(&set);
-    }
-    if shared.policy.learn(&req.rule_id, digest, size) {
+        in_force
+    };
+    if in_force {
         inc(&shared.metrics.c.hashes_learned);
     }
     let mut e = shared.event(EventKind::HashLearned);
@@ -371,8 +375,9 @@ fn drop_digests(shared: &Shared, what: &Forget, why: &str) -> usize {
         if gone.is_empty() {
             return 0;
         }
-        shared.learner.save(&set);
+        // Out of force before it leaves the list.
         shared.policy.relearn(&set);
+        shared.learner.save(&set);
         gone
     };
     let mut by_digest: HashMap<&str, Vec<&str>> = HashMap::new();

@@ -135,8 +135,18 @@ pub fn process_ref(shared: &Shared, info: &ProcessInfo) -> ProcessRef {
     }
 }
 
-/// The file a decision was about, for an event.
-pub fn file_ref(facts: &Facts, size: Option<u64>) -> Option<FileRef> {
+/// The file a decision was about, for an event: the script when a script rule decided (an
+/// interpreter's executable is not what the rule banned), else the executable, else the script.
+pub fn file_ref(facts: &Facts, d: Option<&Decision>, size: Option<u64>) -> Option<FileRef> {
+    if let (Some(d), Some(s)) = (d, &facts.script_path) {
+        if d.subject == interdict_policy::Subject::Script {
+            return Some(FileRef {
+                path: crate::path_text(s),
+                sha256: facts.script_sha256.map(|h| h.to_string()),
+                size,
+            });
+        }
+    }
     let (path, sha) = match (&facts.exe_path, &facts.script_path) {
         (_, Some(s)) if facts.script_sha256.is_some() || facts.exe_path.is_none() => {
             (s, facts.script_sha256)
@@ -179,7 +189,7 @@ pub fn notice(shared: &Shared, v: &Verdict<'_>, to: Recipient, kind: NoticeKind)
         return None;
     }
     let user = shared.accounts.user_name(to.uid);
-    let file = file_ref(v.facts, None);
+    let file = file_ref(v.facts, Some(d), None);
     let path = file.as_ref().map(|f| f.path.clone()).unwrap_or_default();
     let sha = file.and_then(|f| f.sha256).unwrap_or_default();
     let more_info_url = v.policy.info().more_info_url.as_deref().map(|u| {
@@ -228,7 +238,7 @@ fn event(
     e.outcome = Some(outcome);
     e.sensor = Some(sensor.as_str().into());
     e.rule = v.decision.as_ref().map(|d| rule_ref(v.policy, d, v.facts));
-    e.file = file_ref(v.facts, None);
+    e.file = file_ref(v.facts, v.decision.as_ref(), None);
     e
 }
 
@@ -298,6 +308,7 @@ pub fn on_running(
     note: Option<String>,
 ) {
     let m = &shared.metrics.c;
+    let mut note = note;
     let (kind, outcome) = match plan {
         Plan::Allow => return,
         Plan::Report => {
@@ -326,8 +337,20 @@ pub fn on_running(
                         inc(&m.protected);
                         (EventKind::ExecReported, Outcome::Protected)
                     }
-                    KillResult::Gone | KillResult::Failed(_) => {
+                    r @ (KillResult::Gone | KillResult::Failed(_)) => {
                         inc(&m.kill_failures);
+                        // Say why: the event is all a reviewer has.
+                        let why = match r {
+                            KillResult::Failed(errno) => format!(
+                                "kill failed: {}",
+                                crate::io_reason(&std::io::Error::from_raw_os_error(errno))
+                            ),
+                            _ => "kill failed: the process was gone".to_string(),
+                        };
+                        note = Some(match note {
+                            Some(n) => format!("{n}; {why}"),
+                            None => why,
+                        });
                         (EventKind::ProcessKilled, Outcome::KillFailed)
                     }
                 }

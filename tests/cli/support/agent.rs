@@ -163,6 +163,8 @@ pub struct Agent {
     pub policy: PathBuf,
     /// The binary it runs.
     pub binary: PathBuf,
+    /// Its event log.
+    pub event_log: PathBuf,
 }
 
 pub const POLICY_HEAD: &str = "[policy]\nname = \"test\"\nversion = \"1\"\nmode = \"enforce\"\n";
@@ -188,6 +190,13 @@ pub struct Setup<'a> {
     pub policy_file: Option<&'a Path>,
     /// Digests learned before: written to the state folder as `learned.json`.
     pub learned: Option<&'a Value>,
+    /// More lines for the `[agent]` table (`admin_group = ...`, `event_queue = ...`).
+    pub agent: &'a str,
+    /// Write events here instead of `events.jsonl` in the agent's folder.
+    pub event_log: Option<&'a Path>,
+    /// Run the agent in a private mount namespace, after this shell snippet (which may mount
+    /// things only the agent sees; the agent starts only if it succeeds).
+    pub mount_ns: Option<&'a str>,
 }
 
 impl Agent {
@@ -230,6 +239,9 @@ impl Agent {
             binary,
             policy_file,
             learned,
+            agent: agent_lines,
+            event_log,
+            mount_ns,
         } = setup;
         // Safety: a test never lets the agent mark every filesystem (that is, `/`).
         assert!(
@@ -275,11 +287,15 @@ impl Agent {
         if !exec.contains("freeze") {
             follow.push_str("\nfreeze = false");
         }
+        let event_log = event_log
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| dir.path().join("events.jsonl"));
         std::fs::write(
             &config,
             format!(
-                "[agent]\nstate_dir = \"{d}/state\"\nevent_log = \"{d}/events.jsonl\"\ncontrol_socket = \"{d}/control.sock\"\n\n{install}[exec]{follow}\n{exec}\n",
-                d = dir.path().display()
+                "[agent]\nstate_dir = \"{d}/state\"\nevent_log = \"{log}\"\ncontrol_socket = \"{d}/control.sock\"\n{agent_lines}\n\n{install}[exec]{follow}\n{exec}\n",
+                d = dir.path().display(),
+                log = event_log.display(),
             ),
         )
         .unwrap();
@@ -287,8 +303,24 @@ impl Agent {
         let binary = binary
             .map(Path::to_path_buf)
             .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_interdict")));
-        let mut cmd = match user {
-            Some(u) => {
+        let mut cmd = match (user, mount_ns) {
+            (None, Some(snippet)) => {
+                let mut c = Command::new("unshare");
+                c.args([
+                    "--mount",
+                    "--propagation",
+                    "private",
+                    "sh",
+                    "-c",
+                    &format!("set -e\n{snippet}\nexec \"$@\""),
+                    "sh",
+                    "timeout",
+                    "300",
+                ]);
+                c
+            }
+            (Some(_), Some(_)) => panic!("a private mount namespace needs root"),
+            (Some(u), None) => {
                 let mut c = Command::new("setpriv");
                 c.args([
                     &format!("--reuid={u}"),
@@ -299,7 +331,7 @@ impl Agent {
                 ]);
                 c
             }
-            None => {
+            (None, None) => {
                 let mut c = Command::new("timeout");
                 c.arg("300");
                 c
@@ -314,11 +346,12 @@ impl Agent {
             .stdout(std::fs::File::create(dir.path().join("agent.out")).unwrap())
             .stderr(std::fs::File::create(dir.path().join("agent.err")).unwrap());
         let child = cmd.spawn().unwrap();
-        let agent = Agent {
+        let mut agent = Agent {
             child,
             dir,
             policy: policy_path,
             binary,
+            event_log,
         };
         agent.wait_ready();
         agent
@@ -349,7 +382,8 @@ impl Agent {
     }
 
     /// Ready: answering status, and the start-up sweep (which follows script marking) done.
-    fn wait_ready(&self) {
+    /// Fails at once, with its exit status and log, when the agent exits instead.
+    fn wait_ready(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(60);
         while Instant::now() < deadline {
             if let Some(s) = self.try_status() {
@@ -357,9 +391,46 @@ impl Agent {
                     return;
                 }
             }
+            if let Some(st) = self.child.try_wait().unwrap() {
+                panic!(
+                    "the agent exited ({st}) before it was ready:\n{}",
+                    self.stderr()
+                );
+            }
             std::thread::sleep(Duration::from_millis(50));
         }
-        panic!("agent never became ready:\n{}", self.stderr());
+        panic!("agent never became ready within 60 s:\n{}", self.stderr());
+    }
+
+    /// The agent's own process id (it runs under `timeout`, whose id is `child.id()`).
+    pub fn pid(&self) -> u32 {
+        self.status()["pid"].as_u64().unwrap() as u32
+    }
+
+    /// One counter from `status`.
+    pub fn counter(&self, name: &str) -> u64 {
+        let s = self.status();
+        s["counters"][name]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no counter {name}: {s:#}"))
+    }
+
+    /// Wait until counter `name` reaches `at_least`; fail with the status and log otherwise.
+    pub fn wait_counter(&self, name: &str, at_least: u64) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let s = self.status();
+            if s["counters"][name].as_u64().unwrap_or(0) >= at_least {
+                return s;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "counter {name} never reached {at_least} in 30 s; status:\n{s:#}\nagent stderr:\n{}",
+                    self.stderr()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     pub fn try_status(&self) -> Option<Value> {
@@ -383,9 +454,11 @@ impl Agent {
         std::fs::read_to_string(self.dir.path().join("agent.err")).unwrap_or_default()
     }
 
+    /// The events written so far: complete lines only (the agent may be writing the last one).
     pub fn events(&self) -> Vec<Value> {
-        std::fs::read_to_string(self.dir.path().join("events.jsonl"))
-            .unwrap_or_default()
+        let text = std::fs::read_to_string(&self.event_log).unwrap_or_default();
+        let complete = text.rfind('\n').map_or("", |i| &text[..=i]);
+        complete
             .lines()
             .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad event line {l}: {e}")))
             .collect()
@@ -393,7 +466,7 @@ impl Agent {
 
     /// Wait until an event satisfies `pred`; panic with the events seen otherwise.
     pub fn wait_event(&self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Some(e) = self.events().into_iter().find(|e| pred(e)) {
                 return e;
@@ -407,6 +480,19 @@ impl Agent {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// Make the install watcher reconcile everything on disk: change the policy (a comment),
+    /// reload, and wait for the full rescan that follows to finish. Whatever was installed
+    /// before this call has been reported (or found gone) when it returns.
+    pub fn settle_installs(&self) {
+        self.wait_counter("install_rescans", 1);
+        let before = self.counter("install_rescans");
+        let mut text = std::fs::read_to_string(&self.policy).unwrap();
+        text.push_str(&format!("\n# settle {before}\n"));
+        std::fs::write(&self.policy, text).unwrap();
+        self.reload().expect_code(0);
+        self.wait_counter("install_rescans", before + 1);
     }
 
     pub fn reload(&self) -> Run {
@@ -492,4 +578,68 @@ pub fn test_package() -> String {
         std::process::id(),
         fastrand::u32(..)
     )
+}
+
+/// A process stopped with SIGSTOP (all its threads), continued with SIGCONT when this is
+/// dropped, whatever happens in between.
+pub struct Paused(u32);
+
+impl Paused {
+    /// Stop `pid` and wait until every one of its threads is stopped.
+    pub fn new(pid: u32) -> Paused {
+        signal(pid, rustix::process::Signal::STOP);
+        let paused = Paused(pid);
+        wait_until(&format!("process {pid} stopped"), 30, || {
+            std::fs::read_dir(format!("/proc/{pid}/task"))
+                .unwrap()
+                .flatten()
+                .all(|t| {
+                    let stat = std::fs::read_to_string(t.path().join("stat")).unwrap_or_default();
+                    // `pid (comm) S ...`: the state follows the last ')'.
+                    let state = stat.rsplit_once(')').map(|(_, r)| r.trim_start());
+                    state.is_some_and(|s| s.starts_with('T'))
+                })
+        });
+        paused
+    }
+}
+
+impl Drop for Paused {
+    fn drop(&mut self) {
+        signal(self.0, rustix::process::Signal::CONT);
+    }
+}
+
+/// Set a file's modification time an hour back: a file the agent finds at start-up is then
+/// not one "still being written" (which it would leave to the watcher).
+pub fn backdate(path: &Path) {
+    let f = std::fs::File::options().write(true).open(path).unwrap();
+    f.set_modified(std::time::SystemTime::now() - Duration::from_secs(3600))
+        .unwrap();
+}
+
+/// A tmpfs mounted at `path` (which exists) until dropped.
+pub struct MountedAt(pub PathBuf);
+
+impl MountedAt {
+    pub fn new(path: &Path) -> MountedAt {
+        let st = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=64m,mode=0755", "tmpfs"])
+            .arg(path)
+            .status()
+            .unwrap();
+        assert!(st.success(), "mount tmpfs on {}", path.display());
+        MountedAt(path.to_path_buf())
+    }
+}
+
+impl Drop for MountedAt {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+        let _ = Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .stderr(Stdio::null())
+            .status();
+    }
 }

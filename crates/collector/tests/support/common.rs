@@ -4,7 +4,7 @@
 #![allow(dead_code)]
 
 use interdict_collector::{App, Background, Config, Store};
-use interdict_event::{Event, EventKind, Origin, Outcome, RuleRef};
+use interdict_event::{Event, EventKind, FileRef, Origin, Outcome, ProcessRef, RuleRef};
 use serde_json::Value;
 
 #[path = "pg.rs"]
@@ -246,6 +246,16 @@ pub fn chain(host: &str, from: u64, prev: &str, n: u64) -> Vec<Event> {
         .map(|i| {
             let mut e = o.event(EventKind::ExecDenied);
             e.outcome = Some(Outcome::Denied);
+            // A launch refused before it ran: the caller, and the refused file (what a Process
+            // Activity record needs).
+            e.process = Some(ProcessRef {
+                pid: 4242,
+                ..ProcessRef::default()
+            });
+            e.file = Some(FileRef {
+                path: "/usr/local/bin/claude".into(),
+                ..FileRef::default()
+            });
             e.rule = Some(RuleRef {
                 id: if i % 2 == 0 { "claude-code" } else { "codex" }.into(),
                 name: "x".into(),
