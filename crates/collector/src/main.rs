@@ -70,6 +70,13 @@ enum Command {
     /// Reviewers: read-only tokens; `reviewer NAME --login-link --base-url URL` prints a
     /// one-time link to the reviewer's console.
     Reviewer(ReviewerCmd),
+    /// Keep the text of policy files, so that the console shows the policy in force at each of a
+    /// person's events (found by the SHA-256 the agents report; each file is checked first).
+    PolicyText {
+        /// Policy files, as deployed to the hosts (byte for byte: the digest is of the bytes).
+        #[arg(required = true, value_name = "FILE")]
+        files: Vec<PathBuf>,
+    },
     /// Hosts.
     Host {
         #[command(subcommand)]
@@ -247,6 +254,31 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 }
             }
         },
+        Command::PolicyText { files } => {
+            let mut bad = 0;
+            for f in &files {
+                match interdict_collector::console::policies::add_file(&store, f) {
+                    Ok((p, new)) => eprintln!(
+                        "{}: policy {} {} (sha256 {}) {}",
+                        f.display(),
+                        interdict_chain::printable(&p.name),
+                        interdict_chain::printable(&p.version),
+                        p.sha256,
+                        if new { "kept" } else { "was kept already" }
+                    ),
+                    Err(interdict_collector::console::policies::AddError::Store(e)) => {
+                        return Err(e.into())
+                    }
+                    Err(e) => {
+                        eprintln!("{e}");
+                        bad += 1;
+                    }
+                }
+            }
+            if bad > 0 {
+                anyhow::bail!("{bad} of {} file(s) not kept", files.len());
+            }
+        }
         Command::Host {
             action: HostAction::Reset { host_id },
         }

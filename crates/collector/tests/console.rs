@@ -30,6 +30,7 @@ both!(
     issue_17_exports_match_the_api_in_every_format_and_csv_cells_cannot_run_formulas,
     issue_17_summaries_are_counted_again_after_a_deletion_and_after_the_migration,
     issue_17_the_command_line_link_signs_in_and_no_secret_reaches_the_log,
+    issue_17_a_case_file_policy_texts_paging_keyboard_and_contrast_in_a_browser,
 );
 
 /// The hostile strings a host may send.
@@ -414,11 +415,7 @@ fn issue_17_a_reviewer_signs_in_reads_filters_exports_and_signs_out_in_a_browser
     b.shot(&format!("{tag}-05-event"));
 
     // Export the filter as CSV: the same events as the API (violations of the filter).
-    b.tab
-        .navigate_to(&url)
-        .unwrap()
-        .wait_until_navigated()
-        .unwrap();
+    b.goto(&url);
     let csv = b.download("#export-CSV");
     let rows = parse_csv(&csv);
     let want: Vec<String> = api_events(&s, &api, "rule=claude-code&user=ana")
@@ -1339,6 +1336,45 @@ fn issue_17_the_command_line_link_signs_in_and_no_secret_reaches_the_log(backend
     };
     let (st, token, err) = cli(&["reviewer", "add", "rita"]);
     assert_eq!(st, 0, "{err}");
+
+    // Policy texts for the case file: checked, then kept by their SHA-256; a file that is not a
+    // policy is refused with every problem and keeps nothing, and the good ones are kept still.
+    let pack = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../policies/ai-coding-agents.toml")
+        .display()
+        .to_string();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        "[policy]\nname = 1\nmode = \"enforce\"\nverison = \"x\"\n",
+    )
+    .unwrap();
+    let bad = bad.display().to_string();
+    let (st, _, err) = cli(&["policy-text", &bad, &pack]);
+    assert_eq!(st, 2, "{err}");
+    assert!(
+        err.contains(&format!("{bad}:2:8: error["))
+            && err.contains(&format!("{bad}:4:1: error["))
+            && err.contains("not kept")
+            && err.contains("1 of 2 file(s) not kept"),
+        "{err}"
+    );
+    let sha = interdict_chain::hex(&interdict_chain::sha256(&std::fs::read(&pack).unwrap()));
+    assert!(err.contains(&format!("(sha256 {sha}) kept")), "{err}");
+    let (st, _, err) = cli(&["policy-text", &pack]);
+    assert_eq!(st, 0, "{err}");
+    assert!(err.contains("was kept already"), "{err}");
+    let (st, _, err) = cli(&["policy-text"]);
+    assert_eq!(st, 2, "{err}");
+    {
+        let store = match &pg {
+            Some(pg) => interdict_collector::Store::open_postgres(&pg.params()).unwrap(),
+            None => interdict_collector::Store::open(&db).unwrap(),
+        };
+        let kept = console::policies::list(&store).unwrap();
+        assert_eq!(kept.len(), 1, "{kept:?}");
+        assert_eq!(kept[0].sha256, sha);
+    }
     // The program, serving, its log captured.
     let mut c = Command::new(BIN);
     c.arg("--db").arg(&db);
@@ -1473,4 +1509,357 @@ fn issue_17_the_command_line_link_signs_in_and_no_secret_reaches_the_log(backend
             "the {what} secret is in the log:\n{log}"
         );
     }
+}
+
+/// The accessibility and layout checks every page must pass, in the browser: the language, one
+/// `h1`, a label for every field, header cells in every table, a name for every picture, no
+/// sideways scrolling on a laptop screen, and text contrast of at least 4.5:1 (3:1 for large
+/// text, WCAG AA) against the background it is drawn on.
+fn accessible(b: &Chrome, page: &str) {
+    assert_eq!(
+        b.eval("document.documentElement.lang"),
+        serde_json::json!("en"),
+        "{page}"
+    );
+    assert_eq!(b.count("h1"), 1, "{page}: one h1");
+    let unlabelled = b.eval(
+        "[...document.querySelectorAll('input:not([type=hidden]), select, textarea')]
+            .filter(e => !(e.labels && e.labels.length) && !e.getAttribute('aria-label'))
+            .map(e => e.outerHTML)",
+    );
+    assert_eq!(
+        unlabelled,
+        serde_json::json!([]),
+        "{page}: fields without a label"
+    );
+    let bare_tables = b.eval(
+        "[...document.querySelectorAll('table')].filter(t => !t.querySelector('th')).map(t => t.id)",
+    );
+    assert_eq!(
+        bare_tables,
+        serde_json::json!([]),
+        "{page}: tables without header cells"
+    );
+    let unnamed = b.eval(
+        "[...document.querySelectorAll('img, svg')].filter(e => e.getAttribute('aria-hidden') !== 'true'
+            && !e.getAttribute('alt') && !e.getAttribute('aria-label') && !e.getAttribute('aria-labelledby'))
+            .map(e => e.outerHTML.slice(0, 80))",
+    );
+    assert_eq!(
+        unnamed,
+        serde_json::json!([]),
+        "{page}: pictures without a name"
+    );
+    let (sw, cw) = (
+        b.eval("document.documentElement.scrollWidth"),
+        b.eval("document.documentElement.clientWidth"),
+    );
+    assert!(
+        sw.as_u64().unwrap() <= cw.as_u64().unwrap(),
+        "{page}: the page scrolls sideways on a {}x{} screen ({sw} > {cw})",
+        browser::SCREEN.0,
+        browser::SCREEN.1
+    );
+    let low = b.eval(CONTRAST_JS);
+    assert_eq!(
+        low,
+        serde_json::json!([]),
+        "{page}: text below the contrast minimum"
+    );
+}
+
+/// Every element holding visible text whose colour is below 4.5:1 (3:1 when large) against the
+/// background colours behind it, composed as the browser paints them.
+const CONTRAST_JS: &str = r#"(() => {
+  const parse = c => { const m = /rgba?\(([^)]+)\)/.exec(c || ''); if (!m) return null;
+    const p = m[1].split(/[\s,\/]+/).filter(Boolean).map(Number); return [p[0], p[1], p[2], p.length > 3 ? p[3] : 1]; };
+  const over = (top, under) => under.map((v, i) => top[i] * top[3] + v * (1 - top[3]));
+  const lum = rgb => { const f = v => { v /= 255; return v <= 0.03928 ? v / 12.92 : Math.pow((v + 0.055) / 1.055, 2.4); };
+    return 0.2126 * f(rgb[0]) + 0.7152 * f(rgb[1]) + 0.0722 * f(rgb[2]); };
+  const behind = el => { const layers = [];
+    for (let e = el; e; e = e.parentElement) { const c = parse(getComputedStyle(e).backgroundColor);
+      if (c && c[3] > 0) { layers.push(c); if (c[3] >= 1) break; } }
+    let out = [255, 255, 255]; for (const c of layers.reverse()) out = over(c, out); return out; };
+  const bad = []; const seen = new Set();
+  const w = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT);
+  while (w.nextNode()) {
+    const el = w.currentNode.parentElement;
+    if (!w.currentNode.textContent.trim() || !el || seen.has(el)) continue;
+    seen.add(el);
+    const s = getComputedStyle(el); const r = el.getBoundingClientRect();
+    if (r.width === 0 || r.height === 0 || s.visibility === 'hidden' || el.closest('title, option, datalist')) continue;
+    const bg = behind(el);
+    const fg0 = parse(el instanceof SVGElement ? s.fill : s.color); if (!fg0) continue;
+    const fg = over(fg0, bg);
+    const [a, b] = [lum(fg), lum(bg)].sort((x, y) => y - x);
+    const ratio = (a + 0.05) / (b + 0.05);
+    const size = parseFloat(s.fontSize); const large = size >= 24 || (parseInt(s.fontWeight) >= 700 && size >= 18.66);
+    if (ratio < (large ? 3 : 4.5)) bad.push(`${ratio.toFixed(2)}: ${el.tagName}.${el.className} "${el.textContent.trim().slice(0, 40)}"`);
+  }
+  return bad;
+})()"#;
+
+/// Follow the "Older events" links from `url`: the detail links of every row, page by page.
+fn every_page(b: &Chrome, url: &str, next: &str) -> (Vec<String>, usize) {
+    b.goto(url);
+    let mut seen = Vec::new();
+    let mut pages = 0;
+    loop {
+        pages += 1;
+        let links = b.eval(
+            "[...document.querySelectorAll('table.events tbody a.detail-link')].map(a => a.getAttribute('href'))",
+        );
+        seen.extend(
+            links
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_str().unwrap().to_string()),
+        );
+        if b.count(next) == 0 {
+            return (seen, pages);
+        }
+        b.click_and_wait(next);
+        assert!(pages < 20, "paging does not end: {}", b.url());
+    }
+}
+
+fn issue_17_a_case_file_policy_texts_paging_keyboard_and_contrast_in_a_browser(backend: Backend) {
+    use EventKind::*;
+    let s = Server::start(backend);
+    let tag = format!("{backend:?}").to_lowercase();
+    let dir = tempfile::tempdir().unwrap();
+    // The policies in force: the shipped pack (with the hash list it names), then a second
+    // version whose text says something a browser must not run; a third is never kept.
+    let pack = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../policies/ai-coding-agents.toml");
+    let v1_text = std::fs::read_to_string(&pack).unwrap();
+    let v2 = dir.path().join("policy.toml");
+    let v2_text = "[policy]\nname = \"ai-coding-agents\"\nversion = \"2026.12\"\nmode = \"enforce\"\nmessage = \"</pre><script>alert(5)</script> is not approved\"\n\n[[rule]]\nid = \"claude-code\"\nname = \"Claude Code\"\nrisk = \"high\"\nreason = \"SEC-2026-114\"\naction = \"block\"\n\n[rule.match]\npaths = [\"**/.local/bin/claude\"]\n";
+    std::fs::write(&v2, v2_text).unwrap();
+    let store = s.store();
+    let (k1, new1) = console::policies::add_file(&store, &pack).unwrap();
+    let (k2, _) = console::policies::add_file(&store, &v2).unwrap();
+    assert!(new1);
+    assert_eq!(k1.version, "2026.11.26");
+    let sha = |t: &str| interdict_chain::hex(&interdict_chain::sha256(t.as_bytes()));
+    assert_eq!(k1.sha256, sha(&v1_text), "the digest the agent reports");
+    assert_eq!(k2.sha256, sha(v2_text));
+    let v3_sha = "c".repeat(64);
+    // Kept once: the same bytes again change nothing.
+    assert!(!console::policies::add_file(&store, &pack).unwrap().1);
+
+    // dana: 40 violations under the pack, 20 under the second version, 5 under a third, on
+    // two hosts; more than one page everywhere.
+    let mut alpha = Agent::enroll(&s, "h-alpha", "alpha.corp");
+    let mut beta = Agent::enroll(&s, "h-beta", "beta.corp");
+    let under = |a: &Agent, i: u64, policy: (&str, &str)| {
+        let mut e = a.violation(
+            ExecDenied,
+            Outcome::Denied,
+            "claude-code",
+            "block",
+            "dana",
+            &["claude"],
+            20 - i / 4,
+            i,
+        );
+        let p = e.policy.as_mut().unwrap();
+        p.version = policy.0.into();
+        p.sha256 = policy.1.into();
+        e
+    };
+    let p1 = ("2026.11.26", k1.sha256.as_str());
+    let p2 = ("2026.12", k2.sha256.as_str());
+    let p3 = ("2026.13", v3_sha.as_str());
+    let a: Vec<Event> = (0..40)
+        .map(|i| under(&alpha, i, p1))
+        .chain((40..60).map(|i| under(&alpha, i, p2)))
+        .collect();
+    alpha.send(&s, a);
+    let bb: Vec<Event> = (60..65).map(|i| under(&beta, i, p3)).collect();
+    beta.send(&s, bb);
+    let total = alpha.sent.len() + beta.sent.len();
+    assert_eq!(total, 65);
+
+    let link = link(&s, "case-team");
+    let b = Chrome::launch();
+    b.goto(&link);
+    accessible(&b, "sign-in");
+    b.click_and_wait("#sign-in");
+    assert_eq!(b.url(), format!("{}/console/", s.url), "{}", b.text("main"));
+
+    // The keyboard alone: the first Tab reaches the skip link, shown when focused; Enter moves
+    // to the content; the filter form is reached field by field, in order, with focus visible;
+    // Enter in a field applies the filter.
+    b.goto(&format!("{}/console/events", s.url));
+    b.tab.press_key("Tab").unwrap();
+    assert_eq!(
+        b.eval("document.activeElement.className"),
+        serde_json::json!("skip")
+    );
+    let r = b.eval("(r => [r.left, r.top])(document.activeElement.getBoundingClientRect())");
+    assert!(
+        r[0].as_f64().unwrap() >= 0.0 && r[1].as_f64().unwrap() >= 0.0,
+        "the skip link is on screen when focused: {r}"
+    );
+    b.tab.press_key("Enter").unwrap();
+    wait_for("the skip link moves focus to the content", 30, || {
+        b.eval("document.activeElement.id") == serde_json::json!("main")
+    });
+    let mut order = Vec::new();
+    for _ in 0..40 {
+        b.tab.press_key("Tab").unwrap();
+        let id = b.eval("document.activeElement.id");
+        let id = id.as_str().unwrap_or_default().to_string();
+        if !id.is_empty() {
+            let (style, visible) = (
+                b.eval("getComputedStyle(document.activeElement).outlineStyle"),
+                b.eval("document.activeElement.matches(':focus-visible')"),
+            );
+            assert!(
+                style != serde_json::json!("none") && visible == serde_json::json!(true),
+                "#{id}: focus not visible ({style}, {visible})"
+            );
+            order.push(id.clone());
+        }
+        if id == "apply" {
+            break;
+        }
+    }
+    assert_eq!(
+        order,
+        [
+            "f-host",
+            "f-user",
+            "f-rule",
+            "f-kind",
+            "f-outcome",
+            "f-action",
+            "f-since",
+            "f-until",
+            "apply"
+        ],
+        "the filter form in keyboard order"
+    );
+    b.tab.find_element("#f-user").unwrap().focus().unwrap();
+    b.tab.type_str("dana").unwrap();
+    b.press_and_wait("Enter");
+    assert!(
+        b.url().contains("user=dana"),
+        "Enter applies the filter: {}",
+        b.url()
+    );
+    assert_eq!(b.text("#match-count"), "65 events match.");
+
+    // Paging: every violation of the filter exactly once, the filter kept on every page.
+    let (rows, pages) = every_page(
+        &b,
+        &format!("{}/console/events?user=dana&rule=claude-code", s.url),
+        "#older",
+    );
+    assert!(pages >= 2, "{pages} page(s)");
+    assert_eq!(rows.len(), total, "{rows:?}");
+    let distinct: std::collections::BTreeSet<&String> = rows.iter().collect();
+    assert_eq!(distinct.len(), total, "an event shown twice");
+    assert!(
+        b.url().contains("user=dana") && b.url().contains("rule=claude-code"),
+        "the last page keeps the filter: {}",
+        b.url()
+    );
+    // The person's record pages the same way.
+    let (prows, _) = every_page(
+        &b,
+        &format!("{}/console/person?user=dana", s.url),
+        "nav.pager a[rel=next]",
+    );
+    let pdistinct: std::collections::BTreeSet<&String> = prows.iter().collect();
+    assert_eq!(
+        prows.len(),
+        total,
+        "{}: {}",
+        b.url(),
+        b.eval("document.body.innerHTML.slice(-3000)")
+    );
+    assert_eq!(pdistinct, distinct, "the record holds the same events");
+
+    // The case file: the policy in force at each time, and its text where kept.
+    b.goto(&format!("{}/console/person?user=dana", s.url));
+    let spans = b.text("#person-policies");
+    assert!(
+        spans.contains("2026.11.26") && spans.contains("2026.12") && spans.contains("2026.13"),
+        "{spans}"
+    );
+    let text_of = |sha: &str| {
+        b.eval(&format!(
+            "(document.querySelector('#policy-{sha} pre') || {{textContent: null}}).textContent"
+        ))
+    };
+    assert_eq!(text_of(&k1.sha256), serde_json::json!(v1_text));
+    assert_eq!(text_of(&k2.sha256), serde_json::json!(v2_text));
+    assert_eq!(text_of(&v3_sha), serde_json::Value::Null);
+    assert!(
+        b.text("#policy-texts-missing").contains(&v3_sha),
+        "{}",
+        b.text("main")
+    );
+    assert_eq!(b.count("script"), 0, "the policy text is text");
+    accessible(&b, "person");
+    // The contrast check itself catches grey text on white.
+    b.eval("(() => { const p = document.createElement('p'); p.id = 'faint'; p.textContent = 'faint text'; p.style.color = '#aaaaaa'; document.querySelector('main').append(p); return true; })()");
+    let low = b.eval(CONTRAST_JS).to_string();
+    assert!(
+        low.contains("2.32: P.") && low.contains("faint text"),
+        "{low}"
+    );
+    b.eval("(document.getElementById('faint').remove(), true)");
+    b.shot(&format!("{tag}-20-case-file"));
+
+    // From an event to the text of the policy it was under; a policy not kept says how.
+    b.goto(&format!("{}{}", s.url, rows.last().unwrap()));
+    accessible(&b, "event");
+    b.click_and_wait("#facts-policy a");
+    assert_eq!(
+        b.eval("document.querySelector('#policy-text').textContent"),
+        serde_json::json!(v1_text)
+    );
+    accessible(&b, "policy");
+    b.shot(&format!("{tag}-21-policy"));
+    b.goto(&format!("{}{}", s.url, rows.first().unwrap()));
+    b.click_and_wait("#facts-policy a");
+    assert!(
+        b.text("#policy-missing")
+            .contains("interdict-collector policy-text"),
+        "{}",
+        b.text("main")
+    );
+    b.goto(&format!("{}/console/policies", s.url));
+    let listed = b.text("#policies-table");
+    assert!(
+        listed.contains(&k1.sha256) && listed.contains(&k2.sha256),
+        "{listed}"
+    );
+
+    // The other pages pass the same checks.
+    for p in [
+        "/console/",
+        "/console/events",
+        "/console/hosts",
+        "/console/hosts/h-alpha",
+        "/console/hosts/h-alpha/verify",
+        "/console/findings",
+        "/console/people",
+    ] {
+        b.goto(&format!("{}{p}", s.url));
+        accessible(&b, p);
+    }
+    let outside: Vec<String> = b
+        .requests
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|u| !u.starts_with(&s.url))
+        .cloned()
+        .collect();
+    assert!(outside.is_empty(), "{outside:?}");
 }

@@ -17,6 +17,7 @@ pub mod auth;
 pub mod chart;
 pub mod data;
 pub mod export;
+pub mod policies;
 pub mod rollup;
 pub mod schema;
 pub mod views;
@@ -101,6 +102,8 @@ pub fn routes() -> Router<Shared> {
         .route("/console/findings", get(findings))
         .route("/console/people", get(people))
         .route("/console/person", get(person))
+        .route("/console/policies", get(policy_list))
+        .route("/console/policies/{sha}", get(policy))
         .route("/console/login", get(login_page).post(login))
         .route("/console/logout", axum::routing::post(logout))
         .route("/console/static/console.css", get(static_css))
@@ -1094,7 +1097,7 @@ fn event_page(
                         (
                             "SHA-256 of the policy file",
                             p.sha256.clone(),
-                            String::new(),
+                            format!("/console/policies/{}", enc(&p.sha256)),
                             true,
                         ),
                         ("Mode", p.mode.clone(), String::new(), false),
@@ -1629,6 +1632,26 @@ async fn person(
         let last = tally.iter().map(|t| t.5).max();
         let hosts: std::collections::BTreeSet<&str> = tally.iter().map(|t| t.0.as_str()).collect();
         let (spans, capped) = data::person_policies(&app.store, &user)?;
+        // The texts of the policies in force, where kept (each once, in the order first seen).
+        let mut texts: Vec<KeptText> = Vec::new();
+        let mut missing: Vec<String> = Vec::new();
+        for sp in &spans {
+            if sp.sha256.is_empty()
+                || texts.iter().any(|t| t.sha == sp.sha256)
+                || missing.contains(&sp.sha256)
+            {
+                continue;
+            }
+            match policies::get(&app.store, &sp.sha256)? {
+                Some(p) => texts.push(KeptText {
+                    anchor: format!("policy-{}", p.sha256),
+                    title: format!("{} {}", p.name, p.version),
+                    sha: p.sha256,
+                    text: p.text,
+                }),
+                None => missing.push(sp.sha256.clone()),
+            }
+        }
         let f = Filter {
             user: Some(user.clone()),
             kind: Some("activity".into()),
@@ -1678,9 +1701,16 @@ async fn person(
                     sha: p.sha256.clone(),
                     mode: p.mode.clone(),
                     events: num(p.events),
+                    text_anchor: texts
+                        .iter()
+                        .find(|t| t.sha == p.sha256)
+                        .map(|t| t.anchor.clone())
+                        .unwrap_or_default(),
                 })
                 .collect(),
             spans_capped: capped,
+            texts,
+            missing,
             older: match (more, rows.last()) {
                 (true, Some(l)) => with_before("/console/person", &base_q, l.cursor),
                 _ => String::new(),
@@ -1693,6 +1723,70 @@ async fn person(
             rows: rows.iter().map(|r| EventLine::new(r, &names)).collect(),
             user,
         }))
+    })
+    .await
+}
+
+async fn policy_list(
+    State(app): State<Shared>,
+    Extension(Tls(tls)): Extension<Tls>,
+    headers: HeaderMap,
+) -> Response {
+    policy_page(app, headers, tls, String::new()).await
+}
+
+async fn policy(
+    State(app): State<Shared>,
+    Extension(Tls(tls)): Extension<Tls>,
+    headers: HeaderMap,
+    Path(sha): Path<String>,
+) -> Response {
+    policy_page(app, headers, tls, sha).await
+}
+
+/// A kept policy text (`sha` given), or the list of them.
+async fn policy_page(app: Shared, headers: HeaderMap, tls: bool, sha: String) -> Response {
+    let s = match signed_in(&app, &headers, tls).await {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    build(move || {
+        let kept = if sha.is_empty() {
+            None
+        } else {
+            policies::get(&app.store, &sha)?
+        };
+        let all = policies::list(&app.store)?
+            .into_iter()
+            .map(|p| {
+                (
+                    format!("/console/policies/{}", p.sha256),
+                    format!("{} {}", p.name, p.version),
+                    p.sha256,
+                    when(p.added_ms),
+                )
+            })
+            .collect();
+        let title = match (&kept, sha.is_empty()) {
+            (Some(p), _) => format!("Policy {} {}", p.name, p.version),
+            (None, true) => "Policy texts".to_string(),
+            (None, false) => "Policy text not kept".to_string(),
+        };
+        let missing = !sha.is_empty() && kept.is_none();
+        let p = PolicyPage {
+            c: chrome(&s, title.clone(), "people"),
+            known: kept.is_some(),
+            title,
+            added: kept.as_ref().map(|p| when(p.added_ms)).unwrap_or_default(),
+            text: kept.map(|p| p.text).unwrap_or_default(),
+            sha,
+            all,
+        };
+        Ok(if missing {
+            Err(page(StatusCode::NOT_FOUND, &p))
+        } else {
+            Ok(p)
+        })
     })
     .await
 }

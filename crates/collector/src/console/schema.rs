@@ -13,6 +13,8 @@
 //!   there now?).
 //! - `console_hoststate`: each host's latest heartbeat, read out (policy, bundle, mode, version,
 //!   sensors not running).
+//! - `console_policies`: policy texts kept with `interdict-collector policy-text FILE`, by the
+//!   SHA-256 the agents report, for a person's record ([`super::policies`]).
 //! - `console_rollup`: how far (ingest sequence number) the three summaries have counted, and
 //!   the signed cuts they were counted under (retention or a host deletion since: counted again).
 
@@ -60,6 +62,13 @@ CREATE TABLE console_hoststate (
     mode TEXT,
     version TEXT,
     degraded TEXT NOT NULL
+);
+CREATE TABLE console_policies (
+    sha256 TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    version TEXT NOT NULL,
+    text TEXT NOT NULL,
+    added_ms BIGINT NOT NULL
 );
 CREATE TABLE console_rollup (upto BIGINT NOT NULL, cuts BIGINT NOT NULL);
 INSERT INTO console_rollup (upto, cuts) VALUES (0, -1);

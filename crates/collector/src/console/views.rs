@@ -636,6 +636,21 @@ pub struct SpanLine {
     pub mode: String,
     /// Events under it.
     pub events: String,
+    /// The anchor of its text on the page (empty: no text kept for it).
+    pub text_anchor: String,
+}
+
+/// A policy text kept at the collector, as a person's record shows it.
+#[derive(Debug, Clone)]
+pub struct KeptText {
+    /// The anchor on the page.
+    pub anchor: String,
+    /// SHA-256.
+    pub sha: String,
+    /// Name and version, as the `[policy]` table says.
+    pub title: String,
+    /// The text.
+    pub text: String,
 }
 
 /// A person's record.
@@ -660,10 +675,34 @@ pub struct PersonPage {
     pub spans: Vec<SpanLine>,
     /// The policy history read only part of the events.
     pub spans_capped: bool,
+    /// The texts of the policies in force, where kept.
+    pub texts: Vec<KeptText>,
+    /// SHA-256s of policies in force whose text is not kept.
+    pub missing: Vec<String>,
     /// The events, newest first.
     pub rows: Vec<EventLine>,
     /// Older page.
     pub older: String,
     /// Export links.
     pub exports: Vec<(String, String)>,
+}
+
+/// One policy text kept at the collector (`/console/policies/{sha256}`), or how to keep it.
+#[derive(Template)]
+#[template(path = "console/policy.html")]
+pub struct PolicyPage {
+    /// Chrome.
+    pub c: Chrome,
+    /// The SHA-256 asked for.
+    pub sha: String,
+    /// The text is kept.
+    pub known: bool,
+    /// Name and version, as its `[policy]` table says.
+    pub title: String,
+    /// When it was kept.
+    pub added: String,
+    /// The text.
+    pub text: String,
+    /// Every kept text: (link, title, SHA-256, when kept).
+    pub all: Vec<(String, String, String, String)>,
 }

@@ -132,11 +132,34 @@ impl Chrome {
 
     /// Open `url` and wait for the page.
     pub fn goto(&self, url: &str) {
+        self.mark();
         self.tab
             .navigate_to(url)
             .unwrap()
             .wait_until_navigated()
             .unwrap();
+        self.wait_new_page(url);
+    }
+
+    /// Mark the document shown now, so that [`Chrome::wait_new_page`] can tell the next one
+    /// from it (DevTools' "navigated" can come before the new document is there).
+    fn mark(&self) {
+        self.eval("(window.__interdict_old = true)");
+    }
+
+    /// Wait (at most 30 s) until a document other than the marked one is fully loaded.
+    fn wait_new_page(&self, what: &str) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.eval("window.__interdict_old !== true && document.readyState === 'complete'")
+            != serde_json::json!(true)
+        {
+            assert!(
+                Instant::now() < deadline,
+                "{what}: no new page loaded within 30 s (showing {})",
+                self.url()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// The address the tab shows now.
@@ -181,8 +204,17 @@ impl Chrome {
 
     /// Click the element and wait for the page it leads to.
     pub fn click_and_wait(&self, selector: &str) {
+        self.mark();
         self.tab.find_element(selector).unwrap().click().unwrap();
         self.tab.wait_until_navigated().unwrap();
+        self.wait_new_page(selector);
+    }
+
+    /// Press a key that leads to another page (Enter in a form, on a link) and wait for it.
+    pub fn press_and_wait(&self, key: &str) {
+        self.mark();
+        self.tab.press_key(key).unwrap();
+        self.wait_new_page(key);
     }
 
     /// Type into a form field (replacing what is there).
