@@ -1277,6 +1277,7 @@ fn issue_17_summaries_are_counted_again_after_a_deletion_and_after_the_migration
         "console_days",
         "console_installs",
         "console_hoststate",
+        "console_policies",
         "console_rollup",
     ] {
         s.tamper(&format!("DROP TABLE {t}"), &[]);
@@ -1681,6 +1682,18 @@ fn issue_17_a_case_file_policy_texts_paging_keyboard_and_contrast_in_a_browser(b
     beta.send(&s, bb);
     let total = alpha.sent.len() + beta.sent.len();
     assert_eq!(total, 65);
+    // Signed policy bundles, as heartbeats report them: beta is behind (9 < 12, numerically).
+    let beat = |a: &Agent, bundle: &str| {
+        let mut e = a.heartbeat(None, 0);
+        let mut m: serde_json::Value = serde_json::from_str(e.message.as_deref().unwrap()).unwrap();
+        m["bundle_version"] = serde_json::json!(bundle);
+        e.message = Some(m.to_string());
+        e
+    };
+    let hb = beat(&alpha, "12");
+    alpha.send(&s, vec![hb]);
+    let hb = beat(&beta, "9");
+    beta.send(&s, vec![hb]);
 
     let link = link(&s, "case-team");
     let b = Chrome::launch();
@@ -1838,6 +1851,21 @@ fn issue_17_a_case_file_policy_texts_paging_keyboard_and_contrast_in_a_browser(b
     assert!(
         listed.contains(&k1.sha256) && listed.contains(&k2.sha256),
         "{listed}"
+    );
+
+    // Fleet health names the host behind the newest bundle, and only it.
+    b.goto(&format!("{}/console/", s.url));
+    let main = b.text("main");
+    assert!(
+        main.contains("On an older policy bundle") && main.contains("beta.corp: bundle 9"),
+        "{main}"
+    );
+    assert!(!main.contains("alpha.corp: bundle"), "{main}");
+    b.goto(&format!("{}/console/hosts", s.url));
+    let table = b.text("#hosts-table");
+    assert!(
+        table.contains("9 (behind)") && !table.contains("12 (behind)"),
+        "{table}"
     );
 
     // The other pages pass the same checks.
