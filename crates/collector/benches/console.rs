@@ -16,7 +16,7 @@ mod pg;
 
 use std::time::{Duration, Instant};
 
-use interdict_collector::console::{auth, rollup};
+use interdict_collector::console::{auth, data, rollup};
 use interdict_collector::{App, Background, Config, Incoming, Store};
 use interdict_event::{
     Event, EventKind, FileRef, Origin, Outcome, PolicyRef, ProcessRef, RuleRef, GENESIS_HASH,
@@ -272,6 +272,27 @@ fn main() {
         for (name, u) in &pages {
             rows.push((name.to_string(), times(u, &session, 10)));
         }
+        // The person's record in parts, on a second connection to the same database.
+        let direct = open();
+        let mut part = |name: &str, f: &dyn Fn()| {
+            let mut v: Vec<Duration> = (0..5)
+                .map(|_| {
+                    let t = Instant::now();
+                    f();
+                    t.elapsed()
+                })
+                .collect();
+            rows.push((name.to_string(), (pct(&mut v, 0.5), pct(&mut v, 0.99))));
+        };
+        part("a person: the tally (query only)", &|| {
+            assert!(!data::person_tally(&direct, "user7").unwrap().is_empty())
+        });
+        part("a person: the policy history (query only)", &|| {
+            assert!(!data::person_policies(&direct, "user7")
+                .unwrap()
+                .0
+                .is_empty())
+        });
         report.push((backend, total, cold, overview, peer50, rows));
         drop(running);
     }

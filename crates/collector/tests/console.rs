@@ -1803,6 +1803,11 @@ fn issue_17_a_case_file_policy_texts_paging_keyboard_and_contrast_in_a_browser(b
         spans.contains("2026.11.26") && spans.contains("2026.12") && spans.contains("2026.13"),
         "{spans}"
     );
+    assert_eq!(
+        b.count("#person-policies tbody tr"),
+        3,
+        "one span per host and policy: {spans}"
+    );
     let text_of = |sha: &str| {
         b.eval(&format!(
             "(document.querySelector('#policy-{sha} pre') || {{textContent: null}}).textContent"

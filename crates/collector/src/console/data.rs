@@ -1,7 +1,7 @@
 //! What the console's pages read: events by the API's filters (newest first, or in the API's
 //! order for exports), one event with its chain neighbours, a person's record.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use crate::sql::Val;
 use crate::store::{Store, StoreError};
@@ -340,20 +340,28 @@ pub const POLICY_SCAN_CAP: usize = 100_000;
 
 /// The policy in force at each of a person's events, host by host, in event time: consecutive
 /// events under the same policy make one span. `true` when the person has more events than
-/// were read ([`POLICY_SCAN_CAP`]).
+/// were read ([`POLICY_SCAN_CAP`]; the first stored are read).
+///
+/// The rows are read in the user index's order and sorted here, on small keys: sorting the rows
+/// with their stored bytes in the database cost most of the person's page (BENCHMARKS.md).
 pub fn person_policies(store: &Store, user: &str) -> Result<(Vec<PolicySpan>, bool), StoreError> {
     #[derive(serde::Deserialize)]
     struct P {
         #[serde(default)]
         policy: Option<interdict_event::PolicyRef>,
     }
-    let mut spans: Vec<PolicySpan> = Vec::new();
+    // Each distinct policy once; each event as (host, time, ingest order, policy index).
+    let mut policies: Vec<interdict_event::PolicyRef> = Vec::new();
+    let mut index: HashMap<(String, String, String, String), usize> = HashMap::new();
+    let mut hosts: Vec<String> = Vec::new();
+    let mut host_ix: HashMap<String, usize> = HashMap::new();
+    let mut events: Vec<(usize, i64, i64, usize)> = Vec::new();
     let mut n = 0usize;
     store.db().read(|c| {
         c.each(
             &format!(
-                "SELECT host_id, time_ms, raw FROM events WHERE user_name = ?1 AND kind <> 'heartbeat'
-                 ORDER BY host_id, time_ms, ingest_seq LIMIT {}",
+                "SELECT host_id, time_ms, ingest_seq, raw FROM events
+                 WHERE user_name = ?1 AND kind <> 'heartbeat' ORDER BY user_name, ingest_seq LIMIT {}",
                 POLICY_SCAN_CAP + 1
             ),
             &[user.into()],
@@ -363,38 +371,60 @@ pub fn person_policies(store: &Store, user: &str) -> Result<(Vec<PolicySpan>, bo
                     return false;
                 }
                 let host = r[0].text().unwrap_or_default();
-                let t = r[1].int();
-                let p = r[2]
+                let h = *host_ix.entry(host.clone()).or_insert_with(|| {
+                    hosts.push(host);
+                    hosts.len() - 1
+                });
+                let p = r[3]
                     .text()
                     .and_then(|raw| serde_json::from_str::<P>(&raw).ok())
                     .and_then(|p| p.policy)
                     .unwrap_or_default();
-                match spans.last_mut() {
-                    Some(s)
-                        if s.host_id == host
-                            && s.sha256 == p.sha256
-                            && s.version == p.version
-                            && s.name == p.name
-                            && s.mode == p.mode =>
-                    {
-                        s.to_ms = t;
-                        s.events += 1;
-                    }
-                    _ => spans.push(PolicySpan {
-                        host_id: host,
-                        from_ms: t,
-                        to_ms: t,
-                        name: p.name,
-                        version: p.version,
-                        sha256: p.sha256,
-                        mode: p.mode,
-                        events: 1,
-                    }),
-                }
+                let key = (
+                    p.name.clone(),
+                    p.version.clone(),
+                    p.sha256.clone(),
+                    p.mode.clone(),
+                );
+                let i = *index.entry(key).or_insert_with(|| {
+                    policies.push(p);
+                    policies.len() - 1
+                });
+                events.push((h, r[1].int(), r[2].int(), i));
                 true
             },
         )
     })?;
+    events.sort_unstable_by(|a, b| {
+        hosts[a.0]
+            .cmp(&hosts[b.0])
+            .then(a.1.cmp(&b.1))
+            .then(a.2.cmp(&b.2))
+    });
+    let mut spans: Vec<PolicySpan> = Vec::new();
+    let mut last: Option<(usize, usize)> = None;
+    for (h, t, _, i) in events {
+        match spans.last_mut() {
+            Some(s) if last == Some((h, i)) => {
+                s.to_ms = t;
+                s.events += 1;
+            }
+            _ => {
+                let p = &policies[i];
+                spans.push(PolicySpan {
+                    host_id: hosts[h].clone(),
+                    from_ms: t,
+                    to_ms: t,
+                    name: p.name.clone(),
+                    version: p.version.clone(),
+                    sha256: p.sha256.clone(),
+                    mode: p.mode.clone(),
+                    events: 1,
+                });
+                last = Some((h, i));
+            }
+        }
+    }
     Ok((spans, n > POLICY_SCAN_CAP))
 }
 
