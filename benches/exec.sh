@@ -109,6 +109,8 @@ stop_fapolicyd() {
 agent_cpu() { awk '{print $14+$15}' "/proc/$(pgrep -P "$AGENT_PID" interdict)/stat"; }
 declare -A R
 CPU=""
+# SKIP_OVERHEAD=1 skips this part (the 250 MB, survival, kill and footprint parts still run).
+if [ -z "${SKIP_OVERHEAD:-}" ]; then
 for round in $(seq "$ROUNDS"); do
   R[none]+="$(spawn)|"
   start_agent; c0=$(agent_cpu); R[interdict]+="$(spawn)|"; c1=$(agent_cpu); stop_agent
@@ -122,12 +124,15 @@ done
 echo "exec overhead: $N fork+execs of /bin/true on a marked tmpfs, $ROUNDS rounds, median round"
 med() { tr '|' '\n' | grep -v '^$' | sort -n -k1,1 | awk '{a[NR]=$0} END {print a[int((NR+1)/2)]}'; }
 base=$(echo "${R[none]}" | med | cut -d' ' -f1)
+base50=$(echo "${R[none]}" | med | cut -d' ' -f2)
 for k in none interdict interdict_guard fapolicyd ${BASELINE:+baseline}; do
   m=$(echo "${R[$k]}" | med)
   set -- $m
-  printf '  %-16s %8.1f us/exec  p50 %7.1f us  p99 %7.1f us  failed %s  ratio to none %.3f\n' "$k" "$1" "$2" "$3" "$4" "$(awk "BEGIN{print $1/$base}")"
+  # The mean carries the machine's stalls (a loaded 2-core machine); the p50 ratio does less.
+  printf '  %-16s %8.1f us/exec  p50 %7.1f us  p99 %7.1f us  failed %s  ratio to none: mean %.3f, p50 %.3f\n' "$k" "$1" "$2" "$3" "$4" "$(awk "BEGIN{print $1/$base}")" "$(awk "BEGIN{print $2/$base50}")"
 done
 echo "  interdict agent CPU per exec (all threads), per round: $CPU us"
+fi
 
 # Large binaries, 250 MB, like the real Claude Code. The policy names the banned one's digest
 # with its size (size=N in the hash list), so an allowed program of another size is not hashed.
@@ -136,9 +141,12 @@ head -c $((250 << 20)) /dev/zero > "$WORK/pad"
 big() { cat "$WORK/marker" "$WORK/pad" > "$1"; printf '%s' "$2" >> "$1"; chmod +x "$1"; }
 big "$MNT/bigban" "banned-$$"
 BIGBAN_SHA=$(sha256sum "$MNT/bigban" | cut -d' ' -f1)
-echo "$BIGBAN_SHA  bigban  size=$(stat -c %s "$MNT/bigban")" > "$WORK/big.sha256"
+# Every digest of the policy with its size: an unsized digest could match a file of any size,
+# so with one in the policy every program is hashed.
+{ echo "$BIGBAN_SHA  bigban  size=$(stat -c %s "$MNT/bigban")"
+  echo "$BANNED_SHA  banned  size=$(stat -c %s "$MNT/banned")"; } > "$WORK/big.sha256"
 cp "$WORK/policy.toml" "$WORK/policy-small.toml"
-sed -i 's/^sha256 = .*/sha256 = ["'"$BANNED_SHA"'"]\nsha256_files = ["big.sha256"]/' "$WORK/policy.toml"
+sed -i 's/^sha256 = .*/sha256_files = ["big.sha256"]/' "$WORK/policy.toml"
 start_agent
 first_allowed=(); first_banned=(); cached=(); noagent=()
 for i in $(seq 10); do
@@ -174,7 +182,7 @@ python3 - "$UNM" <<'PY'
 import os, shutil, subprocess, sys, time
 unm = sys.argv[1]
 for label in ("cold", "warm"):
-    lat, reached = [], 0
+    lat, reached, killed = [], 0, 0
     for i in range(20):
         exe = os.path.join(unm, f"{label}-{i}")
         shutil.copyfile(os.path.join(unm, "src"), exe); os.chmod(exe, 0o755)
@@ -184,9 +192,11 @@ for label in ("cold", "warm"):
         lat.append((time.monotonic() - s) * 1e3)
         reached += os.path.exists(marker)
         os.unlink(exe)
-        assert p.returncode == -9, (label, p.returncode)
+        killed += p.returncode == -9
     lat.sort()
-    print(f"survival window, 250 MB banned program on an unmarked filesystem ({label}): exec to death p50 {lat[len(lat)//2]:.1f} ms, p99(max of {len(lat)}) {lat[-1]:.1f} ms; main() reached {reached} of {len(lat)} times")
+    # main() of this C program runs within a millisecond of the exec: "reached" counts the runs
+    # in which it did before the stop; "killed" those that ended by the agent's SIGKILL.
+    print(f"survival window, 250 MB banned program on an unmarked filesystem ({label}): exec to end p50 {lat[len(lat)//2]:.1f} ms, p99(max of {len(lat)}) {lat[-1]:.1f} ms; killed {killed} of {len(lat)}; main() reached {reached} of {len(lat)} times")
 PY
 stop_agent
 umount "$UNM" || umount -l "$UNM"

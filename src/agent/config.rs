@@ -59,6 +59,9 @@ pub struct AgentSection {
     /// `event_queue`: events buffered between the sensors and the event log; when full, new
     /// events are dropped and counted (`event_drops` in status).
     pub event_queue: usize,
+    /// `host_id`: this host's id for events and the collector (default: `/etc/machine-id`);
+    /// for machines cloned with one machine id, and for several agents on one machine in tests.
+    pub host_id: Option<String>,
 }
 
 impl Default for AgentSection {
@@ -69,6 +72,7 @@ impl Default for AgentSection {
             control_socket: "/run/interdict/control.sock".into(),
             admin_group: None,
             event_queue: 65_536,
+            host_id: None,
         }
     }
 }
@@ -147,6 +151,9 @@ pub struct NotifyConfig {
     /// `opener`: the program that opens the "More info" link, run as the user (default
     /// `xdg-open`).
     pub opener: Option<PathBuf>,
+    /// `exception_notice_s`: how long before an exception ends its user is told (default 600,
+    /// ten minutes).
+    pub exception_notice_s: u64,
 }
 
 impl Default for NotifyConfig {
@@ -158,6 +165,7 @@ impl Default for NotifyConfig {
             interval_s: 300,
             queue: 1024,
             opener: None,
+            exception_notice_s: 600,
         }
     }
 }
@@ -208,6 +216,9 @@ pub struct CollectorConfig {
     pub client_cert: Option<PathBuf>,
     /// `client_key`: the PEM private key of `client_cert`.
     pub client_key: Option<PathBuf>,
+    /// `policy_public_key`: IT's policy key (hex), one or two (during a rotation): bundles the
+    /// collector serves are applied only when signed by one of them. Empty: no bundles.
+    pub policy_public_keys: Vec<String>,
 }
 
 impl Default for CollectorConfig {
@@ -222,6 +233,7 @@ impl Default for CollectorConfig {
             ca_file: None,
             client_cert: None,
             client_key: None,
+            policy_public_keys: Vec::new(),
         }
     }
 }
@@ -261,6 +273,7 @@ const AGENT_KEYS: &[&str] = &[
     "control_socket",
     "admin_group",
     "event_queue",
+    "host_id",
 ];
 const NOTIFY_KEYS: &[&str] = &[
     "enabled",
@@ -269,6 +282,7 @@ const NOTIFY_KEYS: &[&str] = &[
     "interval_s",
     "queue",
     "opener",
+    "exception_notice_s",
 ];
 const COLLECTOR_KEYS: &[&str] = &[
     "url",
@@ -280,6 +294,7 @@ const COLLECTOR_KEYS: &[&str] = &[
     "ca_file",
     "client_cert",
     "client_key",
+    "policy_public_key",
 ];
 const SYSLOG_KEYS: &[&str] = &["address", "tls", "ca_file", "facility", "max_message_bytes"];
 const INSTALL_KEYS: &[&str] = &["watch", "roots", "rescan_interval_s", "debounce_ms"];
@@ -381,6 +396,50 @@ pub fn parse(name: &str, text: &str) -> Result<AgentConfig, Diagnostics> {
                         absolute(&mut f, key, v).unwrap_or(c.agent.control_socket)
                 }
                 ("agent", "admin_group") => c.agent.admin_group = f.string(key, v).map(|s| s.0),
+                ("agent", "host_id") => {
+                    if let Some((h, span)) = f.string(key, v) {
+                        if h.len() <= 128
+                            && h.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                        {
+                            c.agent.host_id = Some(h);
+                        } else {
+                            f.err(
+                                Code::BadValue,
+                                span,
+                                "`host_id` must be 1 to 128 letters, digits and dashes",
+                            );
+                        }
+                    }
+                }
+                ("notify", "exception_notice_s") => {
+                    if let Some(n) = f.integer(key, v, 86_400) {
+                        c.notify.exception_notice_s = n;
+                    }
+                }
+                ("collector", "policy_public_key") => {
+                    let keys = match v.get_ref() {
+                        DeValue::String(_) => f.string(key, v).into_iter().collect(),
+                        _ => f.string_list(key, v),
+                    };
+                    if keys.len() > 2 {
+                        f.err(
+                            Code::BadValue,
+                            v.span(),
+                            "`policy_public_key` holds one key, or two while the policy key is rotated",
+                        );
+                    }
+                    for (k, span) in keys {
+                        if interdict_fleet::PublicKey::from_hex(&k).is_some() {
+                            col.policy_public_keys.push(k.to_ascii_lowercase());
+                        } else {
+                            f.err(
+                                Code::BadPublicKey,
+                                span,
+                                format!("`{k}` is not an ed25519 public key (64 hexadecimal digits, as `interdict policy keygen` prints it)"),
+                            );
+                        }
+                    }
+                }
                 ("agent", "event_queue") => {
                     if let Some(n) = f.integer(key, v, 1 << 24) {
                         c.agent.event_queue = (n as usize).max(1);

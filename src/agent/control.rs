@@ -1,9 +1,14 @@
-//! The control socket: `interdict status` and `interdict reload` talk to the agent over a Unix
-//! socket, root-only by default (mode 0600), or root and one admin group (mode 0660). Every
-//! connection's peer credentials (`SO_PEERCRED`) are checked as well.
+//! The control socket: `interdict status`, `reload`, `hashes forget` and `exception request`
+//! talk to the agent over a Unix socket. Every connection's peer credentials (`SO_PEERCRED`)
+//! decide what it may ask: root and the members of `admin_group` everything; any other local
+//! user only `exception-request` (with a `[collector]` the socket is mode 0666 so that they can
+//! connect; without one it is 0600, or 0660 for `admin_group`), and that
+//! user is the one the kernel names, never one the request claims.
 //!
-//! Protocol: one request line (`status`, `reload`, or `forget JSON` with a
-//! [`Forget`](crate::policy::learned::Forget)), one JSON reply line.
+//! Protocol: one request line (`status`, `reload`, `forget JSON` with a
+//! [`Forget`](crate::policy::learned::Forget), `exception-request JSON` with a
+//! [`Request`](crate::agent::fleet::exceptions::Request)), one JSON reply line. A request line
+//! is at most 64 KiB; at most 64 connections are served at once (more are closed at once).
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::PermissionsExt;
@@ -32,10 +37,17 @@ pub struct Status {
     pub mode: String,
     /// The policy in force.
     pub policy: PolicyRef,
+    /// Where it came from: the policy file or a signed bundle.
+    #[serde(default)]
+    pub policy_source: crate::agent::reload::PolicySource,
     /// Policy generation (1 at start, +1 per applied reload).
     pub generation: u64,
     /// Every sensor and its state.
     pub sensors: Vec<PartStatus>,
+    /// The mount points of the filesystems the exec guard marks (`interdict doctor` compares
+    /// them with the filesystems that hold programs).
+    #[serde(default)]
+    pub marked: Vec<String>,
     /// Counters.
     pub counters: CounterSnapshot,
     /// Decision latency of permission events.
@@ -78,8 +90,10 @@ pub fn status(shared: &Shared, started: std::time::Instant) -> Status {
         uptime_s: started.elapsed().as_secs(),
         mode: active.loaded.policy.info().mode.to_string(),
         policy: active.policy_ref(),
+        policy_source: active.source.clone(),
         generation: active.generation,
         sensors,
+        marked: shared.guard.get().map(|g| g.marked()).unwrap_or_default(),
         counters: shared.metrics.c.snapshot(),
         latency: shared.metrics.latency.snapshot(),
         last_rescan_us: shared
@@ -90,108 +104,169 @@ pub fn status(shared: &Shared, started: std::time::Instant) -> Status {
     }
 }
 
-/// Serve the control socket until shutdown.
-pub async fn serve(
-    shared: Arc<Shared>,
-    started: std::time::Instant,
-    reload: tokio::sync::mpsc::Sender<tokio::sync::oneshot::Sender<ReloadReply>>,
-) -> std::io::Result<()> {
+/// The longest request line read.
+const MAX_LINE: u64 = 64 << 10;
+/// Connections served at once.
+const MAX_CONNECTIONS: usize = 64;
+
+/// Make the control socket, listening: `interdict status` answers from here on (the service
+/// manager is told the agent is ready after this). With a collector, any local user may connect
+/// to ask for an exception (issue 15; what each may ask is decided by its peer credentials);
+/// without one, no exception can be asked for: root only, or root and `admin_group`.
+pub fn listen(shared: &Shared) -> std::io::Result<tokio::net::UnixListener> {
     let path = shared.config.agent.control_socket.clone();
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
     let _ = std::fs::remove_file(&path);
     let listener = tokio::net::UnixListener::bind(&path)?;
-    let admin_gid = shared
+    let mode = if shared.config.collector.is_some() {
+        0o666
+    } else if admin_gid(shared).is_some() {
+        0o660
+    } else {
+        0o600
+    };
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))?;
+    if let Some(gid) = admin_gid(shared) {
+        std::os::unix::fs::chown(&path, Some(0), Some(gid))?;
+    }
+    Ok(listener)
+}
+
+fn admin_gid(shared: &Shared) -> Option<u32> {
+    shared
         .config
         .agent
         .admin_group
         .as_deref()
-        .and_then(|g| shared.accounts.gid_of(g));
-    let mode = if admin_gid.is_some() { 0o660 } else { 0o600 };
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))?;
-    if let Some(gid) = admin_gid {
-        std::os::unix::fs::chown(&path, Some(0), Some(gid))?;
-    }
+        .and_then(|g| shared.accounts.gid_of(g))
+}
+
+/// Serve the control socket made by [`listen`] until shutdown.
+pub async fn serve(
+    shared: Arc<Shared>,
+    listener: std::io::Result<tokio::net::UnixListener>,
+    started: std::time::Instant,
+    reload: tokio::sync::mpsc::Sender<tokio::sync::oneshot::Sender<ReloadReply>>,
+) -> std::io::Result<()> {
+    let path = shared.config.agent.control_socket.clone();
+    let listener = listener?;
+    let admin_gid = admin_gid(&shared);
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
         let (stream, _) = tokio::select! {
             r = listener.accept() => r?,
             _ = shared.shutdown.wait() => break,
         };
-        let allowed = match stream.peer_cred() {
-            Ok(c) => {
-                c.uid() == 0
-                    || Some(c.gid()) == admin_gid
-                    || admin_gid.is_some_and(|g| {
-                        shared
-                            .accounts
-                            .groups_of(c.uid())
-                            .iter()
-                            .any(|n| shared.accounts.gid_of(n) == Some(g))
-                    })
-            }
-            Err(_) => false,
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            // Full: closed at once (a local user opening connections cannot pile up tasks).
+            continue;
         };
+        let cred = stream.peer_cred().ok();
+        let admin = cred.is_some_and(|c| {
+            c.uid() == 0
+                || Some(c.gid()) == admin_gid
+                || admin_gid.is_some_and(|g| {
+                    shared
+                        .accounts
+                        .groups_of(c.uid())
+                        .iter()
+                        .any(|n| shared.accounts.gid_of(n) == Some(g))
+                })
+        });
         let (shared, reload) = (shared.clone(), reload.clone());
         tokio::spawn(async move {
+            let _slot = slot;
             let (r, mut w) = stream.into_split();
-            if !allowed {
+            let Some(cred) = cred else {
                 let _ = w.write_all(b"{\"error\":\"permission denied\"}\n").await;
                 return;
-            }
+            };
             let mut line = String::new();
-            let mut r = tokio::io::BufReader::new(r);
+            let mut r = tokio::io::BufReader::new(tokio::io::AsyncReadExt::take(r, MAX_LINE));
             if tokio::time::timeout(Duration::from_secs(5), r.read_line(&mut line))
                 .await
                 .is_err()
             {
                 return;
             }
-            let reply = match line.trim() {
-                "status" => {
-                    serde_json::to_string(&status(&shared, started)).expect("status serializes")
-                }
-                "reload" => {
-                    let (tx, rx) = tokio::sync::oneshot::channel();
-                    let reply = if reload.send(tx).await.is_ok() {
-                        rx.await.unwrap_or(ReloadReply {
-                            applied: false,
-                            message: "the agent is shutting down".into(),
-                        })
-                    } else {
-                        ReloadReply {
-                            applied: false,
-                            message: "the agent is shutting down".into(),
-                        }
-                    };
-                    serde_json::to_string(&reply).expect("reply serializes")
-                }
-                other if other.starts_with("forget ") => {
-                    match serde_json::from_str::<crate::policy::learned::Forget>(&other[7..]) {
-                        Ok(what) => {
-                            let s = shared.clone();
-                            let n = tokio::task::spawn_blocking(move || s.learner.forget(what))
+            let line = line.trim();
+            if !admin && !line.starts_with("exception-request ") {
+                let _ = w
+                    .write_all(b"{\"error\":\"permission denied: only root (or admin_group) may ask this; any user may send `interdict exception request`\"}\n")
+                    .await;
+                return;
+            }
+            let reply =
+                match line {
+                    other if other.starts_with("exception-request ") => {
+                        let caller = crate::agent::fleet::exceptions::Caller {
+                            uid: cred.uid(),
+                            pid: cred.pid().and_then(|p| u32::try_from(p).ok()),
+                        };
+                        match serde_json::from_str::<crate::agent::fleet::exceptions::Request>(
+                            &other["exception-request ".len()..],
+                        ) {
+                            Ok(req) => {
+                                let s = shared.clone();
+                                let r = tokio::task::spawn_blocking(move || {
+                                    crate::agent::fleet::exceptions::request(&s, caller, req)
+                                })
                                 .await
-                                .ok()
-                                .flatten();
-                            match n {
-                                Some(n) => serde_json::json!({ "forgotten": n }).to_string(),
-                                None => {
-                                    serde_json::json!({ "error": "the learner is not running" })
-                                        .to_string()
+                                .unwrap_or_else(|_| Err("the agent failed".into()));
+                                match r {
+                                    Ok(v) => v.to_string(),
+                                    Err(e) => serde_json::json!({ "error": e }).to_string(),
                                 }
                             }
-                        }
-                        Err(e) => {
-                            serde_json::json!({ "error": format!("bad forget request: {e}") })
-                                .to_string()
+                            Err(e) => serde_json::json!({ "error": format!("bad request: {e}") })
+                                .to_string(),
                         }
                     }
-                }
-                other => {
-                    serde_json::json!({ "error": format!("unknown command `{other}`") }).to_string()
-                }
-            };
+                    "status" => {
+                        serde_json::to_string(&status(&shared, started)).expect("status serializes")
+                    }
+                    "reload" => {
+                        let (tx, rx) = tokio::sync::oneshot::channel();
+                        let reply = if reload.send(tx).await.is_ok() {
+                            rx.await.unwrap_or(ReloadReply {
+                                applied: false,
+                                message: "the agent is shutting down".into(),
+                            })
+                        } else {
+                            ReloadReply {
+                                applied: false,
+                                message: "the agent is shutting down".into(),
+                            }
+                        };
+                        serde_json::to_string(&reply).expect("reply serializes")
+                    }
+                    other if other.starts_with("forget ") => {
+                        match serde_json::from_str::<crate::policy::learned::Forget>(&other[7..]) {
+                            Ok(what) => {
+                                let s = shared.clone();
+                                let n = tokio::task::spawn_blocking(move || s.learner.forget(what))
+                                    .await
+                                    .ok()
+                                    .flatten();
+                                match n {
+                                    Some(n) => serde_json::json!({ "forgotten": n }).to_string(),
+                                    None => {
+                                        serde_json::json!({ "error": "the learner is not running" })
+                                            .to_string()
+                                    }
+                                }
+                            }
+                            Err(e) => {
+                                serde_json::json!({ "error": format!("bad forget request: {e}") })
+                                    .to_string()
+                            }
+                        }
+                    }
+                    other => serde_json::json!({ "error": format!("unknown command `{other}`") })
+                        .to_string(),
+                };
             let _ = w.write_all(reply.as_bytes()).await;
             let _ = w.write_all(b"\n").await;
         });
@@ -224,7 +299,7 @@ pub fn request(socket: &Path, command: &str) -> anyhow::Result<String> {
 /// Render a status for people.
 pub fn render(s: &Status) -> String {
     let mut out = format!(
-        "interdict {} (pid {}), up {} s\npolicy: {} {} ({}), sha256 {}, generation {}\nsensors:\n",
+        "interdict {} (pid {}), up {} s\npolicy: {} {} ({}), sha256 {}, generation {}\nsource: {}\nsensors:\n",
         s.version,
         s.pid,
         s.uptime_s,
@@ -232,7 +307,8 @@ pub fn render(s: &Status) -> String {
         s.policy.version,
         s.mode,
         s.policy.sha256,
-        s.generation
+        s.generation,
+        s.policy_source.describe()
     );
     for x in &s.sensors {
         out.push_str(&format!(

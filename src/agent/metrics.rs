@@ -123,6 +123,17 @@ counters! {
     syslog_sent,
     /// Syslog connections or writes that failed; retried with backoff.
     syslog_failures,
+    /// Digests approved for the fleet added to this host's rules.
+    fleet_hashes_added,
+    /// Exception requests forwarded to the collector.
+    exceptions_requested,
+    /// Signed exceptions accepted.
+    exceptions_granted,
+    /// Exceptions ended (or ended early by a policy that no longer allows them).
+    exceptions_expired,
+    /// Signed documents from the collector refused (bundles, hash lists or their entries,
+    /// exceptions).
+    fleet_refused,
 }
 
 const BUCKETS: usize = 40;

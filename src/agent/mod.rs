@@ -17,9 +17,11 @@
 pub mod config;
 pub mod control;
 pub mod enforce;
+pub mod fleet;
 pub mod metrics;
 pub mod reload;
 pub mod sensors;
+pub mod service;
 pub mod shared;
 pub mod sinks;
 pub mod verdict;
@@ -67,8 +69,19 @@ pub fn run(policy_path: &Path, config_path: Option<&Path>) -> anyhow::Result<u8>
             return Ok(exit::ERROR);
         }
     };
-    let Some(loaded) = crate::policy::load_or_print(policy_path) else {
-        return Ok(exit::ERROR);
+    // A signed bundle kept from an earlier run is the policy IT published last: it comes
+    // before the file, and is enforced without reaching the collector.
+    let (loaded, source, note) = match fleet::bundle::load_persisted(&config) {
+        Some(Ok((l, src))) => (l, src, None),
+        kept => {
+            let Some(l) = crate::policy::load_or_print(policy_path) else {
+                return Ok(exit::ERROR);
+            };
+            let src = reload::PolicySource::File {
+                path: crate::path_text(policy_path),
+            };
+            (l, src, kept.and_then(Result::err))
+        }
     };
     if let (Some(p), Some(_)) = (
         config_path,
@@ -82,7 +95,12 @@ pub fn run(policy_path: &Path, config_path: Option<&Path>) -> anyhow::Result<u8>
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    rt.block_on(run_async(policy_path.to_path_buf(), config, loaded))
+    rt.block_on(run_async(
+        policy_path.to_path_buf(),
+        config,
+        (loaded, source),
+        note,
+    ))
 }
 
 fn warn_if_readable_by_others(p: &Path) {
@@ -203,7 +221,7 @@ fn start_sinks(
         std::thread::Builder::new()
             .name("event-writer".into())
             .spawn(move || {
-                event_log::run(log, &path, &metrics, events_rx, spool);
+                event_log::run(log, &path, group, &metrics, events_rx, spool);
                 done.store(true, Ordering::SeqCst);
             })?
     };
@@ -379,7 +397,8 @@ fn start_sensors(
 async fn run_async(
     policy_path: PathBuf,
     config: config::AgentConfig,
-    loaded: crate::policy::LoadedPolicy,
+    (loaded, source): (crate::policy::LoadedPolicy, reload::PolicySource),
+    bundle_note: Option<String>,
 ) -> anyhow::Result<u8> {
     let started = Instant::now();
     make_state_dir(&config.agent.state_dir).map_err(|e| {
@@ -388,16 +407,35 @@ async fn run_async(
             config.agent.state_dir.display()
         )
     })?;
+    // One agent per state folder: a second one would share the spool, the learned digests and
+    // the control socket.
+    let lock = service::StateLock::acquire(&config.agent.state_dir)?;
+    let previous_run = lock.previous();
+    let this_run = lock.record_start().map_err(|e| {
+        anyhow::anyhow!(
+            "cannot write the run record in {}: {e}",
+            config.agent.state_dir.display()
+        )
+    })?;
+    let notifier = service::Notifier::from_env()
+        .map_err(|e| tracing::warn!("sd_notify unavailable: {e}"))
+        .ok()
+        .flatten()
+        .map(Arc::new);
+    let watchdog = notifier.as_ref().and(service::watchdog_from_env());
     let origin = Origin {
-        host_id: host_id(),
+        host_id: config.agent.host_id.clone().unwrap_or_else(host_id),
         hostname: crate::inventory::host::hostname(),
     };
     let (events, events_rx) = sinks::event_log::EventSink::new(config.agent.event_queue);
     let (notices, notices_rx) = enforce::notifier::NoticeSink::new(&config.notify);
     let learned =
         crate::policy::learned::LearnedSet::load(&config.agent.state_dir).unwrap_or_default();
-    let policy = PolicyInForce::new(policy_path, loaded, &learned);
+    let policy = PolicyInForce::new(policy_path, loaded, &learned, source);
     let shared = Shared::new(config, policy, origin, events, notices)?;
+    if let Some(w) = watchdog {
+        shared.liveness.set_idle_wake(service::idle_wake_for(w));
+    }
 
     enforce::notifier::start(&shared, notices_rx)?;
     let sink_threads = start_sinks(&shared, events_rx, started)?;
@@ -421,11 +459,29 @@ async fn run_async(
         info.version,
         info.mode,
     );
+    if let Some(prev) = previous_run.filter(|r| r.stopped.is_none()) {
+        tracing::warn!("{}", service::unclean_stop_message(&prev));
+        let mut e = shared.event(EventKind::AgentStopped);
+        e.message = Some(service::unclean_stop_message(&prev));
+        shared.emit(e);
+    }
     let mut e = shared.event(EventKind::AgentStarted);
     e.message = Some(summary);
     shared.emit(e);
+    if let Some(why) = bundle_note {
+        tracing::error!("the signed bundle kept in the state folder is not used: {why}");
+        let mut e = shared.event(EventKind::PolicyRejected);
+        e.message = Some(format!(
+            "the signed bundle kept in the state folder is not used: {why}; the policy file is in force"
+        ));
+        shared.emit(e);
+        metrics::inc(&shared.metrics.c.policies_rejected);
+    }
     let mut e = shared.event(EventKind::PolicyApplied);
-    e.message = Some("initial policy".into());
+    e.message = Some(format!(
+        "initial policy, from {}",
+        shared.policy.active().source.describe()
+    ));
     shared.emit(e);
     metrics::inc(&shared.metrics.c.policies_applied);
 
@@ -436,6 +492,8 @@ async fn run_async(
     };
     // Start-up work off the async thread: mark banned scripts, sweep what already runs.
     reloader.after_change("start-up");
+    // Signed bundles, approved digests and exceptions from the collector.
+    fleet::start(reloader.clone())?;
 
     // Reloads: SIGHUP, the control socket, the policy file changing.
     let (reload_tx, mut reload_rx) = mpsc::channel::<oneshot::Sender<ReloadReply>>(16);
@@ -443,29 +501,64 @@ async fn run_async(
     let _watcher = reload::watch_policy(&shared.policy.path, file_tx)
         .map_err(|e| tracing::warn!("policy file watch unavailable: {e}"))
         .ok();
-    let control = tokio::spawn(control::serve(shared.clone(), started, reload_tx));
+    let listener = control::listen(&shared);
+    if let Err(e) = &listener {
+        tracing::error!(
+            "control socket {}: {e}",
+            shared.config.agent.control_socket.display()
+        );
+    }
+    let control = tokio::spawn(control::serve(shared.clone(), listener, started, reload_tx));
+    // Ready for the service manager: the sensors are up and `interdict status` answers.
+    if let Some(n) = &notifier {
+        let parts: Vec<String> = shared
+            .parts
+            .rows()
+            .iter()
+            .map(|r| format!("{} {}", r.name, r.state.as_str()))
+            .collect();
+        n.send_or_log(&format!(
+            "READY=1\nMAINPID={}\nSTATUS=policy {} {} ({}); {}",
+            std::process::id(),
+            info.name,
+            info.version,
+            info.mode,
+            parts.join(", ")
+        ));
+        if let Some(w) = watchdog {
+            service::start_watchdog(shared.clone(), n.clone(), w)?;
+        }
+    }
     use tokio::signal::unix::{signal, SignalKind};
     let mut hup = signal(SignalKind::hangup())?;
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let why = loop {
         tokio::select! {
-            _ = hup.recv() => { reloader.reload("SIGHUP").await; }
+            _ = hup.recv() => {
+                let r = reloader.reload("SIGHUP").await;
+                tell_reload(notifier.as_deref(), &r);
+            }
             Some(reply) = reload_rx.recv() => {
                 let r = reloader.reload("interdict reload").await;
+                tell_reload(notifier.as_deref(), &r);
                 let _ = reply.send(r);
             }
             Some(()) = file_rx.recv() => {
                 // Editors write in several steps: let the file settle.
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 while file_rx.try_recv().is_ok() {}
-                reloader.reload("policy file changed").await;
+                let r = reloader.reload("policy file changed").await;
+                tell_reload(notifier.as_deref(), &r);
             }
             _ = term.recv() => break "SIGTERM",
             _ = int.recv() => break "SIGINT",
         }
     };
     tracing::info!("interdict agent stopping ({why})");
+    if let Some(n) = &notifier {
+        n.send_or_log(&format!("STOPPING=1\nSTATUS=stopping ({why})"));
+    }
     let mut e = shared.event(EventKind::AgentStopped);
     e.message = Some(format!(
         "stopped by {why}; counters: {}",
@@ -498,5 +591,20 @@ async fn run_async(
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
+    if let Err(e) = lock.record_stop(&this_run, why) {
+        tracing::warn!("cannot record the clean stop: {e}");
+    }
     Ok(exit::OK)
+}
+
+/// Tell the service manager what a reload did (`systemctl status` shows it).
+fn tell_reload(notifier: Option<&service::Notifier>, r: &ReloadReply) {
+    if let Some(n) = notifier {
+        let first = r.message.lines().next().unwrap_or_default();
+        n.status(&if r.applied {
+            format!("reloaded: {first}")
+        } else {
+            format!("reload rejected, the last good policy stays in force: {first}")
+        });
+    }
 }

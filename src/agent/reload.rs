@@ -1,8 +1,13 @@
 //! The policy in force and how it changes: reloads (SIGHUP, `interdict reload`, the policy file
-//! changing), learned digests added and forgotten. A policy that does not validate is rejected
-//! with the last good one kept in force. Every change starts a new generation, which empties
-//! the decision cache, and is followed by re-marking the banned scripts, a process sweep and an
-//! install rescan.
+//! changing), signed bundles from the collector ([`super::fleet`]), learned digests added and
+//! forgotten, exceptions granted and ended. A policy that does not validate is rejected with the
+//! last good one kept in force. Every change starts a new generation, which empties the decision
+//! cache, and a new base policy is followed by re-marking the banned scripts, a process sweep and
+//! an install rescan.
+//!
+//! While a signed bundle is in force, the policy file is the fallback only: reloads of the file
+//! are refused (the bundle is what IT signed), until the bundle is removed from the state
+//! folder.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -19,16 +24,73 @@ use super::sensors::{sweep, Part, PartState};
 use super::shared::Shared;
 use crate::policy::learned::LearnedSet;
 use crate::policy::LoadedPolicy;
+use interdict_policy::Exception;
+
+/// Where the base policy came from.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum PolicySource {
+    /// The policy file given with `--policy`.
+    File {
+        /// Its path.
+        path: String,
+    },
+    /// A bundle signed with IT's policy key, from the collector (or kept in the state folder).
+    Bundle {
+        /// The bundle version.
+        version: u64,
+        /// When it was signed.
+        created: String,
+        /// The key that signed it.
+        key: String,
+    },
+}
+
+impl Default for PolicySource {
+    fn default() -> Self {
+        PolicySource::File {
+            path: String::new(),
+        }
+    }
+}
+
+impl PolicySource {
+    /// The bundle version, for a bundle.
+    pub fn bundle_version(&self) -> Option<u64> {
+        match self {
+            PolicySource::Bundle { version, .. } => Some(*version),
+            PolicySource::File { .. } => None,
+        }
+    }
+
+    /// For people: `file PATH` or `signed bundle version N (...)`.
+    pub fn describe(&self) -> String {
+        match self {
+            PolicySource::File { path } => format!("file {path}"),
+            PolicySource::Bundle {
+                version,
+                created,
+                key,
+            } => format!(
+                "signed bundle version {version} (signed {created} by key {})",
+                key.get(..16).unwrap_or(key)
+            ),
+        }
+    }
+}
 
 /// The policy in force, with the generation that invalidates cached decisions when it changes.
 #[derive(Debug)]
 pub struct Active {
-    /// The policy as loaded from its file, without learned digests.
+    /// The base policy (from its file or a bundle), without learned digests or exceptions.
     pub base: LoadedPolicy,
-    /// The policy applied: `base` plus the digests learned on this host.
+    /// The policy applied: `base` plus the digests learned on this host (and approved for the
+    /// fleet), plus the exceptions granted.
     pub loaded: LoadedPolicy,
     /// Increases with every change.
     pub generation: u64,
+    /// Where `base` came from.
+    pub source: PolicySource,
 }
 
 impl Active {
@@ -51,29 +113,67 @@ pub struct PolicyInForce {
     /// The policy file (for reloads).
     pub path: PathBuf,
     active: ArcSwap<Active>,
+    /// The exceptions granted (applied to every new base; those it refuses are left out).
+    exceptions: Mutex<Vec<Exception>>,
     write: Mutex<()>,
 }
 
-/// `base` with every digest of `learned` added to its rules.
-fn with_learned(base: &LoadedPolicy, learned: &LearnedSet) -> LoadedPolicy {
+/// `base` with every digest of `learned` added to its rules and every exception it accepts
+/// granted.
+fn with_learned(
+    base: &LoadedPolicy,
+    learned: &LearnedSet,
+    exceptions: &[Exception],
+) -> LoadedPolicy {
     let mut l = base.clone();
     learned.apply(&mut l.policy);
+    for e in exceptions {
+        if let Err(why) = l.policy.grant(e.clone()) {
+            tracing::debug!("exception {} not applied: {why}", e.id);
+        }
+    }
     l
 }
 
 impl PolicyInForce {
     /// The policy loaded at start-up, with the digests learned before.
-    pub fn new(path: PathBuf, base: LoadedPolicy, learned: &LearnedSet) -> PolicyInForce {
-        let loaded = with_learned(&base, learned);
+    pub fn new(
+        path: PathBuf,
+        base: LoadedPolicy,
+        learned: &LearnedSet,
+        source: PolicySource,
+    ) -> PolicyInForce {
+        let loaded = with_learned(&base, learned, &[]);
         PolicyInForce {
             path,
             active: ArcSwap::from_pointee(Active {
                 base,
                 loaded,
                 generation: 1,
+                source,
             }),
+            exceptions: Mutex::new(Vec::new()),
             write: Mutex::new(()),
         }
+    }
+
+    fn granted(&self) -> Vec<Exception> {
+        self.exceptions.lock().expect("exceptions poisoned").clone()
+    }
+
+    /// Put these exceptions in force (replacing those before); returns the new generation.
+    pub fn set_exceptions(&self, exceptions: Vec<Exception>, learned: &LearnedSet) -> u64 {
+        let _w = self.write.lock().expect("policy writer poisoned");
+        *self.exceptions.lock().expect("exceptions poisoned") = exceptions;
+        let current = self.active.load_full();
+        let generation = current.generation + 1;
+        self.active.store(Arc::new(Active {
+            base: current.base.clone(),
+            loaded: with_learned(&current.base, learned, &self.granted()),
+            generation,
+            source: current.source.clone(),
+        }));
+        generation
     }
 
     /// The policy in force now.
@@ -86,15 +186,22 @@ impl PolicyInForce {
         self.active.load().generation
     }
 
-    /// Put a new base policy in force (with the learned digests); returns the new generation.
-    pub fn replace_base(&self, base: LoadedPolicy, learned: &LearnedSet) -> u64 {
+    /// Put a new base policy in force (with the learned digests and the exceptions it
+    /// accepts); returns the new generation.
+    pub fn replace_base(
+        &self,
+        base: LoadedPolicy,
+        learned: &LearnedSet,
+        source: PolicySource,
+    ) -> u64 {
         let _w = self.write.lock().expect("policy writer poisoned");
         let generation = self.active.load().generation + 1;
-        let loaded = with_learned(&base, learned);
+        let loaded = with_learned(&base, learned, &self.granted());
         self.active.store(Arc::new(Active {
             base,
             loaded,
             generation,
+            source,
         }));
         generation
     }
@@ -112,6 +219,7 @@ impl PolicyInForce {
             base: current.base.clone(),
             loaded,
             generation: current.generation + 1,
+            source: current.source.clone(),
         }));
         true
     }
@@ -122,8 +230,9 @@ impl PolicyInForce {
         let current = self.active.load_full();
         self.active.store(Arc::new(Active {
             base: current.base.clone(),
-            loaded: with_learned(&current.base, learned),
+            loaded: with_learned(&current.base, learned, &self.granted()),
             generation: current.generation + 1,
+            source: current.source.clone(),
         }));
     }
 }
@@ -145,7 +254,19 @@ impl Reloader {
     pub async fn reload(&self, why: &str) -> ReloadReply {
         let shared = &self.shared;
         let path = shared.policy.path.clone();
-        let loaded = tokio::task::spawn_blocking(move || crate::policy::load(&path))
+        if let PolicySource::Bundle { version, .. } = shared.policy.active().source {
+            let msg = format!(
+                "not reloaded ({why}): signed bundle version {version} is in force; the policy file {} applies only when no bundle is (IT publishes policy changes as bundles)",
+                path.display()
+            );
+            tracing::info!("{msg}");
+            return ReloadReply {
+                applied: false,
+                message: msg,
+            };
+        }
+        let p = path.clone();
+        let loaded = tokio::task::spawn_blocking(move || crate::policy::load(&p))
             .await
             .expect("policy load does not panic");
         let l = match loaded {
@@ -173,6 +294,16 @@ impl Reloader {
                 message: format!("policy unchanged ({}); nothing to do", l.sha256),
             };
         }
+        let source = PolicySource::File {
+            path: crate::path_text(&path),
+        };
+        self.put_in_force(l, source, why)
+    }
+
+    /// Put a validated base policy in force (from the file or a bundle): a new generation,
+    /// `policy_applied`, then re-mark scripts, sweep and rescan.
+    pub fn put_in_force(&self, l: LoadedPolicy, source: PolicySource, why: &str) -> ReloadReply {
+        let shared = &self.shared;
         for w in &l.warnings.0 {
             tracing::warn!("{w}");
         }
@@ -180,13 +311,16 @@ impl Reloader {
             l.policy.info().name.clone(),
             l.policy.info().version.clone(),
         );
-        let generation = shared.policy.replace_base(l, &shared.learner.set());
-        let msg = format!("policy {name} {version} applied ({why}); generation {generation}");
+        let from = source.describe();
+        let generation = shared.policy.replace_base(l, &shared.learner.set(), source);
+        let msg =
+            format!("policy {name} {version} applied ({why}) from {from}; generation {generation}");
         inc(&shared.metrics.c.policies_applied);
         tracing::info!("{msg}");
         let mut e = shared.event(EventKind::PolicyApplied);
         e.message = Some(msg.clone());
         shared.emit(e);
+        super::fleet::on_policy_changed(shared);
         self.after_change("policy changed");
         ReloadReply {
             applied: true,

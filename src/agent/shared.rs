@@ -156,6 +156,10 @@ pub struct Shared {
     /// The running fanotify guard (set once it has started), to mark more files and
     /// filesystems from other sensors.
     pub guard: std::sync::OnceLock<super::sensors::fanotify::WeakHandle>,
+    /// Proof of life from the fanotify guard's answering threads, for the systemd watchdog.
+    pub liveness: super::service::Liveness,
+    /// What the fleet control plane handed out and the agent accepted.
+    pub fleet: super::fleet::Fleet,
     /// Banned script files the script guard has marked (device, inode): their runs are judged
     /// and reported by the guard, which sees every open, not again by the proc connector.
     pub guarded_scripts: Mutex<HashSet<(u64, u64)>>,
@@ -172,6 +176,7 @@ impl Shared {
     ) -> std::io::Result<Arc<Shared>> {
         Ok(Arc::new(Shared {
             learner: Learner::new(&config.agent.state_dir),
+            fleet: super::fleet::Fleet::load(&config.agent.state_dir),
             config,
             policy,
             metrics: Arc::new(Metrics::default()),
@@ -187,6 +192,7 @@ impl Shared {
             parts: Board::default(),
             marked_devs: Mutex::new(HashSet::new()),
             guard: std::sync::OnceLock::new(),
+            liveness: Default::default(),
             guarded_scripts: Mutex::new(HashSet::new()),
         }))
     }

@@ -56,6 +56,128 @@ pub enum LogsCommand {
         #[arg(long, value_name = "FILE")]
         out: Option<PathBuf>,
     },
+    /// The fleet: every host, the policy bundle it enforces and the one published for it;
+    /// hosts behind are flagged. Exit 0, or 1 with `--behind` when any host is behind.
+    Hosts {
+        #[command(flatten)]
+        endpoint: Endpoint,
+        /// Only hosts behind (and exit 1 when there are any).
+        #[arg(long)]
+        behind: bool,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = super::Format::Text)]
+        format: super::Format,
+    },
+    /// Digests hosts learned (rule, digest, size, where and how first seen, how many hosts),
+    /// and what reviewers decided; `approve|reject DIGEST` decides. An approved digest reaches
+    /// every agent with its next heartbeat, signed with the collector's hash-list key.
+    Learned(LearnedArgs),
+    /// Exception requests and decisions; `approve|deny ID` decides. An approval (for the days
+    /// asked, or `--days N`) reaches the host with its next heartbeat, signed with the
+    /// collector's exception key.
+    Exceptions(ExceptionsArgs),
+    /// The fleet audit: every change to the fleet at the collector, oldest first (bundles
+    /// published, digests learned by hosts, exception requests, reviewers' decisions, hash
+    /// lists signed), each with who, what, on what and when.
+    Audit {
+        #[command(flatten)]
+        endpoint: Endpoint,
+        /// Only the changes after this revision (the `seq` of the last one you saw).
+        #[arg(long, default_value_t = 0)]
+        after: i64,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = super::Format::Text)]
+        format: super::Format,
+    },
+}
+
+/// `interdict logs learned [--pending] | approve|reject DIGEST`.
+#[derive(Debug, clap::Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+pub struct LearnedArgs {
+    #[command(subcommand)]
+    action: Option<LearnedAction>,
+    #[command(flatten)]
+    endpoint: Option<Endpoint>,
+    /// Only the digests waiting for a decision.
+    #[arg(long)]
+    pending: bool,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = super::Format::Text)]
+    format: super::Format,
+}
+
+/// A decision on a learned digest.
+#[derive(Debug, clap::Subcommand)]
+pub enum LearnedAction {
+    /// Approve it: added to its rule on every agent (block, kill and quarantine rules only).
+    Approve {
+        /// The digest.
+        digest: String,
+        /// Only for this rule (when several rules learned it).
+        #[arg(long)]
+        rule: Option<String>,
+        #[command(flatten)]
+        endpoint: Endpoint,
+    },
+    /// Reject it: it stays on the host that learned it, and goes nowhere else.
+    Reject {
+        /// The digest.
+        digest: String,
+        /// Only for this rule.
+        #[arg(long)]
+        rule: Option<String>,
+        #[command(flatten)]
+        endpoint: Endpoint,
+    },
+}
+
+/// `interdict logs exceptions [--pending] | approve|deny ID`.
+#[derive(Debug, clap::Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+pub struct ExceptionsArgs {
+    #[command(subcommand)]
+    action: Option<ExceptionAction>,
+    #[command(flatten)]
+    endpoint: Option<Endpoint>,
+    /// Only the requests waiting for a decision.
+    #[arg(long)]
+    pending: bool,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = super::Format::Text)]
+    format: super::Format,
+}
+
+/// A decision on an exception request.
+#[derive(Debug, clap::Subcommand)]
+pub enum ExceptionAction {
+    /// Approve it, from now: for the days asked, or as long as you say (within the policy's
+    /// `max_exception_days`; the collector refuses what the host's policy would refuse).
+    Approve {
+        /// The request id.
+        id: String,
+        /// For this many days instead of those asked.
+        #[arg(long, conflicts_with = "for_")]
+        days: Option<u64>,
+        /// For this long: `90s`, `30m`, `8h`, `2d`.
+        #[arg(long = "for", value_name = "DURATION")]
+        for_: Option<String>,
+        /// A note kept with the decision.
+        #[arg(long)]
+        note: Option<String>,
+        #[command(flatten)]
+        endpoint: Endpoint,
+    },
+    /// Deny it; the employee is told (with your note).
+    Deny {
+        /// The request id.
+        id: String,
+        /// Why (told to the employee).
+        #[arg(long)]
+        note: Option<String>,
+        #[command(flatten)]
+        endpoint: Endpoint,
+    },
 }
 
 /// Run a `logs` command; the exit code.
@@ -99,7 +221,328 @@ pub fn run(cmd: LogsCommand) -> anyhow::Result<u8> {
             );
             Ok(0)
         }
+        LogsCommand::Hosts {
+            endpoint,
+            behind,
+            format,
+        } => hosts(&endpoint, behind, format),
+        LogsCommand::Learned(a) => learned(a),
+        LogsCommand::Exceptions(a) => exceptions(a),
+        LogsCommand::Audit {
+            endpoint,
+            after,
+            format,
+        } => audit(&endpoint, after, format),
     }
+}
+
+/// `interdict logs audit`: every page of the fleet audit after `after`.
+fn audit(ep: &Endpoint, after: i64, format: super::Format) -> anyhow::Result<u8> {
+    let mut rows: Vec<serde_json::Value> = Vec::new();
+    let mut from = after;
+    loop {
+        let after_s = from.to_string();
+        let (body, _) = get(ep, "/v1/fleet/audit", &[("after", after_s.as_str())])?;
+        let page: Vec<serde_json::Value> =
+            serde_json::from_str(&body).context("the collector's fleet audit")?;
+        let Some(last) = page.last().and_then(|r| r["seq"].as_i64()) else {
+            break;
+        };
+        if last <= from {
+            break;
+        }
+        from = last;
+        rows.extend(page);
+    }
+    match format {
+        super::Format::Json => println!(
+            "{}",
+            interdict_chain::safe_json_line(&serde_json::to_string(&rows)?)
+        ),
+        super::Format::Text => {
+            for r in &rows {
+                let s = |k: &str| r[k].as_str().unwrap_or("-").to_string();
+                println!(
+                    "{:>6} {} {:<22} {:<28} {}: {}",
+                    r["seq"].as_i64().unwrap_or(0),
+                    when(r["at_ms"].as_i64()),
+                    p(&s("action")),
+                    p(&s("actor")),
+                    p(&s("subject")),
+                    p(&s("detail")),
+                );
+            }
+            eprintln!("{} change(s)", rows.len());
+        }
+    }
+    Ok(0)
+}
+
+fn need(ep: Option<Endpoint>) -> anyhow::Result<Endpoint> {
+    ep.ok_or_else(|| {
+        anyhow::anyhow!("give --collector URL (and --token or INTERDICT_REVIEWER_TOKEN)")
+    })
+}
+
+fn p(s: &str) -> std::borrow::Cow<'_, str> {
+    interdict_chain::printable(s)
+}
+
+fn when(ms: Option<i64>) -> String {
+    ms.map(|m| {
+        interdict_event::rfc3339(std::time::UNIX_EPOCH + Duration::from_millis(m.max(0) as u64))
+    })
+    .unwrap_or_else(|| "-".into())
+}
+
+/// `interdict logs hosts`.
+fn hosts(ep: &Endpoint, behind_only: bool, format: super::Format) -> anyhow::Result<u8> {
+    let (body, _) = get(ep, "/v1/hosts", &[])?;
+    let rows: Vec<serde_json::Value> =
+        serde_json::from_str(&body).context("the collector's host list")?;
+    let rows: Vec<&serde_json::Value> = rows
+        .iter()
+        .filter(|r| !behind_only || r["behind"] == true)
+        .collect();
+    match format {
+        super::Format::Json => {
+            println!(
+                "{}",
+                interdict_chain::safe_json_line(&serde_json::to_string(&rows)?)
+            )
+        }
+        super::Format::Text => {
+            for r in &rows {
+                let s = |k: &str| r[k].as_str().unwrap_or("-").to_string();
+                let n = |k: &str| r[k].as_u64().map_or("-".to_string(), |v| v.to_string());
+                println!(
+                    "{:<36} {:<20} last seen {}  policy {} (bundle {}, published for it {}){}{}",
+                    p(&s("host_id")),
+                    p(&s("hostname")),
+                    when(r["last_seen_ms"].as_i64()),
+                    p(&s("policy_source")),
+                    n("policy_bundle"),
+                    n("policy_bundle_target"),
+                    if r["behind"] == true { "  BEHIND" } else { "" },
+                    if r["silent"] == true { "  SILENT" } else { "" },
+                );
+            }
+            let behind = rows.iter().filter(|r| r["behind"] == true).count();
+            eprintln!("{} host(s), {behind} behind", rows.len());
+        }
+    }
+    Ok(if behind_only && !rows.is_empty() {
+        1
+    } else {
+        0
+    })
+}
+
+fn post(ep: &Endpoint, path: &str, body: serde_json::Value) -> anyhow::Result<String> {
+    let url = format!("{}{path}", ep.collector.trim_end_matches('/'));
+    let mut resp = client()
+        .post(&url)
+        .header("Authorization", &format!("Bearer {}", ep.token))
+        .content_type("application/json")
+        .send(body.to_string())
+        .with_context(|| format!("cannot reach the collector at {}", ep.collector))?;
+    let status = resp.status().as_u16();
+    let text = resp.body_mut().read_to_string()?;
+    if !(200..300).contains(&status) {
+        let msg = serde_json::from_str::<serde_json::Value>(&text)
+            .ok()
+            .and_then(|v| v["error"].as_str().map(str::to_string))
+            .unwrap_or(text);
+        anyhow::bail!("the collector answered {status}: {}", p(msg.trim()));
+    }
+    Ok(text)
+}
+
+fn learned_line(r: &serde_json::Value) -> String {
+    let s = |k: &str| r[k].as_str().unwrap_or("-").to_string();
+    format!(
+        "{}  rule {}  {} bytes  {}  first seen {} on {} at {} ({}), {} host(s){}",
+        s("sha256"),
+        p(&s("rule_id")),
+        r["size"].as_u64().unwrap_or(0),
+        s("status").to_uppercase(),
+        when(r["first_seen_ms"].as_i64()),
+        p(&s("first_host")),
+        p(&s("path")),
+        p(&s("source")),
+        r["hosts"].as_u64().unwrap_or(0),
+        match r["decided_by"].as_str() {
+            Some(by) => format!(
+                ", {} by {} at {}",
+                s("status"),
+                p(by),
+                when(r["decided_ms"].as_i64())
+            ),
+            None => String::new(),
+        }
+    )
+}
+
+/// `interdict logs learned`.
+fn learned(a: LearnedArgs) -> anyhow::Result<u8> {
+    let (ep, digest, rule, approve) = match a.action {
+        None => {
+            let ep = need(a.endpoint)?;
+            let q: Vec<(&str, &str)> = if a.pending {
+                vec![("status", "pending")]
+            } else {
+                vec![]
+            };
+            let (body, _) = get(&ep, "/v1/learned", &q)?;
+            let rows: Vec<serde_json::Value> =
+                serde_json::from_str(&body).context("the collector's learned digests")?;
+            match a.format {
+                super::Format::Json => {
+                    println!(
+                        "{}",
+                        interdict_chain::safe_json_line(&serde_json::to_string(&rows)?)
+                    )
+                }
+                super::Format::Text => {
+                    for r in &rows {
+                        println!("{}", learned_line(r));
+                    }
+                    eprintln!("{} digest(s)", rows.len());
+                }
+            }
+            return Ok(0);
+        }
+        Some(LearnedAction::Approve {
+            digest,
+            rule,
+            endpoint,
+        }) => (endpoint, digest, rule, true),
+        Some(LearnedAction::Reject {
+            digest,
+            rule,
+            endpoint,
+        }) => (endpoint, digest, rule, false),
+    };
+    let what = if approve { "approve" } else { "reject" };
+    let text = post(
+        &ep,
+        &format!("/v1/learned/{}/{what}", digest.trim()),
+        serde_json::json!({ "rule": rule }),
+    )?;
+    let rows: Vec<serde_json::Value> = serde_json::from_str(&text)?;
+    for r in &rows {
+        println!("{}", learned_line(r));
+    }
+    Ok(0)
+}
+
+/// `90s`, `30m`, `8h`, `2d` (or a bare number of seconds) in seconds.
+pub fn duration_s(s: &str) -> anyhow::Result<u64> {
+    let s = s.trim();
+    let (n, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => (&s[..i], &s[i..]),
+        None => (s, "s"),
+    };
+    let n: u64 = n
+        .parse()
+        .map_err(|_| anyhow::anyhow!("`{s}` is not a duration like 90s, 30m, 8h or 2d"))?;
+    let mul = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => anyhow::bail!("`{s}` is not a duration like 90s, 30m, 8h or 2d"),
+    };
+    Ok(n.saturating_mul(mul))
+}
+
+fn exception_line(r: &serde_json::Value) -> String {
+    let s = |k: &str| r[k].as_str().unwrap_or("-").to_string();
+    let secs = |k: &str| {
+        r[k].as_i64().map(|t| {
+            interdict_event::rfc3339(std::time::UNIX_EPOCH + Duration::from_secs(t.max(0) as u64))
+        })
+    };
+    let mut line = format!(
+        "{}  {}  {} on {} ({})  rule {}  {} day(s)  asked {}: {}",
+        s("id"),
+        s("status").to_uppercase(),
+        p(&s("user")),
+        p(&s("hostname")),
+        p(&s("host_id")),
+        p(&s("rule_id")),
+        r["days"].as_u64().unwrap_or(0),
+        when(r["requested_ms"].as_i64()),
+        p(&s("reason")),
+    );
+    if let Some(by) = r["decided_by"].as_str() {
+        line.push_str(&format!("; {} by {}", s("status"), p(by)));
+    }
+    if let (Some(f), Some(u)) = (secs("from"), secs("until")) {
+        line.push_str(&format!(" from {f} until {u}"));
+    }
+    if let Some(n) = r["note"].as_str() {
+        line.push_str(&format!(" ({})", p(n)));
+    }
+    line
+}
+
+/// `interdict logs exceptions`.
+fn exceptions(a: ExceptionsArgs) -> anyhow::Result<u8> {
+    let (ep, id, body, what) = match a.action {
+        None => {
+            let ep = need(a.endpoint)?;
+            let q: Vec<(&str, &str)> = if a.pending {
+                vec![("status", "pending")]
+            } else {
+                vec![]
+            };
+            let (body, _) = get(&ep, "/v1/exceptions", &q)?;
+            let rows: Vec<serde_json::Value> =
+                serde_json::from_str(&body).context("the collector's exception requests")?;
+            match a.format {
+                super::Format::Json => {
+                    println!(
+                        "{}",
+                        interdict_chain::safe_json_line(&serde_json::to_string(&rows)?)
+                    )
+                }
+                super::Format::Text => {
+                    for r in &rows {
+                        println!("{}", exception_line(r));
+                    }
+                    eprintln!("{} request(s)", rows.len());
+                }
+            }
+            return Ok(0);
+        }
+        Some(ExceptionAction::Approve {
+            id,
+            days,
+            for_,
+            note,
+            endpoint,
+        }) => {
+            let mut b = serde_json::json!({ "note": note });
+            if let Some(d) = days {
+                b["days"] = d.into();
+            }
+            if let Some(f) = for_ {
+                b["seconds"] = duration_s(&f)?.into();
+            }
+            (endpoint, id, b, "approve")
+        }
+        Some(ExceptionAction::Deny { id, note, endpoint }) => {
+            (endpoint, id, serde_json::json!({ "note": note }), "deny")
+        }
+    };
+    if !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') || id.is_empty() {
+        anyhow::bail!("`{}` is not a request id", p(&id));
+    }
+    let text = post(&ep, &format!("/v1/exceptions/{id}/{what}"), body)?;
+    let r: serde_json::Value = serde_json::from_str(&text)?;
+    println!("{}", exception_line(&r));
+    Ok(0)
 }
 
 /// Which events to fetch.

@@ -1,13 +1,18 @@
 //! The command line. Each command's work and output lives in the module named after it; this
 //! module parses the arguments and dispatches:
-//! - `policy check` (here), `scan` ([`scan`]), `explain` ([`explain`]), `hashes list|forget`
-//!   ([`hashes`]), `logs query|tail|verify` ([`logs`]);
+//! - `policy check` (here), `policy keygen|sign|verify` and `exception request` ([`fleet`]),
+//!   `scan` ([`scan`]), `explain` ([`explain`]), `hashes list|forget` ([`hashes`]),
+//!   `logs query|tail|verify|checkpoint|hosts|learned|exceptions` ([`logs`]);
 //! - on Linux: `agent`, `status`, `reload` (the agent's [control socket](crate::agent::control)),
-//!   `quarantine list|restore`, `notify-test` and the internal `notify-helper`.
+//!   `quarantine list|restore`, `notify-test`, `doctor` ([`doctor`]) and the internal
+//!   `notify-helper`.
 //!
 //! Exit codes are in [`exit`]: 0 success (or compliant), 1 violations found, 2 error.
 
+#[cfg(target_os = "linux")]
+pub mod doctor;
 pub mod explain;
+pub mod fleet;
 pub mod hashes;
 pub mod logs;
 pub mod scan;
@@ -126,6 +131,55 @@ enum Command {
     /// Ask the running agent to reload its policy (exit 0 applied, 2 rejected).
     #[cfg(target_os = "linux")]
     Reload {
+        #[command(flatten)]
+        socket: SocketArgs,
+    },
+    /// Check this machine, line by line: kernel features, configuration and policy, the running
+    /// agent and the filesystems it guards, the collector, notices, file modes of secrets.
+    ///
+    /// Run it as root for every check. Exit status: 0 when all is well (only `ok` and `info`
+    /// lines), 1 otherwise, 2 on bad arguments.
+    #[cfg(target_os = "linux")]
+    Doctor {
+        /// The agent's policy file.
+        #[arg(
+            long,
+            value_name = "FILE",
+            default_value = "/etc/interdict/policy.toml"
+        )]
+        policy: PathBuf,
+        /// The agent's configuration file (default /etc/interdict/agent.toml; the defaults
+        /// apply when that file does not exist).
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+    },
+    /// Time-boxed exceptions: ask for one (any user; a reviewer decides).
+    #[cfg(target_os = "linux")]
+    #[command(subcommand)]
+    Exception(ExceptionCommand),
+}
+
+#[cfg(target_os = "linux")]
+#[derive(Debug, Subcommand)]
+enum ExceptionCommand {
+    /// Ask for an exception to one rule, for yourself, on this machine: the agent forwards it
+    /// to the collector, where a reviewer approves or denies it; you are told when it starts
+    /// and before it ends. Needs no root.
+    ///
+    /// Exit status: 0 sent, 2 refused (the reason is printed).
+    Request {
+        /// The rule (its id, as the notice or `interdict explain` names it).
+        #[arg(long)]
+        rule: String,
+        /// For how many days.
+        #[arg(long)]
+        days: u64,
+        /// Why you need it (shown to the reviewer).
+        #[arg(long)]
+        reason: String,
         #[command(flatten)]
         socket: SocketArgs,
     },
@@ -263,6 +317,45 @@ enum PolicyCommand {
         #[arg(required = true, value_name = "FILE")]
         files: Vec<PathBuf>,
     },
+    /// Make a policy key (ed25519): the private key goes to FILE (0600, never over an existing
+    /// file; keep it offline), the public key is printed (agents pin it:
+    /// `[collector] policy_public_key`).
+    Keygen {
+        /// Where to write the private key.
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+    },
+    /// Sign a policy (with the sha256_files it names) into a bundle for the collector to
+    /// distribute. The policy must be valid.
+    ///
+    /// Exit status: 0 signed, 2 not (the diagnostics are printed).
+    Sign {
+        /// The private policy key.
+        #[arg(long, value_name = "FILE")]
+        key: PathBuf,
+        /// The policy file.
+        #[arg(value_name = "POLICY")]
+        policy: PathBuf,
+        /// Where to write the bundle.
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+        /// The bundle version, higher than every one signed before: agents refuse a lower or
+        /// equal one (default: the time now, in seconds since 1970, which only grows).
+        #[arg(long, value_name = "N")]
+        version: Option<u64>,
+    },
+    /// Check a bundle's signature against a public key (hex, or a file holding it; repeat it
+    /// for a rotation overlap) and its policy.
+    ///
+    /// Exit status: 0 valid, 2 refused (the reason is printed).
+    Verify {
+        /// The policy public key.
+        #[arg(long = "public-key", value_name = "PUB", required = true)]
+        public_keys: Vec<String>,
+        /// The bundle.
+        #[arg(value_name = "BUNDLE")]
+        bundle: PathBuf,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -296,6 +389,24 @@ pub fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<u8> {
     match cli.command {
         Command::Policy(PolicyCommand::Check { files }) => Ok(policy_check(&files)),
+        Command::Policy(PolicyCommand::Keygen { out }) => fleet::keygen(&out),
+        Command::Policy(PolicyCommand::Sign {
+            key,
+            policy,
+            out,
+            version,
+        }) => fleet::sign(&key, &policy, &out, version),
+        Command::Policy(PolicyCommand::Verify {
+            public_keys,
+            bundle,
+        }) => fleet::verify(&public_keys, &bundle),
+        #[cfg(target_os = "linux")]
+        Command::Exception(ExceptionCommand::Request {
+            rule,
+            days,
+            reason,
+            socket,
+        }) => fleet::request(&socket.path()?, &rule, days, &reason),
         #[cfg(target_os = "linux")]
         Command::Agent { policy, config } => {
             tracing_subscriber::fmt()
@@ -367,6 +478,28 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         }
         #[cfg(target_os = "linux")]
         Command::NotifyTest { user } => notify_test(&user),
+        #[cfg(target_os = "linux")]
+        Command::Doctor {
+            policy,
+            config,
+            format,
+        } => {
+            let opts = doctor::Options {
+                policy,
+                config_given: config.is_some(),
+                config: config.unwrap_or_else(|| PathBuf::from("/etc/interdict/agent.toml")),
+            };
+            let report = doctor::run(&opts);
+            match format {
+                Format::Text => print!("{}", doctor::render(&report)),
+                Format::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+            }
+            Ok(if report.healthy {
+                exit::OK
+            } else {
+                exit::VIOLATIONS
+            })
+        }
         Command::Explain { path, policy } => {
             let Some(loaded) = policy_file::load_or_print(&policy) else {
                 return Ok(exit::ERROR);

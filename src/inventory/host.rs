@@ -8,11 +8,15 @@ use interdict_policy::Date;
 
 /// Today's date (UTC).
 pub fn today() -> Date {
-    let secs = SystemTime::now()
+    Date::from_unix_seconds(unix_now())
+}
+
+/// Now, in seconds since 1970 (UTC): the time policy decisions are made at (exceptions).
+pub fn unix_now() -> i64 {
+    SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
-        .unwrap_or(0);
-    Date::from_unix_seconds(secs)
+        .unwrap_or(0)
 }
 
 /// This machine's host name.

@@ -65,7 +65,15 @@ pub enum Forget {
 pub struct LearnedSet {
     /// In the order they were learned.
     pub entries: Vec<Learned>,
+    /// Digests approved for the fleet (source `fleet`) that this host dropped (they matched a
+    /// system or package-owned file here, or an admin forgot them): never added again from a
+    /// later list.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub refused_fleet: Vec<String>,
 }
+
+/// The `source` of a digest approved for the fleet (from the collector's signed hash list).
+pub const FLEET: &str = "fleet";
 
 impl LearnedSet {
     /// The file under a state folder.
@@ -99,6 +107,11 @@ impl LearnedSet {
                     Forget::All => true,
                 });
         self.entries = keep;
+        for g in &gone {
+            if g.source.as_deref() == Some(FLEET) && !self.refused_fleet.contains(&g.sha256) {
+                self.refused_fleet.push(g.sha256.clone());
+            }
+        }
         gone
     }
 

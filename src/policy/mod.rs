@@ -1,6 +1,7 @@
 //! Loading a policy file from disk: the file itself and the `sha256_files` it names, read
 //! relative to the policy's folder.
 
+pub mod bundle;
 pub mod learned;
 
 use std::fs;

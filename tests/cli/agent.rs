@@ -523,7 +523,8 @@ fn status_is_root_only_and_the_agent_runs_degraded_without_root() {
         "{}",
         agent.stderr()
     );
-    // The socket is 0600 and owned by the agent's user; another unprivileged user is refused.
+    // The socket is 0600 and owned by the agent's user (no [collector]: no exception can be
+    // asked for); another unprivileged user is refused.
     let out = Command::new("setpriv")
         .args([
             "--reuid=daemon",
@@ -541,6 +542,7 @@ fn status_is_root_only_and_the_agent_runs_degraded_without_root() {
         String::from_utf8_lossy(&out.stderr).contains("cannot reach the agent"),
         "{out:?}"
     );
+    assert!(out.stdout.is_empty(), "{out:?}");
 }
 
 #[test]

@@ -138,7 +138,8 @@ fn issue_10_pid_1_the_shells_env_and_su_are_never_blocked_or_killed_whatever_the
     assert!(printed.len() > 120 << 10);
 
     // Protection is by device and inode, not by content: the twin is denied on the guarded
-    // filesystem, and killed where only the proc connector sees it.
+    // filesystem (by any path: the mark covers the whole filesystem), and killed on one that
+    // only the proc connector sees.
     let out = in_ns_of(ns, &twin.to_string_lossy(), &["-c", "exit 0"])
         .output()
         .unwrap();
@@ -146,6 +147,13 @@ fn issue_10_pid_1_the_shells_env_and_su_are_never_blocked_or_killed_whatever_the
         String::from_utf8_lossy(&out.stderr).contains("Operation not permitted"),
         "{out:?}\n{}",
         agent.stderr()
+    );
+    let unmarked = TmpMount::new();
+    let twin = unmarked.path().join("bash");
+    write(
+        &twin,
+        &std::fs::read(m.join("protected/bash")).unwrap(),
+        0o755,
     );
     let twin_run = Command::new(&twin)
         .args(["-c", "read x"])

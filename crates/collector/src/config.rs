@@ -17,6 +17,8 @@
 //! db = "/var/lib/interdict-collector/collector.db"
 //! # postgres = "host=/run/postgresql user=interdict dbname=interdict"
 //! # signing_key = "/var/lib/interdict-collector/signing.key"   # default: beside the database
+//! # hash_list_key = "/var/lib/interdict-collector/hash-list.key" # default: beside the signing key
+//! # exception_key = "/var/lib/interdict-collector/exception.key" # default: beside the signing key
 //! retain_days = 0                       # 0 = keep everything
 //!
 //! [console]
@@ -158,6 +160,12 @@ pub struct Config {
     /// `[store] signing_key`: the collector's ed25519 key (created 0600 when missing; default
     /// `signing.key` beside the database).
     pub signing_key: Option<PathBuf>,
+    /// `[store] hash_list_key`: the key that signs approved learned digests (default
+    /// `hash-list.key` beside the signing key).
+    pub hash_list_key: Option<PathBuf>,
+    /// `[store] exception_key`: the key that signs exceptions (default `exception.key` beside
+    /// the signing key).
+    pub exception_key: Option<PathBuf>,
     /// `[store] retain_days`: prune events received more than this many days ago (0 = keep
     /// everything).
     pub retain_days: u64,
@@ -197,6 +205,8 @@ impl Default for Config {
             db: "/var/lib/interdict-collector/collector.db".into(),
             postgres: None,
             signing_key: None,
+            hash_list_key: None,
+            exception_key: None,
             retain_days: 0,
             limits: Limits::default(),
             console: ConsoleConfig::default(),
@@ -224,7 +234,14 @@ const SERVER_KEYS: &[&str] = &[
     "tls_key",
     "tls_client_ca",
 ];
-const STORE_KEYS: &[&str] = &["db", "postgres", "signing_key", "retain_days"];
+const STORE_KEYS: &[&str] = &[
+    "db",
+    "postgres",
+    "signing_key",
+    "hash_list_key",
+    "exception_key",
+    "retain_days",
+];
 const CONSOLE_KEYS: &[&str] = &["session_idle_s", "session_max_s"];
 
 /// (key, largest value, minimum value, field).
@@ -340,6 +357,8 @@ pub fn parse(name: &str, text: &str) -> Result<Config, Diagnostics> {
                 ("store", "db") => c.db = absolute(&mut f, key, v).unwrap_or(c.db),
                 ("store", "postgres") => c.postgres = f.string(key, v).map(|s| s.0),
                 ("store", "signing_key") => c.signing_key = absolute(&mut f, key, v),
+                ("store", "hash_list_key") => c.hash_list_key = absolute(&mut f, key, v),
+                ("store", "exception_key") => c.exception_key = absolute(&mut f, key, v),
                 ("store", "retain_days") => {
                     if let Some(n) = f.integer(key, v, 36_500) {
                         c.retain_days = n;

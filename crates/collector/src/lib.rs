@@ -28,6 +28,9 @@
 //!   collector's public key
 //! - `GET /v1/checkpoint` (reviewer) → a signed checkpoint of every chain's head now
 //! - `GET /v1/verify` (reviewer) → the collector's own re-derivation of every chain
+//! - the fleet control plane ([`fleet`]): `GET /v1/policy` and `GET /v1/approvals` (agents),
+//!   `GET /v1/bundles`, `GET /v1/learned`, `POST /v1/learned/DIGEST/approve|reject`,
+//!   `GET /v1/exceptions`, `POST /v1/exceptions/ID/approve|deny` (reviewers)
 //!
 //! Malformed, oversized or unauthenticated requests get a 4xx and store nothing; the token is
 //! checked before the body is read.
@@ -38,6 +41,7 @@
 
 pub mod config;
 pub mod console;
+pub mod fleet;
 pub mod keys;
 pub mod limits;
 pub mod server;
@@ -69,6 +73,8 @@ pub struct App {
     pub config: Config,
     /// The signing key for checkpoints and cuts.
     pub key: ed25519_dalek::SigningKey,
+    /// The fleet keys (hash lists, exceptions); without them approvals cannot be signed.
+    pub fleet: Option<fleet::Keys>,
     limiter: limits::Limiter,
     budget: Arc<tokio::sync::Semaphore>,
     counters: Mutex<HashMap<&'static str, u64>>,
@@ -85,7 +91,14 @@ impl App {
             budget: Arc::new(tokio::sync::Semaphore::new(kib)),
             counters: Mutex::new(HashMap::new()),
             config,
+            fleet: None,
         }
+    }
+
+    /// With the fleet keys that sign approved digests and exceptions.
+    pub fn with_fleet_keys(mut self, keys: fleet::Keys) -> App {
+        self.fleet = Some(keys);
+        self
     }
 
     /// The public key (hex) that checkpoints and cuts verify with.
@@ -551,12 +564,14 @@ async fn ingest(
     let a = app.clone();
     let quota = l.host_quota_mib << 20;
     let h = host.clone();
+    let for_fleet = fleet::of_interest(&events);
     let r = tokio::task::spawn_blocking(move || a.store.ingest(&h, events, quota)).await;
     match r {
         Ok(Ok(r)) => {
             if r.findings > 0 {
                 tracing::warn!(client = %peer.0, "host {host}: {} chain finding(s)", r.findings);
             }
+            fleet::record(&app, &host, for_fleet).await;
             Json(r).into_response()
         }
         Ok(Err(store::IngestError::Conflict(id))) => {
@@ -744,7 +759,7 @@ async fn hosts(
     }
     let a = app.clone();
     let silent = app.config.silent_after_s as i64 * 1000;
-    match blocking(move || a.store.hosts(silent)).await {
+    match blocking(move || fleet::hosts_with_bundles(&a.store, a.store.hosts(silent)?)).await {
         Ok(h) => Json(h).into_response(),
         Err(r) => r,
     }
@@ -852,6 +867,7 @@ pub fn router(app: Arc<App>) -> Router {
     agent_routes()
         .merge(reviewer_routes())
         .merge(console::routes())
+        .merge(fleet::routes())
         .layer(axum::extract::DefaultBodyLimit::disable())
         .with_state(app)
 }

@@ -96,8 +96,38 @@ enum Command {
         #[arg(long, value_name = "N")]
         retain_days: Option<u64>,
     },
-    /// Print the collector's public key (hex), which reviewers pin.
-    Key,
+    /// Print the collector's public key (hex), which reviewers pin; with `--hash-list` or
+    /// `--exceptions`, the public key of that fleet key (named in the signed policy's
+    /// `hash_list_keys` and `exception_keys`).
+    Key {
+        /// The key that signs approved learned digests.
+        #[arg(long, conflicts_with = "exceptions")]
+        hash_list: bool,
+        /// The key that signs exceptions.
+        #[arg(long)]
+        exceptions: bool,
+    },
+    /// Policy bundles (signed by IT with `interdict policy sign`) for agents to fetch.
+    Policy {
+        #[command(subcommand)]
+        action: PolicyAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum PolicyAction {
+    /// Publish a bundle: agents whose host id or name matches a `--hosts` glob (every agent
+    /// without one) fetch it with their next heartbeat and apply it if its signature verifies
+    /// and its version is higher than theirs. Versions only grow.
+    Publish {
+        /// The bundle file.
+        bundle: PathBuf,
+        /// Only for hosts whose id or name matches this glob (`*`, `?`; repeatable).
+        #[arg(long = "hosts", value_name = "GLOB")]
+        hosts: Vec<String>,
+    },
+    /// List published bundles, newest first.
+    List,
 }
 
 #[derive(Subcommand)]
@@ -194,6 +224,11 @@ fn open(cfg: &Config) -> anyhow::Result<Store> {
 fn key(cfg: &Config) -> anyhow::Result<ed25519_dalek::SigningKey> {
     let p = cfg.signing_key_path();
     keys::load_or_create(&p).context("the collector's signing key")
+}
+
+fn fleet_keys(cfg: &Config) -> anyhow::Result<interdict_collector::fleet::Keys> {
+    let (h, e) = interdict_collector::fleet::default_key_paths(cfg);
+    interdict_collector::fleet::Keys::load_or_create(&h, &e).context("the collector's fleet keys")
 }
 
 fn run(cli: Cli) -> anyhow::Result<u8> {
@@ -296,7 +331,71 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             }
             eprintln!("{host_id} deleted (a signed note of the deletion is kept)");
         }
-        Command::Key => println!("{}", keys::public_hex(&key(&cfg)?)),
+        Command::Key {
+            hash_list,
+            exceptions,
+        } => {
+            if hash_list || exceptions {
+                let k = fleet_keys(&cfg)?;
+                let which = if hash_list {
+                    &k.hash_list
+                } else {
+                    &k.exceptions
+                };
+                println!("{}", which.public());
+            } else {
+                println!("{}", keys::public_hex(&key(&cfg)?));
+            }
+        }
+        Command::Policy {
+            action: PolicyAction::Publish { bundle, hosts },
+        } => {
+            let text = std::fs::read_to_string(&bundle)
+                .with_context(|| format!("cannot read {}", bundle.display()))?;
+            // Who, for the fleet audit: the account that ran this command.
+            let who = format!(
+                "uid {} ({})",
+                rustix::process::getuid().as_raw(),
+                std::env::var("SUDO_USER")
+                    .or_else(|_| std::env::var("USER"))
+                    .unwrap_or_else(|_| "unknown".into())
+            );
+            let row = store
+                .publish_bundle_by(&text, &hosts, &who)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", bundle.display()))?;
+            eprintln!(
+                "published bundle version {} (policy sha256 {}, signed {}) for {}",
+                row.version,
+                row.policy_sha256,
+                row.created,
+                if hosts.is_empty() {
+                    "every host".to_string()
+                } else {
+                    format!("hosts matching {}", hosts.join(", "))
+                }
+            );
+        }
+        Command::Policy {
+            action: PolicyAction::List,
+        } => {
+            for b in store.bundles()? {
+                println!(
+                    "{}  {}  signed {}  policy sha256 {}  for {}",
+                    b.version,
+                    interdict_event::rfc3339(
+                        std::time::UNIX_EPOCH
+                            + std::time::Duration::from_millis(b.published_ms.max(0) as u64)
+                    ),
+                    interdict_chain::printable(&b.created),
+                    b.policy_sha256,
+                    if b.hosts.is_empty() {
+                        "every host".to_string()
+                    } else {
+                        interdict_chain::printable(&b.hosts.join(", ")).into_owned()
+                    }
+                );
+            }
+        }
         Command::Verify => {
             let reports = store.verify(&keys::public_hex(&key(&cfg)?))?;
             let mut ok = true;
@@ -387,6 +486,12 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 ),
             }
             let key = key(&cfg)?;
+            let fleet = fleet_keys(&cfg)?;
+            eprintln!(
+                "interdict-collector: hash-list key {}, exception key {} (name them in the signed policy: hash_list_keys, exception_keys)",
+                fleet.hash_list.public(),
+                fleet.exceptions.public()
+            );
             let fds = interdict_collector::server::raise_fd_limit();
             eprintln!(
                 "interdict-collector: database {where_}, signing key {} (public {}), open-files limit {fds}",
@@ -403,7 +508,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                     "interdict-collector: listening on {scheme}://{}",
                     listener.local_addr()?
                 );
-                let app = Arc::new(App::new(store, cfg, key));
+                let app = Arc::new(App::new(store, cfg, key).with_fleet_keys(fleet));
                 let stop = async {
                     let mut term =
                         tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())

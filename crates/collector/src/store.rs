@@ -377,7 +377,7 @@ impl Incoming {
 
 /// The store.
 pub struct Store {
-    db: Db,
+    pub(crate) db: Db,
 }
 
 fn one(rows: Vec<Vec<Val>>) -> Option<Vec<Val>> {
@@ -530,6 +530,7 @@ impl Store {
                     &[((i + 1) as i64).into()],
                 )?;
             }
+            crate::fleet::store::migrate(t)?;
             // An enroll secret kept in plain text by an older collector: kept hashed from now on.
             if let Some(r) = one(t.rows("SELECT v FROM meta WHERE k = 'enroll_secret'", &[])?) {
                 t.exec(

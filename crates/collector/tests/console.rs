@@ -1646,7 +1646,23 @@ fn issue_17_a_case_file_policy_texts_paging_keyboard_and_contrast_in_a_browser(b
     let sha = |t: &str| interdict_chain::hex(&interdict_chain::sha256(t.as_bytes()));
     assert_eq!(k1.sha256, sha(&v1_text), "the digest the agent reports");
     assert_eq!(k2.sha256, sha(v2_text));
-    let v3_sha = "c".repeat(64);
+    // A third reaches hosts as a bundle published to the fleet: its text comes from there.
+    let v3_text = v2_text
+        .replace("2026.12", "2026.13")
+        .replace("</pre><script>alert(5)</script> is", "This tool is");
+    let v3_sha = sha(&v3_text);
+    let it = interdict_fleet::SecretKey::from_seed([7; 32]);
+    let signed = interdict_fleet::BundleBody {
+        version: 7,
+        created: "2026-12-01T00:00:00Z".into(),
+        policy_sha256: v3_sha.clone(),
+        policy: v3_text.clone(),
+        files: Default::default(),
+    }
+    .sign(&it)
+    .to_text();
+    store.publish_bundle(&signed, &[]).unwrap();
+    let v4_sha = "c".repeat(64);
     // Kept once: the same bytes again change nothing.
     assert!(!console::policies::add_file(&store, &pack).unwrap().1);
 
@@ -1673,12 +1689,16 @@ fn issue_17_a_case_file_policy_texts_paging_keyboard_and_contrast_in_a_browser(b
     let p1 = ("2026.11.26", k1.sha256.as_str());
     let p2 = ("2026.12", k2.sha256.as_str());
     let p3 = ("2026.13", v3_sha.as_str());
+    let p4 = ("2026.14", v4_sha.as_str());
     let a: Vec<Event> = (0..40)
         .map(|i| under(&alpha, i, p1))
         .chain((40..60).map(|i| under(&alpha, i, p2)))
         .collect();
     alpha.send(&s, a);
-    let bb: Vec<Event> = (60..65).map(|i| under(&beta, i, p3)).collect();
+    let bb: Vec<Event> = (60..63)
+        .map(|i| under(&beta, i, p3))
+        .chain((63..65).map(|i| under(&beta, i, p4)))
+        .collect();
     beta.send(&s, bb);
     let total = alpha.sent.len() + beta.sent.len();
     assert_eq!(total, 65);
@@ -1800,12 +1820,18 @@ fn issue_17_a_case_file_policy_texts_paging_keyboard_and_contrast_in_a_browser(b
     b.goto(&format!("{}/console/person?user=dana", s.url));
     let spans = b.text("#person-policies");
     assert!(
-        spans.contains("2026.11.26") && spans.contains("2026.12") && spans.contains("2026.13"),
+        spans.contains("2026.11.26")
+            && spans.contains("2026.12")
+            && spans.contains("2026.13")
+            && spans.contains("2026.14"),
         "{spans}"
     );
+    // In event time, beta's event 63 (5 days and 63 minutes ago) comes before 60 to 62 (5 days
+    // and 60 to 62 minutes ago), and 64 (4 days ago) after them: 2026.14, 2026.13, 2026.14
+    // again; one span each, five in all.
     assert_eq!(
         b.count("#person-policies tbody tr"),
-        3,
+        5,
         "one span per host and policy: {spans}"
     );
     let text_of = |sha: &str| {
@@ -1815,9 +1841,20 @@ fn issue_17_a_case_file_policy_texts_paging_keyboard_and_contrast_in_a_browser(b
     };
     assert_eq!(text_of(&k1.sha256), serde_json::json!(v1_text));
     assert_eq!(text_of(&k2.sha256), serde_json::json!(v2_text));
-    assert_eq!(text_of(&v3_sha), serde_json::Value::Null);
+    assert_eq!(
+        text_of(&v3_sha),
+        serde_json::json!(v3_text),
+        "from the bundle"
+    );
     assert!(
-        b.text("#policy-texts-missing").contains(&v3_sha),
+        b.text(&format!("#policy-{v3_sha} h3"))
+            .contains("(bundle 7)"),
+        "{}",
+        b.text(&format!("#policy-{v3_sha}"))
+    );
+    assert_eq!(text_of(&v4_sha), serde_json::Value::Null);
+    assert!(
+        b.text("#policy-texts-missing").contains(&v4_sha),
         "{}",
         b.text("main")
     );

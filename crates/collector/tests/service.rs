@@ -29,6 +29,11 @@ use common::pg;
 impl Proc {
     /// Start `serve` with `config` (TOML) and at most `nofile` open files.
     fn start(backend: Backend, config: &str, nofile: u64) -> Proc {
+        Proc::start_with(backend, config, nofile, &[])
+    }
+
+    /// [`Proc::start`], with more `serve` flags.
+    fn start_with(backend: Backend, config: &str, nofile: u64, serve: &[&str]) -> Proc {
         let dir = tempfile::tempdir().unwrap();
         let pg = (backend == Backend::Postgres).then(pg::Pg::start);
         let cfg = dir.path().join("collector.toml");
@@ -42,6 +47,7 @@ impl Proc {
             cmd.args(["--postgres", &pg.params()]);
         }
         cmd.args(["serve", "--listen", "127.0.0.1:0"])
+            .args(serve)
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
         use std::os::unix::process::CommandExt;
@@ -422,4 +428,54 @@ fn issue_13_a_bad_configuration_is_reported_whole() {
         assert!(err.contains(&want), "missing {want:?} in:\n{err}");
     }
     assert!(!dir.path().join("c.db").exists(), "nothing started");
+}
+
+/// Issue 16: a host the collector has not heard from in `--silent-after-s` is flagged `silent` in
+/// the fleet view (an agent stopped or killed by root, a laptop that left the network). Both
+/// directions are checked against the collector's own clock: not silent while the last batch is
+/// younger than the threshold, silent once it is older.
+#[test]
+fn issue_16_a_host_not_heard_from_is_flagged_silent_after_silent_after_s() {
+    let p = Proc::start_with(Backend::Sqlite, "", 1024, &["--silent-after-s", "3"]);
+    let store = p.store();
+    let secret = store.rotate_enroll_secret().unwrap();
+    let reviewer = store.add_reviewer("sec-team").unwrap();
+    let (st, v) = post(
+        &format!("{}/v1/enroll", p.url()),
+        None,
+        &serde_json::json!({"secret": secret, "host_id": "h1", "hostname": "h1.corp"}).to_string(),
+    );
+    assert_eq!(st, 200, "{v}");
+    let token = v["token"].as_str().unwrap().to_string();
+    let silent = || -> bool {
+        let (st, body, _, _) = get(&format!("{}/v1/hosts", p.url()), Some(&reviewer));
+        assert_eq!(st, 200, "{body}");
+        let hosts: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let h1 = hosts
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|h| h["host_id"] == "h1")
+            .unwrap_or_else(|| panic!("h1 missing: {body}"))
+            .clone();
+        h1["silent"].as_bool().unwrap_or_else(|| panic!("{h1}"))
+    };
+    assert!(silent(), "enrolled but never heard from: silent");
+    let before = Instant::now();
+    let (st, v) = post(
+        &format!("{}/v1/events", p.url()),
+        Some(&token),
+        &batch(&chain("h1", 1, interdict_event::GENESIS_HASH, 1)),
+    );
+    assert_eq!(st, 200, "{v}");
+    let fresh = silent();
+    if before.elapsed() < Duration::from_secs(3) {
+        assert!(!fresh, "heard from less than 3 s ago, yet silent");
+    }
+    wait_for("h1 flagged silent", 60, &silent);
+    assert!(
+        before.elapsed() > Duration::from_secs(3),
+        "flagged silent {:?} after its last batch, before the 3 s threshold",
+        before.elapsed()
+    );
 }

@@ -60,6 +60,17 @@ fn classify(e: &Event) -> (&'static str, Vec<&'static str>, Vec<&'static str>) {
         // The digests the agent enforces changed (learned on this host, or dropped).
         EventKind::HashLearned => ("event", vec!["configuration"], vec!["creation"]),
         EventKind::LearnedHashDropped => ("event", vec!["configuration"], vec!["deletion"]),
+        // The fleet control plane: approved digests added, exceptions granted and ended.
+        EventKind::HashListApplied | EventKind::ExceptionGranted => {
+            ("event", vec!["configuration"], vec!["creation"])
+        }
+        EventKind::HashListRejected | EventKind::ExceptionRejected => {
+            ("event", vec!["configuration"], vec!["change"])
+        }
+        EventKind::ExceptionRequested | EventKind::ExceptionDenied | EventKind::ExceptionEnding => {
+            ("event", vec!["configuration"], vec!["info"])
+        }
+        EventKind::ExceptionExpired => ("event", vec!["configuration"], vec!["deletion"]),
         // A rule refused on a protected file (a policy problem, no process).
         EventKind::ExecDenied | EventKind::ExecReported => {
             ("event", vec!["configuration"], vec!["info"])

@@ -58,6 +58,27 @@ pub enum EventKind {
     /// A learned digest was dropped: it matched a file that a package owns or that lies in the
     /// system directories (`message` says which), or an admin forgot it.
     LearnedHashDropped,
+    /// A list of digests reviewers approved fleet-wide (signed by the collector's hash-list
+    /// key) was applied: `message` says which list and what it added.
+    HashListApplied,
+    /// A list of approved digests, or one of its entries, was refused (bad signature, an older
+    /// list, an entry for an allow rule or an unknown rule, a removal): `message` says why.
+    HashListRejected,
+    /// A user asked for an exception (`rule`, `process` with the user as the agent identified
+    /// them, `message` with the request id, days and reason as JSON).
+    ExceptionRequested,
+    /// A signed exception was accepted: the user may run what the rule bans until it ends
+    /// (`message` says until when).
+    ExceptionGranted,
+    /// A reviewer denied an exception request.
+    ExceptionDenied,
+    /// A signed exception was refused (bad signature, another host, too long, the rule forbids
+    /// exceptions): `message` says why.
+    ExceptionRejected,
+    /// An exception ends soon; its user was told.
+    ExceptionEnding,
+    /// An exception ended: the rule applies to its user again.
+    ExceptionExpired,
 }
 
 /// What the agent did about a match.
@@ -281,7 +302,12 @@ pub(crate) fn failed(e: &Event) -> bool {
         )
     ) || matches!(
         e.kind,
-        EventKind::PolicyRejected | EventKind::SensorDegraded | EventKind::EventsDropped
+        EventKind::PolicyRejected
+            | EventKind::SensorDegraded
+            | EventKind::EventsDropped
+            | EventKind::HashListRejected
+            | EventKind::ExceptionDenied
+            | EventKind::ExceptionRejected
     )
 }
 

@@ -53,7 +53,10 @@ fn severity(e: &Event) -> (u8, &'static str) {
         Some("medium") => (3, "Medium"),
         Some("low") => (2, "Low"),
         _ => match e.kind {
-            EventKind::PolicyRejected | EventKind::SensorDegraded => (3, "Medium"),
+            EventKind::PolicyRejected
+            | EventKind::SensorDegraded
+            | EventKind::HashListRejected
+            | EventKind::ExceptionRejected => (3, "Medium"),
             EventKind::EventsDropped => (4, "High"),
             _ => (1, "Informational"),
         },
@@ -123,6 +126,14 @@ fn class(e: &Event) -> (Class, u32, &'static str) {
         EventKind::Heartbeat => (Class::App, 99, "Heartbeat"),
         EventKind::HashLearned => (Class::App, 99, "Hash Learned"),
         EventKind::LearnedHashDropped => (Class::App, 99, "Learned Hash Dropped"),
+        EventKind::HashListApplied => (Class::App, 99, "Hash List Applied"),
+        EventKind::HashListRejected => (Class::App, 99, "Hash List Rejected"),
+        EventKind::ExceptionRequested => (Class::App, 99, "Exception Requested"),
+        EventKind::ExceptionGranted => (Class::App, 99, "Exception Granted"),
+        EventKind::ExceptionDenied => (Class::App, 99, "Exception Denied"),
+        EventKind::ExceptionRejected => (Class::App, 99, "Exception Rejected"),
+        EventKind::ExceptionEnding => (Class::App, 99, "Exception Ending"),
+        EventKind::ExceptionExpired => (Class::App, 99, "Exception Expired"),
         // A rule refused on a protected file, a detection missing its process or file.
         _ => (Class::App, 99, "Other"),
     }

@@ -182,6 +182,41 @@ fn events() -> Vec<(&'static str, Event)> {
     dropped.message = Some("12 events dropped: the spool was full".into());
     let mut heartbeat = o.event(EventKind::Heartbeat);
     heartbeat.message = Some(r#"{"version":"0.1.0","mode":"enforce"}"#.into());
+    // The fleet control plane (issue 15).
+    let mut list_applied = o.event(EventKind::HashListApplied);
+    list_applied.sensor = Some("learner".into());
+    list_applied.message = Some("hash list 3: 1 digest(s) added".into());
+    let mut list_rejected = o.event(EventKind::HashListRejected);
+    list_rejected.rule = Some(rule());
+    list_rejected.file = Some(FileRef {
+        path: String::new(),
+        sha256: Some("d".repeat(64)),
+        size: Some(4096),
+    });
+    list_rejected.message = Some("rule claude-code is an allow rule".into());
+    let requester = ProcessRef {
+        pid: 5150,
+        uid: Some(1000),
+        user: Some("ana".into()),
+        ..ProcessRef::default()
+    };
+    let mut requested = o.event(EventKind::ExceptionRequested);
+    requested.rule = Some(rule());
+    requested.process = Some(requester.clone());
+    requested.message = Some(r#"{"request_id":"0193a3f0","days":3,"reason":"vendor demo"}"#.into());
+    let mut granted = requested.clone();
+    granted.kind = EventKind::ExceptionGranted;
+    granted.message = Some("exception 0193a3f0 until 2026-11-29T20:00:13Z".into());
+    let mut denied_ex = granted.clone();
+    denied_ex.kind = EventKind::ExceptionDenied;
+    denied_ex.message = Some("exception 0193a3f0 denied".into());
+    let mut rejected_ex = granted.clone();
+    rejected_ex.kind = EventKind::ExceptionRejected;
+    rejected_ex.message = Some("longer than the policy allows".into());
+    let mut ending = granted.clone();
+    ending.kind = EventKind::ExceptionEnding;
+    let mut expired = granted.clone();
+    expired.kind = EventKind::ExceptionExpired;
     let mut prev = GENESIS_HASH.to_string();
     let mut out = Vec::new();
     for (i, (name, e)) in [
@@ -204,6 +239,14 @@ fn events() -> Vec<(&'static str, Event)> {
         ("sensor_degraded", degraded),
         ("events_dropped", dropped),
         ("heartbeat", heartbeat),
+        ("hash_list_applied", list_applied),
+        ("hash_list_rejected", list_rejected),
+        ("exception_requested", requested),
+        ("exception_granted", granted),
+        ("exception_denied", denied_ex),
+        ("exception_rejected", rejected_ex),
+        ("exception_ending", ending),
+        ("exception_expired", expired),
     ]
     .into_iter()
     .enumerate()
@@ -455,6 +498,9 @@ fn issue_18_status_and_outcome_say_what_happened() {
             "policy_rejected",
             "sensor_degraded",
             "events_dropped",
+            "hash_list_rejected",
+            "exception_denied",
+            "exception_rejected",
         ]
         .contains(&name);
         let v = ocsf::to_ocsf(&e);

@@ -75,6 +75,8 @@ codes! {
     EmptyValue => "empty-value",
     /// A policy without any rule (refused: an empty policy is never what an admin meant).
     NoRules => "no-rules",
+    /// A public key that is not 64 hexadecimal digits (`exception_keys`, `hash_list_keys`).
+    BadPublicKey => "bad-public-key",
     /// Warning: a block, kill or quarantine rule that matches on names alone.
     NameOnlyBlock => "name-only-block",
     /// Warning: a rule that would block the system's own critical binaries.

@@ -9,7 +9,9 @@ use globset::{Candidate, GlobBuilder, GlobSet, GlobSetBuilder};
 use serde::Serialize;
 
 use crate::diag::Diagnostics;
-use crate::model::{glob, Action, Date, Mode, PackageRef, PolicyInfo, Rule, Sha256};
+use crate::model::{
+    glob, Action, Date, Exception, ExceptionRefusal, Mode, PackageRef, PolicyInfo, Rule, Sha256,
+};
 use crate::parse::{read_policy, Includes, PolicyDoc};
 
 /// Which kind of selector matched.
@@ -72,6 +74,9 @@ pub struct Facts {
     pub groups: Vec<String>,
     /// This machine's host name.
     pub host: Option<String>,
+    /// When the decision is made, Unix seconds: exceptions ([`Policy::grant`]) apply only when
+    /// it is given and falls within theirs.
+    pub now: Option<i64>,
 }
 
 impl Facts {
@@ -207,6 +212,8 @@ pub struct Policy {
     paths: GlobIndex,
     scripts: GlobIndex,
     exempt_hosts: Vec<Option<GlobSet>>,
+    /// Granted exceptions, with the index of their rule.
+    exceptions: Vec<(usize, Exception)>,
 }
 
 impl Policy {
@@ -285,14 +292,21 @@ impl Policy {
             paths,
             scripts,
             exempt_hosts,
+            exceptions: Vec::new(),
         }
     }
 
     /// Add a digest to a rule's `sha256` selectors (a learned hash: the digest of a file one of
     /// its other selectors matched), with the file's size when known. False when the rule does
     /// not exist or already has it.
+    /// An `allow` rule never learns: a digest added to it would let that file through every
+    /// other rule.
     pub fn learn(&mut self, rule_id: &str, digest: Sha256, size: Option<u64>) -> bool {
-        let Some(ri) = self.rules.iter().position(|r| r.id == rule_id) else {
+        let Some(ri) = self
+            .rules
+            .iter()
+            .position(|r| r.id == rule_id && r.action != Action::Allow)
+        else {
             return false;
         };
         let sel = &mut self.rules[ri].selectors;
@@ -371,11 +385,76 @@ impl Policy {
         self.scripts.set.is_match(path)
     }
 
+    /// Whether `e` would be accepted: its rule exists, stops something and allows exceptions,
+    /// the policy allows exceptions, and it lasts no longer than `max_exception_days`.
+    pub fn check_exception(&self, e: &Exception) -> Result<usize, ExceptionRefusal> {
+        let Some(ri) = self.rules.iter().position(|r| r.id == e.rule_id) else {
+            return Err(ExceptionRefusal::UnknownRule(e.rule_id.clone()));
+        };
+        let rule = &self.rules[ri];
+        let Some(max) = self.info.max_exception_days else {
+            return Err(ExceptionRefusal::Off);
+        };
+        if !rule.exceptions {
+            return Err(ExceptionRefusal::Forbidden(rule.id.clone()));
+        }
+        if !rule.action.is_enforcing() {
+            return Err(ExceptionRefusal::NotEnforcing(rule.id.clone()));
+        }
+        if e.user.is_empty()
+            || e.user.len() > 256
+            || e.user.chars().any(|c| c.is_whitespace() || c.is_control())
+        {
+            return Err(ExceptionRefusal::BadUser(e.user.clone()));
+        }
+        if e.until <= e.from {
+            return Err(ExceptionRefusal::Empty);
+        }
+        let seconds = e.until - e.from;
+        if seconds > i64::from(max) * 86_400 {
+            return Err(ExceptionRefusal::TooLong { seconds, max });
+        }
+        Ok(ri)
+    }
+
+    /// Grant an exception (replacing one with the same id): from `from` until `until`, its
+    /// rule does not apply to its user. Refused unless [`Policy::check_exception`] accepts it.
+    pub fn grant(&mut self, e: Exception) -> Result<(), ExceptionRefusal> {
+        let ri = self.check_exception(&e)?;
+        self.exceptions.retain(|(_, x)| x.id != e.id);
+        self.exceptions.push((ri, e));
+        Ok(())
+    }
+
+    /// The exceptions granted.
+    pub fn exceptions(&self) -> impl Iterator<Item = &Exception> {
+        self.exceptions.iter().map(|(_, e)| e)
+    }
+
+    /// True when whether rule `rule` applies depends on who runs the program: it exempts users
+    /// or groups, or an exception was granted for it. (A decision that involves such a rule
+    /// holds for one user only and must not be remembered by file.)
+    fn per_user(&self, rule: usize) -> bool {
+        let ex = &self.rules[rule].exempt;
+        !ex.users.is_empty()
+            || !ex.groups.is_empty()
+            || self.exceptions.iter().any(|(r, _)| *r == rule)
+    }
+
     fn exempt(&self, rule: usize, facts: &Facts) -> bool {
         let ex = &self.rules[rule].exempt;
         if let Some(u) = &facts.user {
             if ex.users.iter().any(|x| x == u) {
                 return true;
+            }
+            if let Some(now) = facts.now {
+                if self
+                    .exceptions
+                    .iter()
+                    .any(|(r, e)| *r == rule && &e.user == u && e.from <= now && now < e.until)
+                {
+                    return true;
+                }
             }
         }
         if !ex.groups.is_empty() && facts.groups.iter().any(|g| ex.groups.contains(g)) {
@@ -393,10 +472,19 @@ impl Policy {
     /// path/script/package, then name); at equal specificity `allow` wins, then the stronger
     /// action, then the earlier rule. Exempted rules do not match.
     pub fn evaluate(&self, facts: &Facts) -> Option<Decision> {
+        self.evaluate_per_user(facts).0
+    }
+
+    /// [`Policy::evaluate`], and whether the answer depends on the user: true when a rule
+    /// that matched the program exempts users or groups or has an exception granted, so that
+    /// another user could get another answer for the same file.
+    pub fn evaluate_per_user(&self, facts: &Facts) -> (Option<Decision>, bool) {
         let mut best: Option<(u8, u8, Reverse<usize>, Decision)> = None;
+        let mut per_user = false;
         let mut consider =
             |this: &Policy, rule: u32, pattern: u32, selector: SelectorKind, subject: Subject| {
                 let rule = rule as usize;
+                per_user |= this.per_user(rule);
                 let action = this.rules[rule].action;
                 let key = (selector.specificity(), action.strength(), Reverse(rule));
                 if let Some((s, a, r, _)) = &best {
@@ -469,7 +557,7 @@ impl Policy {
                 }
             }
         }
-        best.map(|b| b.3)
+        (best.map(|b| b.3), per_user)
     }
 
     /// Whether `d` is carried out on `today`: monitor mode and a future `enforce_from` turn

@@ -58,8 +58,8 @@ pub use engine::{
     SelectorCounts, SelectorKind, Subject,
 };
 pub use model::{
-    Action, Date, Ecosystem, Exemptions, Mode, OnInstall, PackageRef, PolicyInfo, Risk, Rule,
-    Selectors, Sha256, DEFAULT_LEARN_MIN_SIZE, PLACEHOLDERS,
+    Action, Date, Ecosystem, Exception, ExceptionRefusal, Exemptions, Mode, OnInstall, PackageRef,
+    PolicyInfo, Risk, Rule, Selectors, Sha256, DEFAULT_LEARN_MIN_SIZE, PLACEHOLDERS,
 };
 pub use parse::{
     parse_sha256_file, parse_sha256_file_sized, read_policy, IncludedFile, Includes, NoIncludes,

@@ -182,6 +182,16 @@ pub struct PolicyInfo {
     pub message: Option<String>,
     /// Link for more information, with `%placeholders%`.
     pub more_info_url: Option<String>,
+    /// `max_exception_days`: the longest exception a reviewer may grant; `None` (the default):
+    /// exceptions are off.
+    pub max_exception_days: Option<u32>,
+    /// `exception_keys`: public keys (64 hex digits) whose signed exceptions are accepted (the
+    /// collector's exception key; two during a rotation).
+    pub exception_keys: Vec<String>,
+    /// `hash_list_keys`: public keys (64 hex digits) whose signed lists of approved digests are
+    /// accepted, only ever as additions to block, kill and quarantine rules (the collector's
+    /// hash-list key).
+    pub hash_list_keys: Vec<String>,
 }
 
 /// A package marker: an ecosystem and a package name, e.g. `npm:@anthropic-ai/claude-code`.
@@ -364,6 +374,58 @@ pub struct Rule {
     pub selectors: Selectors,
     /// Who it does not apply to.
     pub exempt: Exemptions,
+    /// `exceptions`: whether time-boxed exceptions may suspend this rule for one user (default
+    /// true; exceptions also need `[policy] max_exception_days`).
+    pub exceptions: bool,
+}
+
+/// A time-boxed exception: on the host that holds it, rule `rule_id` does not apply to `user`
+/// from `from` until `until` (Unix seconds, `until` excluded). Granted with
+/// [`Policy::grant`](crate::Policy::grant), which checks it against the policy; the time of each
+/// decision comes from the caller ([`Facts::now`](crate::Facts::now)).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Exception {
+    /// The exception's id.
+    pub id: String,
+    /// The rule it suspends.
+    pub rule_id: String,
+    /// The one user it is for.
+    pub user: String,
+    /// Start, Unix seconds.
+    pub from: i64,
+    /// End (excluded), Unix seconds.
+    pub until: i64,
+}
+
+/// Why the policy refuses an exception.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ExceptionRefusal {
+    /// The policy has no such rule.
+    #[error("the policy has no rule `{0}`")]
+    UnknownRule(String),
+    /// `max_exception_days` is not set: exceptions are off.
+    #[error("the policy allows no exceptions (no `max_exception_days` in [policy])")]
+    Off,
+    /// The rule says `exceptions = false`.
+    #[error("rule `{0}` allows no exceptions (`exceptions = false`)")]
+    Forbidden(String),
+    /// The rule does not stop anything (report or allow): nothing to except.
+    #[error("rule `{0}` does not block, kill or quarantine: there is nothing to except")]
+    NotEnforcing(String),
+    /// Longer than `max_exception_days`.
+    #[error("{:.2} days is longer than the policy allows ({max} days)", *.seconds as f64 / 86400.0)]
+    TooLong {
+        /// Its length, seconds.
+        seconds: i64,
+        /// The policy's limit.
+        max: u32,
+    },
+    /// Ends before it starts.
+    #[error("it ends before it starts")]
+    Empty,
+    /// The user name is empty or not one plain name.
+    #[error("`{0}` is not one user name")]
+    BadUser(String),
 }
 
 /// Placeholders accepted in `message` and `more_info_url`.

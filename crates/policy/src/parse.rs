@@ -168,16 +168,68 @@ impl Reader<'_, '_> {
     }
 
     fn policy_info(&mut self, v: &Value<'_>) -> Option<PolicyInfo> {
-        const KNOWN: &[&str] = &["name", "version", "mode", "message", "more_info_url"];
+        const KNOWN: &[&str] = &[
+            "name",
+            "version",
+            "mode",
+            "message",
+            "more_info_url",
+            "max_exception_days",
+            "exception_keys",
+            "hash_list_keys",
+        ];
         let DeValue::Table(t) = v.get_ref() else {
             self.wrong_type("policy", "a table", v);
             return None;
         };
         let (mut name, mut version, mut mode, mut message, mut url) =
             (None, None, None, None, None);
+        let mut max_exception_days = None;
+        let mut days_span = None;
+        let mut exception_keys = Vec::new();
+        let mut keys_span = None;
+        let mut hash_list_keys = Vec::new();
         let mut ok = true;
         for (k, v) in t.iter() {
             match k.get_ref().as_ref() {
+                "max_exception_days" => {
+                    days_span = Some(k.span());
+                    match self.integer("max_exception_days", v, 365) {
+                        Some(0) => {
+                            self.err(
+                                Code::BadValue,
+                                v.span(),
+                                "`max_exception_days` must be at least 1 (leave it out to allow no exceptions)",
+                            );
+                            ok = false;
+                        }
+                        Some(n) => max_exception_days = Some(n as u32),
+                        None => ok = false,
+                    }
+                }
+                key @ ("exception_keys" | "hash_list_keys") => {
+                    if key == "exception_keys" {
+                        keys_span = Some(k.span());
+                    }
+                    let mut keys = Vec::new();
+                    for (h, span) in self.string_list(key, v) {
+                        if h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()) {
+                            keys.push(h.to_ascii_lowercase());
+                        } else {
+                            self.err(
+                                Code::BadPublicKey,
+                                span,
+                                format!("`{h}` in `{key}` is not a public key (64 hexadecimal digits, as `interdict-collector key` prints it)"),
+                            );
+                            ok = false;
+                        }
+                    }
+                    if key == "exception_keys" {
+                        exception_keys = keys;
+                    } else {
+                        hash_list_keys = keys;
+                    }
+                }
                 "name" => name = self.string("name", v).map(|s| s.0),
                 "version" => version = self.string("version", v).map(|s| s.0),
                 "mode" => {
@@ -208,6 +260,19 @@ impl Reader<'_, '_> {
                 );
             }
         }
+        match (&days_span, &keys_span) {
+            (Some(at), None) => self.err(
+                Code::MissingKey,
+                at.clone(),
+                "`max_exception_days` needs `exception_keys`: the keys whose signed exceptions agents accept (`interdict-collector key --exceptions`)",
+            ),
+            (None, Some(at)) => self.err(
+                Code::MissingKey,
+                at.clone(),
+                "`exception_keys` needs `max_exception_days`: without it no exception is accepted",
+            ),
+            _ => {}
+        }
         if let Some((m, span)) = &message {
             self.placeholders("message", m, span.clone());
         }
@@ -223,6 +288,9 @@ impl Reader<'_, '_> {
             mode: mode?,
             message: message.map(|m| m.0),
             more_info_url: url.map(|u| u.0),
+            max_exception_days,
+            exception_keys,
+            hash_list_keys,
         })
     }
 
@@ -367,6 +435,7 @@ impl Reader<'_, '_> {
             "learn_min_size",
             "match",
             "exempt",
+            "exceptions",
         ];
         let DeValue::Table(t) = v.get_ref() else {
             self.wrong_type("rule", "a table ([[rule]])", v);
@@ -389,6 +458,7 @@ impl Reader<'_, '_> {
         let mut selectors = None;
         let mut match_span = v.span();
         let mut exempt = Exemptions::default();
+        let mut exceptions = Some(true);
         for (k, val) in t.iter() {
             match k.get_ref().as_ref() {
                 "id" => {
@@ -462,6 +532,7 @@ impl Reader<'_, '_> {
                     ok &= selectors.is_some();
                 }
                 "exempt" => exempt = self.exemptions(val),
+                "exceptions" => exceptions = self.boolean("exceptions", val),
                 _ => self.unknown_key("[[rule]]", k, KNOWN),
             }
         }
@@ -565,6 +636,7 @@ impl Reader<'_, '_> {
             learn_min_size: learn_min_size?,
             selectors,
             exempt,
+            exceptions: exceptions?,
         })
     }
 }

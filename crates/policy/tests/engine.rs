@@ -443,3 +443,162 @@ fn sizes_in_hash_lists_spare_hashing_files_of_other_sizes() {
         "{err}"
     );
 }
+
+const KEY: &str = "3b6a27bcceb6a42d62a3a8d02a6f0d73653215771de243a63ac048a18b59da29";
+
+fn exceptions_policy(rules: &str) -> Policy {
+    let text = format!(
+        "[policy]\nname = \"t\"\nversion = \"1\"\nmode = \"enforce\"\nmax_exception_days = 7\nexception_keys = [\"{KEY}\"]\n{rules}"
+    );
+    match Policy::load("t.toml", &text, &NoIncludes) {
+        Ok((p, _)) => p,
+        Err(d) => panic!("policy rejected:\n{d}"),
+    }
+}
+
+fn exception(rule: &str, user: &str, from: i64, until: i64) -> Exception {
+    Exception {
+        id: format!("{rule}-{user}-{from}"),
+        rule_id: rule.into(),
+        user: user.into(),
+        from,
+        until,
+    }
+}
+
+fn as_user(path: &str, user: &str, now: i64) -> Facts {
+    Facts {
+        user: Some(user.into()),
+        now: Some(now),
+        ..exe(path)
+    }
+}
+
+#[test]
+fn issue_15_an_exception_lifts_one_rule_for_one_user_within_its_time_only() {
+    let mut p = exceptions_policy(&rule("tool", "block", "paths = [\"/opt/tool/*\"]"));
+    assert_eq!(p.info().max_exception_days, Some(7));
+    assert_eq!(p.info().exception_keys, vec![KEY.to_string()]);
+    let blocked = |p: &Policy, f: &Facts| p.evaluate(f).is_some();
+    // Before any exception: everyone is blocked, and the answer is the same for every user.
+    let (d, per_user) = p.evaluate_per_user(&as_user("/opt/tool/x", "ann", 1000));
+    assert!(d.is_some());
+    assert!(
+        !per_user,
+        "no exemption, no exception: the answer holds for any user"
+    );
+    p.grant(exception("tool", "ann", 1000, 2000)).unwrap();
+    assert!(!blocked(&p, &as_user("/opt/tool/x", "ann", 1000)));
+    assert!(!blocked(&p, &as_user("/opt/tool/x", "ann", 1999)));
+    assert!(
+        blocked(&p, &as_user("/opt/tool/x", "ann", 999)),
+        "before it starts"
+    );
+    assert!(
+        blocked(&p, &as_user("/opt/tool/x", "ann", 2000)),
+        "at its end"
+    );
+    assert!(
+        blocked(&p, &as_user("/opt/tool/x", "bob", 1500)),
+        "another user"
+    );
+    let mut no_time = as_user("/opt/tool/x", "ann", 1500);
+    no_time.now = None;
+    assert!(
+        blocked(&p, &no_time),
+        "without the time, no exception applies"
+    );
+    let (_, per_user) = p.evaluate_per_user(&as_user("/opt/tool/x", "bob", 1500));
+    assert!(
+        per_user,
+        "another user gets another answer: not to be remembered by file"
+    );
+    let (d, per_user) = p.evaluate_per_user(&as_user("/usr/bin/ls", "bob", 1500));
+    assert!(
+        d.is_none() && !per_user,
+        "files the rule does not match are unaffected"
+    );
+}
+
+#[test]
+fn issue_15_the_policy_bounds_every_exception() {
+    let p = exceptions_policy(&format!(
+        "{}{}{}",
+        rule("tool", "block", "paths = [\"/opt/tool/*\"]"),
+        rule("strict", "kill", "paths = [\"/opt/strict/*\"]")
+            .replace("[rule.match]", "exceptions = false\n[rule.match]"),
+        rule("watch", "report", "paths = [\"/opt/watch/*\"]"),
+    ));
+    let day = 86_400;
+    let mut p2 = p.clone();
+    assert!(p2.grant(exception("tool", "ann", 0, 7 * day)).is_ok());
+    for (e, want) in [
+        (
+            exception("tool", "ann", 0, 7 * day + 1),
+            "longer than the policy allows (7 days)",
+        ),
+        (
+            exception("strict", "ann", 0, day),
+            "allows no exceptions (`exceptions = false`)",
+        ),
+        (
+            exception("watch", "ann", 0, day),
+            "does not block, kill or quarantine",
+        ),
+        (exception("gone", "ann", 0, day), "no rule `gone`"),
+        (exception("tool", "ann", day, day), "ends before it starts"),
+        (exception("tool", "*", 0, day).clone(), ""),
+        (exception("tool", "ann bob", 0, day), "is not one user name"),
+    ] {
+        let r = p.check_exception(&e);
+        if want.is_empty() {
+            // A user literally named `*` is one user; it never matches another.
+            assert!(r.is_ok());
+            continue;
+        }
+        let err = r.unwrap_err().to_string();
+        assert!(err.contains(want), "{e:?}: {err}");
+    }
+    // Without max_exception_days there are no exceptions at all.
+    let mut off = policy(&rule("tool", "block", "paths = [\"/opt/tool/*\"]"));
+    assert_eq!(
+        off.grant(exception("tool", "ann", 0, day)),
+        Err(ExceptionRefusal::Off)
+    );
+}
+
+#[test]
+fn issue_15_an_allow_rule_never_learns_a_digest() {
+    let mut p = policy(&format!(
+        "{}{}",
+        rule("ok", "allow", "paths = [\"/opt/ok/*\"]"),
+        rule("bad", "block", "paths = [\"/opt/bad/*\"]")
+    ));
+    let d = Sha256::from_hex(HASH_A).unwrap();
+    assert!(!p.learn("ok", d, Some(10)));
+    assert!(p.learn("bad", d, Some(10)));
+    let f = Facts {
+        exe_sha256: Some(d),
+        ..exe("/home/x/renamed")
+    };
+    assert_eq!(p.rule(&p.evaluate(&f).unwrap()).id, "bad");
+}
+
+#[test]
+fn issue_15_exception_settings_are_validated_with_every_problem() {
+    let text = format!(
+        "[policy]\nname = \"t\"\nversion = \"1\"\nmode = \"enforce\"\nmax_exception_days = 0\nhash_list_keys = [\"nothex\"]\n{}",
+        rule("tool", "block", "paths = [\"/opt/*\"]").replace("[rule.match]", "exceptions = \"no\"\n[rule.match]")
+    );
+    let err = Policy::load("t.toml", &text, &NoIncludes)
+        .unwrap_err()
+        .to_string();
+    for want in [
+        "t.toml:5:22: error[bad-value]: `max_exception_days` must be at least 1",
+        "t.toml:6:19: error[bad-public-key]: `nothex` in `hash_list_keys` is not a public key",
+        "error[missing-key]: `max_exception_days` needs `exception_keys`",
+        "error[wrong-type]: `exceptions` must be true or false",
+    ] {
+        assert!(err.contains(want), "missing {want:?} in:\n{err}");
+    }
+}

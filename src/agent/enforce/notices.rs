@@ -38,6 +38,27 @@ pub enum NoticeKind {
     Installed,
     /// The program was found installed and moved into quarantine.
     Quarantined,
+    /// An exception was granted: the user may use the tool until it ends (`message`).
+    ExceptionGranted,
+    /// An exception ends soon (`message` says when).
+    ExceptionEnding,
+    /// An exception ended: the tool is blocked again.
+    ExceptionEnded,
+    /// An exception request was denied (`message` holds the reviewer's note).
+    ExceptionDenied,
+}
+
+impl NoticeKind {
+    /// Notices about exceptions: few, each asked for, never rate-limited.
+    pub fn is_exception(self) -> bool {
+        matches!(
+            self,
+            NoticeKind::ExceptionGranted
+                | NoticeKind::ExceptionEnding
+                | NoticeKind::ExceptionEnded
+                | NoticeKind::ExceptionDenied
+        )
+    }
 }
 
 /// One message for one employee.
@@ -77,11 +98,18 @@ impl Notice {
             NoticeKind::Warned => format!("Will be blocked: {}", self.tool),
             NoticeKind::Installed => format!("Not allowed here: {}", self.tool),
             NoticeKind::Quarantined => format!("Quarantined: {}", self.tool),
+            NoticeKind::ExceptionGranted => format!("Exception granted: {}", self.tool),
+            NoticeKind::ExceptionEnding => format!("Exception ends soon: {}", self.tool),
+            NoticeKind::ExceptionEnded => format!("Exception ended: {}", self.tool),
+            NoticeKind::ExceptionDenied => format!("Exception denied: {}", self.tool),
         }
     }
 
     /// The notification's text: why, what to use instead, where to read more.
     pub fn body(&self) -> String {
+        if self.kind.is_exception() {
+            return self.message.clone().unwrap_or_default();
+        }
         let mut b = String::new();
         if self.kind == NoticeKind::Installed {
             b.push_str(&format!(
@@ -115,11 +143,16 @@ impl Notice {
             NoticeKind::Blocked | NoticeKind::Killed => 2,
             NoticeKind::Reported | NoticeKind::Warned | NoticeKind::Installed => 1,
             NoticeKind::Quarantined => 2,
+            NoticeKind::ExceptionGranted | NoticeKind::ExceptionDenied => 1,
+            NoticeKind::ExceptionEnding | NoticeKind::ExceptionEnded => 2,
         }
     }
 
     /// The one line written to the terminal.
     pub fn terminal_line(&self) -> String {
+        if self.kind.is_exception() {
+            return format!("interdict: {}: {}", self.summary(), self.body());
+        }
         let what = match self.kind {
             NoticeKind::Blocked => "blocked",
             NoticeKind::Killed => "stopped",
@@ -127,6 +160,11 @@ impl Notice {
             NoticeKind::Warned => "will soon block",
             NoticeKind::Installed => "found the banned install of",
             NoticeKind::Quarantined => "quarantined",
+            // Said above, in their own words.
+            NoticeKind::ExceptionGranted
+            | NoticeKind::ExceptionEnding
+            | NoticeKind::ExceptionEnded
+            | NoticeKind::ExceptionDenied => "",
         };
         let mut line = format!(
             "interdict: {what} {} ({}): {}",

@@ -87,7 +87,7 @@ fn run(shared: Arc<Shared>, rx: Receiver<Notice>) {
             }
             Err(RecvTimeoutError::Disconnected) => return,
         };
-        if !limiter.allow(n.uid, &n.rule_id, Instant::now()) {
+        if !n.kind.is_exception() && !limiter.allow(n.uid, &n.rule_id, Instant::now()) {
             inc(&m.notices_suppressed);
             continue;
         }

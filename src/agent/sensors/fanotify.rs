@@ -132,6 +132,11 @@ impl std::fmt::Debug for WeakHandle {
 }
 
 impl WeakHandle {
+    /// The mount points of the filesystems marked so far.
+    pub fn marked(&self) -> Vec<String> {
+        self.marked.lock().expect("marked poisoned").clone()
+    }
+
     /// The handle, while the guard runs.
     pub fn upgrade(&self) -> Option<Handle> {
         Some(Handle {
@@ -421,9 +426,16 @@ fn reader(
     let mut buf = vec![0u8; 64 * 1024];
     let meta_len = std::mem::size_of::<libc::fanotify_event_metadata>();
     let fatal = loop {
-        match shared.shutdown.wait_readable(&g.fan) {
+        // Each turn shows the watchdog that the reader is alive; when idle it wakes up for that
+        // alone, and only under a watchdog (`Liveness::idle_wake`).
+        shared.liveness.reader_beat();
+        match shared
+            .shutdown
+            .wait_readable_for(&g.fan, shared.liveness.idle_wake())
+        {
             Ok(true) => {}
-            Ok(false) => break None,
+            Ok(false) if shared.shutdown.is_triggered() => break None,
+            Ok(false) => continue,
             Err(e) => break Some(format!("poll: {e}")),
         }
         let n = match rustix::io::read(&g.fan, &mut buf) {
@@ -571,11 +583,18 @@ fn count_deny(shared: &Shared, access: Access) {
 fn deadline_loop(g: Arc<Guard>, rx: Receiver<Arc<Pending>>, deadline: Duration) {
     // Every event gets the same budget, so deadlines arrive in order: a queue suffices.
     let mut queue: VecDeque<Arc<Pending>> = VecDeque::new();
+    let idle = g
+        .shared
+        .liveness
+        .idle_wake()
+        .unwrap_or(Duration::from_secs(3600));
     loop {
+        g.shared.liveness.deadline_beat();
         let timeout = match queue.front() {
             Some(p) => (p.start + deadline).saturating_duration_since(Instant::now()),
-            None => Duration::from_secs(3600),
-        };
+            None => idle,
+        }
+        .min(idle);
         match rx.recv_timeout(timeout) {
             Ok(p) => queue.push_back(p),
             Err(RecvTimeoutError::Timeout) => {}
@@ -696,7 +715,8 @@ fn decide(g: &Guard, p: &Pending) {
         }
         // Only "nothing to do" and "deny" are cached: a report, a kill or a would-enforce must
         // be acted on at every exec.
-        let cacheable = matches!(v.plan, Plan::Allow | Plan::Stop);
+        // Nor a decision another user would get otherwise (an exemption, an exception).
+        let cacheable = matches!(v.plan, Plan::Allow | Plan::Stop) && !v.per_user;
         if cacheable && !hash_failed && FileKey::of_fd(&p.fd) == Some(p.key) {
             shared.decisions.put(
                 p.key,

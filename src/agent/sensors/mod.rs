@@ -43,6 +43,9 @@ pub enum Part {
     Syslog,
     /// The learner (hashes of files that path and script rules matched).
     Learner,
+    /// The fleet control plane: signed bundles, approved digests and exceptions from the
+    /// collector.
+    Fleet,
     /// A one-time sweep of every process (start-up, policy changes); named in events only.
     Sweep,
     /// A full rescan of the install roots (start-up, periodic, after an overflow): what it
@@ -63,6 +66,7 @@ impl Part {
             Part::Shipper => "shipper",
             Part::Syslog => "syslog",
             Part::Learner => "learner",
+            Part::Fleet => "fleet",
             Part::Sweep => "sweep",
             Part::InstallScan => "install_scan",
         }

@@ -34,7 +34,8 @@ const FILTER_MASK: u32 = PROC_EVENT_EXEC;
 const NLMSG_HDRLEN: usize = 16;
 const CN_MSG_LEN: usize = 20;
 
-fn open_socket() -> std::io::Result<OwnedFd> {
+/// A netlink socket subscribed to exec events (also `interdict doctor`'s probe).
+pub(crate) fn open_socket() -> std::io::Result<OwnedFd> {
     use rustix::net::netlink::{SocketAddrNetlink, CONNECTOR};
     use rustix::net::{bind, send, socket_with, AddressFamily, SendFlags, SocketFlags, SocketType};
     let sock = socket_with(

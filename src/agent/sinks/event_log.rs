@@ -72,10 +72,23 @@ pub fn open_log(path: &Path, group: Option<u32>) -> std::io::Result<std::fs::Fil
     Ok(f)
 }
 
-/// Write events until every sender is gone.
+/// True when `path` no longer names the open log `f` (renamed or removed by logrotate).
+fn moved(f: &std::fs::File, path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (f.metadata(), std::fs::metadata(path)) {
+        (Ok(open), Ok(named)) => (open.dev(), open.ino()) != (named.dev(), named.ino()),
+        (Ok(_), Err(_)) => true,
+        _ => false,
+    }
+}
+
+/// Write events until every sender is gone. Before each batch, a log that was renamed or
+/// removed (rotation) is closed and the path opened again (created with the same mode and
+/// group); what was written before stays in the renamed file.
 pub fn run(
     file: std::io::Result<std::fs::File>,
     path: &Path,
+    group: Option<u32>,
     metrics: &Metrics,
     mut rx: Receiver<Event>,
     mut spool: Option<SpoolParts>,
@@ -102,6 +115,19 @@ pub fn run(
         }
     };
     while let Some(e) = rx.blocking_recv() {
+        if moved(out.get_ref(), path) {
+            match open_log(path, group) {
+                Ok(f) => {
+                    if out.flush().is_err() {
+                        inc(&metrics.c.event_write_errors);
+                    }
+                    out = std::io::BufWriter::new(f);
+                }
+                Err(err) => {
+                    tracing::error!("cannot reopen the event log {}: {err}", path.display())
+                }
+            }
+        }
         let mut write = |mut e: Event, spool: &mut Option<SpoolParts>| {
             if let Some(p) = spool {
                 match p.spool.append(&mut e, &p.origin) {

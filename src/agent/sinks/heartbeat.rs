@@ -38,6 +38,14 @@ fn beat(shared: &Shared, started: Instant) {
             "uptime_s": st.uptime_s,
             "sensors": st.sensors,
             "counters": st.counters,
+            // The fleet control plane: which policy this host enforces.
+            "policy_source": match &st.policy_source {
+                crate::agent::reload::PolicySource::File { .. } => "file",
+                crate::agent::reload::PolicySource::Bundle { .. } => "bundle",
+            },
+            "policy_bundle": st.policy_source.bundle_version(),
+            "hash_list": shared.fleet.state().hash_list_seq,
+            "exceptions": shared.fleet.state().exceptions.len(),
             // What the collector acknowledged last, as this host hashed it: lets the
             // collector's verification tell records removed there from records lost here.
             "acked": crate::agent::sinks::ship::acked_record(

@@ -62,6 +62,8 @@ pub struct LearnRequest {
     pub digest: Option<Sha256>,
     /// Where it was seen.
     pub source: Source,
+    /// The rule's glob that matched.
+    pub pattern: String,
 }
 
 enum Job {
@@ -73,6 +75,23 @@ enum Job {
     },
     /// Forget digests (from the control socket), then answer with how many went.
     Forget(Forget, std::sync::mpsc::Sender<usize>),
+    /// Add digests reviewers approved for the fleet (from a verified hash list), then answer
+    /// with what was added and what was refused.
+    Fleet(
+        Vec<interdict_fleet::HashEntry>,
+        std::sync::mpsc::Sender<FleetOutcome>,
+    ),
+}
+
+/// What became of a hash list's entries on this host.
+#[derive(Debug, Default)]
+pub struct FleetOutcome {
+    /// Added to their rules now.
+    pub added: Vec<interdict_fleet::HashEntry>,
+    /// Refused, and why.
+    pub refused: Vec<(interdict_fleet::HashEntry, String)>,
+    /// In force already, or dropped here before (never added again).
+    pub unchanged: usize,
 }
 
 /// The learned digests of this host and the learner's queue. The queue is bounded (256); when
@@ -140,6 +159,14 @@ impl Learner {
         let (tx, rx) = std::sync::mpsc::channel();
         self.tx.send(Job::Forget(what, tx)).ok()?;
         rx.recv_timeout(Duration::from_secs(30)).ok()
+    }
+
+    /// Add approved fleet digests through the guard rails; `None` when the learner is not
+    /// running.
+    pub fn fleet(&self, entries: Vec<interdict_fleet::HashEntry>) -> Option<FleetOutcome> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.tx.send(Job::Fleet(entries, tx)).ok()?;
+        rx.recv_timeout(Duration::from_secs(120)).ok()
     }
 
     fn save(&self, set: &LearnedSet) {
@@ -244,6 +271,9 @@ fn run(shared: Arc<Shared>, rx: Receiver<Job>) {
                     crate::path_text(&path)
                 );
                 drop_digests(&shared, &Forget::Digest(digest.to_string()), &why);
+            }
+            Job::Fleet(entries, reply) => {
+                let _ = reply.send(add_fleet(&shared, &mut system, entries));
             }
             Job::Forget(what, reply) => {
                 let n = drop_digests(
@@ -353,6 +383,7 @@ fn learn(shared: &Shared, system: &mut SystemSizes, req: LearnRequest) {
     }
     let mut e = shared.event(EventKind::HashLearned);
     e.sensor = Some(Part::Learner.as_str().into());
+    e.rule = active_rule_ref(shared, &req);
     e.file = Some(FileRef {
         path: crate::path_text(&req.path),
         sha256: Some(digest.to_string()),
@@ -365,6 +396,111 @@ fn learn(shared: &Shared, system: &mut SystemSizes, req: LearnRequest) {
         req.source.as_str()
     ));
     shared.emit(e);
+}
+
+/// Add digests from a verified hash list: only to block, kill and quarantine rules of the
+/// policy in force, never one this host dropped before, never one with the content of a file in
+/// the system directories (the same guard rail as for digests learned here; the misfire check
+/// of [`crate::agent::verdict::decide`] applies to them too).
+fn add_fleet(
+    shared: &Shared,
+    system: &mut SystemSizes,
+    entries: Vec<interdict_fleet::HashEntry>,
+) -> FleetOutcome {
+    use interdict_policy::Action;
+    let mut out = FleetOutcome::default();
+    let active = shared.policy.active();
+    let policy = &active.loaded.policy;
+    for entry in entries {
+        let Some(digest) = Sha256::from_hex(&entry.sha256) else {
+            out.refused.push((entry, "not a SHA-256".into()));
+            continue;
+        };
+        let Some(rule) = policy.rules().iter().find(|r| r.id == entry.rule) else {
+            let why = format!(
+                "the policy in force has no rule `{}`: approved digests are only added to existing rules",
+                entry.rule
+            );
+            out.refused.push((entry, why));
+            continue;
+        };
+        if !matches!(
+            rule.action,
+            Action::Block | Action::Kill | Action::Quarantine
+        ) {
+            let why = format!(
+                "rule `{}` has action {}: approved digests are only added to block, kill and quarantine rules",
+                rule.id, rule.action
+            );
+            out.refused.push((entry, why));
+            continue;
+        }
+        {
+            let set = shared.learner.set.lock().expect("learned poisoned");
+            if set.refused_fleet.contains(&entry.sha256)
+                || set
+                    .entries
+                    .iter()
+                    .any(|e| e.rule_id == entry.rule && e.sha256 == entry.sha256)
+            {
+                out.unchanged += 1;
+                continue;
+            }
+        }
+        if let Some(twin) = system.twin(entry.size, digest, &shared.memo) {
+            let why = format!(
+                "same content as {}, a file in the system directories of this host",
+                crate::path_text(&twin)
+            );
+            let mut set = shared.learner.set.lock().expect("learned poisoned");
+            set.refused_fleet.push(entry.sha256.clone());
+            shared.learner.save(&set);
+            drop(set);
+            out.refused.push((entry, why));
+            continue;
+        }
+        let learned = Learned {
+            rule_id: entry.rule.clone(),
+            sha256: entry.sha256.clone(),
+            first_seen: interdict_event::rfc3339(std::time::SystemTime::now()),
+            path: PathBuf::from(&entry.path),
+            selector: "fleet".into(),
+            size: Some(entry.size),
+            source: Some(crate::policy::learned::FLEET.into()),
+        };
+        {
+            let mut set = shared.learner.set.lock().expect("learned poisoned");
+            if !set.add_entry(learned) {
+                out.unchanged += 1;
+                continue;
+            }
+            shared.learner.save(&set);
+        }
+        shared.policy.learn(&entry.rule, digest, entry.size);
+        out.added.push(entry);
+    }
+    out
+}
+
+/// The rule a digest was learned for, for its `hash_learned` event (the collector reads the
+/// rule from it).
+fn active_rule_ref(shared: &Shared, req: &LearnRequest) -> Option<interdict_event::RuleRef> {
+    let active = shared.policy.active();
+    let rule = active
+        .loaded
+        .policy
+        .rules()
+        .iter()
+        .find(|r| r.id == req.rule_id)?;
+    Some(interdict_event::RuleRef {
+        id: rule.id.clone(),
+        name: rule.name.clone(),
+        risk: rule.risk.to_string(),
+        action: rule.action.to_string(),
+        selector: req.selector.as_str().to_string(),
+        pattern: req.pattern.clone(),
+        matched: crate::path_text(&req.path),
+    })
 }
 
 /// Remove learned digests, put the smaller set in force, and report each one dropped.

@@ -59,13 +59,20 @@ pub struct Verdict<'a> {
     pub plan: Plan,
     /// The facts it was made on.
     pub facts: &'a Facts,
+    /// True when another user could get another answer for the same file (a rule that
+    /// matched exempts users or groups, or has an exception granted): not to be cached by file.
+    pub per_user: bool,
 }
 
 /// Decide on `facts`. A digest learned on this host never applies to a file in the system
 /// directories or owned by a package: such a match is set aside (the digest is taken out of
 /// the facts and the policy asked again) and the learner drops it.
 pub fn decide<'a>(shared: &Shared, policy: &'a Policy, facts: &'a mut Facts) -> Verdict<'a> {
-    let mut decision = policy.evaluate(facts);
+    // Exceptions are bounded in time: the policy is told when the decision is made.
+    if facts.now.is_none() {
+        facts.now = Some(crate::inventory::host::unix_now());
+    }
+    let (mut decision, per_user) = policy.evaluate_per_user(facts);
     if let Some(d) = decision.filter(|d| policy.is_learned(d)) {
         let (path, digest) = match d.subject {
             interdict_policy::Subject::Script => (&facts.script_path, &mut facts.script_sha256),
@@ -89,6 +96,7 @@ pub fn decide<'a>(shared: &Shared, policy: &'a Policy, facts: &'a mut Facts) -> 
         decision,
         plan: plan(policy, decision.as_ref(), shared.today()),
         facts,
+        per_user,
     }
 }
 
@@ -259,6 +267,7 @@ fn learn_from(shared: &Shared, v: &Verdict<'_>, source: Source) {
                 selector: d.selector,
                 digest,
                 source,
+                pattern: v.policy.evidence(&d, v.facts).pattern,
             },
             &shared.metrics,
         );
@@ -427,6 +436,7 @@ pub fn installed(
         decision: Some(found.decision),
         plan: plan(policy, Some(&found.decision), shared.today()),
         facts: &found.facts,
+        per_user: false,
     };
     let kind = if gone {
         EventKind::InstalledRemoved

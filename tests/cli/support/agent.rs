@@ -190,6 +190,8 @@ pub struct Setup<'a> {
     pub policy_file: Option<&'a Path>,
     /// Digests learned before: written to the state folder as `learned.json`.
     pub learned: Option<&'a Value>,
+    /// Extra environment variables (e.g. `NOTIFY_SOCKET`, `WATCHDOG_USEC`).
+    pub env: &'a [(&'a str, String)],
     /// More lines for the `[agent]` table (`admin_group = ...`, `event_queue = ...`).
     pub agent: &'a str,
     /// Write events here instead of `events.jsonl` in the agent's folder.
@@ -230,8 +232,15 @@ impl Agent {
     }
 
     /// Start an agent with its own folder: state, event log, control socket and install roots
-    /// are all inside it, never the host's.
+    /// are all inside it, never the host's. Returns once it is ready ([`Agent::wait_ready`]).
     pub fn with(setup: Setup<'_>) -> Agent {
+        let mut agent = Agent::spawn(setup);
+        agent.wait_ready();
+        agent
+    }
+
+    /// Like [`Agent::with`], but return as soon as the process is started.
+    pub fn spawn(setup: Setup<'_>) -> Agent {
         let Setup {
             policy,
             exec,
@@ -239,6 +248,7 @@ impl Agent {
             binary,
             policy_file,
             learned,
+            env,
             agent: agent_lines,
             event_log,
             mount_ns,
@@ -345,16 +355,17 @@ impl Agent {
             .arg(&config)
             .stdout(std::fs::File::create(dir.path().join("agent.out")).unwrap())
             .stderr(std::fs::File::create(dir.path().join("agent.err")).unwrap());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
         let child = cmd.spawn().unwrap();
-        let mut agent = Agent {
+        Agent {
             child,
             dir,
             policy: policy_path,
             binary,
             event_log,
-        };
-        agent.wait_ready();
-        agent
+        }
     }
 
     /// Stop the agent and start it again with the same files (root only).
@@ -383,7 +394,7 @@ impl Agent {
 
     /// Ready: answering status, and the start-up sweep (which follows script marking) done.
     /// Fails at once, with its exit status and log, when the agent exits instead.
-    fn wait_ready(&mut self) {
+    pub fn wait_ready(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(60);
         while Instant::now() < deadline {
             if let Some(s) = self.try_status() {

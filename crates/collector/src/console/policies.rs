@@ -119,8 +119,70 @@ pub fn add_file(store: &Store, path: &Path) -> Result<(PolicyText, bool), AddErr
     Ok((p, new))
 }
 
-/// The kept text with this SHA-256, if any.
+/// The kept text with this SHA-256, if any: one kept with `policy-text`, else the policy of a
+/// bundle published to the fleet (`policy publish`) whose text has that digest.
 pub fn get(store: &Store, sha: &str) -> Result<Option<PolicyText>, StoreError> {
+    if let Some(p) = kept(store, sha)? {
+        return Ok(Some(p));
+    }
+    from_bundle(store, sha)
+}
+
+/// Reads the files a bundle carries.
+struct InBundle<'a>(&'a std::collections::BTreeMap<String, String>);
+
+impl Includes for InBundle<'_> {
+    fn read(&self, relative: &str) -> Result<IncludedFile, String> {
+        self.0
+            .get(relative)
+            .map(|t| IncludedFile {
+                display_name: relative.to_string(),
+                text: t.clone(),
+            })
+            .ok_or_else(|| "not in the bundle".to_string())
+    }
+}
+
+/// The policy text of a published bundle with this digest. The bundle's signature was checked
+/// by whoever published it and is checked by every agent; here the text is shown only when it
+/// hashes to the digest asked for, which is all that showing "the text with this SHA-256" needs.
+fn from_bundle(store: &Store, sha: &str) -> Result<Option<PolicyText>, StoreError> {
+    let rows = store.db().read(|c| {
+        c.rows(
+            "SELECT version, bundle, published_ms FROM fleet_bundles WHERE policy_sha256 = ?1 ORDER BY version",
+            &[sha.into()],
+        )
+    })?;
+    for r in rows {
+        let Some(body) = r[1]
+            .text()
+            .and_then(|b| serde_json::from_str::<interdict_fleet::Envelope>(&b).ok())
+            .and_then(|e| serde_json::from_str::<interdict_fleet::BundleBody>(&e.body).ok())
+        else {
+            continue;
+        };
+        if hex(&sha256(body.policy.as_bytes())) != sha {
+            continue;
+        }
+        let (name, version) =
+            match interdict_policy::read_policy("bundle", &body.policy, &InBundle(&body.files)) {
+                Ok((doc, _)) => (doc.info.name, doc.info.version),
+                Err(_) => (format!("bundle {}", body.version), String::new()),
+            };
+        return Ok(Some(PolicyText {
+            sha256: sha.to_string(),
+            name,
+            version: format!("{version} (bundle {})", r[0].int())
+                .trim_start()
+                .to_string(),
+            text: body.policy,
+            added_ms: r[2].int(),
+        }));
+    }
+    Ok(None)
+}
+
+fn kept(store: &Store, sha: &str) -> Result<Option<PolicyText>, StoreError> {
     Ok(store
         .db()
         .read(|c| {

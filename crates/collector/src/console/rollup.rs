@@ -263,7 +263,8 @@ pub fn read_beat(raw: &str) -> Beat {
                 .join("\n")
         })
         .unwrap_or_default();
-    let bundle = s(&m["bundle_version"]).or_else(|| s(&m["bundle"]["version"]));
+    // The agent reports `policy_bundle` (a number, or null while a policy file is in force).
+    let bundle = s(&m["policy_bundle"]).or_else(|| s(&m["bundle_version"]));
     Beat {
         policy_name: s(&m["policy_name"]),
         policy_version: s(&m["policy_version"]),

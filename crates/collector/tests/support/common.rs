@@ -70,6 +70,33 @@ impl Server {
         }
     }
 
+    /// Like [`Server::start_with`], with the collector's fleet keys (issue 15).
+    pub fn start_fleet(backend: Backend, keys: interdict_collector::fleet::Keys) -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("collector.db");
+        let pg = match backend {
+            Backend::Sqlite => None,
+            Backend::Postgres => Some(Pg::start()),
+        };
+        let store = match &pg {
+            None => Store::open(&db).unwrap(),
+            Some(pg) => Store::open_postgres(&pg.params()).unwrap(),
+        };
+        let secret = store.rotate_enroll_secret().unwrap();
+        let key = interdict_collector::keys::generate();
+        let app = App::new(store, Config::default(), key.clone()).with_fleet_keys(keys);
+        let running = Background::start("127.0.0.1:0", app, None).unwrap();
+        Server {
+            url: format!("http://{}", running.addr()),
+            dir,
+            running: Some(running),
+            db,
+            pg,
+            secret,
+            key,
+        }
+    }
+
     /// A second handle on the same database (as a second collector would have).
     pub fn store(&self) -> Store {
         match &self.pg {
