@@ -1702,17 +1702,19 @@ fn issue_17_a_case_file_policy_texts_paging_keyboard_and_contrast_in_a_browser(b
     beta.send(&s, bb);
     let total = alpha.sent.len() + beta.sent.len();
     assert_eq!(total, 65);
-    // Signed policy bundles, as heartbeats report them: beta is behind (9 < 12, numerically).
-    let beat = |a: &Agent, bundle: &str| {
+    // Signed policy bundles, as agents' heartbeats report them (`policy_bundle`): beta is behind
+    // (9 < 12, numerically).
+    let beat = |a: &Agent, bundle: u64| {
         let mut e = a.heartbeat(None, 0);
         let mut m: serde_json::Value = serde_json::from_str(e.message.as_deref().unwrap()).unwrap();
-        m["bundle_version"] = serde_json::json!(bundle);
+        m["policy_source"] = serde_json::json!("bundle");
+        m["policy_bundle"] = serde_json::json!(bundle);
         e.message = Some(m.to_string());
         e
     };
-    let hb = beat(&alpha, "12");
+    let hb = beat(&alpha, 12);
     alpha.send(&s, vec![hb]);
-    let hb = beat(&beta, "9");
+    let hb = beat(&beta, 9);
     beta.send(&s, vec![hb]);
 
     let link = link(&s, "case-team");
