@@ -21,6 +21,10 @@
 //! # exception_key = "/var/lib/interdict-collector/exception.key" # default: beside the signing key
 //! retain_days = 0                       # 0 = keep everything
 //!
+//! [console]
+//! session_idle_s = 28800                # a reviewer's console session ends after 8 h unused
+//! session_max_s = 43200                 # and 12 h after signing in, in any case
+//!
 //! [limits]
 //! max_connections = 10000
 //! header_read_timeout_s = 10
@@ -167,6 +171,27 @@ pub struct Config {
     pub retain_days: u64,
     /// `[limits]`.
     pub limits: Limits,
+    /// `[console]`: the reviewer's console.
+    pub console: ConsoleConfig,
+}
+
+/// `[console]`: the reviewer's console (sessions).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsoleConfig {
+    /// A session not used for this many seconds ends (the reviewer signs in again with a new
+    /// link).
+    pub session_idle_s: u64,
+    /// A session ends this many seconds after signing in, used or not.
+    pub session_max_s: u64,
+}
+
+impl Default for ConsoleConfig {
+    fn default() -> Self {
+        ConsoleConfig {
+            session_idle_s: 8 * 3600,
+            session_max_s: 12 * 3600,
+        }
+    }
 }
 
 impl Default for Config {
@@ -184,6 +209,7 @@ impl Default for Config {
             exception_key: None,
             retain_days: 0,
             limits: Limits::default(),
+            console: ConsoleConfig::default(),
         }
     }
 }
@@ -216,6 +242,7 @@ const STORE_KEYS: &[&str] = &[
     "exception_key",
     "retain_days",
 ];
+const CONSOLE_KEYS: &[&str] = &["session_idle_s", "session_max_s"];
 
 /// (key, largest value, minimum value, field).
 type LimitKey = (&'static str, u64, u64, fn(&mut Limits) -> &mut u64);
@@ -289,8 +316,13 @@ pub fn parse(name: &str, text: &str) -> Result<Config, Diagnostics> {
             "server" => SERVER_KEYS,
             "store" => STORE_KEYS,
             "limits" => &limit_names,
+            "console" => CONSOLE_KEYS,
             _ => {
-                f.unknown_key("the top level", k, &["server", "store", "limits"]);
+                f.unknown_key(
+                    "the top level",
+                    k,
+                    &["server", "store", "limits", "console"],
+                );
                 continue;
             }
         };
@@ -330,6 +362,21 @@ pub fn parse(name: &str, text: &str) -> Result<Config, Diagnostics> {
                 ("store", "retain_days") => {
                     if let Some(n) = f.integer(key, v, 36_500) {
                         c.retain_days = n;
+                    }
+                }
+                ("console", "session_idle_s" | "session_max_s") => {
+                    if let Some(n) = f.integer(key, v, 30 * 86_400) {
+                        if n < 60 {
+                            f.err(
+                                Code::BadValue,
+                                v.span(),
+                                format!("`{key}` must be at least 60"),
+                            );
+                        } else if key == "session_idle_s" {
+                            c.console.session_idle_s = n;
+                        } else {
+                            c.console.session_max_s = n;
+                        }
                     }
                 }
                 ("limits", _) if limit_names.contains(&key) => {

@@ -34,9 +34,13 @@
 //!
 //! Malformed, oversized or unauthenticated requests get a 4xx and store nothing; the token is
 //! checked before the body is read.
+//!
+//! The reviewer's console, web pages for the people who read the log, is under `/console/`
+//! ([`console`]).
 #![deny(missing_docs)]
 
 pub mod config;
+pub mod console;
 pub mod fleet;
 pub mod keys;
 pub mod limits;
@@ -137,6 +141,7 @@ async fn chores(app: Arc<App>) {
         n += 1;
         let _ = tokio::task::spawn_blocking(move || {
             a.flush_counters();
+            console::chore(&a);
             if hourly {
                 if let Err(e) = a.store.optimize() {
                     tracing::warn!("planner statistics: {e}");
@@ -861,6 +866,7 @@ fn reviewer_routes() -> Router<Shared> {
 pub fn router(app: Arc<App>) -> Router {
     agent_routes()
         .merge(reviewer_routes())
+        .merge(console::routes())
         .merge(fleet::routes())
         .layer(axum::extract::DefaultBodyLimit::disable())
         .with_state(app)

@@ -67,10 +67,15 @@ enum Command {
         #[command(subcommand)]
         action: SecretAction,
     },
-    /// Reviewers: read-only tokens.
-    Reviewer {
-        #[command(subcommand)]
-        action: ReviewerAction,
+    /// Reviewers: read-only tokens; `reviewer NAME --login-link --base-url URL` prints a
+    /// one-time link to the reviewer's console.
+    Reviewer(ReviewerCmd),
+    /// Keep the text of policy files, so that the console shows the policy in force at each of a
+    /// person's events (found by the SHA-256 the agents report; each file is checked first).
+    PolicyText {
+        /// Policy files, as deployed to the hosts (byte for byte: the digest is of the bytes).
+        #[arg(required = true, value_name = "FILE")]
+        files: Vec<PathBuf>,
     },
     /// Hosts.
     Host {
@@ -130,6 +135,24 @@ enum SecretAction {
     /// Make a new enroll secret and print it; the old one stops working (enrolled hosts keep
     /// their tokens).
     Rotate,
+}
+
+#[derive(clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
+struct ReviewerCmd {
+    #[command(subcommand)]
+    action: Option<ReviewerAction>,
+    /// The reviewer to make a console sign-in link for (with --login-link).
+    #[arg(value_name = "NAME", requires = "login_link")]
+    name: Option<String>,
+    /// Print a one-time link that signs NAME in to the console (valid 10 minutes, usable once;
+    /// only its hash is kept).
+    #[arg(long, requires = "name", requires = "base_url")]
+    login_link: bool,
+    /// The collector's address as the reviewer's browser reaches it, e.g.
+    /// https://collector.example:8787.
+    #[arg(long, value_name = "URL")]
+    base_url: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -227,20 +250,70 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             println!("{}", store.rotate_enroll_secret()?);
             eprintln!("the old enroll secret no longer works; enrolled hosts keep their tokens");
         }
-        Command::Reviewer { action } => match action {
-            ReviewerAction::Add { name } => println!("{}", store.add_reviewer(&name)?),
-            ReviewerAction::Revoke { name } => {
+        Command::Reviewer(cmd) => match cmd.action {
+            Some(ReviewerAction::Add { name }) => println!("{}", store.add_reviewer(&name)?),
+            Some(ReviewerAction::Revoke { name }) => {
                 if !store.revoke_reviewer(&name)? {
                     anyhow::bail!("no reviewer {name}");
                 }
-                eprintln!("{name}'s token no longer works");
+                eprintln!("{name}'s token no longer works, nor do their console sessions");
             }
-            ReviewerAction::List => {
+            Some(ReviewerAction::List) => {
                 for n in store.reviewers()? {
                     println!("{}", interdict_chain::printable(&n));
                 }
             }
+            None => {
+                let (Some(name), Some(base)) = (cmd.name, cmd.base_url) else {
+                    anyhow::bail!(
+                        "say what to do: `reviewer add|revoke|list`, or `reviewer NAME --login-link --base-url URL`"
+                    );
+                };
+                let base = interdict_collector::console::link_base(&base)?;
+                let Some(secret) = interdict_collector::console::auth::create_link(&store, &name)?
+                else {
+                    anyhow::bail!(
+                        "no reviewer {name}: `interdict-collector reviewer add {name}` first"
+                    );
+                };
+                println!("{base}/console/login?link={secret}");
+                eprintln!(
+                    "a sign-in link for {name}: valid for 10 minutes, signs in once; send it to {name} only"
+                );
+                if base.starts_with("http://")
+                    && !base.contains("://127.")
+                    && !base.contains("://localhost")
+                    && !base.contains("://[::1]")
+                {
+                    eprintln!("warning: {base} is plain HTTP: the link and the session cross the network readable; serve HTTPS (--tls-cert/--tls-key)");
+                }
+            }
         },
+        Command::PolicyText { files } => {
+            let mut bad = 0;
+            for f in &files {
+                match interdict_collector::console::policies::add_file(&store, f) {
+                    Ok((p, new)) => eprintln!(
+                        "{}: policy {} {} (sha256 {}) {}",
+                        f.display(),
+                        interdict_chain::printable(&p.name),
+                        interdict_chain::printable(&p.version),
+                        p.sha256,
+                        if new { "kept" } else { "was kept already" }
+                    ),
+                    Err(interdict_collector::console::policies::AddError::Store(e)) => {
+                        return Err(e.into())
+                    }
+                    Err(e) => {
+                        eprintln!("{e}");
+                        bad += 1;
+                    }
+                }
+            }
+            if bad > 0 {
+                anyhow::bail!("{bad} of {} file(s) not kept", files.len());
+            }
+        }
         Command::Host {
             action: HostAction::Reset { host_id },
         }

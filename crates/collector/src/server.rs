@@ -30,6 +30,11 @@ use crate::App;
 #[derive(Debug, Clone, Copy)]
 pub struct Peer(pub std::net::SocketAddr);
 
+/// Whether the request came over TLS, put in every request's extensions (the console's cookies
+/// are `Secure` then).
+#[derive(Debug, Clone, Copy)]
+pub struct Tls(pub bool);
+
 fn mono_ms() -> u64 {
     static START: OnceLock<Instant> = OnceLock::new();
     START.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
@@ -297,10 +302,12 @@ async fn reap(reg: Arc<Registry>, header_ms: u64, idle_ms: u64, request_ms: u64)
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn http<I>(
     io: I,
     conn: Arc<Conn>,
     peer: std::net::SocketAddr,
+    tls: bool,
     router: axum::Router,
     request_timeout: Duration,
     backstop: Duration,
@@ -314,6 +321,7 @@ async fn http<I>(
         conn.head_started.store(0, Relaxed);
         let busy = Busy(conn.clone());
         req.extensions_mut().insert(Peer(peer));
+        req.extensions_mut().insert(Tls(tls));
         async move {
             use tower::ServiceExt;
             let call = router.oneshot(req.map(axum::body::Body::new));
@@ -407,11 +415,23 @@ pub async fn serve(
             let backstop = idle + header;
             let work = async {
                 match tls {
-                    None => http(io, conn.clone(), peer, router, request, backstop, stop).await,
+                    None => {
+                        http(
+                            io,
+                            conn.clone(),
+                            peer,
+                            false,
+                            router,
+                            request,
+                            backstop,
+                            stop,
+                        )
+                        .await
+                    }
                     Some(acceptor) => match tokio::time::timeout(header, acceptor.accept(io)).await
                     {
                         Ok(Ok(s)) => {
-                            http(s, conn.clone(), peer, router, request, backstop, stop).await
+                            http(s, conn.clone(), peer, true, router, request, backstop, stop).await
                         }
                         Ok(Err(e)) => tracing::debug!("TLS handshake with {peer} failed: {e}"),
                         Err(_) => tracing::debug!("TLS handshake with {peer} timed out"),

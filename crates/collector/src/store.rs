@@ -135,6 +135,8 @@ CREATE TABLE cuts (
     signer TEXT NOT NULL
 );
 "#,
+    // Issue 17: the reviewer's console (sign-in links, sessions, the overview's summaries).
+    crate::console::schema::MIGRATION,
 ];
 
 /// Store errors.
@@ -486,6 +488,11 @@ impl Store {
     /// True on PostgreSQL.
     pub fn is_postgres(&self) -> bool {
         self.db.is_postgres()
+    }
+
+    /// The database, for the console's own tables and queries.
+    pub(crate) fn db(&self) -> &Db {
+        &self.db
     }
 
     fn migrate(store: Store) -> Result<Store, StoreError> {
@@ -1498,61 +1505,7 @@ impl Store {
         // Two hosts at a time, each on a reading connection of its own (SQLite has three).
         let queue = Mutex::new(hosts.into_iter());
         let out = Mutex::new(Vec::new());
-        let one_host = |host: String| -> Result<interdict_chain::HostReport, StoreError> {
-            let mut ctx = interdict_chain::HostContext::default();
-            let mut cut_problems = Vec::new();
-            for c in chains.iter().filter(|c| c.host_id == host) {
-                if c.head_seq > 0 {
-                    if let Some(h) = unhex(&c.head_hash) {
-                        ctx.expected.push(interdict_chain::Expected {
-                            epoch: c.epoch,
-                            seq: c.head_seq,
-                            hash: h,
-                            missing: None,
-                            source: "the collector acknowledged it to the host".into(),
-                        });
-                    }
-                }
-                if c.cut_seq > 0 {
-                    let signed = cuts.iter().rev().find_map(|s| {
-                        let cut = interdict_chain::open_cut(s, Some(pinned)).ok()?;
-                        (cut.host_id == host
-                            && cut.epoch == c.epoch
-                            && cut.seq == c.cut_seq
-                            && cut.hash == c.cut_hash
-                            && cut.reason == "retention")
-                            .then_some(cut)
-                    });
-                    match signed {
-                        Some(cut) => {
-                            ctx.cuts.insert(c.epoch, (cut.seq, unhex(&cut.hash).unwrap_or(GENESIS)));
-                        }
-                        None => cut_problems.push(interdict_chain::Problem {
-                            host_id: host.clone(),
-                            epoch: c.epoch,
-                            from_seq: 1,
-                            to_seq: c.cut_seq,
-                            kind: "cut".into(),
-                            detail: format!(
-                                "the chain is said to be pruned up to {}, but no cut signed by the collector says so",
-                                c.cut_seq
-                            ),
-                        }),
-                    }
-                }
-            }
-            for f in findings
-                .iter()
-                .filter(|f| f.host_id == host && f.kind == "break")
-            {
-                ctx.arrival_breaks.insert((f.epoch, f.from_seq));
-            }
-            let mut walk = interdict_chain::HostWalk::new(&host);
-            self.walk_records(&host, &mut walk)?;
-            let mut report = walk.finish(&ctx);
-            report.problems.extend(cut_problems);
-            Ok(report)
-        };
+        let one_host = |host: String| self.verify_one(&host, pinned, &chains, &cuts, &findings);
         std::thread::scope(|sc| -> Result<(), StoreError> {
             let workers: Vec<_> = (0..2)
                 .map(|_| {
@@ -1575,6 +1528,83 @@ impl Store {
         let mut out = out.into_inner().expect("reports poisoned");
         out.sort_by(|a, b| a.host_id.cmp(&b.host_id));
         Ok(out)
+    }
+
+    /// Re-derive one host's chains from the stored bytes (as [`Store::verify`] does for each
+    /// host); `pinned` is the collector's public key (hex) that cuts must be signed with.
+    pub fn verify_host(
+        &self,
+        pinned: &str,
+        host: &str,
+    ) -> Result<interdict_chain::HostReport, StoreError> {
+        let chains = self.chains(Some(host))?;
+        let cuts = self.cuts(None)?;
+        let findings = self.findings_of(Some(host))?;
+        self.verify_one(host, pinned, &chains, &cuts, &findings)
+    }
+
+    fn verify_one(
+        &self,
+        host: &str,
+        pinned: &str,
+        chains: &[ChainRow],
+        cuts: &[interdict_chain::Signed],
+        findings: &[Finding],
+    ) -> Result<interdict_chain::HostReport, StoreError> {
+        let host = host.to_string();
+        let mut ctx = interdict_chain::HostContext::default();
+        let mut cut_problems = Vec::new();
+        for c in chains.iter().filter(|c| c.host_id == host) {
+            if c.head_seq > 0 {
+                if let Some(h) = unhex(&c.head_hash) {
+                    ctx.expected.push(interdict_chain::Expected {
+                        epoch: c.epoch,
+                        seq: c.head_seq,
+                        hash: h,
+                        missing: None,
+                        source: "the collector acknowledged it to the host".into(),
+                    });
+                }
+            }
+            if c.cut_seq > 0 {
+                let signed = cuts.iter().rev().find_map(|s| {
+                    let cut = interdict_chain::open_cut(s, Some(pinned)).ok()?;
+                    (cut.host_id == host
+                        && cut.epoch == c.epoch
+                        && cut.seq == c.cut_seq
+                        && cut.hash == c.cut_hash
+                        && cut.reason == "retention")
+                        .then_some(cut)
+                });
+                match signed {
+                    Some(cut) => {
+                        ctx.cuts.insert(c.epoch, (cut.seq, unhex(&cut.hash).unwrap_or(GENESIS)));
+                    }
+                    None => cut_problems.push(interdict_chain::Problem {
+                        host_id: host.clone(),
+                        epoch: c.epoch,
+                        from_seq: 1,
+                        to_seq: c.cut_seq,
+                        kind: "cut".into(),
+                        detail: format!(
+                            "the chain is said to be pruned up to {}, but no cut signed by the collector says so",
+                            c.cut_seq
+                        ),
+                    }),
+                }
+            }
+        }
+        for f in findings
+            .iter()
+            .filter(|f| f.host_id == host && f.kind == "break")
+        {
+            ctx.arrival_breaks.insert((f.epoch, f.from_seq));
+        }
+        let mut walk = interdict_chain::HostWalk::new(&host);
+        self.walk_records(&host, &mut walk)?;
+        let mut report = walk.finish(&ctx);
+        report.problems.extend(cut_problems);
+        Ok(report)
     }
 
     /// Feed every stored record of `host` to `walk`: one thread reads the database while two
