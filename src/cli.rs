@@ -49,6 +49,10 @@ enum Command {
         /// Do not look at running processes.
         #[arg(long)]
         no_processes: bool,
+        /// A home to look in for AI-agent configuration (repeatable); default: every account's
+        /// home, unless --root is given.
+        #[arg(long = "home", value_name = "DIR")]
+        homes: Vec<PathBuf>,
         /// The agent's state folder: hashes learned there are used too (when it exists).
         #[arg(long, value_name = "DIR", default_value = "/var/lib/interdict")]
         state_dir: PathBuf,
@@ -374,6 +378,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             policy,
             roots,
             no_processes,
+            homes,
             state_dir,
             format,
         } => {
@@ -395,6 +400,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                     roots,
                     no_processes,
                     progress: true,
+                    homes,
                 },
             );
             let stdout = std::io::stdout();

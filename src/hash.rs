@@ -1,21 +1,46 @@
 //! SHA-256 of files: streamed in 256 KiB reads (never loaded whole), through an already open
 //! descriptor, and memoized by file identity so a file is hashed once per run.
+//!
+//! When the policy has family rules, the same read also looks for their signatures: each buffer
+//! read is hashed and then searched while it is still in cache ([`digest_reader`]), so a file is
+//! read once for both.
 
 use std::collections::HashMap;
 use std::fs::{File, Metadata, OpenOptions};
 use std::io::{self, Read};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::Path;
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
 
-use interdict_policy::Sha256;
-use sha2::Digest;
+use interdict_policy::{ContentMatch, ContentSearcher, Sha256};
+use sha2::Digest as _;
 
-const CHUNK: usize = 256 * 1024;
+/// The read buffer: each read is hashed, then searched for family signatures.
+pub const CHUNK: usize = 256 * 1024;
+
+/// What one read of a file yields: its digest and, when family signatures were looked for,
+/// what it holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Digest {
+    /// SHA-256 of the whole file.
+    pub sha256: Sha256,
+    /// The family signatures it holds and its format (`None` when none were looked for).
+    pub content: Option<ContentMatch>,
+}
 
 /// Hash everything readable from `reader`, returning the digest and the number of bytes.
-pub fn sha256_reader(mut reader: impl Read) -> io::Result<(Sha256, u64)> {
+pub fn sha256_reader(reader: impl Read) -> io::Result<(Sha256, u64)> {
+    digest_reader(reader, None).map(|(d, n)| (d.sha256, n))
+}
+
+/// Hash everything readable from `reader` and, with a `searcher`, look for its signatures in the
+/// same pass over each buffer. Returns the digest and the number of bytes.
+pub fn digest_reader(
+    mut reader: impl Read,
+    searcher: Option<&ContentSearcher>,
+) -> io::Result<(Digest, u64)> {
     let mut hasher = sha2::Sha256::new();
+    let mut scan = searcher.map(ContentSearcher::scan);
     let mut buf = vec![0u8; CHUNK];
     let mut total = 0u64;
     loop {
@@ -26,9 +51,18 @@ pub fn sha256_reader(mut reader: impl Read) -> io::Result<(Sha256, u64)> {
             Err(e) => return Err(e),
         };
         hasher.update(&buf[..n]);
+        if let Some(s) = &mut scan {
+            s.feed(&buf[..n]);
+        }
         total += n as u64;
     }
-    Ok((Sha256(hasher.finalize().into()), total))
+    Ok((
+        Digest {
+            sha256: Sha256(hasher.finalize().into()),
+            content: scan.map(|s| s.finish()),
+        },
+        total,
+    ))
 }
 
 /// Open `path` for hashing only if it is a regular file: never blocks on a FIFO, never becomes a
@@ -79,9 +113,22 @@ impl FileKey {
     }
 }
 
+type Waiter = Arc<(Mutex<Option<Option<Digest>>>, Condvar)>;
+
 enum Slot {
-    Done(Sha256),
-    Pending(Arc<(Mutex<Option<Option<Sha256>>>, Condvar)>),
+    Done(Digest),
+    Pending(Waiter),
+}
+
+/// True when `d` answers a request that needs the signatures of `want` (if any).
+fn fresh(d: &Digest, want: Option<&ContentSearcher>) -> bool {
+    match want {
+        None => true,
+        Some(s) => d
+            .content
+            .as_ref()
+            .is_some_and(|c| c.searcher() == s.fingerprint()),
+    }
 }
 
 impl FileKey {
@@ -104,9 +151,16 @@ impl FileKey {
 /// A thread-safe memo of digests by [`FileKey`]: hard links, the same interpreter behind many
 /// processes, and a symlink and its target are hashed once. Concurrent requests for one file
 /// share one computation: the first hashes, the others wait for its result.
+///
+/// With a [`ContentSearcher`] set ([`HashMemo::set_searcher`]), every file read also has its
+/// family signatures looked for, and the result is remembered beside the digest. A remembered
+/// digest without that result (from the persistent cache, or made with another policy's
+/// signatures) still answers [`HashMemo::hash_file`]; [`HashMemo::digest_file`] reads such a file
+/// again.
 #[derive(Default)]
 pub struct HashMemo {
     map: Mutex<HashMap<FileKey, Slot>>,
+    searcher: RwLock<Option<Arc<ContentSearcher>>>,
 }
 
 impl std::fmt::Debug for HashMemo {
@@ -117,54 +171,91 @@ impl std::fmt::Debug for HashMemo {
 }
 
 impl HashMemo {
+    /// Look for these family signatures in every file read from now on (`None`: only hash).
+    /// Usually `policy.content_searcher().cloned()`, set again when the policy changes.
+    pub fn set_searcher(&self, searcher: Option<Arc<ContentSearcher>>) {
+        *self.searcher.write().expect("hash memo poisoned") = searcher;
+    }
+
+    /// The signatures being looked for.
+    pub fn searcher(&self) -> Option<Arc<ContentSearcher>> {
+        self.searcher.read().expect("hash memo poisoned").clone()
+    }
+
     /// Hash an open file, or return the digest remembered (or being computed) for its identity.
     /// The second value is true when no hashing was done by this call. The file is re-`fstat`ed
     /// after hashing; if it changed meanwhile the digest is returned but not remembered.
     pub fn hash_file(&self, file: &File, meta: &Metadata) -> io::Result<(Sha256, bool)> {
+        self.digest_inner(file, meta, false)
+            .map(|(d, cached)| (d.sha256, cached))
+    }
+
+    /// Like [`HashMemo::hash_file`], with what the file holds when a searcher is set: a
+    /// remembered digest made without the current signatures is not enough, the file is read
+    /// again (once).
+    pub fn digest_file(&self, file: &File, meta: &Metadata) -> io::Result<(Digest, bool)> {
+        self.digest_inner(file, meta, true)
+    }
+
+    fn digest_inner(
+        &self,
+        file: &File,
+        meta: &Metadata,
+        need_content: bool,
+    ) -> io::Result<(Digest, bool)> {
         let key = FileKey::of(meta);
+        let searcher = self.searcher();
+        let want = if need_content {
+            searcher.as_deref()
+        } else {
+            None
+        };
         let waiter = {
             let mut map = self.map.lock().expect("hash memo poisoned");
             match map.get(&key) {
-                Some(Slot::Done(d)) => return Ok((*d, true)),
-                Some(Slot::Pending(w)) => Some(w.clone()),
-                None => {
-                    let w = Arc::new((Mutex::new(None), Condvar::new()));
+                Some(Slot::Done(d)) if fresh(d, want) => return Ok((d.clone(), true)),
+                Some(Slot::Pending(w)) => w.clone(),
+                _ => {
+                    let w: Waiter = Arc::new((Mutex::new(None), Condvar::new()));
                     map.insert(key, Slot::Pending(w.clone()));
                     drop(map);
-                    return self.compute(file, key, w);
+                    return self.compute(file, key, w, searcher.as_deref());
                 }
             }
         };
-        if let Some(w) = waiter {
-            let (lock, cv) = &*w;
-            let mut done = lock.lock().expect("hash memo poisoned");
-            while done.is_none() {
-                done = cv.wait(done).expect("hash memo poisoned");
-            }
-            if let Some(Some(d)) = *done {
-                return Ok((d, true));
+        let (lock, cv) = &*waiter;
+        let mut done = lock.lock().expect("hash memo poisoned");
+        while done.is_none() {
+            done = cv.wait(done).expect("hash memo poisoned");
+        }
+        if let Some(Some(d)) = &*done {
+            if fresh(d, want) {
+                return Ok((d.clone(), true));
             }
         }
-        // The shared computation failed or the file changed under it: hash on our own.
-        sha256_reader(file).map(|(d, _)| (d, false))
+        drop(done);
+        // The shared computation failed, the file changed under it, or it was made without the
+        // signatures asked for: read it on our own.
+        digest_reader(file, searcher.as_deref()).map(|(d, _)| (d, false))
     }
 
     fn compute(
         &self,
         file: &File,
         key: FileKey,
-        w: Arc<(Mutex<Option<Option<Sha256>>>, Condvar)>,
-    ) -> io::Result<(Sha256, bool)> {
-        let result =
-            sha256_reader(file).and_then(|(d, _)| Ok((d, FileKey::of(&file.metadata()?) == key)));
+        w: Waiter,
+        searcher: Option<&ContentSearcher>,
+    ) -> io::Result<(Digest, bool)> {
+        let result = digest_reader(file, searcher)
+            .and_then(|(d, _)| Ok((d, FileKey::of(&file.metadata()?) == key)));
         let shared = match &result {
-            Ok((d, true)) => Some(*d),
+            Ok((d, true)) => Some(d.clone()),
             _ => None,
         };
         {
             let mut map = self.map.lock().expect("hash memo poisoned");
-            match shared {
-                Some(d) => map.insert(key, Slot::Done(d)),
+            match &shared {
+                Some(d) => map.insert(key, Slot::Done(d.clone())),
                 None => map.remove(&key),
             };
         }
@@ -178,7 +269,10 @@ impl HashMemo {
     pub fn preload(&self, entries: impl IntoIterator<Item = (FileKey, Sha256)>) {
         let mut map = self.map.lock().expect("hash memo poisoned");
         for (k, d) in entries {
-            map.entry(k).or_insert(Slot::Done(d));
+            map.entry(k).or_insert(Slot::Done(Digest {
+                sha256: d,
+                content: None,
+            }));
         }
     }
 
@@ -187,7 +281,7 @@ impl HashMemo {
         let map = self.map.lock().expect("hash memo poisoned");
         map.iter()
             .filter_map(|(k, s)| match s {
-                Slot::Done(d) => Some((*k, *d)),
+                Slot::Done(d) => Some((*k, d.sha256)),
                 Slot::Pending(_) => None,
             })
             .collect()
@@ -196,7 +290,17 @@ impl HashMemo {
     /// The digest remembered for `key`, if its computation is done.
     pub fn get(&self, key: &FileKey) -> Option<Sha256> {
         match self.map.lock().expect("hash memo poisoned").get(key) {
-            Some(Slot::Done(d)) => Some(*d),
+            Some(Slot::Done(d)) => Some(d.sha256),
+            _ => None,
+        }
+    }
+
+    /// The digest and content remembered for `key`, if done and made with the current
+    /// signatures (when a searcher is set).
+    pub fn get_digest(&self, key: &FileKey) -> Option<Digest> {
+        let searcher = self.searcher();
+        match self.map.lock().expect("hash memo poisoned").get(key) {
+            Some(Slot::Done(d)) if fresh(d, searcher.as_deref()) => Some(d.clone()),
             _ => None,
         }
     }
@@ -205,6 +309,12 @@ impl HashMemo {
     pub fn hash_path(&self, path: &Path, follow: bool) -> io::Result<Sha256> {
         let (f, m) = open_regular(path, follow)?;
         self.hash_file(&f, &m).map(|(d, _)| d)
+    }
+
+    /// Open `path` as a regular file and read it through the memo, with its content.
+    pub fn digest_path(&self, path: &Path, follow: bool) -> io::Result<Digest> {
+        let (f, m) = open_regular(path, follow)?;
+        self.digest_file(&f, &m).map(|(d, _)| d)
     }
 }
 

@@ -10,6 +10,7 @@
 pub mod agent;
 pub mod cli;
 pub mod explain;
+pub mod footprint;
 pub mod fsutil;
 pub mod hash;
 pub mod hash_cache;

@@ -75,6 +75,13 @@ codes! {
     EmptyValue => "empty-value",
     /// A policy without any rule (refused: an empty policy is never what an admin meant).
     NoRules => "no-rules",
+    /// A `contains_all` signature that cannot be read, or is too short or too long.
+    BadSignature => "bad-signature",
+    /// A `contains_in` entry that is not elf, mach-o, pe or script.
+    BadFileFormat => "bad-file-format",
+    /// A rule that matches only configuration files with an action other than `report`:
+    /// configuration files are reported, never blocked, killed or quarantined.
+    ConfigAction => "config-action",
     /// Warning: a block, kill or quarantine rule that matches on names alone.
     NameOnlyBlock => "name-only-block",
     /// Warning: a rule that would block the system's own critical binaries.
