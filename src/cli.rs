@@ -43,14 +43,14 @@ enum Command {
         /// The policy file.
         #[arg(long, value_name = "FILE")]
         policy: PathBuf,
-        /// An install root to walk (repeatable); replaces the default roots.
+        /// An install root to walk (repeatable); replaces the default roots (combines with --home).
         #[arg(long = "root", value_name = "DIR")]
         roots: Vec<PathBuf>,
         /// Do not look at running processes.
         #[arg(long)]
         no_processes: bool,
-        /// A home to look in for AI-agent configuration (repeatable); default: every account's
-        /// home, unless --root is given.
+        /// Scan this home (repeatable): its install roots and AI-agent configuration, instead of
+        /// the whole machine's (combines with --root).
         #[arg(long = "home", value_name = "DIR")]
         homes: Vec<PathBuf>,
         /// The agent's state folder: hashes learned there are used too (when it exists).
@@ -193,6 +193,13 @@ enum LogsCommand {
 
 #[derive(Debug, Subcommand)]
 enum HashesCommand {
+    /// Download releases from npm or PyPI, verify them against the registry's integrity value
+    /// and print `sha256sum` lines of the files inside, for `policies/hashes/*.sha256`. For IT
+    /// on a machine with registry access; the agent never does this.
+    ///
+    /// Exit status: 0 all fetched, 1 some file is identified by no family rule of --policy,
+    /// 2 some spec or download failed (nothing is printed for it).
+    Fetch(crate::registry::FetchArgs),
     /// List learned hashes.
     List {
         #[command(flatten)]
@@ -289,6 +296,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         } else {
             exit::VIOLATIONS
         }),
+        Command::Hashes(HashesCommand::Fetch(args)) => crate::registry::fetch_command(&args),
         Command::Hashes(HashesCommand::List { state, format }) => {
             let set = crate::learned::LearnedSet::load(&state.path()?)?;
             match format {
@@ -467,7 +475,7 @@ fn policy_check(files: &[PathBuf]) -> u8 {
                 let c = l.policy.selector_counts();
                 let info = l.policy.info();
                 println!(
-                    "{}: ok: policy {} {} ({}), {} rules, {} selectors ({} names, {} paths, {} scripts, {} packages, {} sha256), {} warnings",
+                    "{}: ok: policy {} {} ({}), {} rules, {} selectors ({} names, {} paths, {} scripts, {} packages, {} sha256, {} family rules, {} configs), {} warnings",
                     file.display(),
                     info.name,
                     info.version,
@@ -479,6 +487,8 @@ fn policy_check(files: &[PathBuf]) -> u8 {
                     c.scripts,
                     c.packages,
                     c.sha256,
+                    c.families,
+                    c.configs,
                     l.warnings.0.len(),
                 );
             }

@@ -106,9 +106,20 @@ enum Item {
     Package(PathBuf, PackageFound),
 }
 
-/// The install roots scanned when none are given: PATH folders, /usr/local, /opt, the npm global
-/// prefix and, in every home, the folders where AI coding agents and editor extensions install.
+/// The install roots scanned when none are given: the system-wide ones
+/// ([`system_roots`]) and, in every home, [`home_roots`].
 pub fn default_roots(accounts: &Accounts) -> Vec<PathBuf> {
+    let mut roots = system_roots();
+    for home in accounts.homes() {
+        roots.extend(home_roots(&home));
+    }
+    roots
+}
+
+/// System-wide install roots: PATH folders, `/usr/local`, `/opt`, the npm global prefix beside
+/// any `node` on PATH, `/usr/lib/node_modules`, and Homebrew on Linux
+/// (`/home/linuxbrew/.linuxbrew`: `Cellar`, `Caskroom`, `bin`).
+pub fn system_roots() -> Vec<PathBuf> {
     let mut roots: Vec<PathBuf> = Vec::new();
     if let Some(path) = std::env::var_os("PATH") {
         roots.extend(std::env::split_paths(&path).filter(|p| p.is_absolute()));
@@ -116,6 +127,7 @@ pub fn default_roots(accounts: &Accounts) -> Vec<PathBuf> {
     roots.push("/usr/local".into());
     roots.push("/opt".into());
     roots.push("/usr/lib/node_modules".into());
+    roots.push("/home/linuxbrew/.linuxbrew".into());
     // The npm global prefix: beside any `node` on PATH.
     for dir in roots.clone() {
         if dir.join("node").exists() {
@@ -124,26 +136,62 @@ pub fn default_roots(accounts: &Accounts) -> Vec<PathBuf> {
             }
         }
     }
-    for home in accounts.homes() {
-        for rel in [
-            ".local/bin",
-            ".local/share",
-            ".npm-global",
-            ".cursor/extensions",
-            ".windsurf/extensions",
-            ".claude/local",
-            ".opencode/bin",
-            ".codex/packages",
-            ".npm/_npx",
-        ] {
-            roots.push(home.join(rel));
-        }
-        if let Ok(rd) = std::fs::read_dir(&home) {
-            for e in rd.flatten() {
-                let name = e.file_name();
-                if name.to_string_lossy().starts_with(".vscode") {
-                    roots.push(e.path().join("extensions"));
-                }
+    roots
+}
+
+/// Folders in a home where AI coding agents are installed or cached, one per channel:
+///
+/// | channel | folder |
+/// |---|---|
+/// | native installers, pipx, uv tools, fnm, mise, code-server extensions | `.local/share`, `.local/bin` |
+/// | `pip install --user` | `.local/lib` |
+/// | `npm -g` with a user prefix | `.npm-global` |
+/// | `npx` | `.npm/_npx` |
+/// | `pnpm dlx`, pnpm's global store | `.cache/pnpm`, `.local/share/pnpm` |
+/// | `bunx`, `bun add -g` | `.bun/install`, `.bun/bin` |
+/// | `uvx` | `.cache/uv` |
+/// | legacy pipx | `.local/pipx` |
+/// | nvm, volta, asdf, legacy fnm, pyenv | `.nvm/versions`, `.volta/tools`, `.asdf/installs`, `.fnm/node-versions`, `.pyenv/versions` |
+/// | VS Code, VSCodium, Remote SSH, Cursor, Windsurf (and their servers) | `.vscode*/extensions`, `.cursor*/extensions`, `.windsurf*/extensions` |
+/// | Claude Code's legacy local install, OpenCode, Codex | `.claude/local`, `.opencode/bin`, `.codex/packages` |
+/// | Homebrew in a home | `.linuxbrew` |
+pub fn home_roots(home: &Path) -> Vec<PathBuf> {
+    let mut roots: Vec<PathBuf> = [
+        ".local/bin",
+        ".local/share",
+        ".local/lib",
+        ".local/pipx",
+        ".npm-global",
+        ".npm/_npx",
+        ".cache/pnpm",
+        ".bun/install",
+        ".bun/bin",
+        ".cache/uv",
+        ".nvm/versions",
+        ".volta/tools",
+        ".volta/bin",
+        ".asdf/installs",
+        ".fnm/node-versions",
+        ".pyenv/versions",
+        ".linuxbrew",
+        ".claude/local",
+        ".opencode/bin",
+        ".codex/packages",
+    ]
+    .iter()
+    .map(|rel| home.join(rel))
+    .collect();
+    // Editor extension folders: .vscode, .vscode-server, .vscode-oss (VSCodium),
+    // .vscode-insiders, .cursor, .cursor-server, .windsurf, .windsurf-server...
+    if let Ok(rd) = std::fs::read_dir(home) {
+        for e in rd.flatten() {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            if [".vscode", ".cursor", ".windsurf", ".kiro", ".trae"]
+                .iter()
+                .any(|p| name.starts_with(p))
+            {
+                roots.push(e.path().join("extensions"));
             }
         }
     }
@@ -226,6 +274,23 @@ fn is_npm_manifest(path: &Path) -> bool {
     let up_name = up.file_name().unwrap_or_default();
     if up_name == "node_modules" {
         return true;
+    }
+    // Bun's package cache: `.bun/install/cache/[@scope/]NAME@VERSION@@@N/package.json`.
+    if pkg_dir
+        .file_name()
+        .is_some_and(|n| n.to_string_lossy().contains("@@@"))
+    {
+        let cache = if up_name.to_string_lossy().starts_with('@') {
+            up.parent()
+        } else {
+            Some(up)
+        };
+        if cache.is_some_and(|c| {
+            c.file_name() == Some(OsStr::new("cache"))
+                && c.parent().and_then(Path::file_name) == Some(OsStr::new("install"))
+        }) {
+            return true;
+        }
     }
     up_name.to_string_lossy().starts_with('@')
         && up.parent().and_then(Path::file_name) == Some(OsStr::new("node_modules"))
@@ -344,14 +409,18 @@ pub fn scan_with(
                 }
             } else if ft.is_symlink() {
                 if let Some(homes) = configs {
-                    if policy.is_config_path(path, home_path(path, homes).as_deref()) {
+                    if policy.is_config_path(path, home_path(path, homes).as_deref())
+                        && !in_dependency_tree(path)
+                    {
                         items.push(Item::Config(path.to_path_buf()));
                     }
                 }
                 items.push(Item::Symlink(path.to_path_buf()));
             } else if ft.is_file() {
                 if let Some(homes) = configs {
-                    if policy.is_config_path(path, home_path(path, homes).as_deref()) {
+                    if policy.is_config_path(path, home_path(path, homes).as_deref())
+                        && !in_dependency_tree(path)
+                    {
                         items.push(Item::Config(path.to_path_buf()));
                     }
                 }
@@ -584,6 +653,13 @@ pub fn config_candidates(policy: &Policy, scope: &ConfigScope) -> (Vec<PathBuf>,
     found.sort();
     found.dedup();
     (found, skipped)
+}
+
+/// True for a path inside a dependency tree, cache or version control folder
+/// ([`CONFIG_PRUNE`]): a `.mcp.json` shipped in `node_modules` is a package's, not a user's.
+fn in_dependency_tree(path: &Path) -> bool {
+    path.components()
+        .any(|c| CONFIG_PRUNE.contains(&c.as_os_str().to_string_lossy().as_ref()))
 }
 
 /// Evaluate one configuration file: the policy's decision and the servers it declares.
@@ -823,5 +899,14 @@ mod tests {
             "/p/node_modules/x/lib/package.json"
         )));
         assert!(!is_npm_manifest(Path::new("/p/src/package.json")));
+        assert!(is_npm_manifest(Path::new(
+            "/h/.bun/install/cache/@anthropic-ai/claude-code@2.0.0@@@1/package.json"
+        )));
+        assert!(is_npm_manifest(Path::new(
+            "/h/.bun/install/cache/left-pad@1.3.0@@@1/package.json"
+        )));
+        assert!(!is_npm_manifest(Path::new(
+            "/h/.bun/install/cache/left-pad@1.3.0@@@1/lib/package.json"
+        )));
     }
 }

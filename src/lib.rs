@@ -22,6 +22,7 @@ pub mod notify;
 pub mod policy_file;
 pub mod procs;
 pub mod quarantine;
+pub mod registry;
 pub mod scan;
 pub mod spool;
 

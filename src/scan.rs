@@ -252,19 +252,39 @@ pub fn run(loaded: &LoadedPolicy, opts: &ScanOptions) -> ScanReport {
         }
     }
 
+    // --root and --home narrow the scan: the roots given, and the install roots and
+    // configuration of the homes given; without either, the whole machine.
     let explicit = !opts.roots.is_empty();
-    let roots = if explicit {
-        opts.roots.clone()
-    } else {
-        installed::default_roots(&accounts)
-    };
-    let (roots, root_skips) = installed::normalize_roots(&roots, explicit);
+    let (mut roots, root_skips) = installed::normalize_roots(&opts.roots, true);
     skipped.extend(root_skips);
     let given_homes: Vec<PathBuf> = opts
         .homes
         .iter()
-        .map(|h| std::fs::canonicalize(h).unwrap_or_else(|_| h.clone()))
+        .filter_map(|h| match std::fs::canonicalize(h) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                skipped.push(Skipped {
+                    path: h.display().to_string(),
+                    reason: format!("home: {}", crate::io_reason(&e)),
+                });
+                None
+            }
+        })
         .collect();
+    let implied = if !given_homes.is_empty() {
+        given_homes
+            .iter()
+            .flat_map(|h| installed::home_roots(h))
+            .collect()
+    } else if explicit {
+        Vec::new()
+    } else {
+        installed::default_roots(&accounts)
+    };
+    let (implied, implied_skips) = installed::normalize_roots(&implied, false);
+    skipped.extend(implied_skips);
+    roots.extend(implied);
+    let (roots, _) = installed::normalize_roots(&roots, false);
     let mut homes = accounts.homes();
     homes.extend(given_homes.iter().cloned());
     let scope = installed::ConfigScope {

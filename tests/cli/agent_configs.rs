@@ -1,0 +1,308 @@
+//! Issue 14: an AI agent's footprint beyond its binary. The real Claude Code, Codex CLI and
+//! Gemini CLI write their configuration (with MCP servers holding secrets) into a fixture home;
+//! `interdict scan` reports each file as a `config` finding with the servers listed and every
+//! secret redacted.
+
+use std::path::Path;
+use std::process::Command;
+
+use crate::common::*;
+use crate::fixtures::in_home;
+
+/// Secrets put into the configurations; none may appear in a report.
+const SECRETS: &[&str] = &[
+    "ghp_abcdefghijklmnopqrstuvwxyz012345",
+    "sk-live-secret-value-1234567890",
+    "hunter2",
+    "SECRET123",
+    "pass@",
+    "abcdef123456",
+    "tok_secret_1234567890abcdef",
+    "KEY123",
+    "ghp_zyxwvutsrqponmlkjihgfedcba543210",
+    "x-api-key-value-789",
+];
+
+fn agent(cmd: impl AsRef<std::ffi::OsStr>, home: &Path, cwd: &Path, args: &[&str]) {
+    let mut c = Command::new(cmd);
+    in_home(&mut c, home);
+    c.current_dir(cwd).args(args);
+    crate::fixtures::sh(&mut c);
+}
+
+/// A home where the three agents were set up with MCP servers, by themselves.
+fn set_up(home: &Path) -> std::path::PathBuf {
+    let nm = crate::npm_packages::prefix().join("node_modules");
+    let claude = nm.join("@anthropic-ai/claude-code-linux-x64/claude");
+    let codex = nm.join("@openai/codex-linux-x64/vendor/x86_64-unknown-linux-musl/bin/codex");
+    let gemini = nm.join("@google/gemini-cli/bundle/gemini.js");
+    let proj = home.join("src/app");
+    std::fs::create_dir_all(&proj).unwrap();
+    // Claude Code: user scope (~/.claude.json), local scope (~/.claude.json, per project) and
+    // project scope (.mcp.json).
+    agent(
+        &claude,
+        home,
+        &proj,
+        &[
+            "mcp",
+            "add",
+            "-s",
+            "user",
+            "github",
+            "-e",
+            "GITHUB_TOKEN=ghp_abcdefghijklmnopqrstuvwxyz012345",
+            "--",
+            "npx",
+            "-y",
+            "@modelcontextprotocol/server-github",
+            "--token",
+            "sk-live-secret-value-1234567890",
+        ],
+    );
+    agent(
+        &claude,
+        home,
+        &proj,
+        &[
+            "mcp",
+            "add",
+            "-s",
+            "local",
+            "db",
+            "--",
+            "python3",
+            "-m",
+            "db_server",
+            "--password",
+            "hunter2",
+        ],
+    );
+    agent(
+        &claude,
+        home,
+        &proj,
+        &[
+            "mcp",
+            "add",
+            "-s",
+            "project",
+            "--transport",
+            "http",
+            "remote",
+            "https://user:pass@mcp.example.com/mcp?api_key=SECRET123",
+            "--header",
+            "Authorization: Bearer abcdef123456",
+        ],
+    );
+    // Codex CLI: ~/.codex/config.toml
+    agent(
+        &codex,
+        home,
+        &proj,
+        &[
+            "mcp",
+            "add",
+            "docs",
+            "--env",
+            "API_TOKEN=tok_secret_1234567890abcdef",
+            "--",
+            "npx",
+            "-y",
+            "docs-server",
+            "--api-key",
+            "KEY123",
+        ],
+    );
+    // Gemini CLI: ~/.gemini/settings.json and the project's .gemini/settings.json
+    agent(
+        "node",
+        home,
+        &proj,
+        &[
+            gemini.to_str().unwrap(),
+            "mcp",
+            "add",
+            "-s",
+            "user",
+            "gh",
+            "-e",
+            "GH_TOKEN=ghp_zyxwvutsrqponmlkjihgfedcba543210",
+            "npx",
+            "--",
+            "-y",
+            "server-gh",
+        ],
+    );
+    agent(
+        "node",
+        home,
+        &proj,
+        &[
+            gemini.to_str().unwrap(),
+            "mcp",
+            "add",
+            "-s",
+            "project",
+            "-t",
+            "http",
+            "web",
+            "https://mcp.example.com/mcp",
+            "-H",
+            "X-Api-Key: x-api-key-value-789",
+        ],
+    );
+    proj
+}
+
+fn config_at(report: &serde_json::Value, path: &Path) -> serde_json::Value {
+    let v = violation_at(report, path);
+    assert_eq!(v["kind"], "config", "{v:#}");
+    assert_eq!(v["selector"], "config", "{v:#}");
+    assert_eq!(v["action"], "report", "{v:#}");
+    assert_eq!(v["enforcement"]["state"], "report_only", "{v:#}");
+    v
+}
+
+fn server<'a>(v: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    v["mcp_servers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == name)
+        .unwrap_or_else(|| panic!("no server {name} in {v:#}"))
+}
+
+#[test]
+fn issue_14_agent_configuration_is_reported_with_its_mcp_servers_and_no_secret() {
+    let tmp = tempfile::tempdir().unwrap();
+    let home = std::fs::canonicalize(tmp.path()).unwrap().join("home");
+    std::fs::create_dir_all(&home).unwrap();
+    let proj = set_up(&home);
+    let mut c = interdict();
+    c.args(["scan", "--no-processes", "--format", "json", "--policy"])
+        .arg(shipped_pack())
+        .arg("--home")
+        .arg(&home);
+    let r = run(&mut c);
+    r.expect_code(1);
+    for s in SECRETS {
+        assert!(
+            !r.stdout.contains(s),
+            "secret {s} in the report:\n{}",
+            r.stdout
+        );
+    }
+    let j = r.json();
+
+    let claude = config_at(&j, &home.join(".claude.json"));
+    assert_eq!(claude["rule_id"], "claude-code-config");
+    assert_eq!(claude["pattern"], "~/.claude.json");
+    let gh = server(&claude, "github");
+    assert_eq!(gh["transport"], "stdio");
+    assert_eq!(gh["command"], "npx");
+    assert_eq!(
+        gh["args"],
+        serde_json::json!([
+            "-y",
+            "@modelcontextprotocol/server-github",
+            "--token",
+            "[REDACTED]"
+        ])
+    );
+    assert_eq!(gh["env"], serde_json::json!(["GITHUB_TOKEN=[REDACTED]"]));
+    let db = server(&claude, "db");
+    assert_eq!(db["scope"], format!("projects.{}", proj.display()));
+    assert_eq!(
+        db["args"],
+        serde_json::json!(["-m", "db_server", "--password", "[REDACTED]"])
+    );
+
+    let mcp = config_at(&j, &proj.join(".mcp.json"));
+    assert_eq!(mcp["rule_id"], "claude-code-config");
+    let remote = server(&mcp, "remote");
+    assert_eq!(remote["transport"], "http");
+    assert_eq!(
+        remote["url"],
+        "https://user:[REDACTED]@mcp.example.com/mcp?api_key=[REDACTED]"
+    );
+    assert_eq!(
+        remote["headers"],
+        serde_json::json!(["Authorization: [REDACTED]"])
+    );
+
+    let codex = config_at(&j, &home.join(".codex/config.toml"));
+    assert_eq!(codex["rule_id"], "codex-config");
+    let docs = server(&codex, "docs");
+    assert_eq!(
+        docs["args"],
+        serde_json::json!(["-y", "docs-server", "--api-key", "[REDACTED]"])
+    );
+    assert_eq!(docs["env"], serde_json::json!(["API_TOKEN=[REDACTED]"]));
+
+    let gemini = config_at(&j, &home.join(".gemini/settings.json"));
+    assert_eq!(gemini["rule_id"], "gemini-config");
+    assert_eq!(
+        server(&gemini, "gh")["env"],
+        serde_json::json!(["GH_TOKEN=[REDACTED]"])
+    );
+    let web = config_at(&j, &proj.join(".gemini/settings.json"));
+    assert_eq!(
+        server(&web, "web")["headers"],
+        serde_json::json!(["X-Api-Key: [REDACTED]"])
+    );
+
+    // Every config finding is report-only; nothing else in this home is a violation.
+    for v in violations(&j) {
+        assert_eq!(v["kind"], "config", "{v:#}");
+    }
+    // The text report lists the servers too.
+    let mut c = interdict();
+    c.args(["scan", "--no-processes", "--policy"])
+        .arg(shipped_pack())
+        .arg("--home")
+        .arg(&home);
+    let t = run(&mut c);
+    t.expect_code(1)
+        .expect_stdout("[config] Claude Code configuration")
+        .expect_stdout("mcp:      github (stdio): npx -y @modelcontextprotocol/server-github --token [REDACTED]");
+    for s in SECRETS {
+        assert!(!t.stdout.contains(s), "secret {s} in:\n{}", t.stdout);
+    }
+}
+
+#[test]
+fn issue_14_configuration_files_are_never_blocked_or_quarantined() {
+    let tmp = tempfile::tempdir().unwrap();
+    let policy = one_rule_policy(tmp.path(), "quarantine", r#"configs = ["**/.mcp.json"]"#);
+    let r = run(interdict().args(["policy", "check"]).arg(&policy));
+    r.expect_code(2);
+    assert!(r.stderr.contains("error[config-action]"), "{}", r.stderr);
+    // In a rule that also blocks the program, a configuration file is only reported, and
+    // stays where it is.
+    let home = tmp.path().join("home");
+    write(
+        &home.join("proj/.mcp.json"),
+        br#"{"mcpServers": {"x": {"command": "x"}}}"#,
+        0o644,
+    );
+    let policy = one_rule_policy(
+        tmp.path(),
+        "quarantine",
+        r#"configs = ["**/.mcp.json"]
+paths = ["**/bin/banned"]"#,
+    );
+    let mut c = interdict();
+    c.args(["scan", "--no-processes", "--format", "json", "--policy"])
+        .arg(&policy)
+        .arg("--home")
+        .arg(&home);
+    let r = run(&mut c);
+    r.expect_code(1);
+    let v = violation_at(
+        &r.json(),
+        &std::fs::canonicalize(&home).unwrap().join("proj/.mcp.json"),
+    );
+    assert_eq!(v["action"], "report");
+    assert!(home.join("proj/.mcp.json").exists());
+}
