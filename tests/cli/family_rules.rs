@@ -129,9 +129,9 @@ fn issue_14_claude_code_releases_renamed_into_any_folder_are_identified_by_the_f
         place(&r.file, &dst);
         placed.push((r.what, dst));
     }
-    let run = scan_json(&policy, &[&root]);
-    run.expect_code(1);
-    let j = run.json();
+    let scan = scan_json(&policy, &[&root]);
+    scan.expect_code(1);
+    let j = scan.json();
     for (what, dst) in &placed {
         let v = violation_at(&j, dst);
         assert_eq!(v["rule_id"], "claude-code", "{what}: {v:#}");
@@ -140,6 +140,16 @@ fn issue_14_claude_code_releases_renamed_into_any_folder_are_identified_by_the_f
         assert_eq!(v["kind"], "installed", "{what}");
     }
     assert_eq!(violations(&j).len(), placed.len(), "{j:#}");
+    // `interdict explain` says the same about one of them.
+    let (_, one) = &placed[2];
+    let r = run(interdict()
+        .arg("explain")
+        .arg(one)
+        .arg("--policy")
+        .arg(&policy));
+    r.expect_code(1)
+        .expect_stdout("blocked by rule `claude-code`")
+        .expect_stdout("matched:  contains `contains_all [");
 }
 
 #[test]
@@ -187,11 +197,7 @@ fn issue_14_a_working_copy_with_a_byte_changed_in_every_signature_is_still_ident
     let mut bytes = std::fs::read(&original).unwrap();
     // The adversary's best single edits: one byte inside the first occurrence of each signature
     // (and one in a help string). Each signature occurs again elsewhere in the binary.
-    for sig in [
-        "tengu_tool_use_error",
-        "getPromptForCommand",
-        "ISSUES_EXPLAINER",
-    ] {
+    for sig in ["tengu_tool_use_error", "ISSUES_EXPLAINER"] {
         damage_first(&mut bytes, sig.as_bytes());
     }
     damage_first(&mut bytes, b"dangerously-skip-permissions");

@@ -1,20 +1,25 @@
 //! Family rules: byte signatures searched for in the same pass that hashes a file.
 //!
-//! Every distinct signature of every rule goes into one Aho-Corasick automaton
-//! ([`ContentSearcher`]). A file is fed to a [`ContentScan`] buffer by buffer, in the order it is
-//! read; the scan remembers which signatures occurred and the file's format (from its first
-//! bytes), and is turned into a [`ContentMatch`] at the end, which the policy evaluates like any
-//! other fact.
+//! The distinct signatures of every rule are compiled once ([`ContentSearcher`]). A file is fed
+//! to a [`ContentScan`] buffer by buffer, in the order it is read; the scan remembers which
+//! signatures occurred and the file's format (from its first bytes), and is turned into a
+//! [`ContentMatch`] at the end, which the policy evaluates like any other fact.
+//!
+//! Up to [`EACH_MAX`] signatures, each is looked for on its own with `memchr`'s SIMD substring
+//! search (rare-byte prefilter), and no longer once found: on executables this is several times
+//! faster than a multi-pattern automaton, whose prefilter keys on the first bytes of each
+//! signature ("get", "ten" are everywhere in binaries). With more signatures, one Aho-Corasick
+//! automaton searches for all of them at once: leftmost-longest (which keeps its prefilter), a
+//! signature contained in a longer one counting as found whenever the longer one is, and after a
+//! match the search resuming inside it only when some other signature could begin there.
 //!
 //! Signatures that span two buffers are found: the last `longest signature - 1` bytes of each
-//! buffer are kept and searched together with the start of the next one. Overlapping signatures
-//! are found too: the search is leftmost-longest (which keeps the fast SIMD prefilter), a
-//! signature contained in a longer one counts as found whenever the longer one is, and after a
-//! match the search resumes inside it only when some other signature could begin there.
+//! buffer are kept and searched together with the start of the next one.
 
 use std::hash::{Hash, Hasher};
 
 use aho_corasick::{AhoCorasick, Input, MatchKind};
+use memchr::memmem::Finder;
 use serde::{Deserialize, Serialize};
 
 use crate::model::{FileFormat, Rule};
@@ -31,11 +36,23 @@ pub(crate) struct Family {
     pub formats: Vec<FileFormat>,
 }
 
-/// Every signature of a policy's family rules, compiled into one automaton. Shared (it is
-/// `Send + Sync`); each file gets its own [`ContentScan`].
+/// Up to this many distinct signatures, each is searched for on its own (`memmem`); beyond, one
+/// automaton searches for all.
+pub const EACH_MAX: usize = 12;
+
+#[derive(Debug, Clone)]
+enum Engine {
+    /// One SIMD substring finder per signature.
+    Each(Vec<Finder<'static>>),
+    /// One automaton for all.
+    Automaton(AhoCorasick),
+}
+
+/// Every signature of a policy's family rules, compiled. Shared (it is `Send + Sync`); each file
+/// gets its own [`ContentScan`].
 #[derive(Debug, Clone)]
 pub struct ContentSearcher {
-    ac: AhoCorasick,
+    engine: Engine,
     /// The bytes of each pattern, by pattern id.
     patterns: Vec<Vec<u8>>,
     /// For each pattern: every pattern that occurs inside it (itself included), as a bit set.
@@ -155,12 +172,23 @@ impl ContentSearcher {
         let mut h = std::collections::hash_map::DefaultHasher::new();
         patterns.hash(&mut h);
         let fingerprint = h.finish();
-        let ac = AhoCorasick::builder()
-            .match_kind(MatchKind::LeftmostLongest)
-            .build(&patterns)
-            .expect("signatures are at most 256 bytes and few: the automaton always builds");
+        let engine = if patterns.len() <= EACH_MAX {
+            Engine::Each(
+                patterns
+                    .iter()
+                    .map(|p| Finder::new(p.as_slice()).into_owned())
+                    .collect(),
+            )
+        } else {
+            Engine::Automaton(
+                AhoCorasick::builder()
+                    .match_kind(MatchKind::LeftmostLongest)
+                    .build(&patterns)
+                    .expect("signatures are at most 256 bytes: the automaton always builds"),
+            )
+        };
         Some(ContentSearcher {
-            ac,
+            engine,
             patterns,
             implied,
             overlap,
@@ -271,9 +299,21 @@ impl ContentScan<'_> {
     }
 
     fn search(&mut self, hay: &[u8]) {
+        let ac = match &self.s.engine {
+            Engine::Each(finders) => {
+                for (i, f) in finders.iter().enumerate() {
+                    if !has_bit(&self.found, i) && f.find(hay).is_some() {
+                        set_bit(&mut self.found, i);
+                        self.missing -= 1;
+                    }
+                }
+                return;
+            }
+            Engine::Automaton(ac) => ac,
+        };
         let mut at = 0;
         while at < hay.len() && self.missing > 0 {
-            let Some(m) = self.s.ac.find(Input::new(hay).range(at..)) else {
+            let Some(m) = ac.find(Input::new(hay).range(at..)) else {
                 return;
             };
             let p = m.pattern().as_usize();
