@@ -6,7 +6,9 @@
 # for a 200 MB binary, proc-connector kill latency, and the agent's RSS and idle CPU.
 #
 # Usage (root): benches/exec.sh [N]        (default N = 5000; ROUNDS=3)
-# Installs fapolicyd from Debian's packages if missing. Runs every daemon under `timeout`.
+# BASELINE=/path/to/an/older/interdict adds that build as one more contender (same config), to
+# compare two versions in one run. Installs fapolicyd from Debian's packages if missing. Runs
+# every daemon under `timeout`; the agent's state, log and install roots stay in a temp folder.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${1:-5000}
@@ -18,12 +20,13 @@ BIN=$PWD/target/release/interdict
 WORK=$(mktemp -d /tmp/interdict-exec-bench.XXXXXX)
 MNT=$WORK/mnt
 mkdir -p "$MNT"
-mount -t tmpfs -o size=512m tmpfs "$MNT"
+mount -t tmpfs -o size=2g tmpfs "$MNT"
 AGENT_PID=""; FAPO_PID=""
 cleanup() {
   [ -n "$AGENT_PID" ] && kill "$AGENT_PID" 2>/dev/null || true
   [ -n "$FAPO_PID" ] && kill "$FAPO_PID" 2>/dev/null || true
   sleep 0.5
+  umount "$WORK/unmarked" 2>/dev/null || umount -l "$WORK/unmarked" 2>/dev/null || true
   umount "$MNT" 2>/dev/null || umount -l "$MNT" 2>/dev/null || true
   [ -f "$WORK/fapolicyd.conf.orig" ] && cp "$WORK/fapolicyd.conf.orig" /etc/fapolicyd/fapolicyd.conf
   [ -f "$WORK/compiled.rules.orig" ] && cp "$WORK/compiled.rules.orig" /etc/fapolicyd/compiled.rules
@@ -52,13 +55,18 @@ action = "block"
 paths = ["$MNT/banned"]
 sha256 = ["$BANNED_SHA"]
 POL
+mkdir -p "$WORK/installs"
 cat > "$WORK/agent.toml" <<CFG
 [agent]
+state_dir = "$WORK/state"
 event_log = "$WORK/events.jsonl"
 control_socket = "$WORK/control.sock"
+[install]
+roots = ["$WORK/installs"]
 [exec]
 mounts = ["$MNT"]
 script_roots = ["$MNT"]
+follow_mounts = false
 CFG
 
 spawn() { "$WORK/spawn" "$N" "$MNT/ok"; }
@@ -66,7 +74,9 @@ spawn() { "$WORK/spawn" "$N" "$MNT/ok"; }
 start_agent() {
   cp "$WORK/agent.toml" "$WORK/agent-run.toml"
   [ -n "${1:-}" ] && echo "$1" >> "$WORK/agent-run.toml"
-  timeout 600 "$BIN" agent --policy "$WORK/policy.toml" --config "$WORK/agent-run.toml" 2>"$WORK/agent.err" &
+  # An older build (BASELINE) does not know the keys added since.
+  [ -n "${AGENT_BIN:-}" ] && sed -i '/^follow_mounts/d; /^freeze/d' "$WORK/agent-run.toml"
+  timeout 600 "${AGENT_BIN:-$BIN}" agent --policy "$WORK/policy.toml" --config "$WORK/agent-run.toml" 2>"$WORK/agent.err" &
   AGENT_PID=$!
   # Ready once the start-up sweep of running processes is done (it hashes their executables).
   for _ in $(seq 300); do
@@ -105,35 +115,82 @@ for round in $(seq "$ROUNDS"); do
   CPU+="$(awk "BEGIN{print ($c1-$c0)/$(getconf CLK_TCK)*1e6/$N}") "
   start_agent "proc_connector = false"; R[interdict_guard]+="$(spawn)|"; stop_agent
   start_fapolicyd; R[fapolicyd]+="$(spawn)|"; stop_fapolicyd
+  if [ -n "${BASELINE:-}" ]; then
+    AGENT_BIN=$BASELINE start_agent; R[baseline]+="$(spawn)|"; stop_agent
+  fi
 done
 echo "exec overhead: $N fork+execs of /bin/true on a marked tmpfs, $ROUNDS rounds, median round"
 med() { tr '|' '\n' | grep -v '^$' | sort -n -k1,1 | awk '{a[NR]=$0} END {print a[int((NR+1)/2)]}'; }
 base=$(echo "${R[none]}" | med | cut -d' ' -f1)
-for k in none interdict interdict_guard fapolicyd; do
+for k in none interdict interdict_guard fapolicyd ${BASELINE:+baseline}; do
   m=$(echo "${R[$k]}" | med)
   set -- $m
   printf '  %-16s %8.1f us/exec  p50 %7.1f us  p99 %7.1f us  failed %s  ratio to none %.3f\n' "$k" "$1" "$2" "$3" "$4" "$(awk "BEGIN{print $1/$base}")"
 done
 echo "  interdict agent CPU per exec (all threads), per round: $CPU us"
 
-# First exec of a 200 MB binary (hash on every miss) vs a cached one, with the agent.
-head -c $((200 << 20)) /dev/zero > "$WORK/pad"
+# Large binaries, 250 MB, like the real Claude Code. The policy names the banned one's digest
+# with its size (size=N in the hash list), so an allowed program of another size is not hashed.
+cc -O2 -o "$WORK/marker" benches/support/marker.c
+head -c $((250 << 20)) /dev/zero > "$WORK/pad"
+big() { cat "$WORK/marker" "$WORK/pad" > "$1"; printf '%s' "$2" >> "$1"; chmod +x "$1"; }
+big "$MNT/bigban" "banned-$$"
+BIGBAN_SHA=$(sha256sum "$MNT/bigban" | cut -d' ' -f1)
+echo "$BIGBAN_SHA  bigban  size=$(stat -c %s "$MNT/bigban")" > "$WORK/big.sha256"
+cp "$WORK/policy.toml" "$WORK/policy-small.toml"
+sed -i 's/^sha256 = .*/sha256 = ["'"$BANNED_SHA"'"]\nsha256_files = ["big.sha256"]/' "$WORK/policy.toml"
 start_agent
-first=(); cached=()
-nofirst=()
+first_allowed=(); first_banned=(); cached=(); noagent=()
 for i in $(seq 10); do
-  # A new file each time (new identity, new digest): every first exec is a miss that hashes.
-  cat /bin/true "$WORK/pad" > "$MNT/big"; printf '%s' "$i" >> "$MNT/big"; chmod +x "$MNT/big"
-  s=$(date +%s%N); "$MNT/big"; e=$(date +%s%N); first+=($(( (e - s) / 1000 )))
-  s=$(date +%s%N); "$MNT/big"; e=$(date +%s%N); cached+=($(( (e - s) / 1000 )))
+  # A new file each time (new identity): every first exec is a decision cache miss.
+  big "$MNT/bigok" "allowed-$i"
+  s=$(date +%s%N); "$MNT/bigok"; e=$(date +%s%N); first_allowed+=($(( (e - s) / 1000 )))
+  s=$(date +%s%N); "$MNT/bigok"; e=$(date +%s%N); cached+=($(( (e - s) / 1000 )))
+  cp "$MNT/bigban" "$MNT/bigban-$i"
+  s=$(date +%s%N); "$MNT/bigban-$i" 2>/dev/null || true; e=$(date +%s%N); first_banned+=($(( (e - s) / 1000 )))
+  rm -f "$MNT/bigban-$i"
 done
 stop_agent
 for i in $(seq 10); do
-  s=$(date +%s%N); "$MNT/big"; e=$(date +%s%N); nofirst+=($(( (e - s) / 1000 )))
+  big "$MNT/bigok" "noagent-$i"
+  s=$(date +%s%N); "$MNT/bigok"; e=$(date +%s%N); noagent+=($(( (e - s) / 1000 )))
 done
-rm -f "$MNT/big"
-pct() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {printf "p50 %d us, p99(max of 10) %d us", a[int((NR+1)/2)], a[NR]}'; }
-echo "200 MB binary, exec wall time: first exec with interdict: $(pct "${first[@]}"); cached: $(pct "${cached[@]}"); no agent: $(pct "${nofirst[@]}")"
+rm -f "$MNT/bigok"
+pct() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {printf "p50 %d us, p99(max of %d) %d us", a[int((NR+1)/2)], NR, a[NR]}'; }
+echo "250 MB binaries, exec wall time on a marked tmpfs:"
+echo "  first exec of an allowed one (size matches no banned digest: not hashed): $(pct "${first_allowed[@]}")"
+echo "  no agent:                                                              $(pct "${noagent[@]}")"
+echo "  the allowed one again (decision cached):                               $(pct "${cached[@]}")"
+echo "  first exec of a fresh copy of the banned one (hashed, denied):         $(pct "${first_banned[@]}")"
+
+# The survival window on a filesystem the guard does not mark: a 250 MB banned program whose
+# main() writes a marker, on a second tmpfs the agent is not told about (follow_mounts off).
+# The proc connector stops it (SIGSTOP) at the exec event, hashes it, kills it. Cold: a fresh
+# file. Warm: a fresh copy (new inode) of content the agent has hashed before.
+UNM=$WORK/unmarked; mkdir -p "$UNM"; mount -t tmpfs -o size=2g tmpfs "$UNM"
+cp "$MNT/bigban" "$UNM/src"
+start_agent
+python3 - "$UNM" <<'PY'
+import os, shutil, subprocess, sys, time
+unm = sys.argv[1]
+for label in ("cold", "warm"):
+    lat, reached = [], 0
+    for i in range(20):
+        exe = os.path.join(unm, f"{label}-{i}")
+        shutil.copyfile(os.path.join(unm, "src"), exe); os.chmod(exe, 0o755)
+        marker = os.path.join(unm, f"{label}-{i}.ran")
+        s = time.monotonic()
+        p = subprocess.Popen([exe, marker]); p.wait()
+        lat.append((time.monotonic() - s) * 1e3)
+        reached += os.path.exists(marker)
+        os.unlink(exe)
+        assert p.returncode == -9, (label, p.returncode)
+    lat.sort()
+    print(f"survival window, 250 MB banned program on an unmarked filesystem ({label}): exec to death p50 {lat[len(lat)//2]:.1f} ms, p99(max of {len(lat)}) {lat[-1]:.1f} ms; main() reached {reached} of {len(lat)} times")
+PY
+stop_agent
+umount "$UNM" || umount -l "$UNM"
+cp "$WORK/policy-small.toml" "$WORK/policy.toml"
 
 # Kill latency of the proc-connector path: a banned program on an unmarked path.
 cp /bin/sleep "$WORK/killme"; printf 'kill-%s' "$$" >> "$WORK/killme"

@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use criterion::measurement::{Measurement, ValueFormatter};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use interdict::hash::digest_reader;
+use interdict::inventory::hash::digest_reader;
 use interdict_policy::ContentSearcher;
 
 const MAX_SET_BYTES: u64 = 768 << 20;
@@ -74,7 +74,7 @@ fn searcher() -> std::sync::Arc<ContentSearcher> {
         return p.content_searcher().unwrap().clone();
     }
     let pack = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies/ai-coding-agents.toml");
-    let loaded = interdict::policy_file::load(&pack).expect("the shipped pack loads");
+    let loaded = interdict::policy::load(&pack).expect("the shipped pack loads");
     loaded
         .policy
         .content_searcher()
@@ -99,10 +99,10 @@ fn thread_cpu_ns() -> u64 {
         tv_sec: 0,
         tv_nsec: 0,
     };
-    assert_eq!(
-        unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) },
-        0
-    );
+    // SAFETY: `ts` is a valid, writable timespec that outlives the call; the clock id is a
+    // constant the kernel knows.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    assert_eq!(rc, 0);
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 

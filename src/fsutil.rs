@@ -48,3 +48,57 @@ mod tests {
         );
     }
 }
+
+/// Serde for a path that may not be UTF-8 (a file name made to be unreadable): a string when
+/// it is UTF-8, else the array of its bytes. Use with `#[serde(with = "crate::fsutil::any_path")]`.
+pub mod any_path {
+    use std::os::unix::ffi::{OsStrExt, OsStringExt};
+    use std::path::{Path, PathBuf};
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    #[derive(Serialize, Deserialize)]
+    #[serde(untagged)]
+    enum Form {
+        Text(String),
+        Bytes(Vec<u8>),
+    }
+
+    /// Serialize.
+    pub fn serialize<S: Serializer>(p: &Path, s: S) -> Result<S::Ok, S::Error> {
+        match p.to_str() {
+            Some(t) => Form::Text(t.to_string()),
+            None => Form::Bytes(p.as_os_str().as_bytes().to_vec()),
+        }
+        .serialize(s)
+    }
+
+    /// Deserialize.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<PathBuf, D::Error> {
+        Ok(match Form::deserialize(d)? {
+            Form::Text(t) => PathBuf::from(t),
+            Form::Bytes(b) => PathBuf::from(std::ffi::OsString::from_vec(b)),
+        })
+    }
+
+    #[cfg(test)]
+    mod tests {
+        #[derive(serde::Serialize, serde::Deserialize, PartialEq, Debug)]
+        struct W {
+            #[serde(with = "super")]
+            p: std::path::PathBuf,
+        }
+
+        #[test]
+        fn paths_that_are_not_utf8_round_trip() {
+            use std::os::unix::ffi::OsStrExt;
+            for raw in [&b"/opt/claude"[..], b"/opt/\xff\xfeclaude"] {
+                let w = W {
+                    p: std::ffi::OsStr::from_bytes(raw).into(),
+                };
+                let json = serde_json::to_string(&w).unwrap();
+                assert_eq!(serde_json::from_str::<W>(&json).unwrap(), w, "{json}");
+            }
+        }
+    }
+}

@@ -4,27 +4,24 @@
 //! compliance scan (running processes and installed software), hashing and the command line.
 //! The policy language itself lives in the pure `interdict-policy` crate.
 //!
+//! - [`cli`]: the command line and each command's output;
+//! - [`inventory`]: host facts, processes, hashing, installed software, the hash cache;
+//! - [`policy`]: policy files and the digests learned on this host;
+//! - [`agent`] (Linux): the enforcing service — sensors, verdict, enforcement, sinks.
+//!
+//! The agent is Linux-only (`cfg(target_os = "linux")`); the scan, the policy and the event
+//! schema are platform-neutral. See `ARCHITECTURE.md` for the seams a macOS or Windows backend
+//! would fill.
+//!
 //! Exit codes of the binary (see [`cli::exit`]): 0 success or compliant, 1 violations found,
 //! 2 error (bad policy, bad arguments, I/O failure).
 
+#[cfg(target_os = "linux")]
 pub mod agent;
 pub mod cli;
-pub mod explain;
-pub mod footprint;
 pub mod fsutil;
-pub mod hash;
-pub mod hash_cache;
-pub mod host;
-pub mod installed;
-pub mod learned;
-pub mod logs;
-pub mod notify;
-pub mod policy_file;
-pub mod procs;
-pub mod quarantine;
-pub mod registry;
-pub mod scan;
-pub mod spool;
+pub mod inventory;
+pub mod policy;
 
 /// A short reason for an I/O error, for people: "no such file", "permission denied",
 /// "symlink loop", else the system's message without its "(os error N)" suffix.

@@ -27,105 +27,91 @@ impl std::str::FromStr for FailMode {
     }
 }
 
-/// The whole configuration, with defaults filled in.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// The whole configuration: one struct per table, defaults filled in.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AgentConfig {
-    /// `[agent] state_dir`: where the agent keeps its state.
-    pub state_dir: PathBuf,
-    /// `[agent] event_log`: the local JSONL event log.
-    pub event_log: PathBuf,
-    /// `[agent] control_socket`: the Unix socket for `status` and `reload`.
-    pub control_socket: PathBuf,
-    /// `[agent] admin_group`: a group whose members may use the control socket besides root.
-    pub admin_group: Option<String>,
-    /// `[agent] event_queue`: events buffered between the sensors and the event log; when full,
-    /// new events are dropped and counted (`event_drops` in status).
-    pub event_queue: usize,
-    /// `[exec] fanotify`: the pre-exec guard.
-    pub fanotify: bool,
-    /// `[exec] mounts`: mounts to mark; empty = every local filesystem that can hold executables.
-    pub mounts: Vec<PathBuf>,
-    /// `[exec] deadline_ms`: every permission event is answered within this budget.
-    pub deadline_ms: u64,
-    /// `[exec] fail_mode`: the answer when the budget runs out or the decision fails.
-    pub fail_mode: FailMode,
-    /// `[exec] workers`: threads deciding cache misses (hashing).
-    pub workers: usize,
-    /// `[exec] queue`: permission events waiting for a worker; when full the event is answered
-    /// at once per `fail_mode` and counted (`queue_drops`).
-    pub queue: usize,
-    /// `[exec] proc_connector`: the netlink exec sensor (kills what got through).
-    pub proc_connector: bool,
-    /// `[exec] script_guard`: deny opens of banned interpreter scripts (fanotify on those files).
-    pub script_guard: bool,
-    /// `[exec] script_roots`: where the script guard looks for banned scripts; empty = the
-    /// scan's default install roots.
-    pub script_roots: Vec<PathBuf>,
-    /// `[exec] poll_interval_ms`: periodic process sweeps; 0 = only when neither kernel sensor
-    /// runs (then every 2 s).
-    pub poll_interval_ms: u64,
-    /// `[notify] enabled`: tell employees at all (false = the global silent switch).
-    pub notify: bool,
-    /// `[notify] desktop`: desktop notifications on the user's session bus.
-    pub notify_desktop: bool,
-    /// `[notify] terminal`: one line on the process's terminal.
-    pub notify_terminal: bool,
-    /// `[notify] interval_s`: at most one notice per user and rule in this many seconds; the
-    /// rest are counted (`notices_suppressed`).
-    pub notify_interval_s: u64,
-    /// `[notify] queue`: notices waiting for delivery; when full, new ones are dropped and
-    /// counted (`notices_dropped`).
-    pub notify_queue: usize,
-    /// `[install] watch`: watch the install roots and report banned installs at once.
-    pub install_watch: bool,
-    /// `[install] roots`: install roots; empty = the scan's default roots.
-    pub install_roots: Vec<PathBuf>,
-    /// `[install] rescan_interval_s`: full rescans this often (and after overflows).
-    pub rescan_interval_s: u64,
-    /// `[install] debounce_ms`: wait this long after the last change in a package folder.
-    pub install_debounce_ms: u64,
-    /// `[notify] opener`: the program that opens the "More info" link, run as the user
-    /// (default `xdg-open`).
-    pub notify_opener: Option<PathBuf>,
-    /// `[collector] url`: ship every event to this collector (`http://` or `https://`); none =
-    /// the local event log only, no spool.
-    pub collector_url: Option<String>,
-    /// `[collector] enroll_secret`: the collector's enroll secret, used once to get a token.
-    pub enroll_secret: Option<String>,
-    /// `[collector] token_file`: where the host token is kept (default `STATE_DIR/collector.token`).
-    pub token_file: Option<PathBuf>,
-    /// `[collector] batch`: most events per request (default 500).
-    pub ship_batch: usize,
-    /// `[collector] spool_cap_mib`: the spool's byte cap (default 256 MiB); when full, new events
-    /// are refused and counted (`spool_dropped`), and an `events_dropped` event says how many.
-    pub spool_cap_mib: u64,
-    /// `[collector] heartbeat_s`: a `heartbeat` event this often (default 60; 0 = none).
-    pub heartbeat_s: u64,
-    /// `[collector] ca_file`: PEM CA certificates to trust for an `https://` collector.
-    pub collector_ca: Option<PathBuf>,
-    /// `[collector] client_cert`: PEM client certificate, for collectors requiring one.
-    pub client_cert: Option<PathBuf>,
-    /// `[collector] client_key`: the PEM private key of `client_cert`.
-    pub client_key: Option<PathBuf>,
-    /// `[syslog] address`: send every event to this syslog receiver (`host:port`), RFC 5424
-    /// with octet-counting framing.
-    pub syslog_address: Option<String>,
-    /// `[syslog] tls`: TLS (RFC 5425) instead of plain TCP.
-    pub syslog_tls: bool,
-    /// `[syslog] ca_file`: PEM CA certificates to trust for TLS (default: the public web roots).
-    pub syslog_ca: Option<PathBuf>,
-    /// `[syslog] facility`: the facility number (default 10, authpriv).
-    pub syslog_facility: u8,
+    /// `[agent]`: files and queues of the agent itself.
+    pub agent: AgentSection,
+    /// `[exec]`: the exec sensors.
+    pub exec: ExecConfig,
+    /// `[notify]`: notices for employees.
+    pub notify: NotifyConfig,
+    /// `[install]`: the install watcher.
+    pub install: InstallConfig,
+    /// `[collector]`: shipping to the central log; `None` = the local event log only, no spool.
+    pub collector: Option<CollectorConfig>,
+    /// `[syslog]`: the syslog sink; `None` = no syslog.
+    pub syslog: Option<SyslogConfig>,
 }
 
-impl Default for AgentConfig {
+/// `[agent]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentSection {
+    /// `state_dir`: where the agent keeps its state (mode 0700).
+    pub state_dir: PathBuf,
+    /// `event_log`: the local JSONL event log (mode 0600, or 0640 with `admin_group`).
+    pub event_log: PathBuf,
+    /// `control_socket`: the Unix socket for `status` and `reload`.
+    pub control_socket: PathBuf,
+    /// `admin_group`: a group whose members may use the control socket and read the event log
+    /// besides root.
+    pub admin_group: Option<String>,
+    /// `event_queue`: events buffered between the sensors and the event log; when full, new
+    /// events are dropped and counted (`event_drops` in status).
+    pub event_queue: usize,
+}
+
+impl Default for AgentSection {
     fn default() -> Self {
-        AgentConfig {
+        AgentSection {
             state_dir: "/var/lib/interdict".into(),
             event_log: "/var/log/interdict/events.jsonl".into(),
             control_socket: "/run/interdict/control.sock".into(),
             admin_group: None,
             event_queue: 65_536,
+        }
+    }
+}
+
+/// `[exec]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecConfig {
+    /// `fanotify`: the pre-exec guard.
+    pub fanotify: bool,
+    /// `mounts`: mounts to mark; empty = every local filesystem that can hold executables.
+    pub mounts: Vec<PathBuf>,
+    /// `deadline_ms`: every permission event is answered within this budget.
+    pub deadline_ms: u64,
+    /// `fail_mode`: the answer when the budget runs out or the decision fails.
+    pub fail_mode: FailMode,
+    /// `workers`: threads deciding cache misses (hashing).
+    pub workers: usize,
+    /// `queue`: permission events waiting for a worker; when full the event is answered at
+    /// once per `fail_mode` and counted (`queue_drops`).
+    pub queue: usize,
+    /// `proc_connector`: the netlink exec sensor (kills what got through).
+    pub proc_connector: bool,
+    /// `script_guard`: deny opens of banned interpreter scripts (fanotify on those files).
+    pub script_guard: bool,
+    /// `script_roots`: where the script guard looks for banned scripts; empty = the scan's
+    /// default install roots.
+    pub script_roots: Vec<PathBuf>,
+    /// `poll_interval_ms`: periodic process sweeps; 0 = only when neither kernel sensor runs
+    /// (then every 2 s).
+    pub poll_interval_ms: u64,
+    /// `follow_mounts`: mark filesystems mounted after start-up, and filesystems first seen
+    /// through an exec in another mount namespace.
+    pub follow_mounts: bool,
+    /// `follow_mounts_under`: only those mounted under these folders (default `/`: all).
+    pub follow_mounts_under: Vec<PathBuf>,
+    /// `freeze`: stop (`SIGSTOP`) a program the guard did not hold — one on a filesystem it
+    /// does not mark, or one the dynamic loader runs — while the proc connector hashes it.
+    pub freeze: bool,
+}
+
+impl Default for ExecConfig {
+    fn default() -> Self {
+        ExecConfig {
             fanotify: true,
             mounts: Vec::new(),
             deadline_ms: 1000,
@@ -136,29 +122,135 @@ impl Default for AgentConfig {
             script_guard: true,
             script_roots: Vec::new(),
             poll_interval_ms: 0,
-            notify: true,
-            notify_desktop: true,
-            notify_terminal: true,
-            notify_interval_s: 300,
-            notify_queue: 1024,
-            notify_opener: None,
-            install_watch: true,
-            install_roots: Vec::new(),
+            follow_mounts: true,
+            follow_mounts_under: vec![PathBuf::from("/")],
+            freeze: true,
+        }
+    }
+}
+
+/// `[notify]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NotifyConfig {
+    /// `enabled`: tell employees at all (false = the global silent switch).
+    pub enabled: bool,
+    /// `desktop`: desktop notifications on the user's session bus.
+    pub desktop: bool,
+    /// `terminal`: one line on the process's terminal.
+    pub terminal: bool,
+    /// `interval_s`: at most one notice per user and rule in this many seconds; the rest are
+    /// counted (`notices_suppressed`).
+    pub interval_s: u64,
+    /// `queue`: notices waiting for delivery; when full, new ones are dropped and counted
+    /// (`notices_dropped`).
+    pub queue: usize,
+    /// `opener`: the program that opens the "More info" link, run as the user (default
+    /// `xdg-open`).
+    pub opener: Option<PathBuf>,
+}
+
+impl Default for NotifyConfig {
+    fn default() -> Self {
+        NotifyConfig {
+            enabled: true,
+            desktop: true,
+            terminal: true,
+            interval_s: 300,
+            queue: 1024,
+            opener: None,
+        }
+    }
+}
+
+/// `[install]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstallConfig {
+    /// `watch`: watch the install roots and report banned installs at once.
+    pub watch: bool,
+    /// `roots`: install roots; empty = the scan's default roots.
+    pub roots: Vec<PathBuf>,
+    /// `rescan_interval_s`: full rescans this often (and after overflows).
+    pub rescan_interval_s: u64,
+    /// `debounce_ms`: wait this long after the last change in a package folder.
+    pub debounce_ms: u64,
+}
+
+impl Default for InstallConfig {
+    fn default() -> Self {
+        InstallConfig {
+            watch: true,
+            roots: Vec::new(),
             rescan_interval_s: 6 * 3600,
-            install_debounce_ms: 500,
-            collector_url: None,
+            debounce_ms: 500,
+        }
+    }
+}
+
+/// `[collector]`: every event is spooled and shipped to this collector.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CollectorConfig {
+    /// `url`: the collector (`http://` or `https://`). Required.
+    pub url: String,
+    /// `enroll_secret`: the collector's enroll secret, used once to get a token.
+    pub enroll_secret: Option<String>,
+    /// `token_file`: where the host token is kept (default `STATE_DIR/collector.token`).
+    pub token_file: Option<PathBuf>,
+    /// `batch`: most events per request (default 500).
+    pub batch: usize,
+    /// `spool_cap_mib`: the spool's byte cap (default 256 MiB); when full, new events are
+    /// refused and counted (`spool_dropped`), and an `events_dropped` event says how many.
+    pub spool_cap_mib: u64,
+    /// `heartbeat_s`: a `heartbeat` event this often (default 60; 0 = none).
+    pub heartbeat_s: u64,
+    /// `ca_file`: PEM CA certificates to trust for an `https://` collector.
+    pub ca_file: Option<PathBuf>,
+    /// `client_cert`: PEM client certificate, for collectors requiring one.
+    pub client_cert: Option<PathBuf>,
+    /// `client_key`: the PEM private key of `client_cert`.
+    pub client_key: Option<PathBuf>,
+}
+
+impl Default for CollectorConfig {
+    fn default() -> Self {
+        CollectorConfig {
+            url: String::new(),
             enroll_secret: None,
             token_file: None,
-            ship_batch: 500,
+            batch: 500,
             spool_cap_mib: 256,
             heartbeat_s: 60,
-            collector_ca: None,
+            ca_file: None,
             client_cert: None,
             client_key: None,
-            syslog_address: None,
-            syslog_tls: false,
-            syslog_ca: None,
-            syslog_facility: 10,
+        }
+    }
+}
+
+/// `[syslog]`: every event as RFC 5424 with octet-counting framing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyslogConfig {
+    /// `address`: the receiver, `host:port`. Required.
+    pub address: String,
+    /// `tls`: TLS (RFC 5425) instead of plain TCP.
+    pub tls: bool,
+    /// `ca_file`: PEM CA certificates to trust for TLS (default: the public web roots).
+    pub ca_file: Option<PathBuf>,
+    /// `facility`: the facility number (default 10, authpriv).
+    pub facility: u8,
+    /// `max_message_bytes`: the longest message sent, in octets (framing not counted; default
+    /// 8,096, rsyslog's default `maxMessageSize`); longer events are cut, the command line
+    /// first.
+    pub max_message_bytes: usize,
+}
+
+impl Default for SyslogConfig {
+    fn default() -> Self {
+        SyslogConfig {
+            address: String::new(),
+            tls: false,
+            ca_file: None,
+            facility: 10,
+            max_message_bytes: super::sinks::syslog::DEFAULT_MAX_MESSAGE_BYTES,
         }
     }
 }
@@ -189,7 +281,7 @@ const COLLECTOR_KEYS: &[&str] = &[
     "client_cert",
     "client_key",
 ];
-const SYSLOG_KEYS: &[&str] = &["address", "tls", "ca_file", "facility"];
+const SYSLOG_KEYS: &[&str] = &["address", "tls", "ca_file", "facility", "max_message_bytes"];
 const INSTALL_KEYS: &[&str] = &["watch", "roots", "rescan_interval_s", "debounce_ms"];
 const EXEC_KEYS: &[&str] = &[
     "fanotify",
@@ -202,6 +294,9 @@ const EXEC_KEYS: &[&str] = &[
     "script_guard",
     "script_roots",
     "poll_interval_ms",
+    "follow_mounts",
+    "follow_mounts_under",
+    "freeze",
 ];
 
 fn absolute(f: &mut Fields<'_>, key: &str, v: &Value<'_>) -> Option<PathBuf> {
@@ -241,8 +336,17 @@ pub fn parse(name: &str, text: &str) -> Result<AgentConfig, Diagnostics> {
     let Some(root) = f.parse_document(text) else {
         return Err(f.finish());
     };
+    let mut col = CollectorConfig::default();
+    let mut sys = SyslogConfig::default();
+    // The span of each optional table's name, to report a missing required key there.
+    let (mut col_at, mut sys_at) = (None, None);
     for (k, v) in root.iter() {
         let table = k.get_ref().as_ref();
+        match table {
+            "collector" => col_at = Some(k.span()),
+            "syslog" => sys_at = Some(k.span()),
+            _ => {}
+        }
         let known = match table {
             "agent" => AGENT_KEYS,
             "exec" => EXEC_KEYS,
@@ -267,22 +371,25 @@ pub fn parse(name: &str, text: &str) -> Result<AgentConfig, Diagnostics> {
             let key = k.get_ref().as_ref();
             match (table, key) {
                 ("agent", "state_dir") => {
-                    c.state_dir = absolute(&mut f, key, v).unwrap_or(c.state_dir)
+                    c.agent.state_dir = absolute(&mut f, key, v).unwrap_or(c.agent.state_dir)
                 }
                 ("agent", "event_log") => {
-                    c.event_log = absolute(&mut f, key, v).unwrap_or(c.event_log)
+                    c.agent.event_log = absolute(&mut f, key, v).unwrap_or(c.agent.event_log)
                 }
                 ("agent", "control_socket") => {
-                    c.control_socket = absolute(&mut f, key, v).unwrap_or(c.control_socket)
+                    c.agent.control_socket =
+                        absolute(&mut f, key, v).unwrap_or(c.agent.control_socket)
                 }
-                ("agent", "admin_group") => c.admin_group = f.string(key, v).map(|s| s.0),
+                ("agent", "admin_group") => c.agent.admin_group = f.string(key, v).map(|s| s.0),
                 ("agent", "event_queue") => {
                     if let Some(n) = f.integer(key, v, 1 << 24) {
-                        c.event_queue = (n as usize).max(1);
+                        c.agent.event_queue = (n as usize).max(1);
                     }
                 }
-                ("exec", "fanotify") => c.fanotify = f.boolean(key, v).unwrap_or(c.fanotify),
-                ("exec", "mounts") => c.mounts = absolute_list(&mut f, key, v),
+                ("exec", "fanotify") => {
+                    c.exec.fanotify = f.boolean(key, v).unwrap_or(c.exec.fanotify)
+                }
+                ("exec", "mounts") => c.exec.mounts = absolute_list(&mut f, key, v),
                 ("exec", "deadline_ms") => {
                     if let Some(n) = f.integer(key, v, 60_000) {
                         if n < 10 {
@@ -292,74 +399,83 @@ pub fn parse(name: &str, text: &str) -> Result<AgentConfig, Diagnostics> {
                                 "`deadline_ms` must be at least 10",
                             );
                         }
-                        c.deadline_ms = n.max(10);
+                        c.exec.deadline_ms = n.max(10);
                     }
                 }
                 ("exec", "fail_mode") => {
                     if let Some(m) =
                         f.keyword::<FailMode>(key, v, Code::BadValue, &["open", "closed"])
                     {
-                        c.fail_mode = m;
+                        c.exec.fail_mode = m;
                     }
                 }
                 ("exec", "workers") => {
                     if let Some(n) = f.integer(key, v, 64) {
-                        c.workers = (n as usize).max(1);
+                        c.exec.workers = (n as usize).max(1);
                     }
                 }
                 ("exec", "queue") => {
                     if let Some(n) = f.integer(key, v, 1 << 20) {
-                        c.queue = (n as usize).max(1);
+                        c.exec.queue = (n as usize).max(1);
                     }
                 }
                 ("exec", "proc_connector") => {
-                    c.proc_connector = f.boolean(key, v).unwrap_or(c.proc_connector)
+                    c.exec.proc_connector = f.boolean(key, v).unwrap_or(c.exec.proc_connector)
                 }
                 ("exec", "script_guard") => {
-                    c.script_guard = f.boolean(key, v).unwrap_or(c.script_guard)
+                    c.exec.script_guard = f.boolean(key, v).unwrap_or(c.exec.script_guard)
                 }
-                ("exec", "script_roots") => c.script_roots = absolute_list(&mut f, key, v),
+                ("exec", "script_roots") => c.exec.script_roots = absolute_list(&mut f, key, v),
+                ("exec", "follow_mounts") => {
+                    c.exec.follow_mounts = f.boolean(key, v).unwrap_or(c.exec.follow_mounts)
+                }
+                ("exec", "follow_mounts_under") => {
+                    c.exec.follow_mounts_under = absolute_list(&mut f, key, v)
+                }
+                ("exec", "freeze") => c.exec.freeze = f.boolean(key, v).unwrap_or(c.exec.freeze),
                 ("exec", "poll_interval_ms") => {
                     if let Some(n) = f.integer(key, v, 86_400_000) {
-                        c.poll_interval_ms = n;
+                        c.exec.poll_interval_ms = n;
                     }
                 }
-                ("notify", "enabled") => c.notify = f.boolean(key, v).unwrap_or(c.notify),
+                ("notify", "enabled") => {
+                    c.notify.enabled = f.boolean(key, v).unwrap_or(c.notify.enabled)
+                }
                 ("notify", "desktop") => {
-                    c.notify_desktop = f.boolean(key, v).unwrap_or(c.notify_desktop)
+                    c.notify.desktop = f.boolean(key, v).unwrap_or(c.notify.desktop)
                 }
                 ("notify", "terminal") => {
-                    c.notify_terminal = f.boolean(key, v).unwrap_or(c.notify_terminal)
+                    c.notify.terminal = f.boolean(key, v).unwrap_or(c.notify.terminal)
                 }
                 ("notify", "interval_s") => {
                     if let Some(n) = f.integer(key, v, 86_400 * 7) {
-                        c.notify_interval_s = n;
+                        c.notify.interval_s = n;
                     }
                 }
                 ("install", "watch") => {
-                    c.install_watch = f.boolean(key, v).unwrap_or(c.install_watch)
+                    c.install.watch = f.boolean(key, v).unwrap_or(c.install.watch)
                 }
-                ("install", "roots") => c.install_roots = absolute_list(&mut f, key, v),
+                ("install", "roots") => c.install.roots = absolute_list(&mut f, key, v),
                 ("install", "rescan_interval_s") => {
                     if let Some(n) = f.integer(key, v, 86_400 * 30) {
-                        c.rescan_interval_s = n.max(1);
+                        c.install.rescan_interval_s = n.max(1);
                     }
                 }
                 ("install", "debounce_ms") => {
                     if let Some(n) = f.integer(key, v, 60_000) {
-                        c.install_debounce_ms = n;
+                        c.install.debounce_ms = n;
                     }
                 }
-                ("notify", "opener") => c.notify_opener = absolute(&mut f, key, v),
+                ("notify", "opener") => c.notify.opener = absolute(&mut f, key, v),
                 ("notify", "queue") => {
                     if let Some(n) = f.integer(key, v, 1 << 20) {
-                        c.notify_queue = (n as usize).max(1);
+                        c.notify.queue = (n as usize).max(1);
                     }
                 }
                 ("collector", "url") => {
                     if let Some((u, span)) = f.string(key, v) {
                         if u.starts_with("http://") || u.starts_with("https://") {
-                            c.collector_url = Some(u);
+                            col.url = u;
                         } else {
                             f.err(
                                 Code::BadValue,
@@ -369,16 +485,16 @@ pub fn parse(name: &str, text: &str) -> Result<AgentConfig, Diagnostics> {
                         }
                     }
                 }
-                ("collector", "enroll_secret") => c.enroll_secret = f.string(key, v).map(|s| s.0),
-                ("collector", "token_file") => c.token_file = absolute(&mut f, key, v),
+                ("collector", "enroll_secret") => col.enroll_secret = f.string(key, v).map(|s| s.0),
+                ("collector", "token_file") => col.token_file = absolute(&mut f, key, v),
                 ("collector", "batch") => {
                     if let Some(n) = f.integer(key, v, 5000) {
-                        c.ship_batch = (n as usize).max(1);
+                        col.batch = (n as usize).max(1);
                     }
                 }
                 ("collector", "spool_cap_mib") => {
                     if let Some(n) = f.integer(key, v, 1 << 20) {
-                        c.spool_cap_mib = n.max(1);
+                        col.spool_cap_mib = n.max(1);
                     }
                 }
                 ("syslog", "address") => {
@@ -386,30 +502,65 @@ pub fn parse(name: &str, text: &str) -> Result<AgentConfig, Diagnostics> {
                         if a.rsplit_once(':')
                             .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok())
                         {
-                            c.syslog_address = Some(a);
+                            sys.address = a;
                         } else {
                             f.err(Code::BadValue, span, "`address` must be `host:port`");
                         }
                     }
                 }
-                ("syslog", "tls") => c.syslog_tls = f.boolean(key, v).unwrap_or(c.syslog_tls),
-                ("syslog", "ca_file") => c.syslog_ca = absolute(&mut f, key, v),
+                ("syslog", "tls") => sys.tls = f.boolean(key, v).unwrap_or(sys.tls),
+                ("syslog", "ca_file") => sys.ca_file = absolute(&mut f, key, v),
                 ("syslog", "facility") => {
                     if let Some(n) = f.integer(key, v, 23) {
-                        c.syslog_facility = n as u8;
+                        sys.facility = n as u8;
                     }
                 }
-                ("collector", "ca_file") => c.collector_ca = absolute(&mut f, key, v),
-                ("collector", "client_cert") => c.client_cert = absolute(&mut f, key, v),
-                ("collector", "client_key") => c.client_key = absolute(&mut f, key, v),
+                ("syslog", "max_message_bytes") => {
+                    if let Some(n) = f.integer(key, v, 1 << 20) {
+                        if n < 2048 {
+                            f.err(
+                                Code::BadValue,
+                                v.span(),
+                                "`max_message_bytes` must be at least 2048 (RFC 5425: what every receiver takes)",
+                            );
+                        }
+                        sys.max_message_bytes = (n as usize).max(2048);
+                    }
+                }
+                ("collector", "ca_file") => col.ca_file = absolute(&mut f, key, v),
+                ("collector", "client_cert") => col.client_cert = absolute(&mut f, key, v),
+                ("collector", "client_key") => col.client_key = absolute(&mut f, key, v),
                 ("collector", "heartbeat_s") => {
                     if let Some(n) = f.integer(key, v, 86_400) {
-                        c.heartbeat_s = n;
+                        col.heartbeat_s = n;
                     }
                 }
                 _ => f.unknown_key(&format!("[{table}]"), k, known),
             }
         }
+    }
+    for (at, missing, table) in [
+        (col_at.clone(), col.url.is_empty(), "collector"),
+        (sys_at.clone(), sys.address.is_empty(), "syslog"),
+    ] {
+        if let (Some(at), true) = (at, missing) {
+            let key = if table == "collector" {
+                "url"
+            } else {
+                "address"
+            };
+            f.err(
+                Code::MissingKey,
+                at,
+                format!("[{table}] needs `{key}` (remove the table to turn it off)"),
+            );
+        }
+    }
+    if col_at.is_some() {
+        c.collector = Some(col);
+    }
+    if sys_at.is_some() {
+        c.syslog = Some(sys);
     }
     let d = f.finish();
     if d.has_errors() {
@@ -482,12 +633,57 @@ mod tests {
             "[agent]\nevent_log = \"/tmp/e.jsonl\"\nadmin_group = \"it\"\n[exec]\nmounts = [\"/mnt/t\"]\ndeadline_ms = 250\nfail_mode = \"closed\"\nproc_connector = false\n",
         )
         .unwrap();
-        assert_eq!(c.event_log, PathBuf::from("/tmp/e.jsonl"));
-        assert_eq!(c.admin_group.as_deref(), Some("it"));
-        assert_eq!(c.mounts, vec![PathBuf::from("/mnt/t")]);
+        assert_eq!(c.agent.event_log, PathBuf::from("/tmp/e.jsonl"));
+        assert_eq!(c.agent.admin_group.as_deref(), Some("it"));
+        assert_eq!(c.exec.mounts, vec![PathBuf::from("/mnt/t")]);
         assert_eq!(
-            (c.deadline_ms, c.fail_mode, c.proc_connector),
+            (c.exec.deadline_ms, c.exec.fail_mode, c.exec.proc_connector),
             (250, FailMode::Closed, false)
         );
+    }
+
+    #[test]
+    fn the_syslog_message_cap_is_read_and_checked() {
+        let c = parse(
+            "c.toml",
+            "[syslog]
+address = \"siem:6514\"
+max_message_bytes = 65536
+",
+        )
+        .unwrap();
+        assert_eq!(c.syslog.unwrap().max_message_bytes, 65536);
+        assert_eq!(SyslogConfig::default().max_message_bytes, 8096);
+        let err = parse(
+            "c.toml",
+            "[syslog]
+address = \"siem:6514\"
+max_message_bytes = 100
+[exec]
+mounts = [\"rel\"]
+",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains(
+                "c.toml:3:21: error[bad-value]: `max_message_bytes` must be at least 2048"
+            ),
+            "{err}"
+        );
+        assert!(
+            err.contains("`mounts` entries must be absolute paths"),
+            "{err}"
+        );
+        let err = parse(
+            "c.toml",
+            "[syslog]
+address = \"siem:6514\"
+max_message_bytes = 99999999
+",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("from 0 to 1048576"), "{err}");
     }
 }

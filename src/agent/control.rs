@@ -2,7 +2,8 @@
 //! socket, root-only by default (mode 0600), or root and one admin group (mode 0660). Every
 //! connection's peer credentials (`SO_PEERCRED`) are checked as well.
 //!
-//! Protocol: one request line (`status` or `reload`), one JSON reply line.
+//! Protocol: one request line (`status`, `reload`, or `forget JSON` with a
+//! [`Forget`](crate::policy::learned::Forget)), one JSON reply line.
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::PermissionsExt;
@@ -14,8 +15,9 @@ use interdict_event::PolicyRef;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 
-use super::metrics::{CounterSnapshot, LatencySnapshot};
-use super::state::{SensorState, Shared};
+use crate::agent::metrics::{CounterSnapshot, LatencySnapshot};
+use crate::agent::sensors::PartStatus;
+use crate::agent::shared::Shared;
 
 /// What `interdict status` shows.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -33,7 +35,7 @@ pub struct Status {
     /// Policy generation (1 at start, +1 per applied reload).
     pub generation: u64,
     /// Every sensor and its state.
-    pub sensors: Vec<SensorState>,
+    pub sensors: Vec<PartStatus>,
     /// Counters.
     pub counters: CounterSnapshot,
     /// Decision latency of permission events.
@@ -68,9 +70,8 @@ fn rss_kib() -> u64 {
 
 /// The status now.
 pub fn status(shared: &Shared, started: std::time::Instant) -> Status {
-    let active = shared.active.load();
-    let mut sensors = shared.sensors.lock().expect("sensors poisoned").clone();
-    sensors.sort_by(|a, b| a.name.cmp(&b.name));
+    let active = shared.policy.active();
+    let sensors = shared.parts.rows();
     Status {
         version: env!("CARGO_PKG_VERSION").to_string(),
         pid: std::process::id(),
@@ -89,29 +90,24 @@ pub fn status(shared: &Shared, started: std::time::Instant) -> Status {
     }
 }
 
-fn group_gid(name: &str) -> Option<u32> {
-    let text = std::fs::read_to_string("/etc/group").ok()?;
-    text.lines().find_map(|l| {
-        let f: Vec<&str> = l.split(':').collect();
-        (f.len() >= 3 && f[0] == name)
-            .then(|| f[2].parse().ok())
-            .flatten()
-    })
-}
-
 /// Serve the control socket until shutdown.
 pub async fn serve(
     shared: Arc<Shared>,
     started: std::time::Instant,
     reload: tokio::sync::mpsc::Sender<tokio::sync::oneshot::Sender<ReloadReply>>,
 ) -> std::io::Result<()> {
-    let path = shared.config.control_socket.clone();
+    let path = shared.config.agent.control_socket.clone();
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
     let _ = std::fs::remove_file(&path);
     let listener = tokio::net::UnixListener::bind(&path)?;
-    let admin_gid = shared.config.admin_group.as_deref().and_then(group_gid);
+    let admin_gid = shared
+        .config
+        .agent
+        .admin_group
+        .as_deref()
+        .and_then(|g| shared.accounts.gid_of(g));
     let mode = if admin_gid.is_some() { 0o660 } else { 0o600 };
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))?;
     if let Some(gid) = admin_gid {
@@ -131,7 +127,7 @@ pub async fn serve(
                             .accounts
                             .groups_of(c.uid())
                             .iter()
-                            .any(|n| group_gid(n) == Some(g))
+                            .any(|n| shared.accounts.gid_of(n) == Some(g))
                     })
             }
             Err(_) => false,
@@ -169,6 +165,28 @@ pub async fn serve(
                         }
                     };
                     serde_json::to_string(&reply).expect("reply serializes")
+                }
+                other if other.starts_with("forget ") => {
+                    match serde_json::from_str::<crate::policy::learned::Forget>(&other[7..]) {
+                        Ok(what) => {
+                            let s = shared.clone();
+                            let n = tokio::task::spawn_blocking(move || s.learner.forget(what))
+                                .await
+                                .ok()
+                                .flatten();
+                            match n {
+                                Some(n) => serde_json::json!({ "forgotten": n }).to_string(),
+                                None => {
+                                    serde_json::json!({ "error": "the learner is not running" })
+                                        .to_string()
+                                }
+                            }
+                        }
+                        Err(e) => {
+                            serde_json::json!({ "error": format!("bad forget request: {e}") })
+                                .to_string()
+                        }
+                    }
                 }
                 other => {
                     serde_json::json!({ "error": format!("unknown command `{other}`") }).to_string()
@@ -213,7 +231,12 @@ pub fn render(s: &Status) -> String {
         s.generation
     );
     for x in &s.sensors {
-        out.push_str(&format!("  {:<15} {:<8} {}\n", x.name, x.state, x.detail));
+        out.push_str(&format!(
+            "  {:<15} {:<8} {}\n",
+            x.name.as_str(),
+            x.state.as_str(),
+            x.detail
+        ));
     }
     let c = serde_json::to_value(&s.counters).expect("counters serialize");
     out.push_str("counters:\n");

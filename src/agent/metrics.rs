@@ -54,6 +54,8 @@ counters! {
     event_drops,
     /// Exec events seen by the proc connector.
     proc_events,
+    /// Processes the proc connector stopped (`SIGSTOP`) while they were judged.
+    frozen,
     /// Netlink overflows (ENOBUFS), each followed by a full /proc sweep.
     netlink_overflows,
     /// fanotify queue overflows (FAN_Q_OVERFLOW).
@@ -64,6 +66,9 @@ counters! {
     policies_applied,
     /// Policies rejected (the previous one stayed in force).
     policies_rejected,
+    /// Events queued for the event log writer (each then written, or counted in
+    /// `event_write_errors`).
+    events_queued,
     /// Events written to the event log.
     events_written,
     /// Events that could not be written to the event log.
@@ -92,8 +97,15 @@ counters! {
     hash_cache_rejected,
     /// Digests learned from files that path, script or package rules matched.
     hashes_learned,
-    /// Exec-time learn requests dropped because the learner's queue was full.
+    /// Banned script files the script guard could not mark.
+    script_mark_failures,
+    /// Learn requests dropped because the learner's queue was full.
     learn_drops,
+    /// Files not learned from: package-owned, protected, below `learn_min_size`, still being
+    /// written, or the same content as a file in the system directories.
+    learn_refused,
+    /// Learned digests dropped (matched a system or package-owned file, or forgotten).
+    learned_dropped,
     /// Events written to the spool (numbered and chained).
     spooled,
     /// Events refused because the spool was full (each also announced by an `events_dropped`

@@ -9,338 +9,11 @@
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
-
-use crate::common::*;
-
-/// A tmpfs mounted for one test; unmounted on drop.
-pub struct TmpMount {
-    pub dir: tempfile::TempDir,
-}
-
-impl TmpMount {
-    pub fn new() -> TmpMount {
-        let dir = tempfile::Builder::new()
-            .prefix("interdict-mnt-")
-            .tempdir()
-            .unwrap();
-        let st = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", "size=1g,mode=0755", "tmpfs"])
-            .arg(dir.path())
-            .status()
-            .unwrap();
-        assert!(st.success(), "mount tmpfs on {}", dir.path().display());
-        TmpMount { dir }
-    }
-
-    pub fn path(&self) -> &Path {
-        self.dir.path()
-    }
-}
-
-impl Drop for TmpMount {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(self.dir.path()).status();
-        // Busy (a process still has it open): detach it so nothing is left mounted.
-        let _ = Command::new("umount")
-            .arg("-l")
-            .arg(self.dir.path())
-            .stderr(Stdio::null())
-            .status();
-    }
-}
-
-/// A copy of a system binary with a random tail: runs the same, hashes uniquely.
-pub fn unique_copy(src: &str, dst: &Path) -> String {
-    let mut bytes = std::fs::read(src).unwrap();
-    bytes.extend_from_slice(
-        format!(
-            "\ninterdict-test-{}-{:?}\n",
-            std::process::id(),
-            Instant::now()
-        )
-        .as_bytes(),
-    );
-    bytes.extend_from_slice(&rand_tail());
-    write(dst, &bytes, 0o755);
-    sha256sum(dst)
-}
-
-fn rand_tail() -> Vec<u8> {
-    let mut b = [0u8; 16];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b))
-        .unwrap();
-    b.to_vec()
-}
-
-/// The `[exec]` body that marks only `m`.
-pub fn marks(m: &Path) -> String {
-    format!("mounts = [\"{}\"]", m.display())
-}
-
-/// A policy with one rule of `action` on `digest`.
-pub fn hash_policy(id: &str, action: &str, digest: &str) -> String {
-    format!(
-        "{POLICY_HEAD}{}",
-        rule(id, action, &format!("sha256 = [\"{digest}\"]"))
-    )
-}
-
-/// A running agent with its own folder (policy, config, event log, control socket).
-pub struct Agent {
-    pub child: Child,
-    pub dir: tempfile::TempDir,
-    pub policy: PathBuf,
-}
-
-pub const POLICY_HEAD: &str = "[policy]\nname = \"test\"\nversion = \"1\"\nmode = \"enforce\"\n";
-
-pub fn rule(id: &str, action: &str, matcher: &str) -> String {
-    format!(
-        "\n[[rule]]\nid = \"{id}\"\nname = \"Tool {id}\"\nrisk = \"high\"\nreason = \"test ban {id}\"\naction = \"{action}\"\nalternative = \"use the approved tool\"\n[rule.match]\n{matcher}\n"
-    )
-}
-
-impl Agent {
-    /// Start an agent; `exec` is the body of the `[exec]` table.
-    pub fn start(policy: &str, exec: &str) -> Agent {
-        Agent::start_as(policy, exec, None)
-    }
-
-    pub fn start_as(policy: &str, exec: &str, user: Option<&str>) -> Agent {
-        // Safety: a test never lets the agent mark every filesystem (that is, `/`).
-        assert!(
-            exec.contains("mounts = [") || exec.contains("fanotify = false") || user.is_some(),
-            "a test agent must mark only its own tmpfs, or run without fanotify"
-        );
-        let dir = tempfile::Builder::new()
-            .prefix("interdict-agent-")
-            .tempdir()
-            .unwrap();
-        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
-        let policy_path = dir.path().join("policy.toml");
-        std::fs::write(&policy_path, policy).unwrap();
-        std::fs::create_dir_all(dir.path().join("installs")).unwrap();
-        let config = dir.path().join("agent.toml");
-        // Tests that configure [install] themselves say so in `exec`.
-        let install = if exec.contains("[install]") {
-            String::new()
-        } else {
-            format!(
-                "[install]\nroots = [\"{}/installs\"]\n\n",
-                dir.path().display()
-            )
-        };
-        std::fs::write(
-            &config,
-            format!(
-                "[agent]\nstate_dir = \"{d}/state\"\nevent_log = \"{d}/events.jsonl\"\ncontrol_socket = \"{d}/control.sock\"\n\n{install}[exec]\n{exec}\n",
-                d = dir.path().display()
-            ),
-        )
-        .unwrap();
-        for p in [&policy_path, &config] {
-            std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o666)).unwrap();
-        }
-        let mut cmd = match user {
-            Some(u) => {
-                let mut c = Command::new("setpriv");
-                c.args([
-                    &format!("--reuid={u}"),
-                    "--regid=nogroup",
-                    "--clear-groups",
-                    "timeout",
-                    "300",
-                ]);
-                c
-            }
-            None => {
-                let mut c = Command::new("timeout");
-                c.arg("300");
-                c
-            }
-        };
-        cmd.arg(env!("CARGO_BIN_EXE_interdict"))
-            .arg("agent")
-            .arg("--policy")
-            .arg(&policy_path)
-            .arg("--config")
-            .arg(&config)
-            .stdout(std::fs::File::create(dir.path().join("agent.out")).unwrap())
-            .stderr(std::fs::File::create(dir.path().join("agent.err")).unwrap());
-        let child = cmd.spawn().unwrap();
-        let agent = Agent {
-            child,
-            dir,
-            policy: policy_path,
-        };
-        agent.wait_ready();
-        agent
-    }
-
-    /// Stop the agent and start it again with the same files (root only).
-    pub fn restart(&mut self) {
-        self.stop();
-        let d = self.dir.path();
-        let _ = std::fs::remove_file(d.join("control.sock"));
-        self.child = Command::new("timeout")
-            .arg("300")
-            .arg(env!("CARGO_BIN_EXE_interdict"))
-            .arg("agent")
-            .arg("--policy")
-            .arg(&self.policy)
-            .arg("--config")
-            .arg(d.join("agent.toml"))
-            .stdout(std::fs::File::create(d.join("agent.out")).unwrap())
-            .stderr(std::fs::File::create(d.join("agent.err")).unwrap())
-            .spawn()
-            .unwrap();
-        self.wait_ready();
-    }
-
-    pub fn socket(&self) -> PathBuf {
-        self.dir.path().join("control.sock")
-    }
-
-    /// Ready: answering status, and the start-up sweep (which follows script marking) done.
-    fn wait_ready(&self) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while Instant::now() < deadline {
-            if let Some(s) = self.try_status() {
-                if s["counters"]["sweeps"].as_u64().unwrap_or(0) >= 1 {
-                    return;
-                }
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("agent never became ready:\n{}", self.stderr());
-    }
-
-    pub fn try_status(&self) -> Option<Value> {
-        let out = interdict()
-            .args(["status", "--format", "json", "--socket"])
-            .arg(self.socket())
-            .output()
-            .ok()?;
-        out.status
-            .success()
-            .then(|| serde_json::from_slice(&out.stdout).ok())
-            .flatten()
-    }
-
-    pub fn status(&self) -> Value {
-        self.try_status()
-            .unwrap_or_else(|| panic!("no status:\n{}", self.stderr()))
-    }
-
-    pub fn stderr(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("agent.err")).unwrap_or_default()
-    }
-
-    pub fn events(&self) -> Vec<Value> {
-        std::fs::read_to_string(self.dir.path().join("events.jsonl"))
-            .unwrap_or_default()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad event line {l}: {e}")))
-            .collect()
-    }
-
-    /// Wait until an event satisfies `pred`; panic with the events seen otherwise.
-    pub fn wait_event(&self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(e) = self.events().into_iter().find(|e| pred(e)) {
-                return e;
-            }
-            if Instant::now() > deadline {
-                panic!(
-                    "no event {what}; events:\n{:#?}\nagent stderr:\n{}",
-                    self.events(),
-                    self.stderr()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    pub fn reload(&self) -> Run {
-        run(interdict().args(["reload", "--socket"]).arg(self.socket()))
-    }
-
-    /// SIGTERM, wait for a clean exit; the event log is complete afterwards.
-    pub fn stop(&mut self) -> std::process::ExitStatus {
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if let Some(st) = self.child.try_wait().unwrap() {
-                return st;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        panic!("agent did not stop on SIGTERM:\n{}", self.stderr());
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        if self.child.try_wait().ok().flatten().is_none() {
-            // The agent runs under `timeout`, which passes SIGTERM on.
-            unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-            for _ in 0..200 {
-                if self.child.try_wait().ok().flatten().is_some() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-/// Run a program; `Err` holds the exec error (EPERM when denied).
-fn exec(path: &Path, args: &[&str]) -> std::io::Result<std::process::ExitStatus> {
-    Command::new(path)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-}
-
-fn assert_denied(path: &Path) {
-    match exec(path, &[]) {
-        Err(e) => assert_eq!(
-            e.raw_os_error(),
-            Some(libc::EPERM),
-            "{}: {e}",
-            path.display()
-        ),
-        Ok(st) => panic!("{} ran ({st}) but should have been denied", path.display()),
-    }
-}
-
-/// A Node.js script at `path` that, if it ever runs, writes `marker`.
-fn node_marker_script(path: &Path, marker: &Path) {
-    let js = format!(
-        "require('fs').writeFileSync('{}', 'ran')\n",
-        marker.display()
-    );
-    write(path, js.as_bytes(), 0o644);
-}
-
-fn events_of<'a>(events: &'a [Value], kind: &str, file: &Path) -> Vec<&'a Value> {
-    let f = file.to_string_lossy();
-    events
-        .iter()
-        .filter(|e| e["kind"] == kind && e["file"]["path"] == *f)
-        .collect()
-}
+use crate::support::agent::*;
+use crate::support::*;
 
 #[test]
 fn blocks_by_path_name_and_sha256_including_renamed_copies_hardlinks_and_symlinks() {
@@ -382,11 +55,9 @@ fn blocks_by_path_name_and_sha256_including_renamed_copies_hardlinks_and_symlink
     );
     // The path rule fired: its digest is learned, which starts a new policy generation (and
     // so a fresh decision cache). Then twice more each: a miss, then a hit from the cache.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while agent.status()["counters"]["hashes_learned"].as_u64() < Some(1) {
-        assert!(Instant::now() < deadline, "nothing learned");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until("a learned digest", 20, || {
+        agent.status()["counters"]["hashes_learned"].as_u64() >= Some(1)
+    });
     for _ in 0..2 {
         for p in [&by_path, &renamed] {
             assert_denied(p);
@@ -614,7 +285,10 @@ fn the_policy_file_changing_reloads_it() {
 fn the_script_guard_stops_interpreters_before_they_read_the_script() {
     let mnt = TmpMount::new();
     let m = mnt.path();
-    let cli = m.join("prefix/lib/node_modules/@anthropic-ai/claude-code/cli.js");
+    // A package name unique to this test: the shipped pack's own globs (which other tests'
+    // agents enforce machine-wide) never match it.
+    let pkg = test_package();
+    let cli = m.join(format!("prefix/lib/node_modules/{pkg}/cli.js"));
     let marker = m.join("node-ran");
     node_marker_script(&cli, &marker);
     let sh_script = m.join("agents/run-agent.sh");
@@ -638,7 +312,7 @@ fn the_script_guard_stops_interpreters_before_they_read_the_script() {
         rule(
             "scripts",
             "block",
-            "scripts = [\"**/node_modules/@anthropic-ai/claude-code/cli.js\", \"**/agents/run-agent.sh\", \"**/agents/agent.py\"]"
+            &format!("scripts = [\"**/node_modules/{pkg}/cli.js\", \"**/agents/run-agent.sh\", \"**/agents/agent.py\"]")
         )
     );
     // Without the proc connector, which would kill the interpreters instead: this test is about
@@ -756,51 +430,38 @@ fn the_agent_protects_its_own_binary_whatever_the_policy_says() {
     // copy is unique, so that this agent's proc connector never matches another test's interdict.
     let own = m.join("interdict-copy");
     let digest = unique_copy(env!("CARGO_BIN_EXE_interdict"), &own);
-    let policy = hash_policy("self", "block", &digest);
-    let dir = tempfile::tempdir().unwrap();
-    let p = dir.path().join("policy.toml");
-    std::fs::write(&p, &policy).unwrap();
-    let c = dir.path().join("agent.toml");
-    std::fs::write(
-        &c,
-        format!(
-            "[agent]\nevent_log = \"{d}/events.jsonl\"\ncontrol_socket = \"{d}/control.sock\"\n[exec]\nmounts = [\"{m}\"]\n",
-            d = dir.path().display(),
-            m = m.display()
-        ),
-    )
-    .unwrap();
-    let mut child = Command::new("timeout")
-        .arg("120")
-        .arg(&own)
-        .args(["agent", "--policy"])
-        .arg(&p)
-        .arg("--config")
-        .arg(&c)
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let sock = dir.path().join("control.sock");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !sock.exists() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    std::thread::sleep(Duration::from_millis(300));
-    // Another exec of the agent's own binary is allowed, not denied.
-    let st = Command::new(&own).arg("--version").output();
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let _ = child.wait();
-    let st = st.expect("the agent's own binary must not be denied");
-    assert!(st.status.success());
-    // And it said, once, that the policy asks for something it refuses to do.
-    let events = std::fs::read_to_string(dir.path().join("events.jsonl")).unwrap();
-    let protected: Vec<Value> = events
-        .lines()
-        .map(|l| serde_json::from_str::<Value>(l).unwrap())
-        .filter(|e| e["outcome"] == "protected" && e["rule"]["id"] == "self")
-        .collect();
-    assert!(!protected.is_empty(), "no protected warning in:\n{events}");
-    assert_eq!(protected[0]["file"]["path"], own.to_string_lossy().as_ref());
+    let agent = Agent::with(Setup {
+        policy: &hash_policy("self", "block", &digest),
+        exec: &marks(m),
+        binary: Some(&own),
+        ..Setup::default()
+    });
+    // At start-up it said that the policy asks for something it refuses to do.
+    let protected = agent.wait_event("the protected warning", |e| {
+        e["outcome"] == "protected" && e["rule"]["id"] == "self"
+    });
+    assert_eq!(protected["file"]["path"], own.to_string_lossy().as_ref());
+    // Another exec of the agent's own binary, on the marked filesystem, is allowed: the guard
+    // answers it (execs_seen grows) and does not deny it.
+    let seen = agent.status()["counters"]["execs_seen"].as_u64().unwrap();
+    let out = Command::new(&own)
+        .arg("--version")
+        .output()
+        .expect("the agent's own binary must not be denied");
+    assert!(out.status.success(), "{out:?}");
+    let st = agent.status();
+    assert!(
+        st["counters"]["execs_seen"].as_u64().unwrap() > seen,
+        "{st:#}"
+    );
+    assert_eq!(st["counters"]["denied"], 0, "{st:#}");
+    assert!(
+        !agent.dir.path().join("state").join("learned.json").exists()
+            || !std::fs::read_to_string(agent.dir.path().join("state/learned.json"))
+                .unwrap()
+                .contains(&digest),
+        "the agent's own digest must never be learned"
+    );
 }
 
 #[test]
@@ -814,15 +475,19 @@ fn sighup_reloads_the_policy() {
     let elsewhere = tempfile::tempdir().unwrap();
     let target = elsewhere.path().join("real-policy.toml");
     std::fs::write(&target, hash_policy("hup", "report", &digest)).unwrap();
-    let agent = Agent::start(&hash_policy("hup", "report", &digest), &marks(m));
-    std::fs::remove_file(&agent.policy).unwrap();
-    std::os::unix::fs::symlink(&target, &agent.policy).unwrap();
-    std::thread::sleep(Duration::from_millis(500));
+    let link_dir = tempfile::tempdir().unwrap();
+    let link = link_dir.path().join("policy.toml");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    let agent = Agent::with(Setup {
+        exec: &marks(m),
+        policy_file: Some(&link),
+        ..Setup::default()
+    });
     assert!(exec(&tool, &[]).unwrap().success());
     std::fs::write(&target, hash_policy("hup", "block", &digest)).unwrap();
     // The agent runs under `timeout`; signal the agent itself.
     let agent_pid = agent.status()["pid"].as_u64().unwrap() as i32;
-    unsafe { libc::kill(agent_pid, libc::SIGHUP) };
+    signal(agent_pid as u32, rustix::process::Signal::HUP);
     agent.wait_event("policy_applied on SIGHUP", |e| {
         e["kind"] == "policy_applied" && e["message"].as_str().unwrap_or("").contains("SIGHUP")
     });
@@ -1269,7 +934,9 @@ fn a_hash_learned_from_a_path_match_catches_a_renamed_copy_everywhere() {
         ),
     );
     let original = m.join("app/versions/2.1.0");
-    let digest = unique_copy("/bin/true", &original);
+    let bytes = unique_bytes("/bin/true");
+    write(&original, &bytes, 0o755);
+    let digest = sha256sum(&original);
     let e = agent.wait_event("detected by path", |e| {
         e["kind"] == "installed_detected" && e["rule"]["selector"] == "path"
     });
@@ -1284,8 +951,12 @@ fn a_hash_learned_from_a_path_match_catches_a_renamed_copy_everywhere() {
         assert!(Instant::now() < deadline, "nothing learned");
         std::thread::sleep(Duration::from_millis(100));
     }
+    // Reading the banned file is refused now (so is copying it); a copy made from elsewhere is
+    // refused by hash.
+    let read = std::fs::read(&original).map(|_| ()).unwrap_err();
+    assert_eq!(read.raw_os_error(), Some(libc::EPERM), "{read}");
     let renamed = m.join("downloads/innocent");
-    write(&renamed, &std::fs::read(&original).unwrap(), 0o755);
+    write(&renamed, &bytes, 0o755);
     assert_denied(&renamed);
     let state = agent.dir.path().join("state");
     let r = run(interdict()
@@ -1315,12 +986,13 @@ fn a_banned_script_installed_after_start_up_is_guarded_at_once() {
     let mnt = TmpMount::new();
     let m = mnt.path();
     let empty = tempfile::tempdir().unwrap();
+    let pkg = test_package();
     let policy = format!(
         "{POLICY_HEAD}{}",
         rule(
             "late-script",
             "block",
-            "scripts = [\"**/node_modules/@anthropic-ai/claude-code/cli.js\"]"
+            &format!("scripts = [\"**/node_modules/{pkg}/cli.js\"]")
         )
     );
     // The start-up script search finds nothing; the script arrives later, by install.
@@ -1333,9 +1005,10 @@ fn a_banned_script_installed_after_start_up_is_guarded_at_once() {
             m.display()
         ),
     );
-    let cli = m.join("lib/node_modules/@anthropic-ai/claude-code/cli.js");
+    let cli = m.join(format!("lib/node_modules/{pkg}/cli.js"));
     let marker = m.join("ran");
     node_marker_script(&cli, &marker);
+    // The event is the sign that the script is guarded: the guard marks it before reporting.
     agent.wait_event("installed_detected", |e| {
         e["kind"] == "installed_detected" && e["rule"]["selector"] == "script"
     });
@@ -1347,6 +1020,12 @@ fn a_banned_script_installed_after_start_up_is_guarded_at_once() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(!marker.exists());
+    assert_eq!(
+        agent.status()["counters"]["script_mark_failures"],
+        0,
+        "{}",
+        agent.stderr()
+    );
 }
 
 #[test]
@@ -1396,4 +1075,182 @@ fn issue_4_a_path_rule_firing_at_exec_learns_the_hash_and_a_renamed_copy_is_deni
         .arg(agent.dir.path().join("state")));
     r.expect_code(0);
     r.expect_stdout(&digest);
+}
+
+/// The learned hashes in an agent's state folder, through `interdict hashes list`.
+fn learned(agent: &Agent) -> Vec<serde_json::Value> {
+    let r = run(interdict()
+        .args(["hashes", "list", "--format", "json", "--state-dir"])
+        .arg(agent.dir.path().join("state")));
+    r.expect_code(0);
+    r.json()["entries"].as_array().cloned().unwrap_or_default()
+}
+
+#[test]
+fn issue_10_a_copy_of_a_system_program_at_a_banned_path_is_denied_but_never_learned() {
+    let mnt = TmpMount::new();
+    let m = mnt.path();
+    // The walkthrough's mistake, and an employee's trick: a system program copied to a banned
+    // path. The path rule denies it there; its digest must not become a ban on the original.
+    let copy = m.join("banned/claude");
+    write(&copy, &std::fs::read("/bin/true").unwrap(), 0o755);
+    // A small file (below the default learn_min_size) and an ordinary banned binary.
+    let stub = m.join("banned/stub");
+    write(&stub, b"#!/bin/sh\nexit 0\n", 0o755);
+    let real = m.join("banned/real-tool");
+    let real_bytes = unique_bytes("/bin/true");
+    write(&real, &real_bytes, 0o755);
+    let real_digest = sha256sum(&real);
+    let policy = format!(
+        "{POLICY_HEAD}{}",
+        rule(
+            "by-path",
+            "block",
+            &format!("paths = [\"{}/banned/*\"]", m.display())
+        )
+    );
+    let agent = Agent::start(&policy, &marks(m));
+    for p in [&copy, &stub, &real] {
+        assert_denied(p);
+    }
+    wait_until("two refusals and one learned digest", 30, || {
+        let c = &agent.status()["counters"];
+        c["learn_refused"].as_u64() >= Some(2) && c["hashes_learned"].as_u64() >= Some(1)
+    });
+    let entries = learned(&agent);
+    let digests: Vec<&str> = entries
+        .iter()
+        .filter_map(|e| e["sha256"].as_str())
+        .collect();
+    assert_eq!(
+        digests,
+        vec![real_digest.as_str()],
+        "{entries:#?}\n{}",
+        agent.stderr()
+    );
+    assert_eq!(entries[0]["size"], std::fs::metadata(&real).unwrap().len());
+    assert_eq!(entries[0]["source"], "exec");
+    // A copy of /bin/true elsewhere on the guarded filesystem still runs; a renamed copy of the
+    // learned binary does not.
+    let elsewhere = m.join("tools/true");
+    write(&elsewhere, &std::fs::read("/bin/true").unwrap(), 0o755);
+    assert!(
+        exec(&elsewhere, &[]).unwrap().success(),
+        "{}",
+        agent.stderr()
+    );
+    let renamed = m.join("tools/renamed");
+    write(&renamed, &real_bytes, 0o755);
+    assert_denied(&renamed);
+    let stderr = agent.stderr();
+    assert!(stderr.contains("same content as /usr/bin/true"), "{stderr}");
+    assert!(
+        stderr.contains("below the rule's learn_min_size"),
+        "{stderr}"
+    );
+    let hash_learned = agent.wait_event("hash_learned", |e| e["kind"] == "hash_learned");
+    assert_eq!(hash_learned["file"]["sha256"], real_digest.as_str());
+}
+
+#[test]
+fn issue_10_hashes_forget_takes_a_learned_digest_out_of_force_at_once() {
+    let mnt = TmpMount::new();
+    let m = mnt.path();
+    let tool = m.join("banned/tool");
+    let digest = unique_copy("/bin/true", &tool);
+    let renamed = m.join("other/renamed");
+    write(&renamed, &std::fs::read(&tool).unwrap(), 0o755);
+    let policy = format!(
+        "{POLICY_HEAD}{}",
+        rule(
+            "by-path",
+            "block",
+            &format!("paths = [\"{}/banned/*\"]", m.display())
+        )
+    );
+    let mut agent = Agent::start(&policy, &marks(m));
+    assert_denied(&tool);
+    wait_until("the learned digest", 30, || learned(&agent).len() == 1);
+    assert_denied(&renamed);
+    run(interdict()
+        .args(["hashes", "forget", &digest, "--socket"])
+        .arg(agent.socket()))
+    .expect_code(0)
+    .expect_stdout("forgot 1 learned hash(es)");
+    assert!(learned(&agent).is_empty());
+    assert!(exec(&renamed, &[]).unwrap().success(), "{}", agent.stderr());
+    agent.wait_event("learned_hash_dropped", |e| {
+        e["kind"] == "learned_hash_dropped" && e["file"]["sha256"] == digest.as_str()
+    });
+    // With the agent stopped, forget edits the state folder.
+    assert_denied(&tool);
+    wait_until("learned again", 30, || learned(&agent).len() == 1);
+    agent.stop();
+    run(interdict()
+        .args(["hashes", "forget", "--all", "--socket"])
+        .arg(agent.socket())
+        .arg("--state-dir")
+        .arg(agent.dir.path().join("state")))
+    .expect_code(0)
+    .expect_stdout("forgot 1 learned hash(es) in");
+    assert!(learned(&agent).is_empty());
+}
+
+#[test]
+fn issue_10_a_learned_digest_that_names_a_system_program_is_dropped_not_enforced() {
+    // A learned.json left by an older version holds the digest of /usr/bin/tac (no size: the
+    // start-up check cannot find its twin cheaply). When tac runs, the digest must not apply to
+    // it: tac finishes its work, and the digest is dropped and reported.
+    let tac = std::fs::canonicalize("/usr/bin/tac").unwrap();
+    let digest = sha256sum(&tac);
+    let mnt = TmpMount::new();
+    let m = mnt.path();
+    let policy = format!(
+        "{POLICY_HEAD}{}",
+        rule(
+            "old-rule",
+            "block",
+            &format!("paths = [\"{}/never/*\"]", m.display())
+        )
+    );
+    let agent = Agent::start_with_learned(
+        &policy,
+        &marks(m),
+        &serde_json::json!({ "entries": [{
+            "rule_id": "old-rule", "sha256": digest, "first_seen": "2026-11-01T00:00:00.000Z",
+            "path": "/home/ann/.local/share/claude/versions/2.1.332", "selector": "path"
+        }]}),
+    );
+    let out = Command::new(&tac)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            use std::io::Write;
+            c.stdin.take().unwrap().write_all(b"one\ntwo\n")?;
+            c.wait_with_output()
+        })
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "two\none\n",
+        "{out:?}\n{}",
+        agent.stderr()
+    );
+    let e = agent.wait_event("learned_hash_dropped", |e| {
+        e["kind"] == "learned_hash_dropped"
+    });
+    assert_eq!(e["file"]["sha256"], digest.as_str());
+    assert!(
+        e["message"].as_str().unwrap().contains("/usr/bin/tac"),
+        "{e:#}"
+    );
+    wait_until("the digest gone from the list", 20, || {
+        learned(&agent).is_empty()
+    });
+    assert!(
+        agent.events().iter().all(|e| e["kind"] != "process_killed"),
+        "nothing may be killed: {:#?}",
+        agent.events()
+    );
 }

@@ -6,8 +6,8 @@
 use std::path::Path;
 use std::process::Command;
 
-use crate::common::*;
-use crate::fixtures::in_home;
+use crate::support::fixtures::in_home;
+use crate::support::*;
 
 /// Secrets put into the configurations; none may appear in a report.
 const SECRETS: &[&str] = &[
@@ -27,7 +27,7 @@ fn agent(cmd: impl AsRef<std::ffi::OsStr>, home: &Path, cwd: &Path, args: &[&str
     let mut c = Command::new(cmd);
     in_home(&mut c, home);
     c.current_dir(cwd).args(args);
-    crate::fixtures::sh(&mut c);
+    crate::support::fixtures::sh(&mut c);
 }
 
 /// A home where the three agents were set up with MCP servers, by themselves.

@@ -14,8 +14,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
-use crate::common::*;
-use crate::fixtures::*;
+use crate::support::fixtures::*;
+use crate::support::*;
 
 /// The Claude Code release the channels install: the last cli.js release without platform
 /// packages, small enough to fetch through several clients.

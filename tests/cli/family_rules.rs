@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
-use crate::common::*;
-use crate::fixtures::*;
+use crate::support::fixtures::*;
+use crate::support::*;
 
 /// The shipped pack without its hash lists, so that only the family rule can identify a
 /// release the lists hold.

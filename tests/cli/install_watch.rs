@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::agent::{hash_policy, unique_copy, Agent};
-use crate::common::*;
+use crate::support::agent::{hash_policy, unique_copy, Agent};
+use crate::support::*;
 
 /// The `[exec]` body of an agent that only watches installs under `root`.
 fn watch_only(root: &Path) -> String {
@@ -366,8 +366,8 @@ fn a_banned_binary_written_slowly_is_reported_with_its_final_digest() {
     // the name match with the digest of a part.
     let policy = format!(
         "{}{}",
-        crate::agent::POLICY_HEAD,
-        crate::agent::rule(
+        crate::support::agent::POLICY_HEAD,
+        crate::support::agent::rule(
             "slow",
             "report",
             &format!("names = [\"claude-slow\", \"claude-slow-2\"]\nsha256 = [\"{digest}\"]")

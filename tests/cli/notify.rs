@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::agent::{hash_policy, marks, unique_copy, Agent, TmpMount};
-use crate::common::*;
+use crate::support::agent::{hash_policy, marks, unique_copy, Agent, TmpMount};
+use crate::support::*;
 
 const USER: &str = "interdict-nt";
 
@@ -392,7 +392,7 @@ fn rules_with_notify_false_and_the_silent_switch_tell_nobody() {
     let policy = format!(
         "{}{}",
         hash_policy("loud", "block", &dl),
-        crate::agent::rule("quiet", "block", &format!("sha256 = [\"{dq}\"]"))
+        crate::support::agent::rule("quiet", "block", &format!("sha256 = [\"{dq}\"]"))
             .replace("[rule.match]", "notify = false\n[rule.match]")
     );
     let agent = Agent::start(

@@ -8,7 +8,7 @@ use std::process::Command;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use crate::common::*;
+use crate::support::*;
 
 /// Pinned versions. The shipped `policies/hashes/*.sha256` carry the digests of these builds.
 pub const PACKAGES: &[&str] = &[
@@ -176,7 +176,7 @@ fn a_renamed_copy_of_the_real_claude_binary_is_caught_by_sha256() {
 
 #[test]
 fn the_agent_reports_a_real_claude_code_install_once_per_package_and_binary() {
-    use crate::agent::Agent;
+    use crate::support::agent::Agent;
     let root = tempfile::tempdir().unwrap();
     let text = std::fs::read_to_string(shipped_pack()).unwrap();
     let agent_dir_policy = text.replace(

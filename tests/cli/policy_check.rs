@@ -1,10 +1,11 @@
 //! `interdict policy check`: snapshot tests of the diagnostics for broken policies.
 //!
 //! Each `tests/snapshots/policy_check/NAME.toml` is checked from inside that folder; the exit code,
-//! stdout and stderr must equal `NAME.expected`. Run with `INTERDICT_BLESS=1` to rewrite the
-//! snapshots after an intended change, then review the diff.
+//! stdout and stderr must equal the `insta` snapshot `NAME.snap` beside it. After an intended
+//! change, `cargo insta review` (or `INSTA_UPDATE=always`) writes new snapshots for review; a
+//! mismatch is never accepted silently (in CI, insta writes nothing).
 
-use crate::common::{interdict, repo, run, shipped_pack};
+use crate::support::{interdict, repo, run, shipped_pack};
 
 #[test]
 fn snapshots_of_diagnostics() {
@@ -18,34 +19,22 @@ fn snapshots_of_diagnostics() {
         .collect();
     names.sort();
     assert!(names.len() >= 8, "snapshot inputs missing: {names:?}");
-    let bless = std::env::var_os("INTERDICT_BLESS").is_some();
-    let mut failures = Vec::new();
-    for name in names {
-        let r =
-            run(interdict()
+    insta::with_settings!({
+        snapshot_path => &dir,
+        prepend_module_to_snapshot => false,
+        omit_expression => true,
+    }, {
+        for name in names {
+            let r = run(interdict()
                 .current_dir(&dir)
                 .args(["policy", "check", &format!("{name}.toml")]));
-        let got = format!(
-            "exit: {}\n--- stdout\n{}--- stderr\n{}",
-            r.code, r.stdout, r.stderr
-        );
-        let expected_path = dir.join(format!("{name}.expected"));
-        if bless {
-            std::fs::write(&expected_path, &got).unwrap();
-            continue;
+            let got = format!(
+                "exit: {}\n--- stdout\n{}--- stderr\n{}",
+                r.code, r.stdout, r.stderr
+            );
+            insta::assert_snapshot!(name.as_str(), got);
         }
-        let want = std::fs::read_to_string(&expected_path).unwrap_or_default();
-        if got != want {
-            failures.push(format!(
-                "=== {name}.toml\n--- expected\n{want}--- got\n{got}"
-            ));
-        }
-    }
-    assert!(
-        failures.is_empty(),
-        "snapshot mismatch (INTERDICT_BLESS=1 to update):\n{}",
-        failures.join("\n")
-    );
+    });
 }
 
 #[test]
@@ -54,7 +43,7 @@ fn every_error_code_in_the_snapshots_is_documented() {
     let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
     for e in std::fs::read_dir(&dir).unwrap() {
         let p = e.unwrap().path();
-        if p.extension().is_some_and(|x| x == "expected") {
+        if p.extension().is_some_and(|x| x == "snap") {
             let text = std::fs::read_to_string(&p).unwrap();
             for part in text
                 .split("error[")

@@ -5,8 +5,8 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
 use std::path::Path;
 
-use crate::common::*;
-use crate::fixtures::*;
+use crate::support::fixtures::*;
+use crate::support::*;
 
 fn fetch(args: &[&str]) -> Run {
     let mut c = interdict();

@@ -4,7 +4,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::Path;
 
-use crate::common::*;
+use crate::support::*;
 
 const TOOL: &[u8] = b"#!/bin/sh\necho banned tool ran\n";
 
@@ -258,8 +258,14 @@ fn odd_entries_are_skipped_and_listed_never_opened() {
     // A FIFO: opening it for reading would block forever.
     std::fs::create_dir_all(&root).unwrap();
     let fifo = root.join("fifo");
-    let c = std::ffi::CString::new(fifo.as_os_str().as_bytes()).unwrap();
-    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o755) }, 0);
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        &fifo,
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from_raw_mode(0o755),
+        0,
+    )
+    .unwrap();
     // A symlink loop and a dangling symlink.
     symlink(root.join("loop-b"), root.join("loop-a")).unwrap();
     symlink(root.join("loop-a"), root.join("loop-b")).unwrap();
@@ -396,16 +402,19 @@ fn text_report_names_rule_path_and_alternative() {
 }
 
 #[test]
-fn a_missing_explicit_root_is_listed_as_skipped() {
+fn issue_10_a_root_that_does_not_exist_is_an_error_not_a_compliant_machine() {
     let tmp = tempfile::tempdir().unwrap();
     let policy = one_rule_policy(tmp.path(), "block", r#"names = ["x"]"#);
     let missing = tmp.path().join("does-not-exist");
-    let r = scan_json(&policy, &[Path::new(&missing)]);
-    r.expect_code(0);
-    let j = r.json();
-    assert_eq!(
-        j["skipped"][0]["path"],
-        missing.to_string_lossy().as_ref(),
-        "{j:#}"
+    let r = scan_json(&policy, &[tmp.path(), Path::new(&missing)]);
+    r.expect_code(2);
+    assert!(r.stdout.is_empty(), "no report on an error: {}", r.stdout);
+    assert!(
+        r.stderr.contains(&format!(
+            "--root {}: no such file or folder",
+            missing.display()
+        )),
+        "{}",
+        r.stderr
     );
 }

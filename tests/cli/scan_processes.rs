@@ -2,7 +2,7 @@
 
 use std::process::{Child, Command, Stdio};
 
-use crate::common::*;
+use crate::support::*;
 
 /// A child that is killed (by its own PID, never by name) when the test ends.
 struct Guard(Child);

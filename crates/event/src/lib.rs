@@ -5,6 +5,7 @@
 //! per line (JSONL). Identifiers are UUIDv7 (time-ordered); command lines are bounded
 //! ([`MAX_ARGV_BYTES`]) and values that look like secrets are redacted before an event is built.
 #![deny(missing_docs)]
+#![forbid(unsafe_code)]
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -14,7 +15,7 @@ use sha2::Digest;
 pub mod ecs;
 pub mod ocsf;
 mod redact;
-pub use redact::{bound_argv, redact_argv, MAX_ARGV_BYTES, REDACTED, TRUNCATED};
+pub use redact::{bound_argv, bound_argv_to, redact_argv, MAX_ARGV_BYTES, REDACTED, TRUNCATED};
 
 /// What happened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -50,6 +51,13 @@ pub enum EventKind {
     /// The agent's periodic sign of life: version, policy, mode, sensors and counters in
     /// `message` (JSON).
     Heartbeat,
+    /// A digest was learned: a path or script rule matched a file, and the file's SHA-256 now
+    /// identifies renamed copies (`rule`, `file` with the digest and size, `message` says where
+    /// it was seen).
+    HashLearned,
+    /// A learned digest was dropped: it matched a file that a package owns or that lies in the
+    /// system directories (`message` says which), or an admin forgot it.
+    LearnedHashDropped,
 }
 
 /// What the agent did about a match.
@@ -231,6 +239,17 @@ impl Origin {
 }
 
 impl Event {
+    /// Whether `process` is the program's *caller* rather than the program: a launch decided
+    /// before it happened (fanotify's permission event, sensor `fanotify`) finds `/proc/PID`
+    /// still showing the image that called `execve`; the program itself is `file`.
+    pub fn process_is_caller(&self) -> bool {
+        match self.kind {
+            EventKind::ExecDenied => true,
+            EventKind::ExecReported => self.sensor.as_deref() == Some("fanotify"),
+            _ => false,
+        }
+    }
+
     /// One line of JSON, without the newline.
     pub fn to_json_line(&self) -> String {
         serde_json::to_string(self).expect("events always serialize")
@@ -243,9 +262,51 @@ impl Event {
     }
 }
 
+/// The sensor name of installs found by a full rescan of the install roots (at start-up,
+/// periodically, after a policy change or lost watcher events) rather than seen appearing by
+/// the watcher (`install_watch`): when such a file got there is not known.
+pub const INSTALL_SCAN: &str = "install_scan";
+
+/// Whether what the event describes failed or was refused: a denied launch or open, a failed
+/// kill or quarantine, a rejected policy, a degraded sensor, dropped events. OCSF `status_id`
+/// 2 (Failure) and ECS `event.outcome: failure`.
+pub(crate) fn failed(e: &Event) -> bool {
+    matches!(
+        e.outcome,
+        Some(
+            Outcome::Denied
+                | Outcome::DeniedOnDeadline
+                | Outcome::KillFailed
+                | Outcome::QuarantineFailed
+        )
+    ) || matches!(
+        e.kind,
+        EventKind::PolicyRejected | EventKind::SensorDegraded | EventKind::EventsDropped
+    )
+}
+
+/// Whether the event's file is a folder: what a `package` rule matches (an npm package folder, a
+/// Python `*.dist-info`, an editor extension folder).
+pub(crate) fn file_is_folder(e: &Event) -> bool {
+    e.rule.as_ref().is_some_and(|r| r.selector == "package")
+}
+
+/// The last component of a path (the whole string when it has no `/`).
+pub(crate) fn base_name(path: &str) -> &str {
+    path.rsplit('/').next().unwrap_or(path)
+}
+
+/// The wire name of a kind or an outcome (`exec_denied`, `would_enforce`).
+pub fn snake(v: impl Serialize) -> String {
+    match serde_json::to_value(v) {
+        Ok(serde_json::Value::String(s)) => s,
+        _ => String::new(),
+    }
+}
+
 /// Hex SHA-256 of `bytes` (of an event's JSON line, it is that event's [`Event::record_hash`]).
 pub fn sha256_hex(bytes: &[u8]) -> String {
-    hex(&sha2::Sha256::digest(bytes))
+    hex::encode(sha2::Sha256::digest(bytes))
 }
 
 /// Drop nulls and the objects left empty, so that in the OCSF and ECS forms absent facts are
@@ -268,74 +329,35 @@ fn prune(v: serde_json::Value) -> serde_json::Value {
 /// `prev_hash` of a host's first event.
 pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
-fn hex(b: &[u8]) -> String {
-    let mut s = String::with_capacity(b.len() * 2);
-    for x in b {
-        s.push_str(&format!("{x:02x}"));
-    }
-    s
-}
+/// `YYYY-MM-DDTHH:MM:SS.mmmZ`: what [`rfc3339`] writes.
+const MILLIS: &[time::format_description::BorrowedFormatItem<'_>] = time::macros::format_description!(
+    "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+);
+/// `YYYY-MM-DDTHH:MM:SSZ`.
+const SECONDS: &[time::format_description::BorrowedFormatItem<'_>] =
+    time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second]Z");
+/// `YYYY-MM-DD`.
+const DATE: &[time::format_description::BorrowedFormatItem<'_>] =
+    time::macros::format_description!("[year]-[month]-[day]");
 
 /// Format a time as RFC 3339 in UTC with millisecond precision, e.g. `2026-11-26T20:00:13.123Z`.
 pub fn rfc3339(t: SystemTime) -> String {
-    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
-    let secs = d.as_secs() as i64;
-    let date = interdict_policy::Date::from_unix_seconds(secs);
-    let sod = secs.rem_euclid(86_400);
-    format!(
-        "{date}T{:02}:{:02}:{:02}.{:03}Z",
-        sod / 3600,
-        (sod / 60) % 60,
-        sod % 60,
-        d.subsec_millis()
-    )
+    let t = time::OffsetDateTime::from(t.max(UNIX_EPOCH));
+    t.format(MILLIS)
+        .unwrap_or_else(|_| "1970-01-01T00:00:00.000Z".into())
 }
 
 /// Milliseconds since the Unix epoch of a UTC time as [`rfc3339`] writes it
 /// (`YYYY-MM-DDTHH:MM:SS.mmmZ`), or without milliseconds (`YYYY-MM-DDTHH:MM:SSZ`), or a bare date
-/// (`YYYY-MM-DD`, midnight UTC); `None` for anything else.
+/// (`YYYY-MM-DD`, midnight UTC); `None` for anything else, including dates that do not exist.
 pub fn parse_rfc3339_millis(t: &str) -> Option<i64> {
-    let b = t.as_bytes();
-    let num = |r: std::ops::Range<usize>| -> Option<i64> {
-        let s = t.get(r)?;
-        s.bytes()
-            .all(|c| c.is_ascii_digit())
-            .then(|| s.parse().ok())?
-    };
-    if b.len() < 10 || b[4] != b'-' || b[7] != b'-' {
-        return None;
-    }
-    let (y, m, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
-    let (hh, mm, ss, ms) = match b.len() {
-        10 => (0, 0, 0, 0),
-        20 | 24 => {
-            if b[10] != b'T' || b[13] != b':' || b[16] != b':' || b[b.len() - 1] != b'Z' {
-                return None;
-            }
-            let ms = if b.len() == 24 {
-                if b[19] != b'.' {
-                    return None;
-                }
-                num(20..23)?
-            } else {
-                0
-            };
-            (num(11..13)?, num(14..16)?, num(17..19)?, ms)
-        }
+    let at = match t.len() {
+        10 => time::Date::parse(t, DATE).ok()?.midnight(),
+        20 => time::PrimitiveDateTime::parse(t, SECONDS).ok()?,
+        24 => time::PrimitiveDateTime::parse(t, MILLIS).ok()?,
         _ => return None,
     };
-    if !(1..=12).contains(&m) || !(1..=31).contains(&d) || hh > 23 || mm > 59 || ss > 60 {
-        return None;
-    }
-    // Howard Hinnant's days_from_civil.
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    Some(((days * 86_400 + hh * 3600 + mm * 60 + ss) * 1000) + ms)
+    i64::try_from(at.assume_utc().unix_timestamp_nanos() / 1_000_000).ok()
 }
 
 #[cfg(test)]
@@ -351,6 +373,19 @@ mod tests {
             None
         );
         assert_eq!(super::parse_rfc3339_millis("yesterday"), None);
+        assert_eq!(super::parse_rfc3339_millis("2026-02-30"), None);
+        assert_eq!(
+            super::parse_rfc3339_millis("2026-02-28"),
+            Some(1_772_236_800_000)
+        );
+        assert_eq!(
+            super::parse_rfc3339_millis("2026-02-28T00:00:01Z"),
+            Some(1_772_236_801_000)
+        );
+        assert_eq!(
+            super::parse_rfc3339_millis("2026-02-28T00:00:01+01:00"),
+            None
+        );
     }
 
     use super::*;

@@ -88,11 +88,17 @@ pub fn redact_argv(argv: &[String]) -> Vec<String> {
 /// Keep at most [`MAX_ARGV_BYTES`] of arguments; a cut command line ends with [`TRUNCATED`].
 /// Returns the arguments and whether anything was cut.
 pub fn bound_argv(argv: Vec<String>) -> (Vec<String>, bool) {
+    bound_argv_to(argv, MAX_ARGV_BYTES)
+}
+
+/// Keep at most `max` bytes of arguments (cut on a character boundary); a cut command line ends
+/// with [`TRUNCATED`], which is not counted. Returns the arguments and whether anything was cut.
+pub fn bound_argv_to(argv: Vec<String>, max: usize) -> (Vec<String>, bool) {
     let mut total = 0;
     let mut out = Vec::new();
     for a in argv {
-        if total + a.len() > MAX_ARGV_BYTES {
-            let room = MAX_ARGV_BYTES.saturating_sub(total);
+        if total + a.len() > max {
+            let room = max.saturating_sub(total);
             if room > 0 {
                 let mut cut = room;
                 while !a.is_char_boundary(cut) {

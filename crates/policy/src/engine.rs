@@ -6,22 +6,13 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use globset::{Candidate, Glob, GlobBuilder, GlobSet, GlobSetBuilder};
+use globset::{Candidate, GlobBuilder, GlobSet, GlobSetBuilder};
 use serde::Serialize;
 
 use crate::content::{ContentMatch, ContentSearcher};
 use crate::diag::Diagnostics;
-use crate::model::{Action, Date, Mode, PackageRef, PolicyInfo, Rule, Sha256};
+use crate::model::{glob, Action, Date, Mode, PackageRef, PolicyInfo, Rule, Sha256};
 use crate::parse::{read_policy, Includes, PolicyDoc};
-
-/// Build a glob the way every selector uses it: `*` stays within one path component, `**`
-/// crosses components.
-pub(crate) fn glob(pattern: &str) -> Result<Glob, globset::Error> {
-    GlobBuilder::new(pattern)
-        .literal_separator(true)
-        .backslash_escape(true)
-        .build()
-}
 
 /// Which kind of selector matched.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -177,13 +168,6 @@ pub enum Enforcement {
     ReportOnly,
 }
 
-impl Enforcement {
-    /// True when the action is carried out.
-    pub fn is_enforced(self) -> bool {
-        self == Enforcement::Enforced
-    }
-}
-
 /// Counts of selectors, for summaries.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct SelectorCounts {
@@ -258,6 +242,13 @@ pub struct Policy {
     names: HashMap<String, Vec<(u32, u32)>>,
     packages: HashMap<PackageRef, Vec<(u32, u32)>>,
     sha256: HashMap<Sha256, Vec<(u32, u32)>>,
+    /// Per rule, how many of its `sha256` entries the policy file declared: the rest were
+    /// learned on this host.
+    declared_sha256: Vec<usize>,
+    /// The sizes of the files the digests name, where known.
+    digest_sizes: std::collections::HashSet<u64>,
+    /// How many digests have no known size (any file may then match one).
+    unsized_digests: usize,
     paths: GlobIndex,
     scripts: GlobIndex,
     /// `configs` globs on absolute paths.
@@ -330,8 +321,24 @@ impl Policy {
                 Some(b.build().expect("host globs were validated"))
             })
             .collect();
+        let declared_sha256 = rules.iter().map(|r| r.selectors.sha256.len()).collect();
+        let mut digest_sizes = std::collections::HashSet::new();
+        let mut unsized_digests = 0;
+        for r in &rules {
+            for d in &r.selectors.sha256 {
+                match r.selectors.sha256_sizes.get(d) {
+                    Some(n) => {
+                        digest_sizes.insert(*n);
+                    }
+                    None => unsized_digests += 1,
+                }
+            }
+        }
         Policy {
             info,
+            declared_sha256,
+            digest_sizes,
+            unsized_digests,
             rules,
             names,
             packages,
@@ -346,21 +353,36 @@ impl Policy {
     }
 
     /// Add a digest to a rule's `sha256` selectors (a learned hash: the digest of a file one of
-    /// its other selectors matched). False when the rule does not exist or already has it.
-    pub fn learn(&mut self, rule_id: &str, digest: Sha256) -> bool {
+    /// its other selectors matched), with the file's size when known. False when the rule does
+    /// not exist or already has it.
+    pub fn learn(&mut self, rule_id: &str, digest: Sha256, size: Option<u64>) -> bool {
         let Some(ri) = self.rules.iter().position(|r| r.id == rule_id) else {
             return false;
         };
-        let list = &mut self.rules[ri].selectors.sha256;
-        if list.contains(&digest) {
+        let sel = &mut self.rules[ri].selectors;
+        if sel.sha256.contains(&digest) {
             return false;
         }
+        match size {
+            Some(n) => {
+                sel.sha256_sizes.insert(digest, n);
+                self.digest_sizes.insert(n);
+            }
+            None => self.unsized_digests += 1,
+        }
+        let list = &mut sel.sha256;
         list.push(digest);
         self.sha256
             .entry(digest)
             .or_default()
             .push((ri as u32, (list.len() - 1) as u32));
         true
+    }
+
+    /// True when `d` matched a digest learned on this host (added by [`Policy::learn`]), not
+    /// one the policy file declared.
+    pub fn is_learned(&self, d: &Decision) -> bool {
+        d.selector == SelectorKind::Sha256 && d.pattern >= self.declared_sha256[d.rule]
     }
 
     /// The `[policy]` table.
@@ -436,6 +458,13 @@ impl Policy {
             .flat_map(|r| r.selectors.configs.iter())
             .filter(|g| g.starts_with("~/"))
             .map(String::as_str)
+    }
+
+    /// True when a file of `size` bytes may have a digest some rule names: always when a digest
+    /// of unknown size is in force, else only for the sizes the digests are known to have. A
+    /// file of any other size need not be hashed to be judged.
+    pub fn may_match_size(&self, size: u64) -> bool {
+        !self.sha256.is_empty() && (self.unsized_digests > 0 || self.digest_sizes.contains(&size))
     }
 
     /// True when some rule has `scripts` selectors.
@@ -586,10 +615,17 @@ impl Policy {
         if !d.action.is_enforcing() {
             return Enforcement::ReportOnly;
         }
+        self.rule_enforcement(d.rule, today)
+    }
+
+    /// Whether rule `rule` (an index into [`Policy::rules`]) changes anything on `today`,
+    /// whatever its action: `Monitor` in monitor mode, `NotYet` before its `enforce_from`, else
+    /// `Enforced` (used for `on_install = "quarantine"`).
+    pub fn rule_enforcement(&self, rule: usize, today: Date) -> Enforcement {
         if self.info.mode == Mode::Monitor {
             return Enforcement::Monitor;
         }
-        match self.rules[d.rule].enforce_from {
+        match self.rules[rule].enforce_from {
             Some(from) if today < from => Enforcement::NotYet(from),
             _ => Enforcement::Enforced,
         }
@@ -673,7 +709,7 @@ pub fn expand_placeholders(template: &str, v: &PlaceholderValues<'_>, url_encode
     ] {
         if out.contains(key) {
             let val = if url_encode {
-                percent_encode(val)
+                percent_encoding::utf8_percent_encode(val, URL_RESERVED).to_string()
             } else {
                 val.to_string()
             };
@@ -683,14 +719,9 @@ pub fn expand_placeholders(template: &str, v: &PlaceholderValues<'_>, url_encode
     out
 }
 
-fn percent_encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
+/// Everything but RFC 3986's unreserved characters (letters, digits, `-`, `_`, `.`, `~`).
+const URL_RESERVED: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');

@@ -229,11 +229,17 @@ impl<'s> Fields<'s> {
     pub fn date(&mut self, key: &str, v: &Value<'_>) -> Option<Date> {
         match v.get_ref() {
             DeValue::Datetime(dt) => match (dt.date, dt.time, dt.offset) {
-                (Some(d), None, None) => Some(Date {
-                    year: d.year,
-                    month: d.month,
-                    day: d.day,
-                }),
+                (Some(d), None, None) => {
+                    let date = Date::new(d.year, d.month, d.day);
+                    if date.is_none() {
+                        self.err(
+                            Code::BadDate,
+                            v.span(),
+                            format!("`{key}` is {d}, which is not a day of the calendar"),
+                        );
+                    }
+                    date
+                }
                 _ => {
                     self.err(
                         Code::BadDate,

@@ -45,6 +45,7 @@
 //! assert_eq!(policy.rule(&decision).id, "claude-code");
 //! ```
 #![deny(missing_docs)]
+#![forbid(unsafe_code)]
 
 mod content;
 mod diag;
@@ -61,9 +62,10 @@ pub use engine::{
 };
 pub use model::{
     Action, Date, Ecosystem, Exemptions, FileFormat, Mode, OnInstall, PackageRef, PolicyInfo, Risk,
-    Rule, Selectors, Sha256, Signature, MAX_SIGNATURE_BYTES, MIN_SIGNATURE_BYTES, PLACEHOLDERS,
+    Rule, Selectors, Sha256, Signature, DEFAULT_LEARN_MIN_SIZE, MAX_SIGNATURE_BYTES,
+    MIN_SIGNATURE_BYTES, PLACEHOLDERS,
 };
 pub use parse::{
-    parse_sha256_file, read_policy, IncludedFile, Includes, NoIncludes, PolicyDoc, CRITICAL_NAMES,
-    CRITICAL_PATHS,
+    parse_sha256_file, parse_sha256_file_sized, read_policy, IncludedFile, Includes, NoIncludes,
+    PolicyDoc, CRITICAL_NAMES, CRITICAL_PATHS,
 };

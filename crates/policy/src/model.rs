@@ -5,6 +5,19 @@ use std::str::FromStr;
 
 use serde::Serialize;
 
+/// Build a glob the way every selector uses it: `*` stays within one path component, `**`
+/// crosses components.
+pub(crate) fn glob(pattern: &str) -> Result<globset::Glob, globset::Error> {
+    globset::GlobBuilder::new(pattern)
+        .literal_separator(true)
+        .backslash_escape(true)
+        .build()
+}
+
+/// The default `learn_min_size`: 4 KiB, below which a file is a stub, a wrapper or empty
+/// (the empty file's digest would ban every empty file).
+pub const DEFAULT_LEARN_MIN_SIZE: u64 = 4096;
+
 /// A plain calendar date (`enforce_from = 2026-12-01`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Date {
@@ -19,17 +32,21 @@ pub struct Date {
 impl Date {
     /// The UTC date `secs` seconds after the Unix epoch.
     pub fn from_unix_seconds(secs: i64) -> Date {
-        // Howard Hinnant's civil_from_days.
-        let z = secs.div_euclid(86_400) + 719_468;
-        let era = z.div_euclid(146_097);
-        let doe = z - era * 146_097;
-        let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-        let mp = (5 * doy + 2) / 153;
-        let day = (doy - (153 * mp + 2) / 5 + 1) as u8;
-        let month = if mp < 10 { mp + 3 } else { mp - 9 } as u8;
-        let year = (yoe + era * 400 + i64::from(month <= 2)) as u16;
-        Date { year, month, day }
+        let d = time::OffsetDateTime::from_unix_timestamp(secs)
+            .unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
+            .date();
+        Date {
+            year: d.year().clamp(0, i32::from(u16::MAX)) as u16,
+            month: d.month() as u8,
+            day: d.day(),
+        }
+    }
+
+    /// A date that exists in the calendar (`2026-02-30` does not).
+    pub fn new(year: u16, month: u8, day: u8) -> Option<Date> {
+        let m = time::Month::try_from(month).ok()?;
+        time::Date::from_calendar_date(i32::from(year), m, day).ok()?;
+        Some(Date { year, month, day })
     }
 }
 
@@ -246,26 +263,15 @@ pub struct Sha256(pub [u8; 32]);
 impl Sha256 {
     /// Parse 64 hexadecimal digits (either case).
     pub fn from_hex(s: &str) -> Option<Sha256> {
-        let b = s.as_bytes();
-        if b.len() != 64 {
-            return None;
-        }
         let mut out = [0u8; 32];
-        for (i, pair) in b.chunks_exact(2).enumerate() {
-            let hi = (pair[0] as char).to_digit(16)?;
-            let lo = (pair[1] as char).to_digit(16)?;
-            out[i] = (hi * 16 + lo) as u8;
-        }
+        hex::decode_to_slice(s, &mut out).ok()?;
         Some(Sha256(out))
     }
 }
 
 impl fmt::Display for Sha256 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for b in self.0 {
-            write!(f, "{b:02x}")?;
-        }
-        Ok(())
+        f.write_str(&hex::encode(self.0))
     }
 }
 
@@ -461,6 +467,8 @@ pub struct Selectors {
     pub contains_in: Vec<FileFormat>,
     /// Globs on AI-agent configuration files (`configs`); `~/` starts a path in any home.
     pub configs: Vec<String>,
+    /// The file size of a digest, where the hash list says it (`size=BYTES`) or it was learned.
+    pub sha256_sizes: std::collections::HashMap<Sha256, u64>,
 }
 
 impl Selectors {
@@ -523,6 +531,9 @@ pub struct Rule {
     pub on_install: OnInstall,
     /// Whether files owned by a system package (dpkg/rpm) may be quarantined.
     pub allow_system_files: bool,
+    /// Files smaller than this (bytes) are never learned from (an installer's placeholder, a
+    /// one-line wrapper): `learn_min_size`, default [`DEFAULT_LEARN_MIN_SIZE`].
+    pub learn_min_size: u64,
     /// What the rule matches.
     pub selectors: Selectors,
     /// Who it does not apply to.

@@ -162,7 +162,7 @@ impl Reader<'_, '_> {
     }
 
     fn glob(&mut self, key: &str, pattern: &str, span: Range<usize>, absolute: bool) -> bool {
-        if let Err(e) = crate::engine::glob(pattern) {
+        if let Err(e) = crate::model::glob(pattern) {
             let kind = e.kind().to_string();
             self.err(
                 Code::BadGlob,
@@ -313,9 +313,14 @@ impl Reader<'_, '_> {
                     for (f, span) in self.string_list("sha256_files", v) {
                         match self.includes.read(&f) {
                             Ok(file) => {
-                                let (digests, diags) = parse_sha256_file(&file);
+                                let (digests, diags) = parse_sha256_file_sized(&file);
                                 self.extend(diags);
-                                sel.sha256.extend(digests);
+                                for (d, size) in digests {
+                                    sel.sha256.push(d);
+                                    if let Some(n) = size {
+                                        sel.sha256_sizes.insert(d, n);
+                                    }
+                                }
                             }
                             Err(e) => self.err(
                                 Code::MissingSha256File,
@@ -449,6 +454,7 @@ impl Reader<'_, '_> {
             "notify",
             "on_install",
             "allow_system_files",
+            "learn_min_size",
             "match",
             "exempt",
         ];
@@ -469,6 +475,7 @@ impl Reader<'_, '_> {
         let mut notify = Some(true);
         let mut on_install = None;
         let mut allow_system_files = Some(false);
+        let mut learn_min_size = Some(crate::model::DEFAULT_LEARN_MIN_SIZE);
         let mut selectors = None;
         let mut match_span = v.span();
         let mut exempt = Exemptions::default();
@@ -534,6 +541,10 @@ impl Reader<'_, '_> {
                 }
                 "allow_system_files" => {
                     allow_system_files = self.boolean("allow_system_files", val)
+                }
+                "learn_min_size" => {
+                    learn_min_size = self.integer("learn_min_size", val, 1 << 40);
+                    ok &= learn_min_size.is_some();
                 }
                 "match" => {
                     match_span = k.span();
@@ -615,7 +626,7 @@ impl Reader<'_, '_> {
                 }
             }
             for (glob, span) in selectors.paths.iter().zip(path_spans) {
-                if let Ok(m) = crate::engine::glob(glob) {
+                if let Ok(m) = crate::model::glob(glob) {
                     let m = m.compile_matcher();
                     if let Some(p) = CRITICAL_PATHS.iter().find(|p| m.is_match(p)) {
                         self.warn(
@@ -646,6 +657,7 @@ impl Reader<'_, '_> {
                 OnInstall::Report
             }),
             allow_system_files: allow_system_files?,
+            learn_min_size: learn_min_size?,
             selectors,
             exempt,
         })
@@ -655,6 +667,16 @@ impl Reader<'_, '_> {
 /// Parse a `sha256sum`-style file: `HEX  NAME`, `HEX *NAME` or a bare `HEX` per line;
 /// blank lines and `#` comments are ignored.
 pub fn parse_sha256_file(file: &IncludedFile) -> (Vec<Sha256>, Vec<Diagnostic>) {
+    let (d, diags) = parse_sha256_file_sized(file);
+    (d.into_iter().map(|(d, _)| d).collect(), diags)
+}
+
+/// Like [`parse_sha256_file`], with each file's size when the line ends in `size=BYTES`
+/// (`HEX  NAME  size=245760000`): a program whose size no banned digest has need not be hashed
+/// before it may run.
+pub fn parse_sha256_file_sized(
+    file: &IncludedFile,
+) -> (Vec<(Sha256, Option<u64>)>, Vec<Diagnostic>) {
     let src = SourceText::new(&file.display_name, &file.text);
     let mut out = Vec::new();
     let mut diags = Vec::new();
@@ -669,8 +691,29 @@ pub fn parse_sha256_file(file: &IncludedFile) -> (Vec<Sha256>, Vec<Diagnostic>) 
             continue;
         }
         let hex = trimmed.split_whitespace().next().unwrap_or("");
+        let size = match trimmed
+            .split_whitespace()
+            .skip(1)
+            .last()
+            .and_then(|t| t.strip_prefix("size="))
+        {
+            None => None,
+            Some(n) => match n.parse::<u64>() {
+                Ok(n) => Some(n),
+                Err(_) => {
+                    let at = start + line.rfind("size=").unwrap_or(lead);
+                    diags.push(src.diag(
+                        Severity::Error,
+                        Code::BadValue,
+                        at..at + 5 + n.len(),
+                        format!("`size={n}` is not a size in bytes"),
+                    ));
+                    continue;
+                }
+            },
+        };
         match Sha256::from_hex(hex) {
-            Some(d) => out.push(d),
+            Some(d) => out.push((d, size)),
             None => diags.push(src.diag(
                 Severity::Error,
                 Code::BadSha256,

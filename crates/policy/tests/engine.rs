@@ -390,11 +390,56 @@ fn learned_hashes_catch_renamed_copies() {
     let mut renamed = exe("/tmp/renamed");
     renamed.exe_sha256 = Some(d);
     assert!(p.evaluate(&renamed).is_none());
-    assert!(p.learn("by-path", d));
-    assert!(!p.learn("by-path", d), "learned once");
-    assert!(!p.learn("no-such-rule", d));
+    assert!(p.learn("by-path", d, Some(4096)));
+    assert!(!p.learn("by-path", d, Some(4096)), "learned once");
+    assert!(!p.learn("no-such-rule", d, None));
     let dec = p.evaluate(&renamed).unwrap();
     assert_eq!(dec.selector, SelectorKind::Sha256);
     assert_eq!(p.evidence(&dec, &renamed).pattern, HASH_A);
     assert!(p.needs_sha256());
+}
+
+#[test]
+fn sizes_in_hash_lists_spare_hashing_files_of_other_sizes() {
+    use interdict_policy::{IncludedFile, Includes};
+    struct One(&'static str);
+    impl Includes for One {
+        fn read(&self, _: &str) -> Result<IncludedFile, String> {
+            Ok(IncludedFile {
+                display_name: "h.sha256".into(),
+                text: self.0.into(),
+            })
+        }
+    }
+    let policy = |list: &'static str| {
+        let text = "[policy]\nname = \"t\"\nversion = \"1\"\nmode = \"enforce\"\n[[rule]]\nid = \"r\"\nname = \"R\"\nrisk = \"high\"\nreason = \"x\"\naction = \"block\"\n[rule.match]\nsha256_files = [\"h.sha256\"]\n";
+        Policy::load("p.toml", text, &One(list))
+    };
+    let a = "a".repeat(64);
+    let b = "b".repeat(64);
+    let sized =
+        format!("{a}  claude-2.1.332  size=245760000\n{b}  claude-2.1.333 size=245760512\n");
+    let (p, _) = policy(Box::leak(sized.into_boxed_str())).unwrap();
+    assert!(p.may_match_size(245_760_000));
+    assert!(p.may_match_size(245_760_512));
+    assert!(
+        !p.may_match_size(1234),
+        "no digest has that size: no hash needed"
+    );
+    // One digest without a size: every file may match.
+    let mixed = format!("{a}  claude  size=245760000\n{b}  other\n");
+    let (p, _) = policy(Box::leak(mixed.into_boxed_str())).unwrap();
+    assert!(p.may_match_size(1234));
+    // A learned digest with its size keeps the filter; a bad size is an error at its place.
+    let (mut p, _) = policy(Box::leak(format!("{a}  c  size=10\n").into_boxed_str())).unwrap();
+    assert!(!p.may_match_size(20));
+    p.learn("r", Sha256::from_hex(&b).unwrap(), Some(20));
+    assert!(p.may_match_size(20));
+    let err = policy(Box::leak(format!("{a}  c  size=ten\n").into_boxed_str()))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("h.sha256:1:70: error[bad-value]: `size=ten` is not a size in bytes"),
+        "{err}"
+    );
 }

@@ -37,22 +37,41 @@ fn chown(p: &std::path::Path, (uid, gid): (u32, u32)) {
     std::os::unix::fs::chown(p, Some(uid), Some(gid)).unwrap();
 }
 
-/// A cluster made once by `initdb` and kept in /tmp for later runs; each test copies it.
+/// A cluster made once by `initdb` and kept in /tmp for later runs; each test copies it. Made
+/// under an exclusive lock on a lock file (several test processes, of this worktree or another,
+/// may start at once), in a folder of this process, renamed into place only when complete; the
+/// name carries the server's major version.
 fn pg_template() -> &'static std::path::Path {
     static T: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
     T.get_or_init(|| {
         let ids = pg_uid();
-        let done = std::path::PathBuf::from("/tmp/interdict-pg-template");
+        let bin = pg_bin("initdb");
+        let version = bin
+            .parent()
+            .and_then(|p| p.parent())
+            .and_then(|p| p.file_name())
+            .map(|v| v.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let done = std::path::PathBuf::from(format!("/tmp/interdict-pg-template-v2-{version}"));
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(format!("{}.lock", done.display()))
+            .unwrap();
+        use std::os::fd::AsRawFd;
+        // SAFETY: flock on a descriptor we own and keep open until the end of this block; it
+        // only blocks until other holders of the lock are done.
+        assert_eq!(unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) }, 0);
         if done.join("data/PG_VERSION").exists() {
             return done;
         }
-        let t =
-            std::path::PathBuf::from(format!("/tmp/interdict-pg-template.{}", std::process::id()));
+        let t = std::path::PathBuf::from(format!("{}.{}", done.display(), std::process::id()));
         let _ = std::fs::remove_dir_all(&t);
         std::fs::create_dir_all(&t).unwrap();
         chown(&t, ids);
         use std::os::unix::process::CommandExt;
-        let st = std::process::Command::new(pg_bin("initdb"))
+        let st = std::process::Command::new(bin)
             .arg("-D")
             .arg(t.join("data"))
             .args(["-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8"])
@@ -65,6 +84,7 @@ fn pg_template() -> &'static std::path::Path {
         let _ = std::fs::remove_dir_all(&done);
         std::fs::rename(&t, &done).unwrap();
         done
+        // The lock is released when `lock` is dropped here.
     })
 }
 
@@ -123,6 +143,8 @@ impl Pg {
 impl Drop for Pg {
     fn drop(&mut self) {
         // Fast shutdown, by PID.
+        // SAFETY: kill(2) on the PID of our own child, which has not been waited for yet (so the
+        // PID cannot have been reused); no memory is involved.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
         let _ = self.child.wait();
     }

@@ -1,0 +1,877 @@
+//! Installed software, live: the install roots are watched (inotify through the `notify` crate),
+//! changes are debounced per package folder, and each banned package or binary is reported once
+//! (`installed_detected`), with `installed_removed` when it goes away. A full rescan runs at
+//! start-up, every `rescan_interval_s`, after every policy change, and at once when the watcher
+//! reports an overflow or a lost watch, so that nothing missed while watching is missed for good.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{channel, Receiver, RecvTimeoutError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use interdict_event::{EventKind, FileRef, Outcome, ProcessRef};
+use notify::Watcher;
+
+use super::fanotify::ScriptMarker;
+use super::{Part, PartState, StartError};
+use crate::agent::metrics::inc;
+use crate::agent::shared::Shared;
+use crate::agent::verdict;
+use crate::inventory::hash::FileKey;
+use crate::inventory::installed::{self, Found, Progress};
+
+/// A request to the watcher thread.
+#[derive(Debug)]
+pub enum WatchMsg {
+    /// Something changed at this path; `writing` when it is a file being written (created or
+    /// modified, not yet closed), `closed` when a writer closed it.
+    Changed(PathBuf, Write),
+    /// Events were lost: rescan everything.
+    Rescan(&'static str),
+}
+
+/// What a change says about a file's writers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Write {
+    /// Created or written to: a writer may still have it open.
+    Writing,
+    /// A writer closed it.
+    Closed,
+    /// Anything else (rename, removal, attributes).
+    Other,
+}
+
+/// The folder to re-examine for a changed path: the package it belongs to (`node_modules/<pkg>`,
+/// `node_modules/@scope/<pkg>`, `<name>.dist-info`, an editor extension folder), else the path.
+pub fn unit_of(path: &Path) -> PathBuf {
+    let comps: Vec<_> = path.components().collect();
+    for (i, c) in comps.iter().enumerate().rev() {
+        let name = c.as_os_str().to_string_lossy();
+        if name == "node_modules" && i + 1 < comps.len() {
+            let first = comps[i + 1].as_os_str().to_string_lossy();
+            let take = if first.starts_with('@') { i + 3 } else { i + 2 };
+            return comps[..take.min(comps.len())].iter().collect();
+        }
+        if name.ends_with(".dist-info") || (i > 0 && comps[i - 1].as_os_str() == "extensions") {
+            return comps[..=i].iter().collect();
+        }
+    }
+    path.to_path_buf()
+}
+
+/// A changed unit as it really lies: its folder resolved (a path reported through a symlinked
+/// folder names the same files twice), and dropped when that is outside every root. A unit whose
+/// folder is gone stays as it is, so that its removal is seen.
+fn real_unit(unit: &Path, roots: &[PathBuf]) -> Option<PathBuf> {
+    let (Some(parent), Some(name)) = (unit.parent(), unit.file_name()) else {
+        return Some(unit.to_path_buf());
+    };
+    match std::fs::canonicalize(parent) {
+        Ok(real) if real == parent => Some(unit.to_path_buf()),
+        Ok(real) => roots
+            .iter()
+            .any(|r| real.starts_with(r))
+            .then(|| real.join(name)),
+        Err(_) => Some(unit.to_path_buf()),
+    }
+}
+
+/// The install roots that exist now (new homes appear, new prefixes get created).
+pub fn roots_now(shared: &Shared) -> Vec<PathBuf> {
+    let roots = if shared.config.install.roots.is_empty() {
+        installed::default_roots(&crate::inventory::host::Accounts::load())
+    } else {
+        shared.config.install.roots.clone()
+    };
+    installed::normalize_roots(&roots, false).0
+}
+
+/// What has been reported as installed: (rule id, canonical path or package folder).
+type Seen = HashMap<(String, PathBuf), Found>;
+
+/// What was reported as installed, kept across restarts in `STATE_DIR/installs.json`, so that a
+/// restart does not report again, as new, what is still there unchanged; and so that what went
+/// away while the agent was stopped is reported gone.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct Reported {
+    /// The rule, as the event said.
+    rule: interdict_event::RuleRef,
+    /// The canonical file or package folder (the key, with the rule id).
+    #[serde(with = "crate::fsutil::any_path")]
+    canonical: PathBuf,
+    /// The path reported.
+    file: FileRef,
+    /// The owner.
+    owner: Option<ProcessRef>,
+}
+
+/// What the record of reported installs is made from, besides what this run reports.
+#[derive(Debug, Default)]
+struct Known {
+    /// What earlier runs reported and this run has not looked at yet.
+    earlier: HashMap<(String, PathBuf), Reported>,
+    /// Finds whose event could not be queued (the event queue was full; counted in
+    /// `event_drops`): left out of the record, so that the next run reports them.
+    unqueued: HashSet<(String, PathBuf)>,
+}
+
+fn reported_path(shared: &Shared) -> PathBuf {
+    shared.config.agent.state_dir.join("installs.json")
+}
+
+/// What earlier runs reported; nothing when there is no record (a first run) or it is damaged
+/// (then everything found is reported again, which loses nothing).
+fn load_known(shared: &Shared) -> Known {
+    let path = reported_path(shared);
+    let list: Vec<Reported> = match std::fs::read(&path) {
+        Ok(b) => serde_json::from_slice(&b).unwrap_or_else(|e| {
+            tracing::warn!(
+                "{}: {e}; what is installed will be reported again",
+                path.display()
+            );
+            Vec::new()
+        }),
+        Err(_) => Vec::new(),
+    };
+    Known {
+        earlier: list
+            .into_iter()
+            .map(|r| ((r.rule.id.clone(), r.canonical.clone()), r))
+            .collect(),
+        unqueued: HashSet::new(),
+    }
+}
+
+/// Wait (at most 5 s) until the event log writer has taken every event queued so far: what is
+/// recorded as reported must have reached the event log and the spool, or a crash right after
+/// the record would lose it for good. False when it has not.
+fn writer_caught_up(shared: &Shared) -> bool {
+    use std::sync::atomic::Ordering::Relaxed;
+    let c = &shared.metrics.c;
+    let queued = c.events_queued.load(Relaxed);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        if c.events_written.load(Relaxed) + c.event_write_errors.load(Relaxed) >= queued {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Record what is reported as installed now (with what earlier runs reported and this run has
+/// not looked at yet), once the events saying so are written. False when it was not recorded.
+fn save_reported(shared: &Shared, seen: &Seen, known: &Known) -> bool {
+    if !writer_caught_up(shared) {
+        return false;
+    }
+    let active = shared.policy.active();
+    let policy = &active.loaded.policy;
+    let mut list: Vec<&Reported> = known.earlier.values().collect();
+    let now: Vec<Reported> = seen
+        .iter()
+        .filter(|(k, _)| !known.unqueued.contains(*k))
+        .map(|(_, f)| f)
+        .filter(|f| f.decision.action != interdict_policy::Action::Allow)
+        .map(|f| Reported {
+            rule: verdict::rule_ref(policy, &f.decision, &f.facts),
+            canonical: f.canonical.clone(),
+            file: verdict::file_of(f, None),
+            owner: verdict::owner_of(shared, f),
+        })
+        .collect();
+    list.extend(now.iter());
+    let written = serde_json::to_vec(&list)
+        .map_err(std::io::Error::other)
+        .and_then(|bytes| crate::fsutil::write_atomic(&reported_path(shared), &bytes, 0o600));
+    if let Err(e) = written {
+        tracing::warn!("{}: {e}", reported_path(shared).display());
+    }
+    true
+}
+
+/// Report gone what earlier runs reported and the first full rescan did not find.
+fn report_known_gone(shared: &Shared, known: &mut Known) {
+    for (_, r) in known.earlier.drain() {
+        let mut e = shared.event(EventKind::InstalledRemoved);
+        e.outcome = Some(Outcome::Reported);
+        e.sensor = Some(Part::InstallScan.as_str().into());
+        e.rule = Some(r.rule);
+        e.file = Some(r.file);
+        e.process = r.owner;
+        shared.emit(e);
+        inc(&shared.metrics.c.installs_removed);
+    }
+}
+
+/// Start the watcher. Returns a sender for rescan requests (policy changes).
+/// With `guard`, every banned script file found is marked for the script guard at once.
+pub fn start(
+    shared: Arc<Shared>,
+    guard: Option<ScriptMarker>,
+) -> Result<std::sync::mpsc::Sender<WatchMsg>, StartError> {
+    let roots = roots_now(&shared);
+    let (tx, rx) = channel::<WatchMsg>();
+    let wtx = tx.clone();
+    // No open or read-close events: with them, every read of any file under a watched root
+    // (our own rescans included) would be queued to us. Creates, removes, renames, writes,
+    // attribute changes (chmod +x) and the close of a written file are all we need.
+    let kinds = notify::EventKindMask::CORE | notify::EventKindMask::ACCESS_CLOSE;
+    let handler = move |res: notify::Result<notify::Event>| match res {
+        Ok(ev) => {
+            if ev.need_rescan() {
+                let _ = wtx.send(WatchMsg::Rescan("watcher overflow"));
+            }
+            if matches!(
+                ev.kind,
+                notify::EventKind::Access(
+                    notify::event::AccessKind::Open(_)
+                        | notify::event::AccessKind::Read
+                        | notify::event::AccessKind::Close(notify::event::AccessMode::Read)
+                )
+            ) {
+                return;
+            }
+            use notify::event::{AccessKind, AccessMode, CreateKind, ModifyKind};
+            let w = match ev.kind {
+                notify::EventKind::Create(CreateKind::File)
+                | notify::EventKind::Modify(ModifyKind::Data(_)) => Write::Writing,
+                notify::EventKind::Access(AccessKind::Close(AccessMode::Write)) => Write::Closed,
+                _ => Write::Other,
+            };
+            for p in ev.paths {
+                let _ = wtx.send(WatchMsg::Changed(p, w));
+            }
+        }
+        Err(_) => {
+            let _ = wtx.send(WatchMsg::Rescan("watch error"));
+        }
+    };
+    let mut watcher = <notify::RecommendedWatcher as notify::Watcher>::new(
+        handler,
+        // Never into a symlinked folder: what it points at is not an install root, and would be
+        // reported again under a second name.
+        notify::Config::default()
+            .with_event_kinds(kinds)
+            .with_follow_symlinks(false),
+    )
+    .map_err(|e| StartError::Io {
+        what: "inotify",
+        source: std::io::Error::other(e.to_string()),
+    })?;
+    let mut watched = 0;
+    for r in &roots {
+        if watcher.watch(r, notify::RecursiveMode::Recursive).is_ok() {
+            watched += 1;
+        }
+    }
+    shared.parts.set(
+        Part::InstallWatch,
+        PartState::Running,
+        format!(
+            "{watched} install root(s) watched, rescan every {} s",
+            shared.config.install.rescan_interval_s
+        ),
+    );
+    let s = shared.clone();
+    std::thread::Builder::new()
+        .name("install-watch".into())
+        .spawn(move || run(s, rx, roots, watcher, guard))
+        .map_err(StartError::io("install watcher thread"))?;
+    let _ = tx.send(WatchMsg::Rescan("start-up"));
+    Ok(tx)
+}
+
+/// Changes waiting for the debounce, and the files still being written.
+struct Pending {
+    units: HashSet<PathBuf>,
+    /// Files created or written to and not closed since.
+    writing: HashSet<PathBuf>,
+    last_change: Instant,
+}
+
+impl Pending {
+    fn note(&mut self, p: PathBuf, w: Write) {
+        match w {
+            Write::Writing => {
+                self.writing.insert(p.clone());
+            }
+            Write::Closed | Write::Other => {
+                self.writing.remove(&p);
+            }
+        }
+        // Installs write thousands of files: collect them per package folder.
+        self.units.insert(unit_of(&p));
+        self.last_change = Instant::now();
+    }
+
+    /// Take in every change already queued (a rescan is running anyway, so queued rescan
+    /// requests are served by it).
+    fn absorb(&mut self, rx: &Receiver<WatchMsg>) {
+        while let Ok(m) = rx.try_recv() {
+            if let WatchMsg::Changed(p, w) = m {
+                self.note(p, w);
+            }
+        }
+    }
+
+    fn retry(&mut self, again: Vec<PathBuf>) {
+        if !again.is_empty() {
+            self.units.extend(again);
+            self.last_change = Instant::now();
+        }
+    }
+}
+
+fn run(
+    shared: Arc<Shared>,
+    rx: Receiver<WatchMsg>,
+    mut roots: Vec<PathBuf>,
+    mut watcher: notify::RecommendedWatcher,
+    guard: Option<ScriptMarker>,
+) {
+    let guard = guard.as_ref();
+    let debounce = Duration::from_millis(shared.config.install.debounce_ms);
+    let rescan_every = Duration::from_secs(shared.config.install.rescan_interval_s.max(1));
+    let mut seen: Seen = HashMap::new();
+    let mut known = load_known(&shared);
+    // What the watcher changed is recorded at most every 2 s (a rescan records at once).
+    let mut unsaved: Option<Instant> = None;
+    let mut pending = Pending {
+        units: HashSet::new(),
+        writing: HashSet::new(),
+        last_change: Instant::now(),
+    };
+    let mut deferred: Deferred = HashMap::new();
+    let mut next_rescan = Instant::now() + rescan_every;
+    // A full rescan: changes queued before and during the walk are taken in, so that a file
+    // still being written is left to the watcher rather than reported half-written.
+    let full = |why: &str,
+                roots: &mut Vec<PathBuf>,
+                watcher: &mut notify::RecommendedWatcher,
+                seen: &mut Seen,
+                known: &mut Known,
+                pending: &mut Pending| {
+        if why == "watcher overflow" || why == "watch error" {
+            // Closes may have been lost with the rest.
+            pending.writing.clear();
+        }
+        pending.absorb(&rx);
+        watch_new_roots(&shared, roots, watcher);
+        let started = Instant::now();
+        let found = scan_paths(&shared, roots);
+        pending.absorb(&rx);
+        let settle = Settle {
+            writing: &pending.writing,
+            quiet: debounce,
+            installing: installer_running(),
+        };
+        let again = rescan(&shared, found, (seen, known), why, &settle, started, guard);
+        pending.retry(again);
+    };
+    loop {
+        if shared.shutdown.is_triggered() {
+            if unsaved.is_some() {
+                save_reported(&shared, &seen, &known);
+            }
+            shared
+                .parts
+                .set(Part::InstallWatch, PartState::Stopped, "shut down");
+            return;
+        }
+        if unsaved.is_some_and(|t| t.elapsed() >= Duration::from_secs(2))
+            && save_reported(&shared, &seen, &known)
+        {
+            unsaved = None;
+        }
+        let wait = if pending.units.is_empty() {
+            Duration::from_millis(500).min(next_rescan.saturating_duration_since(Instant::now()))
+        } else {
+            debounce.saturating_sub(pending.last_change.elapsed())
+        };
+        match rx.recv_timeout(wait) {
+            Ok(WatchMsg::Changed(p, w)) => {
+                pending.note(p, w);
+                continue;
+            }
+            Ok(WatchMsg::Rescan(why)) => {
+                full(
+                    why,
+                    &mut roots,
+                    &mut watcher,
+                    &mut seen,
+                    &mut known,
+                    &mut pending,
+                );
+                // (Recorded by the rescan; again later should the writer have lagged.)
+                unsaved.get_or_insert_with(Instant::now);
+                next_rescan = Instant::now() + rescan_every;
+                continue;
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => return,
+        }
+        if !pending.units.is_empty() && pending.last_change.elapsed() >= debounce {
+            let units: Vec<PathBuf> = pending
+                .units
+                .drain()
+                .filter_map(|u| real_unit(&u, &roots))
+                .collect::<HashSet<_>>()
+                .into_iter()
+                .collect();
+            // (A close we never saw, lost in an overflow, leaves a path in `writing`: bounded by
+            // the deferral rounds, and the set is emptied when events were lost.)
+            let settle = Settle {
+                writing: &pending.writing,
+                quiet: debounce,
+                installing: installer_running(),
+            };
+            let again = examine(
+                &shared,
+                &units,
+                (&mut seen, &mut known),
+                &mut deferred,
+                &settle,
+                guard,
+            );
+            unsaved.get_or_insert_with(Instant::now);
+            pending.retry(again);
+        }
+        if Instant::now() >= next_rescan {
+            full(
+                "periodic",
+                &mut roots,
+                &mut watcher,
+                &mut seen,
+                &mut known,
+                &mut pending,
+            );
+            unsaved.get_or_insert_with(Instant::now);
+            next_rescan = Instant::now() + rescan_every;
+        }
+    }
+}
+
+/// Roots that appeared since (a new user's home, a new prefix) are watched too.
+fn watch_new_roots(
+    shared: &Shared,
+    roots: &mut Vec<PathBuf>,
+    watcher: &mut notify::RecommendedWatcher,
+) {
+    for r in roots_now(shared) {
+        if !roots.contains(&r) && watcher.watch(&r, notify::RecursiveMode::Recursive).is_ok() {
+            roots.push(r);
+        }
+    }
+}
+
+fn scan_paths(shared: &Shared, paths: &[PathBuf]) -> Vec<Found> {
+    let active = shared.policy.active();
+    let progress = Progress::default();
+    let existing: Vec<PathBuf> = paths
+        .iter()
+        .filter(|p| p.symlink_metadata().is_ok())
+        .cloned()
+        .collect();
+    let found = installed::scan(
+        &active.loaded.policy,
+        &existing,
+        &shared.accounts,
+        &shared.origin.hostname,
+        &shared.memo,
+        &progress,
+    );
+    shared.metrics.c.install_hashed_bytes.fetch_add(
+        progress
+            .hashed_bytes
+            .load(std::sync::atomic::Ordering::Relaxed),
+        std::sync::atomic::Ordering::Relaxed,
+    );
+    // A digest learned on this host never names a system or package-owned file.
+    let packages = shared.learner.packages();
+    let policy = &active.loaded.policy;
+    found
+        .found
+        .into_iter()
+        .filter(|f| {
+            let misfire =
+                crate::policy::learned::misfires(policy, &f.decision, &f.canonical, &packages);
+            if let (true, Some(d)) = (misfire, digest_of(f)) {
+                shared
+                    .learner
+                    .misfired(d, f.canonical.clone(), &shared.metrics);
+            }
+            !misfire
+        })
+        .collect()
+}
+
+/// A file still open for writing (created or written to, no close seen yet) or written to within
+/// the debounce is still being written (npm, an installer): its digest would be that of a part.
+/// Such a file is looked at again after the next quiet period, for at most `DEFER_ROUNDS`
+/// rounds (30 s with the default debounce); one still being written after that is reported as
+/// it is, and reported again with its new digest once it changes.
+const DEFER_ROUNDS: u32 = 60;
+
+/// A file inside a package folder while a package manager is installing is part of an install
+/// that is not finished (npm lays down a placeholder `bin/claude.exe` and replaces it in the
+/// package's postinstall, seconds later): it waits until the installer is done, for at most
+/// this long (a process that only pretends to install cannot hide a file for longer).
+const INSTALLER_WAIT: Duration = Duration::from_secs(600);
+
+/// What makes a found file wait: files being written, and installers at work.
+struct Settle<'a> {
+    writing: &'a HashSet<PathBuf>,
+    quiet: Duration,
+    installing: bool,
+}
+
+impl Settle<'_> {
+    /// Still being written (by any writer).
+    fn writing(&self, f: &Found) -> bool {
+        if f.package.is_some() {
+            return false;
+        }
+        if self.writing.contains(&f.path) || self.writing.contains(&f.canonical) {
+            return true;
+        }
+        std::fs::metadata(&f.canonical)
+            .and_then(|m| m.modified())
+            .map(|t| t.elapsed().map_or(true, |age| age < self.quiet))
+            .unwrap_or(false)
+    }
+
+    /// Part of a package an installer is still laying down.
+    fn installing(&self, f: &Found) -> bool {
+        self.installing && f.package.is_none() && unit_of(&f.path) != f.path
+    }
+}
+
+/// True when a package manager is installing something now: a process whose command line
+/// names npm, pnpm, yarn, bun, pip, uv or pipx followed by an installing verb (npm sets its
+/// process title to `npm install ...`).
+pub fn installer_running() -> bool {
+    const MANAGERS: &[&str] = &[
+        "npm",
+        "npm-cli.js",
+        "pnpm",
+        "pnpm.cjs",
+        "yarn",
+        "yarn.js",
+        "bun",
+        "pip",
+        "pip3",
+        "uv",
+        "pipx",
+    ];
+    const VERBS: &[&str] = &[
+        "install", "i", "add", "ci", "update", "up", "upgrade", "exec", "x", "dlx", "sync",
+    ];
+    super::sweep::all_pids().into_iter().any(|pid| {
+        let Ok(raw) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            return false;
+        };
+        let text = String::from_utf8_lossy(&raw);
+        let words: Vec<&str> = text
+            .split(['\0', ' '])
+            .filter(|w| !w.is_empty())
+            .take(6)
+            .collect();
+        words.iter().enumerate().any(|(i, w)| {
+            let name = w.rsplit('/').next().unwrap_or(w);
+            MANAGERS.contains(&name) && words[i + 1..].iter().any(|v| VERBS.contains(v))
+        })
+    })
+}
+
+fn digest_of(f: &Found) -> Option<interdict_policy::Sha256> {
+    f.facts.exe_sha256.or(f.facts.script_sha256)
+}
+
+/// The size that belongs to the digest found: the file must still be the one that was hashed
+/// (its identity is the one the digest was remembered for). `Err` when it changed since — it
+/// is looked at again rather than reported with a digest and a size of two different files.
+fn size_of(shared: &Shared, f: &Found) -> Result<Option<u64>, ()> {
+    if f.package.is_some() {
+        return Ok(None);
+    }
+    let Ok(meta) = std::fs::metadata(&f.canonical) else {
+        return Ok(None);
+    };
+    match digest_of(f) {
+        None => Ok(Some(meta.len())),
+        Some(d) if shared.memo.get(&FileKey::of(&meta)) == Some(d) => Ok(Some(meta.len())),
+        Some(_) => Err(()),
+    }
+}
+
+/// How long each unit has waited, and since when.
+type Deferred = HashMap<PathBuf, (u32, Instant)>;
+
+/// Re-examine changed package folders: report what is new, and what is gone. Returns the units
+/// to look at again (files still being written, installs not finished).
+fn examine(
+    shared: &Shared,
+    units: &[PathBuf],
+    (seen, known): (&mut Seen, &mut Known),
+    deferred: &mut Deferred,
+    settle: &Settle<'_>,
+    guard: Option<&ScriptMarker>,
+) -> Vec<PathBuf> {
+    let found = scan_paths(shared, units);
+    let mut now: HashSet<(String, PathBuf)> = HashSet::new();
+    let mut again: HashSet<PathBuf> = HashSet::new();
+    for f in found {
+        let key = key_of(shared, &f);
+        now.insert(key.clone());
+        let unit = units.iter().find(|u| f.path.starts_with(u)).cloned();
+        if let Some(u) = &unit {
+            let (rounds, since) = deferred.get(u).copied().unwrap_or((0, Instant::now()));
+            let wait = (settle.writing(&f) && rounds < DEFER_ROUNDS)
+                || (settle.installing(&f) && since.elapsed() < INSTALLER_WAIT);
+            if wait {
+                again.insert(u.clone());
+                continue;
+            }
+        }
+        if is_news(seen, known, &key, &f) {
+            match detected(shared, &f, guard, Part::InstallWatch) {
+                Err(()) => {
+                    if let Some(u) = unit {
+                        again.insert(u);
+                    }
+                    continue;
+                }
+                Ok(true) => {
+                    known.unqueued.remove(&key);
+                }
+                Ok(false) => {
+                    known.unqueued.insert(key.clone());
+                }
+            }
+            seen.insert(key, f);
+        } else {
+            // Reported before, by this run or (unchanged) an earlier one.
+            seen.entry(key).or_insert(f);
+        }
+    }
+    for u in units {
+        if again.contains(u) {
+            let e = deferred.entry(u.clone()).or_insert((0, Instant::now()));
+            e.0 += 1;
+        } else {
+            deferred.remove(u);
+        }
+    }
+    // Anything reported under these folders that is no longer found has gone.
+    report_gone(shared, seen, Part::InstallWatch, |k| {
+        units.iter().any(|u| k.1.starts_with(u)) && !now.contains(k)
+    });
+    again.into_iter().collect()
+}
+
+/// A full rescan of every root.
+fn rescan(
+    shared: &Shared,
+    found: Vec<Found>,
+    (seen, known): (&mut Seen, &mut Known),
+    why: &str,
+    settle: &Settle<'_>,
+    started: Instant,
+    guard: Option<&ScriptMarker>,
+) -> Vec<PathBuf> {
+    tracing::debug!("install rescan ({why})");
+    let mut now: HashMap<(String, PathBuf), Found> = HashMap::new();
+    let mut again = HashSet::new();
+    for f in found {
+        let key = key_of(shared, &f);
+        if settle.writing(&f) || settle.installing(&f) {
+            // Still being written: looked at by the watcher once it is done. What was reported
+            // before under this key stays reported meanwhile.
+            again.insert(unit_of(&f.path));
+            // Reported by an earlier run: the watcher decides once it is written.
+            known.earlier.remove(&key);
+            if let Some(old) = seen.remove(&key) {
+                now.insert(key, old);
+            }
+            continue;
+        }
+        now.insert(key, f);
+    }
+    let mut changed = Vec::new();
+    for (k, f) in &now {
+        if !is_news(seen, known, k, f) {
+            continue;
+        }
+        match detected(shared, f, guard, Part::InstallScan) {
+            Err(()) => {
+                again.insert(unit_of(&f.path));
+                changed.push(k.clone());
+            }
+            Ok(true) => {
+                known.unqueued.remove(k);
+            }
+            Ok(false) => {
+                known.unqueued.insert(k.clone());
+            }
+        }
+    }
+    for k in changed {
+        // Not reported (it changed since it was hashed): keep what was reported before.
+        now.remove(&k);
+        if let Some(old) = seen.get(&k) {
+            now.insert(k, old.clone());
+        }
+    }
+    report_gone(shared, seen, Part::InstallScan, |k| !now.contains_key(k));
+    // What earlier runs reported and is not there any more went while the agent was stopped.
+    report_known_gone(shared, known);
+    *seen = now;
+    if !save_reported(shared, seen, known) {
+        tracing::debug!("installs record not written yet: the event writer lags");
+    }
+    save_hash_cache(shared);
+    shared.metrics.last_rescan_us.store(
+        started.elapsed().as_micros() as u64,
+        std::sync::atomic::Ordering::Relaxed,
+    );
+    // Counted when done: a reader of `install_rescans` sees the rescan's results.
+    inc(&shared.metrics.c.install_rescans);
+    again.into_iter().collect()
+}
+
+/// New under this key, or reported before with other content (reported while still being
+/// written, or rewritten in place since): worth an `installed_detected`. What an earlier run
+/// reported and is still there unchanged is not news.
+fn is_news(seen: &Seen, known: &mut Known, key: &(String, PathBuf), f: &Found) -> bool {
+    match seen.get(key) {
+        None => match known.earlier.remove(key) {
+            Some(r) => r.file.sha256 != digest_of(f).map(|d| d.to_string()),
+            None => true,
+        },
+        Some(old) => digest_of(f).is_some() && digest_of(f) != digest_of(old),
+    }
+}
+
+/// A banned install found: guard it first when it is a script (so that the event announcing
+/// it means it is guarded), then hand it to the verdict. `Err` when the file changed since it
+/// was hashed (looked at again later).
+fn detected(
+    shared: &Shared,
+    f: &Found,
+    guard: Option<&ScriptMarker>,
+    sensor: Part,
+) -> Result<bool, ()> {
+    let size = size_of(shared, f)?;
+    mark_banned(shared, f, guard);
+    Ok(verdict::installed(shared, f, size, false, sensor))
+}
+
+/// Report as removed, and forget, what was reported under the keys that are `gone`.
+fn report_gone(
+    shared: &Shared,
+    seen: &mut Seen,
+    sensor: Part,
+    gone: impl Fn(&(String, PathBuf)) -> bool,
+) {
+    let gone: Vec<_> = seen.keys().filter(|k| gone(k)).cloned().collect();
+    for k in gone {
+        if let Some(f) = seen.remove(&k) {
+            verdict::installed(shared, &f, None, true, sensor);
+        }
+    }
+}
+
+/// A banned file found installed: deny its opens from now on — an interpreter script (any rule
+/// but `allow`: the script guard), or a program a rule stops (so that neither the dynamic
+/// loader nor a copy can read it). A mark that fails is counted (`script_mark_failures`).
+fn mark_banned(shared: &Shared, f: &Found, guard: Option<&ScriptMarker>) {
+    let Some(g) = guard else { return };
+    if f.package.is_some() || f.decision.action == interdict_policy::Action::Allow {
+        return;
+    }
+    let target = if f.facts.script_path.is_some() {
+        Some(&f.canonical)
+    } else {
+        let active = shared.policy.active();
+        let plan = verdict::plan(&active.loaded.policy, Some(&f.decision), shared.today());
+        (plan == verdict::Plan::Stop).then_some(&f.canonical)
+    };
+    if let Some(t) = target {
+        if g.mark(t).is_err() {
+            inc(&shared.metrics.c.script_mark_failures);
+        }
+    }
+}
+
+/// Where the persistent hash cache lives.
+pub fn hash_cache_path(shared: &Shared) -> PathBuf {
+    shared.config.agent.state_dir.join("hashcache.bin")
+}
+
+/// Write the digests known so far to the persistent cache.
+pub fn save_hash_cache(shared: &Shared) {
+    if let Err(e) =
+        crate::inventory::hash_cache::save(&hash_cache_path(shared), &shared.memo.entries())
+    {
+        tracing::warn!("hash cache not saved: {e}");
+    }
+}
+
+/// Load the persistent cache into the shared memo; a damaged one is counted and ignored.
+pub fn load_hash_cache(shared: &Shared) {
+    match crate::inventory::hash_cache::load(&hash_cache_path(shared)) {
+        Ok(entries) => shared.memo.preload(entries),
+        Err(crate::inventory::hash_cache::CacheError::Missing) => {}
+        Err(e) => {
+            inc(&shared.metrics.c.hash_cache_rejected);
+            tracing::warn!("{e}; it will be rebuilt");
+        }
+    }
+}
+
+fn key_of(shared: &Shared, f: &Found) -> (String, PathBuf) {
+    let active = shared.policy.active();
+    (
+        active.loaded.policy.rule(&f.decision).id.clone(),
+        f.canonical.clone(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn changes_are_grouped_by_package_folder() {
+        assert_eq!(
+            unit_of(Path::new(
+                "/p/lib/node_modules/@anthropic-ai/claude-code/bin/claude.exe"
+            )),
+            PathBuf::from("/p/lib/node_modules/@anthropic-ai/claude-code")
+        );
+        assert_eq!(
+            unit_of(Path::new("/p/node_modules/cline/dist/x.js")),
+            PathBuf::from("/p/node_modules/cline")
+        );
+        assert_eq!(
+            unit_of(Path::new(
+                "/v/site-packages/aider_chat-0.86.1.dist-info/RECORD"
+            )),
+            PathBuf::from("/v/site-packages/aider_chat-0.86.1.dist-info")
+        );
+        assert_eq!(
+            unit_of(Path::new(
+                "/h/.vscode/extensions/anthropic.claude-code-2.0.1/resources/x"
+            )),
+            PathBuf::from("/h/.vscode/extensions/anthropic.claude-code-2.0.1")
+        );
+        assert_eq!(
+            unit_of(Path::new("/h/.local/bin/claude")),
+            PathBuf::from("/h/.local/bin/claude")
+        );
+    }
+}

@@ -1,0 +1,374 @@
+//! SHA-256 of files: streamed in 256 KiB reads (never loaded whole), through an already open
+//! descriptor, and memoized by file identity so a file is hashed once per run.
+//!
+//! When the policy has family rules, the same read also looks for their signatures: each buffer
+//! read is hashed and then searched while it is still in cache ([`digest_reader`]), so a file is
+//! read once for both.
+
+use std::collections::HashMap;
+use std::fs::{File, Metadata, OpenOptions};
+use std::io::{self, Read};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::Path;
+use std::sync::{Arc, Condvar, Mutex, RwLock};
+
+use interdict_policy::{ContentMatch, ContentSearcher, Sha256};
+use sha2::Digest as _;
+
+/// The read buffer: each read is hashed, then searched for family signatures.
+pub const CHUNK: usize = 256 * 1024;
+
+/// What one read of a file yields: its digest and, when family signatures were looked for,
+/// what it holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Digest {
+    /// SHA-256 of the whole file.
+    pub sha256: Sha256,
+    /// The family signatures it holds and its format (`None` when none were looked for).
+    pub content: Option<ContentMatch>,
+}
+
+/// Hash everything readable from `reader`, returning the digest and the number of bytes.
+pub fn sha256_reader(reader: impl Read) -> io::Result<(Sha256, u64)> {
+    digest_reader(reader, None).map(|(d, n)| (d.sha256, n))
+}
+
+/// Hash everything readable from `reader` and, with a `searcher`, look for its signatures in the
+/// same pass over each buffer. Returns the digest and the number of bytes.
+pub fn digest_reader(
+    mut reader: impl Read,
+    searcher: Option<&ContentSearcher>,
+) -> io::Result<(Digest, u64)> {
+    let mut hasher = sha2::Sha256::new();
+    let mut scan = searcher.map(ContentSearcher::scan);
+    let mut buf = vec![0u8; CHUNK];
+    let mut total = 0u64;
+    loop {
+        let n = match reader.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        hasher.update(&buf[..n]);
+        if let Some(s) = &mut scan {
+            s.feed(&buf[..n]);
+        }
+        total += n as u64;
+    }
+    Ok((
+        Digest {
+            sha256: Sha256(hasher.finalize().into()),
+            content: scan.map(|s| s.finish()),
+        },
+        total,
+    ))
+}
+
+/// Open `path` for hashing only if it is a regular file: never blocks on a FIFO, never becomes a
+/// controlling terminal, and checks the type on the open descriptor (the path may have changed
+/// since it was listed). With `follow = false` a final symlink is refused; `/proc/PID/exe` needs
+/// `follow = true`.
+pub fn open_regular(path: &Path, follow: bool) -> io::Result<(File, Metadata)> {
+    let mut flags = libc::O_NONBLOCK | libc::O_NOCTTY;
+    if !follow {
+        flags |= libc::O_NOFOLLOW;
+    }
+    let f = OpenOptions::new()
+        .read(true)
+        .custom_flags(flags)
+        .open(path)?;
+    let meta = f.metadata()?;
+    if !meta.is_file() {
+        return Err(io::Error::other("not a regular file"));
+    }
+    Ok((f, meta))
+}
+
+/// Identity of a file's contents for caching: a change to any field means "hash again".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct FileKey {
+    /// Device.
+    pub dev: u64,
+    /// Inode.
+    pub ino: u64,
+    /// Size in bytes.
+    pub size: u64,
+    /// Modification time, nanoseconds since the epoch.
+    pub mtime_ns: i128,
+    /// Status change time, nanoseconds since the epoch.
+    pub ctime_ns: i128,
+}
+
+impl FileKey {
+    /// The key of a file from its metadata.
+    pub fn of(m: &Metadata) -> FileKey {
+        FileKey {
+            dev: m.dev(),
+            ino: m.ino(),
+            size: m.size(),
+            mtime_ns: i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec()),
+            ctime_ns: i128::from(m.ctime()) * 1_000_000_000 + i128::from(m.ctime_nsec()),
+        }
+    }
+}
+
+type Waiter = Arc<(Mutex<Option<Option<Digest>>>, Condvar)>;
+
+enum Slot {
+    Done(Digest),
+    Pending(Waiter),
+}
+
+/// True when `d` answers a request that needs the signatures of `want` (if any).
+fn fresh(d: &Digest, want: Option<&ContentSearcher>) -> bool {
+    match want {
+        None => true,
+        Some(s) => d
+            .content
+            .as_ref()
+            .is_some_and(|c| c.searcher() == s.fingerprint()),
+    }
+}
+
+impl FileKey {
+    /// The key of an open descriptor (`fstat`), or `None` if it cannot be read.
+    pub fn of_fd(fd: &impl std::os::fd::AsFd) -> Option<FileKey> {
+        let st = rustix::fs::fstat(fd).ok()?;
+        Some(FileKey {
+            dev: st.st_dev,
+            ino: st.st_ino,
+            size: st.st_size as u64,
+            mtime_ns: i128::from(st.st_mtime) * 1_000_000_000 + i128::from(st.st_mtime_nsec),
+            ctime_ns: i128::from(st.st_ctime) * 1_000_000_000 + i128::from(st.st_ctime_nsec),
+        })
+    }
+}
+
+/// A thread-safe memo of digests by [`FileKey`]: hard links, the same interpreter behind many
+/// processes, and a symlink and its target are hashed once. Concurrent requests for one file
+/// share one computation: the first hashes, the others wait for its result.
+///
+/// With a [`ContentSearcher`] set ([`HashMemo::set_searcher`]), every file read also has its
+/// family signatures looked for, and the result is remembered beside the digest. A remembered
+/// digest without that result (from the persistent cache, or made with another policy's
+/// signatures) still answers [`HashMemo::hash_file`]; [`HashMemo::digest_file`] reads such a file
+/// again.
+#[derive(Default)]
+pub struct HashMemo {
+    map: Mutex<HashMap<FileKey, Slot>>,
+    searcher: RwLock<Option<Arc<ContentSearcher>>>,
+}
+
+impl std::fmt::Debug for HashMemo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let n = self.map.lock().map(|m| m.len()).unwrap_or(0);
+        f.debug_struct("HashMemo").field("entries", &n).finish()
+    }
+}
+
+impl HashMemo {
+    /// Look for these family signatures in every file read from now on (`None`: only hash).
+    /// Usually `policy.content_searcher().cloned()`, set again when the policy changes.
+    pub fn set_searcher(&self, searcher: Option<Arc<ContentSearcher>>) {
+        *self.searcher.write().expect("hash memo poisoned") = searcher;
+    }
+
+    /// The signatures being looked for.
+    pub fn searcher(&self) -> Option<Arc<ContentSearcher>> {
+        self.searcher.read().expect("hash memo poisoned").clone()
+    }
+
+    /// Hash an open file, or return the digest remembered (or being computed) for its identity.
+    /// The second value is true when no hashing was done by this call. The file is re-`fstat`ed
+    /// after hashing; if it changed meanwhile the digest is returned but not remembered.
+    pub fn hash_file(&self, file: &File, meta: &Metadata) -> io::Result<(Sha256, bool)> {
+        self.digest_inner(file, meta, false)
+            .map(|(d, cached)| (d.sha256, cached))
+    }
+
+    /// Like [`HashMemo::hash_file`], with what the file holds when a searcher is set: a
+    /// remembered digest made without the current signatures is not enough, the file is read
+    /// again (once).
+    pub fn digest_file(&self, file: &File, meta: &Metadata) -> io::Result<(Digest, bool)> {
+        self.digest_inner(file, meta, true)
+    }
+
+    fn digest_inner(
+        &self,
+        file: &File,
+        meta: &Metadata,
+        need_content: bool,
+    ) -> io::Result<(Digest, bool)> {
+        let key = FileKey::of(meta);
+        let searcher = self.searcher();
+        let want = if need_content {
+            searcher.as_deref()
+        } else {
+            None
+        };
+        let waiter = {
+            let mut map = self.map.lock().expect("hash memo poisoned");
+            match map.get(&key) {
+                Some(Slot::Done(d)) if fresh(d, want) => return Ok((d.clone(), true)),
+                Some(Slot::Pending(w)) => w.clone(),
+                _ => {
+                    let w: Waiter = Arc::new((Mutex::new(None), Condvar::new()));
+                    map.insert(key, Slot::Pending(w.clone()));
+                    drop(map);
+                    return self.compute(file, key, w, searcher.as_deref());
+                }
+            }
+        };
+        let (lock, cv) = &*waiter;
+        let mut done = lock.lock().expect("hash memo poisoned");
+        while done.is_none() {
+            done = cv.wait(done).expect("hash memo poisoned");
+        }
+        if let Some(Some(d)) = &*done {
+            if fresh(d, want) {
+                return Ok((d.clone(), true));
+            }
+        }
+        drop(done);
+        // The shared computation failed, the file changed under it, or it was made without the
+        // signatures asked for: read it on our own.
+        digest_reader(file, searcher.as_deref()).map(|(d, _)| (d, false))
+    }
+
+    fn compute(
+        &self,
+        file: &File,
+        key: FileKey,
+        w: Waiter,
+        searcher: Option<&ContentSearcher>,
+    ) -> io::Result<(Digest, bool)> {
+        let result = digest_reader(file, searcher)
+            .and_then(|(d, _)| Ok((d, FileKey::of(&file.metadata()?) == key)));
+        let shared = match &result {
+            Ok((d, true)) => Some(d.clone()),
+            _ => None,
+        };
+        {
+            let mut map = self.map.lock().expect("hash memo poisoned");
+            match &shared {
+                Some(d) => map.insert(key, Slot::Done(d.clone())),
+                None => map.remove(&key),
+            };
+        }
+        let (lock, cv) = &*w;
+        *lock.lock().expect("hash memo poisoned") = Some(shared);
+        cv.notify_all();
+        result.map(|(d, _)| (d, false))
+    }
+
+    /// Remember digests computed earlier (from the persistent cache).
+    pub fn preload(&self, entries: impl IntoIterator<Item = (FileKey, Sha256)>) {
+        let mut map = self.map.lock().expect("hash memo poisoned");
+        for (k, d) in entries {
+            map.entry(k).or_insert(Slot::Done(Digest {
+                sha256: d,
+                content: None,
+            }));
+        }
+    }
+
+    /// Every finished digest, for the persistent cache.
+    pub fn entries(&self) -> Vec<(FileKey, Sha256)> {
+        let map = self.map.lock().expect("hash memo poisoned");
+        map.iter()
+            .filter_map(|(k, s)| match s {
+                Slot::Done(d) => Some((*k, d.sha256)),
+                Slot::Pending(_) => None,
+            })
+            .collect()
+    }
+
+    /// The digest remembered for `key`, if its computation is done.
+    pub fn get(&self, key: &FileKey) -> Option<Sha256> {
+        match self.map.lock().expect("hash memo poisoned").get(key) {
+            Some(Slot::Done(d)) => Some(d.sha256),
+            _ => None,
+        }
+    }
+
+    /// The digest and content remembered for `key`, if done and made with the current
+    /// signatures (when a searcher is set).
+    pub fn get_digest(&self, key: &FileKey) -> Option<Digest> {
+        let searcher = self.searcher();
+        match self.map.lock().expect("hash memo poisoned").get(key) {
+            Some(Slot::Done(d)) if fresh(d, searcher.as_deref()) => Some(d.clone()),
+            _ => None,
+        }
+    }
+
+    /// Open `path` as a regular file and hash it through the memo.
+    pub fn hash_path(&self, path: &Path, follow: bool) -> io::Result<Sha256> {
+        let (f, m) = open_regular(path, follow)?;
+        self.hash_file(&f, &m).map(|(d, _)| d)
+    }
+
+    /// Open `path` as a regular file and read it through the memo, with its content.
+    pub fn digest_path(&self, path: &Path, follow: bool) -> io::Result<Digest> {
+        let (f, m) = open_regular(path, follow)?;
+        self.digest_file(&f, &m).map(|(d, _)| d)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn known_digest() {
+        let (d, n) = sha256_reader(&b"abc"[..]).unwrap();
+        assert_eq!(n, 3);
+        assert_eq!(
+            d.to_string(),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
+
+    #[test]
+    fn concurrent_requests_share_one_computation() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("big");
+        std::fs::write(&p, vec![7u8; 8 << 20]).unwrap();
+        let memo = HashMemo::default();
+        let hashed_here: Vec<bool> = std::thread::scope(|s| {
+            let hs: Vec<_> = (0..4)
+                .map(|_| {
+                    s.spawn(|| {
+                        let (f, m) = open_regular(&p, false).unwrap();
+                        let (d, reused) = memo.hash_file(&f, &m).unwrap();
+                        (d, !reused)
+                    })
+                })
+                .collect();
+            let results: Vec<_> = hs.into_iter().map(|h| h.join().unwrap()).collect();
+            assert!(results.windows(2).all(|w| w[0].0 == w[1].0));
+            results.into_iter().map(|r| r.1).collect()
+        });
+        assert_eq!(
+            hashed_here.iter().filter(|h| **h).count(),
+            1,
+            "{hashed_here:?}"
+        );
+    }
+
+    #[test]
+    fn refuses_fifo_without_blocking() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            &fifo,
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o644),
+            0,
+        )
+        .unwrap();
+        let err = open_regular(&fifo, false).unwrap_err();
+        assert_eq!(err.to_string(), "not a regular file");
+    }
+}

@@ -1,0 +1,912 @@
+//! Installed software: walk install roots and evaluate every executable, interpreter script,
+//! symlink and package marker against the policy.
+//!
+//! The walk never follows symlinks into other trees (a symlink is resolved once, to evaluate its
+//! target), never opens FIFOs or devices, streams files of any size through SHA-256, and records
+//! what it could not read instead of stopping. Hashing runs in parallel across cores.
+
+use std::collections::HashSet;
+use std::ffi::OsStr;
+use std::io;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use interdict_policy::{Ecosystem, Facts, PackageRef, Policy};
+use rayon::prelude::*;
+use serde::Serialize;
+use walkdir::WalkDir;
+
+use crate::inventory::hash::{open_regular, HashMemo};
+use crate::inventory::host::Accounts;
+
+/// The largest `package.json` read to learn a package's name.
+const MAX_MANIFEST_BYTES: u64 = 1024 * 1024;
+
+/// Something the scan could not look at, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Skipped {
+    /// The path (lossy for names that are not UTF-8).
+    pub path: String,
+    /// Why it was skipped.
+    pub reason: String,
+}
+
+/// Counters shared with a progress display.
+#[derive(Debug, Default)]
+pub struct Progress {
+    /// Entries listed so far.
+    pub files: AtomicU64,
+    /// Bytes hashed so far.
+    pub hashed_bytes: AtomicU64,
+}
+
+/// A package marker found on disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PackageFound {
+    /// The package.
+    pub package: PackageRef,
+    /// Its version, when the marker says.
+    pub version: Option<String>,
+}
+
+/// One thing found on disk that the policy matched.
+#[derive(Debug, Clone)]
+pub struct Found {
+    /// Where it was found (a symlink, an executable, a package folder).
+    pub path: PathBuf,
+    /// The canonical file a symlink points to, or the file itself.
+    pub canonical: PathBuf,
+    /// The facts the policy saw.
+    pub facts: Facts,
+    /// The package and version, for package markers.
+    pub package: Option<PackageFound>,
+    /// The policy's decision.
+    pub decision: interdict_policy::Decision,
+}
+
+/// An AI-agent configuration file that a `configs` selector names, with what it declares.
+/// Configuration files are reported only: never blocked, deleted or quarantined.
+#[derive(Debug, Clone)]
+pub struct ConfigFound {
+    /// Where it was found (a symlink or the file).
+    pub path: PathBuf,
+    /// The file read (the symlink's target, or the file itself).
+    pub canonical: PathBuf,
+    /// The facts the policy saw (`config_path`, `config_home_path`, owner).
+    pub facts: Facts,
+    /// The policy's decision (selector `config`).
+    pub decision: interdict_policy::Decision,
+    /// The MCP servers it declares.
+    pub config: crate::inventory::footprint::ConfigFile,
+}
+
+/// The result of walking the install roots.
+#[derive(Debug, Default)]
+pub struct InstalledScan {
+    /// Matches, one per rule and canonical file.
+    pub found: Vec<Found>,
+    /// AI-agent configuration files, one per file (only from [`scan_with`]; [`scan`] leaves
+    /// configuration files out).
+    pub configs: Vec<ConfigFound>,
+    /// What could not be read.
+    pub skipped: Vec<Skipped>,
+    /// Entries looked at.
+    pub scanned_files: u64,
+    /// Bytes hashed.
+    pub hashed_bytes: u64,
+}
+
+enum Item {
+    Config(PathBuf),
+    Exe(PathBuf, std::fs::Metadata),
+    Script(PathBuf, std::fs::Metadata),
+    Symlink(PathBuf),
+    NpmManifest(PathBuf),
+    Package(PathBuf, PackageFound),
+}
+
+/// The install roots scanned when none are given: the system-wide ones
+/// ([`system_roots`]) and, in every home, [`home_roots`].
+pub fn default_roots(accounts: &Accounts) -> Vec<PathBuf> {
+    let mut roots = system_roots();
+    for home in accounts.homes() {
+        roots.extend(home_roots(&home));
+    }
+    roots
+}
+
+/// System-wide install roots: PATH folders, `/usr/local`, `/opt`, the npm global prefix beside
+/// any `node` on PATH, `/usr/lib/node_modules`, and Homebrew on Linux
+/// (`/home/linuxbrew/.linuxbrew`: `Cellar`, `Caskroom`, `bin`).
+pub fn system_roots() -> Vec<PathBuf> {
+    let mut roots: Vec<PathBuf> = Vec::new();
+    if let Some(path) = std::env::var_os("PATH") {
+        roots.extend(std::env::split_paths(&path).filter(|p| p.is_absolute()));
+    }
+    roots.push("/usr/local".into());
+    roots.push("/opt".into());
+    roots.push("/usr/lib/node_modules".into());
+    roots.push("/home/linuxbrew/.linuxbrew".into());
+    // The npm global prefix: beside any `node` on PATH.
+    for dir in roots.clone() {
+        if dir.join("node").exists() {
+            if let Some(prefix) = dir.parent() {
+                roots.push(prefix.join("lib/node_modules"));
+            }
+        }
+    }
+    roots
+}
+
+/// Folders in a home where AI coding agents are installed or cached, one per channel:
+///
+/// | channel | folder |
+/// |---|---|
+/// | native installers, pipx, uv tools, fnm, mise, code-server extensions | `.local/share`, `.local/bin` |
+/// | `pip install --user` | `.local/lib` |
+/// | `npm -g` with a user prefix | `.npm-global` |
+/// | `npx` | `.npm/_npx` |
+/// | `pnpm dlx`, pnpm's global store | `.cache/pnpm`, `.local/share/pnpm` |
+/// | `bunx`, `bun add -g` | `.bun/install`, `.bun/bin` |
+/// | `uvx` | `.cache/uv` |
+/// | legacy pipx | `.local/pipx` |
+/// | nvm, volta, asdf, legacy fnm, pyenv | `.nvm/versions`, `.volta/tools`, `.asdf/installs`, `.fnm/node-versions`, `.pyenv/versions` |
+/// | VS Code, VSCodium, Remote SSH, Cursor, Windsurf (and their servers) | `.vscode*/extensions`, `.cursor*/extensions`, `.windsurf*/extensions` |
+/// | Claude Code's legacy local install, OpenCode, Codex | `.claude/local`, `.opencode/bin`, `.codex/packages` |
+/// | Homebrew in a home | `.linuxbrew` |
+pub fn home_roots(home: &Path) -> Vec<PathBuf> {
+    let mut roots: Vec<PathBuf> = [
+        ".local/bin",
+        ".local/share",
+        ".local/lib",
+        ".local/pipx",
+        ".npm-global",
+        ".npm/_npx",
+        ".cache/pnpm",
+        ".bun/install",
+        ".bun/bin",
+        ".cache/uv",
+        ".nvm/versions",
+        ".volta/tools",
+        ".volta/bin",
+        ".asdf/installs",
+        ".fnm/node-versions",
+        ".pyenv/versions",
+        ".linuxbrew",
+        ".claude/local",
+        ".opencode/bin",
+        ".codex/packages",
+    ]
+    .iter()
+    .map(|rel| home.join(rel))
+    .collect();
+    // Editor extension folders: .vscode, .vscode-server, .vscode-oss (VSCodium),
+    // .vscode-insiders, .cursor, .cursor-server, .windsurf, .windsurf-server...
+    if let Ok(rd) = std::fs::read_dir(home) {
+        for e in rd.flatten() {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            if [".vscode", ".cursor", ".windsurf", ".kiro", ".trae"]
+                .iter()
+                .any(|p| name.starts_with(p))
+            {
+                roots.push(e.path().join("extensions"));
+            }
+        }
+    }
+    roots
+}
+
+/// Canonicalize roots and drop those inside another root. With `explicit`, a root that cannot be
+/// read is reported as skipped; default roots that do not exist are simply left out.
+pub fn normalize_roots(roots: &[PathBuf], explicit: bool) -> (Vec<PathBuf>, Vec<Skipped>) {
+    let mut skipped = Vec::new();
+    let mut canon: Vec<PathBuf> = Vec::new();
+    for r in roots {
+        match std::fs::canonicalize(r) {
+            Ok(c) => canon.push(c),
+            Err(e) if explicit || e.kind() != io::ErrorKind::NotFound => skipped.push(Skipped {
+                path: r.display().to_string(),
+                reason: format!("root: {}", describe(&e)),
+            }),
+            Err(_) => {}
+        }
+    }
+    canon.sort();
+    canon.dedup();
+    let mut out: Vec<PathBuf> = Vec::new();
+    for c in canon {
+        if !out.iter().any(|o| c.starts_with(o)) {
+            out.push(c);
+        }
+    }
+    (out, skipped)
+}
+
+/// Why a listed entry could not be read: a file that is gone was there when the walk listed it.
+fn describe(e: &io::Error) -> String {
+    match e.raw_os_error() {
+        Some(libc::ENOENT) => "vanished during the scan".to_string(),
+        _ => crate::io_reason(e),
+    }
+}
+
+fn lossy(p: &Path) -> String {
+    crate::path_text(p)
+}
+
+fn name_of(p: &Path) -> Option<String> {
+    p.file_name().map(|n| n.to_string_lossy().into_owned())
+}
+
+/// `publisher.name-1.2.3[-platform]` -> (`publisher.name`, `1.2.3[-platform]`).
+pub fn parse_extension_dir(name: &str) -> Option<(String, String)> {
+    let b = name.as_bytes();
+    let i = (0..b.len().saturating_sub(1)).find(|&i| b[i] == b'-' && b[i + 1].is_ascii_digit())?;
+    let id = &name[..i];
+    let (publisher, ext) = id.split_once('.')?;
+    if publisher.is_empty() || ext.is_empty() {
+        return None;
+    }
+    Some((id.to_string(), name[i + 1..].to_string()))
+}
+
+/// `aider_chat-0.86.1.dist-info` -> (`aider_chat`, `0.86.1`).
+pub fn parse_dist_info_dir(name: &str) -> Option<(String, String)> {
+    let stem = name
+        .strip_suffix(".dist-info")
+        .or_else(|| name.strip_suffix(".egg-info"))?;
+    let (pkg, version) = stem.split_once('-')?;
+    if pkg.is_empty() {
+        return None;
+    }
+    Some((pkg.to_string(), version.to_string()))
+}
+
+fn is_npm_manifest(path: &Path) -> bool {
+    let Some(pkg_dir) = path.parent() else {
+        return false;
+    };
+    let Some(up) = pkg_dir.parent() else {
+        return false;
+    };
+    let up_name = up.file_name().unwrap_or_default();
+    if up_name == "node_modules" {
+        return true;
+    }
+    // Bun's package cache: `.bun/install/cache/[@scope/]NAME@VERSION@@@N/package.json`.
+    if pkg_dir
+        .file_name()
+        .is_some_and(|n| n.to_string_lossy().contains("@@@"))
+    {
+        let cache = if up_name.to_string_lossy().starts_with('@') {
+            up.parent()
+        } else {
+            Some(up)
+        };
+        if cache.is_some_and(|c| {
+            c.file_name() == Some(OsStr::new("cache"))
+                && c.parent().and_then(Path::file_name) == Some(OsStr::new("install"))
+        }) {
+            return true;
+        }
+    }
+    up_name.to_string_lossy().starts_with('@')
+        && up.parent().and_then(Path::file_name) == Some(OsStr::new("node_modules"))
+}
+
+/// The package a `package.json` declares.
+pub fn read_npm_manifest(path: &Path) -> io::Result<PackageFound> {
+    use std::io::Read;
+    let (f, meta) = open_regular(path, false)?;
+    if meta.len() > MAX_MANIFEST_BYTES {
+        return Err(io::Error::other("package.json larger than 1 MiB"));
+    }
+    let mut buf = Vec::new();
+    f.take(MAX_MANIFEST_BYTES).read_to_end(&mut buf)?;
+    #[derive(serde::Deserialize)]
+    struct Manifest {
+        name: Option<String>,
+        version: Option<String>,
+    }
+    let m: Manifest = serde_json::from_slice(&buf)
+        .map_err(|e| io::Error::other(format!("unreadable package.json: {e}")))?;
+    let name = m
+        .name
+        .ok_or_else(|| io::Error::other("package.json without a name"))?;
+    Ok(PackageFound {
+        package: PackageRef::new(Ecosystem::Npm, &name),
+        version: m.version,
+    })
+}
+
+/// Walk `roots` (already normalized) and evaluate everything found against `policy`.
+/// Configuration files are left out (see [`scan_with`]).
+pub fn scan(
+    policy: &Policy,
+    roots: &[PathBuf],
+    accounts: &Accounts,
+    host: &str,
+    memo: &HashMemo,
+    progress: &Progress,
+) -> InstalledScan {
+    scan_with(policy, roots, None, accounts, host, memo, progress)
+}
+
+/// Where to look for AI-agent configuration files, beside the install roots.
+#[derive(Debug, Clone, Default)]
+pub struct ConfigScope {
+    /// Users' homes: a `~/` glob matches a file under one of them.
+    pub homes: Vec<PathBuf>,
+    /// Homes searched for configuration files (see [`config_candidates`]).
+    pub search: Vec<PathBuf>,
+    /// Also look up the absolute globs (`/etc/claude-code/...`).
+    pub absolute: bool,
+}
+
+/// Like [`scan`]; with a `config` scope, also the AI-agent configuration files the policy's
+/// `configs` name: those under the roots, and those [`config_candidates`] finds.
+pub fn scan_with(
+    policy: &Policy,
+    roots: &[PathBuf],
+    config: Option<&ConfigScope>,
+    accounts: &Accounts,
+    host: &str,
+    memo: &HashMemo,
+    progress: &Progress,
+) -> InstalledScan {
+    let mut out = InstalledScan::default();
+    let config = config.filter(|_| policy.has_configs());
+    let configs = config.map(|c| c.homes.as_slice());
+    // Family signatures are looked for in the read that hashes each file.
+    memo.set_searcher(policy.content_searcher().cloned());
+    let mut items = Vec::new();
+    for root in roots {
+        // Roots are canonical; a root that is a symlink is a changed path handed in by the
+        // install watcher, and is looked at as the link it is, never walked through.
+        for entry in WalkDir::new(root)
+            .follow_links(false)
+            .follow_root_links(false)
+        {
+            progress.files.fetch_add(1, Ordering::Relaxed);
+            let entry = match entry {
+                Ok(e) => e,
+                Err(e) => {
+                    let path = e.path().map(lossy).unwrap_or_else(|| lossy(root));
+                    let reason = match e.io_error() {
+                        Some(io) => describe(io),
+                        None => e.to_string(),
+                    };
+                    out.skipped.push(Skipped { path, reason });
+                    continue;
+                }
+            };
+            out.scanned_files += 1;
+            let ft = entry.file_type();
+            let path = entry.path();
+            if ft.is_dir() {
+                let name = entry.file_name().to_string_lossy();
+                if let Some((pkg, version)) = parse_dist_info_dir(&name) {
+                    items.push(Item::Package(
+                        path.to_path_buf(),
+                        PackageFound {
+                            package: PackageRef::new(Ecosystem::Pypi, &pkg),
+                            version: Some(version),
+                        },
+                    ));
+                } else if path.parent().and_then(Path::file_name) == Some(OsStr::new("extensions"))
+                {
+                    if let Some((id, version)) = parse_extension_dir(&name) {
+                        items.push(Item::Package(
+                            path.to_path_buf(),
+                            PackageFound {
+                                package: PackageRef::new(Ecosystem::Vscode, &id),
+                                version: Some(version),
+                            },
+                        ));
+                    }
+                }
+            } else if ft.is_symlink() {
+                if let Some(homes) = configs {
+                    if policy.is_config_path(path, home_path(path, homes).as_deref())
+                        && !in_dependency_tree(path)
+                    {
+                        items.push(Item::Config(path.to_path_buf()));
+                    }
+                }
+                items.push(Item::Symlink(path.to_path_buf()));
+            } else if ft.is_file() {
+                if let Some(homes) = configs {
+                    if policy.is_config_path(path, home_path(path, homes).as_deref())
+                        && !in_dependency_tree(path)
+                    {
+                        items.push(Item::Config(path.to_path_buf()));
+                    }
+                }
+                if entry.file_name() == "package.json" && is_npm_manifest(path) {
+                    items.push(Item::NpmManifest(path.to_path_buf()));
+                }
+                let meta = match entry.metadata() {
+                    Ok(m) => m,
+                    Err(e) => {
+                        out.skipped.push(Skipped {
+                            path: lossy(path),
+                            reason: e.io_error().map(describe).unwrap_or_else(|| e.to_string()),
+                        });
+                        continue;
+                    }
+                };
+                if meta.mode() & 0o111 != 0 {
+                    items.push(Item::Exe(path.to_path_buf(), meta));
+                } else if policy.is_script_path(path) {
+                    items.push(Item::Script(path.to_path_buf(), meta));
+                }
+            } else {
+                let kind = if ft.is_fifo() {
+                    "fifo"
+                } else if ft.is_socket() {
+                    "socket"
+                } else if ft.is_block_device() {
+                    "block device"
+                } else if ft.is_char_device() {
+                    "character device"
+                } else {
+                    "special file"
+                };
+                out.skipped.push(Skipped {
+                    path: lossy(path),
+                    reason: format!("not a regular file ({kind}); never opened"),
+                });
+            }
+        }
+    }
+
+    if let Some(c) = config {
+        let (found, skipped) = config_candidates(policy, c);
+        items.extend(found.into_iter().map(Item::Config));
+        out.skipped.extend(skipped);
+    }
+    // Read files when a digest or a family signature can decide; one read does both.
+    let hash = policy.needs_sha256() || policy.needs_content();
+    let empty: &[PathBuf] = &[];
+    let homes = configs.unwrap_or(empty);
+    let configs_found = std::sync::Mutex::new(Vec::new());
+    let results: Vec<Result<Option<Found>, Skipped>> = items
+        .into_par_iter()
+        .map(|item| match item {
+            Item::Config(p) => match config_item(policy, &p, homes, accounts, host) {
+                Ok(Some(c)) => {
+                    configs_found.lock().expect("config list poisoned").push(c);
+                    Ok(None)
+                }
+                Ok(None) => Ok(None),
+                Err(s) => Err(s),
+            },
+            item => evaluate(policy, item, accounts, host, memo, progress, hash),
+        })
+        .collect();
+    // Report a file where it lies rather than through a symlink to it.
+    let (direct, rest): (Vec<_>, Vec<_>) = results
+        .into_iter()
+        .partition(|r| matches!(r, Ok(Some(f)) if f.path == f.canonical));
+    let mut seen = HashSet::new();
+    for r in direct.into_iter().chain(rest) {
+        match r {
+            Ok(Some(f)) => {
+                let rule = policy.rule(&f.decision).id.clone();
+                let key = (
+                    rule,
+                    f.canonical.clone(),
+                    f.package.as_ref().map(|p| p.package.clone()),
+                );
+                if seen.insert(key) {
+                    out.found.push(f);
+                }
+            }
+            Ok(None) => {}
+            Err(s) => out.skipped.push(s),
+        }
+    }
+    let mut configs_found = configs_found.into_inner().expect("config list poisoned");
+    configs_found.sort_by(|a, b| a.path.cmp(&b.path));
+    let mut seen_configs = HashSet::new();
+    configs_found.retain(|c| seen_configs.insert(c.path.clone()));
+    out.configs = configs_found;
+    out.hashed_bytes = progress.hashed_bytes.load(Ordering::Relaxed);
+    out
+}
+
+/// `~/REST` for a path under one of `homes`.
+pub fn home_path(path: &Path, homes: &[PathBuf]) -> Option<PathBuf> {
+    homes
+        .iter()
+        .filter_map(|h| path.strip_prefix(h).ok())
+        .min_by_key(|rest| rest.components().count())
+        .map(|rest| Path::new("~").join(rest))
+}
+
+/// How deep below a home the search for project configuration files (`**/.mcp.json`) goes.
+pub const CONFIG_SEARCH_DEPTH: usize = 6;
+/// At most this many entries are looked at per home in that search; the rest is listed as
+/// skipped.
+pub const CONFIG_SEARCH_ENTRIES: usize = 200_000;
+
+/// Folders the search for project configuration files never enters: dependency trees, caches
+/// and version control, which hold no agent's configuration of their own.
+const CONFIG_PRUNE: &[&str] = &[
+    "node_modules",
+    ".git",
+    ".hg",
+    ".svn",
+    "target",
+    "__pycache__",
+    ".venv",
+    "venv",
+    "site-packages",
+    ".tox",
+    ".gradle",
+    ".m2",
+];
+
+/// The AI-agent configuration files the policy's `configs` name in the homes of `scope.search`:
+/// for each `~/` glob, the folder (or file) before its first wildcard; for `**/` globs, a search
+/// of each home (at most [`CONFIG_SEARCH_DEPTH`] deep and [`CONFIG_SEARCH_ENTRIES`] entries, not
+/// entering the home's own dot-folders, which the `~/` globs cover, nor [`CONFIG_PRUNE`]); with
+/// `scope.absolute`, the absolute globs. Symlinks are not followed; a symlink that a glob names
+/// is returned as it is.
+pub fn config_candidates(policy: &Policy, scope: &ConfigScope) -> (Vec<PathBuf>, Vec<Skipped>) {
+    let mut found = Vec::new();
+    let mut skipped = Vec::new();
+    let homes = scope.homes.as_slice();
+    let is_config = |p: &Path| policy.is_config_path(p, home_path(p, homes).as_deref());
+    // The literal part of a glob, up to its first wildcard.
+    let literal = |g: &str| -> PathBuf {
+        let lit: Vec<&str> = g
+            .split('/')
+            .take_while(|c| !c.contains(['*', '?', '[', '{', '\\']))
+            .collect();
+        PathBuf::from(lit.join("/"))
+    };
+    let mut prefixes: Vec<PathBuf> = policy
+        .config_globs()
+        .filter_map(|g| g.strip_prefix("~/"))
+        .map(literal)
+        .collect();
+    prefixes.sort();
+    prefixes.dedup();
+    // Absolute globs (`/etc/claude-code/managed-settings.json`) are looked up once.
+    let mut absolute: Vec<PathBuf> = policy
+        .config_globs()
+        .filter(|g| g.starts_with('/'))
+        .map(literal)
+        .filter(|p| p.as_os_str().len() > 1)
+        .collect();
+    absolute.sort();
+    absolute.dedup();
+    if !scope.absolute {
+        absolute.clear();
+    }
+    for start in &absolute {
+        for e in WalkDir::new(start)
+            .follow_links(false)
+            .max_depth(CONFIG_SEARCH_DEPTH)
+            .into_iter()
+            .filter_map(Result::ok)
+        {
+            if !e.file_type().is_dir() && is_config(e.path()) {
+                found.push(e.path().to_path_buf());
+            }
+        }
+    }
+    let deep = policy.config_globs().any(|g| g.starts_with("**"));
+    for home in &scope.search {
+        for rel in &prefixes {
+            let start = home.join(rel);
+            for e in WalkDir::new(&start)
+                .follow_links(false)
+                .max_depth(CONFIG_SEARCH_DEPTH)
+                .into_iter()
+                .filter_map(Result::ok)
+            {
+                if !e.file_type().is_dir() && is_config(e.path()) {
+                    found.push(e.path().to_path_buf());
+                }
+            }
+        }
+        if !deep {
+            continue;
+        }
+        let mut seen = 0usize;
+        let mut walk = WalkDir::new(home)
+            .follow_links(false)
+            .max_depth(CONFIG_SEARCH_DEPTH)
+            .into_iter();
+        while let Some(e) = walk.next() {
+            let e = match e {
+                Ok(e) => e,
+                Err(_) => continue,
+            };
+            seen += 1;
+            if seen > CONFIG_SEARCH_ENTRIES {
+                skipped.push(Skipped {
+                    path: lossy(home),
+                    reason: format!(
+                        "search for project configuration files stopped after {CONFIG_SEARCH_ENTRIES} entries"
+                    ),
+                });
+                break;
+            }
+            let name = e.file_name().to_string_lossy();
+            if e.file_type().is_dir() {
+                let home_dot = e.depth() == 1 && name.starts_with('.');
+                if e.depth() > 0 && (home_dot || CONFIG_PRUNE.contains(&name.as_ref())) {
+                    walk.skip_current_dir();
+                }
+                continue;
+            }
+            if is_config(e.path()) {
+                found.push(e.path().to_path_buf());
+            }
+        }
+    }
+    found.sort();
+    found.dedup();
+    (found, skipped)
+}
+
+/// True for a path inside a dependency tree, cache or version control folder
+/// ([`CONFIG_PRUNE`]): a `.mcp.json` shipped in `node_modules` is a package's, not a user's.
+fn in_dependency_tree(path: &Path) -> bool {
+    path.components()
+        .any(|c| CONFIG_PRUNE.contains(&c.as_os_str().to_string_lossy().as_ref()))
+}
+
+/// Evaluate one configuration file: the policy's decision and the servers it declares.
+fn config_item(
+    policy: &Policy,
+    path: &Path,
+    homes: &[PathBuf],
+    accounts: &Accounts,
+    host: &str,
+) -> Result<Option<ConfigFound>, Skipped> {
+    let skip = |e: &io::Error| Skipped {
+        path: lossy(path),
+        reason: describe(e),
+    };
+    let canonical = std::fs::canonicalize(path).map_err(|e| skip(&e))?;
+    let meta = std::fs::metadata(&canonical).map_err(|e| skip(&e))?;
+    if !meta.is_file() {
+        return Ok(None);
+    }
+    let mut facts = Facts {
+        config_path: Some(path.to_path_buf()),
+        config_home_path: home_path(path, homes),
+        ..Facts::default()
+    };
+    owner_facts(&mut facts, meta.uid(), accounts, host);
+    let Some(decision) = policy.evaluate(&facts) else {
+        return Ok(None);
+    };
+    let config = crate::inventory::footprint::read_config(&canonical).map_err(|e| skip(&e))?;
+    Ok(Some(ConfigFound {
+        path: path.to_path_buf(),
+        canonical,
+        facts,
+        decision,
+        config,
+    }))
+}
+
+fn owner_facts(facts: &mut Facts, uid: u32, accounts: &Accounts, host: &str) {
+    facts.user = Some(accounts.user_name(uid));
+    facts.groups = accounts.groups_of(uid);
+    facts.host = Some(host.to_string());
+}
+
+/// Fill in the executable and script facts of a regular file, hashing it when the policy needs
+/// digests. False when the file is neither an executable nor a script the policy names.
+fn file_facts(
+    policy: &Policy,
+    facts: &mut Facts,
+    file: &Path,
+    meta: &std::fs::Metadata,
+    memo: &HashMemo,
+    progress: &Progress,
+    hash: bool,
+) -> Result<bool, Skipped> {
+    let is_exe = meta.mode() & 0o111 != 0;
+    let is_script = policy.is_script_path(file);
+    if !is_exe && !is_script {
+        return Ok(false);
+    }
+    let digest = if hash {
+        let skip = |e: io::Error| Skipped {
+            path: lossy(file),
+            reason: describe(&e),
+        };
+        // A file whose identity (dev, inode, size, mtime, ctime) is known needs no open: the
+        // walk's lstat already says it has not changed since it was read.
+        if let Some(d) = memo.get_digest(&crate::inventory::hash::FileKey::of(meta)) {
+            Some(d)
+        } else {
+            let (f, m) = open_regular(file, false).map_err(skip)?;
+            let (d, cached) = memo.digest_file(&f, &m).map_err(skip)?;
+            if !cached {
+                progress.hashed_bytes.fetch_add(m.len(), Ordering::Relaxed);
+            }
+            Some(d)
+        }
+    } else {
+        None
+    };
+    let (sha, content) = match digest {
+        Some(d) => (Some(d.sha256), d.content),
+        None => (None, None),
+    };
+    if is_exe {
+        facts.exe_path = Some(file.to_path_buf());
+        facts.exe_sha256 = sha;
+        facts.exe_content = content.clone();
+    }
+    if is_script {
+        facts.script_path = Some(file.to_path_buf());
+        facts.script_sha256 = sha;
+        facts.script_content = content;
+    }
+    Ok(true)
+}
+
+fn evaluate(
+    policy: &Policy,
+    item: Item,
+    accounts: &Accounts,
+    host: &str,
+    memo: &HashMemo,
+    progress: &Progress,
+    hash: bool,
+) -> Result<Option<Found>, Skipped> {
+    let skip = |p: &Path, e: &io::Error| Skipped {
+        path: lossy(p),
+        reason: describe(e),
+    };
+    let mut facts = Facts::default();
+    let mut package = None;
+    let (path, canonical, meta_uid) = match item {
+        Item::Config(_) => return Ok(None),
+        Item::Exe(path, meta) | Item::Script(path, meta) => {
+            facts.add_name(name_of(&path));
+            if !file_facts(policy, &mut facts, &path, &meta, memo, progress, hash)? {
+                return Ok(None);
+            }
+            (path.clone(), path, meta.uid())
+        }
+        Item::Symlink(path) => {
+            let target = match std::fs::canonicalize(&path) {
+                Ok(t) => t,
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                    return Err(Skipped {
+                        path: lossy(&path),
+                        reason: "dangling symlink".into(),
+                    })
+                }
+                Err(e) => return Err(skip(&path, &e)),
+            };
+            let meta = match std::fs::metadata(&target) {
+                Ok(m) if m.is_file() => m,
+                Ok(_) => return Ok(None),
+                Err(e) => return Err(skip(&path, &e)),
+            };
+            facts.add_name(name_of(&path));
+            facts.add_name(name_of(&target));
+            if !file_facts(policy, &mut facts, &target, &meta, memo, progress, hash)? {
+                return Ok(None);
+            }
+            (path, target, meta.uid())
+        }
+        Item::NpmManifest(manifest) => {
+            let found = read_npm_manifest(&manifest).map_err(|e| Skipped {
+                path: lossy(&manifest),
+                reason: e.to_string(),
+            })?;
+            let dir = manifest.parent().unwrap_or(&manifest).to_path_buf();
+            let uid = std::fs::symlink_metadata(&dir)
+                .map(|m| m.uid())
+                .unwrap_or(0);
+            facts.packages.push(found.package.clone());
+            package = Some(found);
+            (dir.clone(), dir, uid)
+        }
+        Item::Package(dir, found) => {
+            let uid = std::fs::symlink_metadata(&dir)
+                .map_err(|e| skip(&dir, &e))?
+                .uid();
+            facts.packages.push(found.package.clone());
+            package = Some(found);
+            (dir.clone(), dir, uid)
+        }
+    };
+    owner_facts(&mut facts, meta_uid, accounts, host);
+    let Some(decision) = policy.evaluate(&facts) else {
+        return Ok(None);
+    };
+    Ok(Some(Found {
+        path,
+        canonical,
+        facts,
+        package,
+        decision,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_file_that_vanishes_after_listing_is_skipped_not_fatal() {
+        let text = format!(
+            "[policy]\nname = \"t\"\nversion = \"1\"\nmode = \"enforce\"\n[[rule]]\nid = \"r\"\nname = \"r\"\nrisk = \"low\"\nreason = \"r\"\naction = \"report\"\n[rule.match]\nsha256 = [\"{}\"]\n",
+            "0".repeat(64)
+        );
+        let (policy, _) = Policy::load("t.toml", &text, &interdict_policy::NoIncludes).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("tool");
+        std::fs::write(&p, b"x").unwrap();
+        std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        let meta = std::fs::symlink_metadata(&p).unwrap();
+        std::fs::remove_file(&p).unwrap();
+        let r = evaluate(
+            &policy,
+            Item::Exe(p.clone(), meta),
+            &Accounts::default(),
+            "h",
+            &HashMemo::default(),
+            &Progress::default(),
+            true,
+        );
+        let skipped = r.expect_err("skipped");
+        assert_eq!(skipped.reason, "vanished during the scan");
+        assert_eq!(skipped.path, p.to_string_lossy());
+    }
+
+    #[test]
+    fn extension_dirs() {
+        assert_eq!(
+            parse_extension_dir("anthropic.claude-code-2.0.1-linux-x64"),
+            Some(("anthropic.claude-code".into(), "2.0.1-linux-x64".into()))
+        );
+        assert_eq!(parse_extension_dir("no-version"), None);
+        assert_eq!(parse_extension_dir("nodot-1.0"), None);
+    }
+
+    #[test]
+    fn dist_info_dirs() {
+        assert_eq!(
+            parse_dist_info_dir("aider_chat-0.86.1.dist-info"),
+            Some(("aider_chat".into(), "0.86.1".into()))
+        );
+        assert_eq!(parse_dist_info_dir("foo.txt"), None);
+    }
+
+    #[test]
+    fn npm_manifest_layout() {
+        assert!(is_npm_manifest(Path::new("/p/node_modules/x/package.json")));
+        assert!(is_npm_manifest(Path::new(
+            "/p/node_modules/@a/x/package.json"
+        )));
+        assert!(!is_npm_manifest(Path::new(
+            "/p/node_modules/x/lib/package.json"
+        )));
+        assert!(!is_npm_manifest(Path::new("/p/src/package.json")));
+        assert!(is_npm_manifest(Path::new(
+            "/h/.bun/install/cache/@anthropic-ai/claude-code@2.0.0@@@1/package.json"
+        )));
+        assert!(is_npm_manifest(Path::new(
+            "/h/.bun/install/cache/left-pad@1.3.0@@@1/package.json"
+        )));
+        assert!(!is_npm_manifest(Path::new(
+            "/h/.bun/install/cache/left-pad@1.3.0@@@1/lib/package.json"
+        )));
+    }
+}
