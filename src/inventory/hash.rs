@@ -194,14 +194,35 @@ impl HashMemo {
         self.digest_inner(file, meta, true)
     }
 
+    /// Like [`HashMemo::digest_file`] with these signatures rather than the ones set: the exec
+    /// guard passes those of the policy it decides with, which a reload may have changed since
+    /// the memo's were set.
+    pub fn digest_file_with(
+        &self,
+        file: &File,
+        meta: &Metadata,
+        searcher: Option<Arc<ContentSearcher>>,
+    ) -> io::Result<(Digest, bool)> {
+        self.digest_searching(file, meta, searcher, true)
+    }
+
     fn digest_inner(
         &self,
         file: &File,
         meta: &Metadata,
         need_content: bool,
     ) -> io::Result<(Digest, bool)> {
+        self.digest_searching(file, meta, self.searcher(), need_content)
+    }
+
+    fn digest_searching(
+        &self,
+        file: &File,
+        meta: &Metadata,
+        searcher: Option<Arc<ContentSearcher>>,
+        need_content: bool,
+    ) -> io::Result<(Digest, bool)> {
         let key = FileKey::of(meta);
-        let searcher = self.searcher();
         let want = if need_content {
             searcher.as_deref()
         } else {

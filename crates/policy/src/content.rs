@@ -230,6 +230,23 @@ impl ContentSearcher {
             .collect()
     }
 
+    /// True when a file of `size` bytes whose first bytes are `head` (up to
+    /// [`FileFormat::MAGIC_BYTES`], fewer for a shorter file) could be identified by some family
+    /// rule: its format is one such a rule looks into, and it is at least as long as each of that
+    /// rule's signatures. When false, reading the file for signatures cannot change a decision
+    /// (the exec guard then leaves it unread).
+    pub fn may_match(&self, size: u64, head: &[u8]) -> bool {
+        let Some(format) = FileFormat::detect(head) else {
+            return false;
+        };
+        self.families.iter().any(|f| {
+            f.formats.contains(&format)
+                && f.patterns
+                    .iter()
+                    .all(|&p| self.patterns[p as usize].len() as u64 <= size)
+        })
+    }
+
     /// Start looking into one file.
     pub fn scan(&self) -> ContentScan<'_> {
         ContentScan {

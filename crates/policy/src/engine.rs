@@ -432,6 +432,14 @@ impl Policy {
         self.content.as_ref()
     }
 
+    /// True when a file of `size` bytes starting with `head` could be identified by a family
+    /// rule (see [`ContentSearcher::may_match`]); always false without family rules.
+    pub fn may_match_content(&self, size: u64, head: &[u8]) -> bool {
+        self.content
+            .as_deref()
+            .is_some_and(|c| c.may_match(size, head))
+    }
+
     /// True when some rule has `configs` selectors.
     pub fn has_configs(&self) -> bool {
         !self.configs.owners.is_empty() || !self.home_configs.owners.is_empty()

@@ -293,3 +293,37 @@ contains_all = []
     ];
     assert_eq!(lines, want, "\n{}", lines.join("\n"));
 }
+
+#[test]
+fn issue_14_only_files_of_a_format_and_size_a_family_rule_could_match_need_reading() {
+    let (p, _) = Policy::load("t.toml", &family(""), &NoIncludes).unwrap();
+    // ELF (the default formats), long enough for both signatures (15 and 12 bytes).
+    assert!(p.may_match_content(4096, b"\x7fELF\x02\x01\x01\x00"));
+    assert!(p.may_match_content(15, b"\x7fELF"));
+    // Shorter than the longest signature: cannot hold it.
+    assert!(!p.may_match_content(14, b"\x7fELF"));
+    // Not a format the rule looks into: a script, a text file, an empty file.
+    assert!(!p.may_match_content(4096, b"#!/bin/sh\n"));
+    assert!(!p.may_match_content(4096, b"plain te"));
+    assert!(!p.may_match_content(0, b""));
+    let (p, _) = Policy::load(
+        "t.toml",
+        &family(r#"contains_in = ["script"]"#),
+        &NoIncludes,
+    )
+    .unwrap();
+    assert!(p.may_match_content(4096, b"#!/usr/bi"));
+    assert!(!p.may_match_content(4096, b"\x7fELF\x02\x01\x01\x00"));
+    // No family rule: nothing ever needs reading for one.
+    let (p, _) = Policy::load(
+        "t.toml",
+        &family("").replace(
+            "contains_all = [\"first signature\", 'second \\x00 one']",
+            "names = [\"x\"]",
+        ),
+        &NoIncludes,
+    )
+    .unwrap();
+    assert!(p.content_searcher().is_none());
+    assert!(!p.may_match_content(4096, b"\x7fELF\x02\x01\x01\x00"));
+}

@@ -7,7 +7,9 @@
 //!   counted as `queue_drops`). It never logs, never touches the disk, never takes a lock held
 //!   by slow work (the cache lock is only held for a lookup or an insert);
 //! - **workers** decide misses: path rules on the descriptor's path, SHA-256 through the event's
-//!   own descriptor (never reopened by path), shared between concurrent execs of one file;
+//!   own descriptor (never reopened by path), shared between concurrent execs of one file, and
+//!   family signatures in that same read, only for files whose format and size a family rule
+//!   could match (without family rules nothing is read for them);
 //! - the **deadline** thread answers, per `fail_mode`, every event still unanswered after
 //!   `deadline_ms`; if the late decision turns out to be a block, the worker kills what started.
 //!
@@ -34,7 +36,7 @@ use crate::agent::metrics::inc;
 use crate::agent::shared::Shared;
 use crate::agent::verdict::{self, Plan};
 use crate::inventory::facts::FactsBuilder;
-use crate::inventory::hash::FileKey;
+use crate::inventory::hash::{Digest, FileKey};
 
 const FAN_ALLOW: u32 = 0x01;
 const FAN_DENY: u32 = 0x02;
@@ -612,22 +614,46 @@ fn decide(g: &Guard, p: &Pending) {
         .clone()
         .or_else(|| crate::inventory::procs::read_proc(p.pid));
     let mut hash_failed = false;
-    // No full hash on the path of a program whose size no banned digest has.
-    let digest = if policy.may_match_size(p.key.size) {
-        // Hash through the event's own descriptor: no second open by path, no race.
-        let f = p.fd.try_clone().map(std::fs::File::from);
-        match f.and_then(|f| {
+    // Read through the event's own descriptor: no second open by path, no race.
+    let file = p.fd.try_clone().map(std::fs::File::from);
+    // Family rules look into a file only when its format and size could match one (its first
+    // bytes, one small read); without family rules nothing is read for them.
+    let search = policy.content_searcher().filter(|_| {
+        let mut head = [0u8; interdict_policy::FileFormat::MAGIC_BYTES];
+        let n = file
+            .as_ref()
+            .ok()
+            .and_then(|f| read_head(f, &mut head).ok())
+            .unwrap_or(0);
+        policy.may_match_content(p.key.size, &head[..n])
+    });
+    // No full read on the path of a program whose size no banned digest has and that no
+    // family rule could identify.
+    let (digest, content) = if search.is_some() || policy.may_match_size(p.key.size) {
+        match file.and_then(|f| {
             let m = f.metadata()?;
-            shared.memo.hash_file(&f, &m)
+            match search {
+                // Hashed and searched in the same read.
+                Some(cs) => shared.memo.digest_file_with(&f, &m, Some(cs.clone())),
+                None => shared.memo.hash_file(&f, &m).map(|(d, c)| {
+                    (
+                        Digest {
+                            sha256: d,
+                            content: None,
+                        },
+                        c,
+                    )
+                }),
+            }
         }) {
-            Ok((d, _)) => Some(d),
+            Ok((d, _)) => (Some(d.sha256), d.content),
             Err(_) => {
                 hash_failed = true;
-                None
+                (None, None)
             }
         }
     } else {
-        None
+        (None, None)
     };
     let b = FactsBuilder::new(&shared.origin.hostname)
         .name_of(&path)
@@ -638,9 +664,11 @@ fn decide(g: &Guard, p: &Pending) {
         Access::Open => b
             .exe(&path)
             .exe_digest(digest)
+            .exe_content(content.clone())
             .script(&path)
-            .script_digest(digest),
-        Access::Exec => b.exe(&path).exe_digest(digest),
+            .script_digest(digest)
+            .script_content(content),
+        Access::Exec => b.exe(&path).exe_digest(digest).exe_content(content),
     }
     .build();
     let v = verdict::decide(shared, policy, &mut facts);
@@ -725,4 +753,19 @@ fn decide(g: &Guard, p: &Pending) {
             }
         }
     }
+}
+
+/// The first bytes of `file` (its format's magic), as many as it has up to `head.len()`.
+fn read_head(file: &std::fs::File, head: &mut [u8]) -> std::io::Result<usize> {
+    use std::os::unix::fs::FileExt;
+    let mut n = 0;
+    while n < head.len() {
+        match file.read_at(&mut head[n..], n as u64) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
 }
