@@ -306,3 +306,83 @@ fn walk_size(dir: &Path) -> u64 {
     }
     total
 }
+
+/// The pack's family rule alone (as shipped: the formats it looks into included), blocking.
+fn family_rule_blocking() -> String {
+    let text = std::fs::read_to_string(shipped_pack()).unwrap();
+    let line = |key: &str| {
+        text.lines()
+            .find(|l| l.starts_with(key))
+            .unwrap_or_else(|| panic!("the pack's family rule has no `{key}`"))
+            .to_string()
+    };
+    let matcher = format!("{}\n{}", line("contains_all"), line("contains_in"));
+    format!(
+        "{}{}",
+        crate::support::agent::POLICY_HEAD,
+        crate::support::agent::rule("claude-code", "block", &matcher)
+    )
+}
+
+/// The agent's exec guard identifies Claude Code by the family rule too: on a marked tmpfs, a
+/// renamed copy of a real release, a working copy with a byte changed in the first occurrence
+/// of each signature (a digest nobody has) and an old `cli.js` release made executable are all
+/// refused with EPERM, with an `exec_denied` event naming the family rule; an ordinary program
+/// and a script on the same filesystem run.
+#[test]
+fn issue_14_the_exec_guard_refuses_renamed_and_edited_releases_by_the_family_rule() {
+    use crate::support::agent::{assert_denied, events_of, exec, marks, Agent, TmpMount};
+    let m = TmpMount::new();
+    let tools = m.path().join("tools");
+    let original = crate::npm_packages::prefix()
+        .join("node_modules/@anthropic-ai/claude-code-linux-x64/claude");
+    let renamed = tools.join("fmt-helper");
+    place(&original, &renamed);
+    let mut bytes = std::fs::read(&original).unwrap();
+    for sig in ["tengu_tool_use_error", "ISSUES_EXPLAINER"] {
+        damage_first(&mut bytes, sig.as_bytes());
+    }
+    let edited = tools.join("lint");
+    write(&edited, &bytes, 0o755);
+    drop(bytes);
+    assert_ne!(sha256sum(&edited), sha256sum(&original));
+    let old_js = npm_package("@anthropic-ai/claude-code@1.0.0").join("package/cli.js");
+    let cli_js = tools.join("notes");
+    write(&cli_js, &std::fs::read(&old_js).unwrap(), 0o755);
+    let ordinary = tools.join("true");
+    write(&ordinary, &std::fs::read("/bin/true").unwrap(), 0o755);
+    let script = tools.join("hello.sh");
+    write(&script, b"#!/bin/sh\nexit 0\n", 0o755);
+
+    // A generous deadline: the first exec of a 245 MB binary is read in full, and this test is
+    // about the decision, not how fast it comes on a loaded machine (benches/exec.sh measures
+    // that); with the default fail_mode (open) a late decision would be a kill, not EPERM.
+    let agent = Agent::start(
+        &family_rule_blocking(),
+        &format!("{}\ndeadline_ms = 60000", marks(m.path())),
+    );
+    for p in [&renamed, &edited, &cli_js] {
+        assert_denied(p);
+    }
+    for p in [&ordinary, &script] {
+        let st = exec(p, &[])
+            .unwrap_or_else(|e| panic!("{} refused: {e}; agent: {}", p.display(), agent.stderr()));
+        assert!(st.success(), "{}: {st}", p.display());
+    }
+    for p in [&renamed, &edited, &cli_js] {
+        let e = agent.wait_event(&format!("exec_denied for {}", p.display()), |e| {
+            e["kind"] == "exec_denied" && e["file"]["path"] == p.to_string_lossy().as_ref()
+        });
+        assert_eq!(e["rule"]["id"], "claude-code", "{e:#}");
+        assert_eq!(e["rule"]["selector"], "contains", "{e:#}");
+        assert_eq!(e["file"]["sha256"], sha256sum(p), "{e:#}");
+    }
+    let events = agent.events();
+    for p in [&ordinary, &script] {
+        assert!(
+            events_of(&events, "exec_denied", p).is_empty(),
+            "{} denied: {events:#?}",
+            p.display()
+        );
+    }
+}
