@@ -353,6 +353,11 @@ fn issue_14_the_exec_guard_refuses_renamed_and_edited_releases_by_the_family_rul
     write(&ordinary, &std::fs::read("/bin/true").unwrap(), 0o755);
     let script = tools.join("hello.sh");
     write(&script, b"#!/bin/sh\nexit 0\n", 0o755);
+    // Digests before the agent starts: once denied, a banned file cannot be opened either.
+    let digests: Vec<String> = [&renamed, &edited, &cli_js]
+        .iter()
+        .map(|p| sha256sum(p))
+        .collect();
 
     // A generous deadline: the first exec of a 245 MB binary is read in full, and this test is
     // about the decision, not how fast it comes on a loaded machine (benches/exec.sh measures
@@ -369,13 +374,13 @@ fn issue_14_the_exec_guard_refuses_renamed_and_edited_releases_by_the_family_rul
             .unwrap_or_else(|e| panic!("{} refused: {e}; agent: {}", p.display(), agent.stderr()));
         assert!(st.success(), "{}: {st}", p.display());
     }
-    for p in [&renamed, &edited, &cli_js] {
+    for (p, digest) in [&renamed, &edited, &cli_js].into_iter().zip(&digests) {
         let e = agent.wait_event(&format!("exec_denied for {}", p.display()), |e| {
             e["kind"] == "exec_denied" && e["file"]["path"] == p.to_string_lossy().as_ref()
         });
         assert_eq!(e["rule"]["id"], "claude-code", "{e:#}");
         assert_eq!(e["rule"]["selector"], "contains", "{e:#}");
-        assert_eq!(e["file"]["sha256"], sha256sum(p), "{e:#}");
+        assert_eq!(e["file"]["sha256"], *digest, "{e:#}");
     }
     let events = agent.events();
     for p in [&ordinary, &script] {
