@@ -65,6 +65,28 @@ pub fn digest_reader(
     ))
 }
 
+/// Look for `searcher`'s signatures in `file` without hashing it, from its first byte with
+/// positioned reads (the descriptor's offset is left as it is), in [`CHUNK`] reads; stops
+/// reading once every signature has been found. For the exec guard, when no digest of the
+/// file's size is banned: searching alone costs a fraction of hashing.
+pub fn search_file(file: &File, searcher: &ContentSearcher) -> io::Result<ContentMatch> {
+    use std::os::unix::fs::FileExt;
+    let mut scan = searcher.scan();
+    let mut buf = vec![0u8; CHUNK];
+    let mut at = 0u64;
+    while !scan.complete() {
+        let n = match file.read_at(&mut buf, at) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        scan.feed(&buf[..n]);
+        at += n as u64;
+    }
+    Ok(scan.finish())
+}
+
 /// Open `path` for hashing only if it is a regular file: never blocks on a FIFO, never becomes a
 /// controlling terminal, and checks the type on the open descriptor (the path may have changed
 /// since it was listed). With `follow = false` a final symlink is refused; `/proc/PID/exe` needs
@@ -348,6 +370,33 @@ mod tests {
             d.to_string(),
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
+    }
+
+    #[test]
+    fn search_alone_finds_what_the_hashing_read_finds_and_leaves_the_offset() {
+        use std::io::{Seek, SeekFrom, Write};
+        let (policy, _) = interdict_policy::Policy::load(
+            "t.toml",
+            "[policy]\nname = \"t\"\nversion = \"1\"\nmode = \"enforce\"\n[[rule]]\nid = \"f\"\nname = \"f\"\nrisk = \"high\"\nreason = \"r\"\naction = \"block\"\n[rule.match]\ncontains_all = [\"signature one\", \"signature two\"]\n",
+            &interdict_policy::NoIncludes,
+        )
+        .unwrap();
+        let cs = policy.content_searcher().unwrap();
+        let mut f = tempfile::tempfile().unwrap();
+        // The second signature spans the boundary between two reads.
+        let mut body = b"\x7fELF\x02\x01\x01\x00 signature one ".to_vec();
+        body.resize(CHUNK - 5, b'.');
+        body.extend_from_slice(b"signature two and more");
+        f.write_all(&body).unwrap();
+        f.seek(SeekFrom::Start(7)).unwrap();
+        let found = search_file(&f, cs).unwrap();
+        assert_eq!(found.found_count(), 2);
+        assert_eq!(f.stream_position().unwrap(), 7, "offset untouched");
+        f.seek(SeekFrom::Start(0)).unwrap();
+        let (d, _) = digest_reader(&f, Some(cs)).unwrap();
+        assert_eq!(d.content.as_ref(), Some(&found));
+        f.set_len(CHUNK as u64 - 1).unwrap();
+        assert_eq!(search_file(&f, cs).unwrap().found_count(), 1);
     }
 
     #[test]

@@ -36,7 +36,7 @@ use crate::agent::metrics::inc;
 use crate::agent::shared::Shared;
 use crate::agent::verdict::{self, Plan};
 use crate::inventory::facts::FactsBuilder;
-use crate::inventory::hash::{Digest, FileKey};
+use crate::inventory::hash::{search_file, FileKey};
 
 const FAN_ALLOW: u32 = 0x01;
 const FAN_DENY: u32 = 0x02;
@@ -628,25 +628,32 @@ fn decide(g: &Guard, p: &Pending) {
         policy.may_match_content(p.key.size, &head[..n])
     });
     // No full read on the path of a program whose size no banned digest has and that no
-    // family rule could identify.
-    let (digest, content) = if search.is_some() || policy.may_match_size(p.key.size) {
-        match file.and_then(|f| {
-            let m = f.metadata()?;
-            match search {
-                // Hashed and searched in the same read.
-                Some(cs) => shared.memo.digest_file_with(&f, &m, Some(cs.clone())),
-                None => shared.memo.hash_file(&f, &m).map(|(d, c)| {
-                    (
-                        Digest {
-                            sha256: d,
-                            content: None,
-                        },
-                        c,
-                    )
-                }),
-            }
-        }) {
-            Ok((d, _)) => (Some(d.sha256), d.content),
+    // family rule could identify; no hashing of one whose size no banned digest has.
+    let hash = policy.may_match_size(p.key.size);
+    let (mut digest, content) = if search.is_some() || hash {
+        match file
+            .as_ref()
+            .map_err(|e| std::io::Error::new(e.kind(), e.to_string()))
+            .and_then(|f| {
+                match (search, hash) {
+                    // Searched alone: a fraction of the cost of hashing (the digest, for the
+                    // event, is taken after the answer when the file is denied).
+                    (Some(cs), false) => search_file(f, cs).map(|c| (None, Some(c))),
+                    // Hashed and searched in the same read.
+                    (Some(cs), true) => {
+                        let m = f.metadata()?;
+                        shared
+                            .memo
+                            .digest_file_with(f, &m, Some(cs.clone()))
+                            .map(|(d, _)| (Some(d.sha256), d.content))
+                    }
+                    (None, _) => {
+                        let m = f.metadata()?;
+                        shared.memo.hash_file(f, &m).map(|(d, _)| (Some(d), None))
+                    }
+                }
+            }) {
+            Ok(r) => r,
             Err(_) => {
                 hash_failed = true;
                 (None, None)
@@ -724,6 +731,20 @@ fn decide(g: &Guard, p: &Pending) {
     match v.plan {
         Plan::Allow => {}
         Plan::Stop if !late => {
+            // Denied by a family rule without a digest (searched alone): the digest for the
+            // event, now that the kernel has its answer.
+            let by_family = v
+                .decision
+                .is_some_and(|d| d.selector == interdict_policy::SelectorKind::Contains);
+            if digest.is_none() && by_family {
+                if let Ok(f) = &file {
+                    digest = f
+                        .metadata()
+                        .and_then(|m| shared.memo.hash_file(f, &m))
+                        .ok()
+                        .map(|(d, _)| d);
+                }
+            }
             let file = FileRef {
                 path: crate::path_text(&path),
                 sha256: digest.map(|h| h.to_string()),
