@@ -58,6 +58,10 @@ pub enum EventKind {
     /// A learned digest was dropped: it matched a file that a package owns or that lies in the
     /// system directories (`message` says which), or an admin forgot it.
     LearnedHashDropped,
+    /// An AI agent's configuration file that a `configs` rule names was found (install
+    /// watcher): `file` is the configuration file, `message` lists the MCP servers it declares
+    /// (secrets redacted). Configuration files are only ever reported.
+    ConfigDetected,
 }
 
 /// What the agent did about a match.

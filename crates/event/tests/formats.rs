@@ -182,6 +182,22 @@ fn events() -> Vec<(&'static str, Event)> {
     dropped.message = Some("12 events dropped: the spool was full".into());
     let mut heartbeat = o.event(EventKind::Heartbeat);
     heartbeat.message = Some(r#"{"version":"0.1.0","mode":"enforce"}"#.into());
+    let mut config = detection(EventKind::ConfigDetected, Outcome::Reported, "install_watch");
+    config.rule = Some(RuleRef {
+        selector: "config".into(),
+        pattern: "~/.claude.json".into(),
+        matched: "/home/ana/.claude.json".into(),
+        ..rule()
+    });
+    config.file = Some(FileRef {
+        path: "/home/ana/.claude.json".into(),
+        sha256: Some("d".repeat(64)),
+        size: Some(2_048),
+    });
+    config.message = Some(
+        "MCP servers: github: npx -y @modelcontextprotocol/server-github (env GITHUB_TOKEN)"
+            .into(),
+    );
     let mut prev = GENESIS_HASH.to_string();
     let mut out = Vec::new();
     for (i, (name, e)) in [
@@ -204,6 +220,7 @@ fn events() -> Vec<(&'static str, Event)> {
         ("sensor_degraded", degraded),
         ("events_dropped", dropped),
         ("heartbeat", heartbeat),
+        ("config_detected", config),
     ]
     .into_iter()
     .enumerate()
