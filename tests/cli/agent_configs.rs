@@ -306,3 +306,126 @@ paths = ["**/bin/banned"]"#,
     assert_eq!(v["action"], "report");
     assert!(home.join("proj/.mcp.json").exists());
 }
+
+/// The install watcher reports AI-agent configuration as `config_detected` events: once per
+/// file while what it declares stays the same (rescans do not repeat it, nor does a rewrite
+/// with the same servers), again when its MCP servers change; servers listed, secrets redacted;
+/// the file left where it is.
+#[test]
+fn issue_14_the_install_watcher_reports_agent_configuration_once_with_its_servers() {
+    use crate::support::agent::{rule, Agent, POLICY_HEAD};
+    use std::time::{Duration, Instant};
+    let tmp = tempfile::tempdir().unwrap();
+    let base = std::fs::canonicalize(tmp.path()).unwrap();
+    let home = base.join("home");
+    let claude_json = home.join(".claude.json");
+    let mcp_json = home.join("src/app/.mcp.json");
+    let claude_text = |startups: u32| {
+        format!(
+            r#"{{"numStartups": {startups}, "mcpServers": {{"github": {{"type": "stdio", "command": "npx", "args": ["-y", "@modelcontextprotocol/server-github", "--token", "sk-live-secret-value-1234567890"], "env": {{"GITHUB_TOKEN": "ghp_abcdefghijklmnopqrstuvwxyz012345"}}}}}}}}"#
+        )
+    };
+    write(&claude_json, claude_text(1).as_bytes(), 0o600);
+    write(
+        &mcp_json,
+        br#"{"mcpServers": {"remote": {"type": "http", "url": "https://user:hunter2@mcp.example.com/mcp?api_key=SECRET123"}}}"#,
+        0o644,
+    );
+    std::fs::create_dir_all(base.join("installs")).unwrap();
+    let policy = format!(
+        "{POLICY_HEAD}{}",
+        rule(
+            "claude-code-config",
+            "report",
+            r#"configs = ["~/.claude.json", "**/.mcp.json"]"#
+        )
+    );
+    let agent = Agent::start(
+        &policy,
+        &format!(
+            "fanotify = false\nproc_connector = false\n\n[install]\nroots = [\"{}\"]\nconfig_homes = [\"{}\"]\nrescan_interval_s = 1",
+            base.join("installs").display(),
+            home.display()
+        ),
+    );
+    let of = |events: &[serde_json::Value], p: &Path| -> Vec<serde_json::Value> {
+        events
+            .iter()
+            .filter(|e| e["kind"] == "config_detected" && e["file"]["path"] == *p.to_string_lossy())
+            .cloned()
+            .collect()
+    };
+    let wait_rescans = |n: u64| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let c = agent.status()["counters"].clone();
+            if c["install_rescans"].as_u64().unwrap() >= n {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {n} rescans: {c:#}; agent: {}",
+                agent.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let e = agent.wait_event("config_detected for ~/.claude.json", |e| {
+        e["kind"] == "config_detected" && e["file"]["path"] == *claude_json.to_string_lossy()
+    });
+    assert_eq!(e["rule"]["id"], "claude-code-config", "{e:#}");
+    assert_eq!(e["rule"]["selector"], "config", "{e:#}");
+    assert_eq!(e["outcome"], "reported", "{e:#}");
+    let declared: serde_json::Value =
+        serde_json::from_str(e["message"].as_str().expect("message")).unwrap();
+    let gh = &declared["mcp_servers"][0];
+    assert_eq!(gh["name"], "github", "{declared:#}");
+    assert_eq!(gh["command"], "npx", "{declared:#}");
+    assert_eq!(
+        gh["args"],
+        serde_json::json!([
+            "-y",
+            "@modelcontextprotocol/server-github",
+            "--token",
+            "[REDACTED]"
+        ])
+    );
+    assert_eq!(gh["env"], serde_json::json!(["GITHUB_TOKEN=[REDACTED]"]));
+    let e = agent.wait_event("config_detected for .mcp.json", |e| {
+        e["kind"] == "config_detected" && e["file"]["path"] == *mcp_json.to_string_lossy()
+    });
+    assert!(
+        e["message"]
+            .as_str()
+            .unwrap()
+            .contains("https://user:[REDACTED]@mcp.example.com/mcp?api_key=[REDACTED]"),
+        "{e:#}"
+    );
+    // Rewritten with the same servers (as Claude Code does at every start): not news.
+    write(&claude_json, claude_text(2).as_bytes(), 0o600);
+    let before = agent.status()["counters"]["install_rescans"]
+        .as_u64()
+        .unwrap();
+    wait_rescans(before + 2);
+    let events = agent.events();
+    assert_eq!(of(&events, &claude_json).len(), 1, "{events:#?}");
+    assert_eq!(of(&events, &mcp_json).len(), 1, "{events:#?}");
+    // A server added: reported again, with it.
+    write(
+        &mcp_json,
+        br#"{"mcpServers": {"remote": {"type": "http", "url": "https://mcp.example.com/mcp"}, "local": {"command": "python3", "args": ["-m", "srv"]}}}"#,
+        0o644,
+    );
+    agent.wait_event("config_detected for the changed .mcp.json", |e| {
+        e["kind"] == "config_detected"
+            && e["file"]["path"] == *mcp_json.to_string_lossy()
+            && e["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("\"local\""))
+    });
+    let text = std::fs::read_to_string(agent.dir.path().join("events.jsonl")).unwrap();
+    for s in SECRETS {
+        assert!(!text.contains(s), "secret {s} in the event log:\n{text}");
+    }
+    assert!(claude_json.exists() && mcp_json.exists());
+}

@@ -182,7 +182,11 @@ fn events() -> Vec<(&'static str, Event)> {
     dropped.message = Some("12 events dropped: the spool was full".into());
     let mut heartbeat = o.event(EventKind::Heartbeat);
     heartbeat.message = Some(r#"{"version":"0.1.0","mode":"enforce"}"#.into());
-    let mut config = detection(EventKind::ConfigDetected, Outcome::Reported, "install_watch");
+    let mut config = detection(
+        EventKind::ConfigDetected,
+        Outcome::Reported,
+        "install_watch",
+    );
     config.rule = Some(RuleRef {
         selector: "config".into(),
         pattern: "~/.claude.json".into(),
@@ -195,8 +199,7 @@ fn events() -> Vec<(&'static str, Event)> {
         size: Some(2_048),
     });
     config.message = Some(
-        "MCP servers: github: npx -y @modelcontextprotocol/server-github (env GITHUB_TOKEN)"
-            .into(),
+        "MCP servers: github: npx -y @modelcontextprotocol/server-github (env GITHUB_TOKEN)".into(),
     );
     let mut prev = GENESIS_HASH.to_string();
     let mut out = Vec::new();

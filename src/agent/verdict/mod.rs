@@ -16,7 +16,7 @@ use super::enforce::notices::{Notice, NoticeKind};
 use super::metrics::inc;
 use super::sensors::Part;
 use super::shared::Shared;
-use crate::inventory::installed::Found;
+use crate::inventory::installed::{ConfigFound, Found};
 use crate::inventory::procs::ProcessInfo;
 use learn::{LearnRequest, Source};
 
@@ -473,6 +473,34 @@ pub fn installed(
         told,
     );
     queued
+}
+
+/// An AI agent's configuration file that a `configs` rule names, found by the install watcher:
+/// a `config_detected` event (`file`: the configuration file; `message`: what it declares, as
+/// JSON: its format and MCP servers with secrets redacted). Only ever reported: configuration
+/// files are never blocked, deleted or quarantined, and nobody is notified. True when queued.
+pub fn config_detected(shared: &Shared, c: &ConfigFound, file: FileRef, sensor: Part) -> bool {
+    let active = shared.policy.active();
+    let policy = &active.loaded.policy;
+    if c.decision.action == Action::Allow {
+        return true;
+    }
+    let v = Verdict {
+        policy,
+        decision: Some(c.decision),
+        plan: Plan::Report,
+        facts: &c.facts,
+    };
+    let mut e = event(
+        shared,
+        EventKind::ConfigDetected,
+        Outcome::Reported,
+        sensor,
+        &v,
+    );
+    e.file = Some(file);
+    e.message = serde_json::to_string(&c.config).ok();
+    shared.emit(e)
 }
 
 /// Say so, once per policy, when the policy would block or kill a file the agent protects (its
