@@ -7,7 +7,8 @@
 #     size matches no banned digest and it is not read; with one, it is read once (hashed and
 #     searched in the same pass) before the answer;
 #   - with the family rule: the first exec of a fresh 250 MB program holding the signatures
-#     (denied, EPERM).
+#     (denied, EPERM), run as `nobody`: root is exempt from the rule, so that the agent's sweeps
+#     never kill a real Claude Code running on this machine (as root) during the bench.
 #
 # Usage (root): benches/exec_family.sh [N]   (default N = 5000; ROUNDS=3, BIG=10 first execs)
 # Runs every agent under `timeout`; its state, log and install roots stay in a temp folder, and
@@ -72,6 +73,8 @@ action = "block"
 [rule.match]
 $SIGS
 $FORMATS
+[rule.exempt]
+users = ["root"]
 POL
   fi
 }
@@ -117,7 +120,7 @@ for round in $(seq "$ROUNDS"); do
       if [ "$p" = family ]; then
         big "$MNT/famban" "$HELD"
         s=$(date +%s%N)
-        if "$MNT/famban" 2>/dev/null; then :; else DENIED=$((DENIED + 1)); fi
+        if setpriv --reuid=nobody --regid=nogroup --clear-groups "$MNT/famban" 2>/dev/null; then :; else DENIED=$((DENIED + 1)); fi
         e=$(date +%s%N); FAMBAN+=("$(us "$s" "$e")")
         rm -f "$MNT/famban"
       fi

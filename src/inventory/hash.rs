@@ -65,6 +65,43 @@ pub fn digest_reader(
     ))
 }
 
+/// The first bytes of `file` (its format's magic), as many as it has up to `head.len()`, with
+/// positioned reads (the descriptor's offset is left as it is).
+pub fn read_head(file: &File, head: &mut [u8]) -> io::Result<usize> {
+    use std::os::unix::fs::FileExt;
+    let mut n = 0;
+    while n < head.len() {
+        match file.read_at(&mut head[n..], n as u64) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+/// What a file holds for the policy's family rules, when its format and size could match one
+/// (else `None`, nothing read beyond its first bytes): hashed and searched in one read through
+/// `memo`, so that the digest asked for next is remembered.
+pub fn family_content(
+    policy: &interdict_policy::Policy,
+    file: &File,
+    meta: &Metadata,
+    memo: &HashMemo,
+) -> Option<ContentMatch> {
+    let cs = policy.content_searcher()?;
+    let mut head = [0u8; interdict_policy::FileFormat::MAGIC_BYTES];
+    let n = read_head(file, &mut head).ok()?;
+    if !policy.may_match_content(meta.len(), &head[..n]) {
+        return None;
+    }
+    memo.digest_file_with(file, meta, Some(cs.clone()))
+        .ok()?
+        .0
+        .content
+}
+
 /// Look for `searcher`'s signatures in `file` without hashing it, from its first byte with
 /// positioned reads (the descriptor's offset is left as it is), in [`CHUNK`] reads; stops
 /// reading once every signature has been found. For the exec guard, when no digest of the

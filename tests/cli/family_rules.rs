@@ -307,7 +307,9 @@ fn walk_size(dir: &Path) -> u64 {
     total
 }
 
-/// The pack's family rule alone (as shipped: the formats it looks into included), blocking.
+/// The pack's family rule alone (as shipped: the formats it looks into included), blocking,
+/// with root exempt: a test agent's sweep of what already runs must never kill a real Claude
+/// Code running on this machine (as root), while the test's own execs run as the test user.
 fn family_rule_blocking() -> String {
     let text = std::fs::read_to_string(shipped_pack()).unwrap();
     let line = |key: &str| {
@@ -318,7 +320,7 @@ fn family_rule_blocking() -> String {
     };
     let matcher = format!("{}\n{}", line("contains_all"), line("contains_in"));
     format!(
-        "{}{}",
+        "{}{}[rule.exempt]\nusers = [\"root\"]\n",
         crate::support::agent::POLICY_HEAD,
         crate::support::agent::rule("claude-code", "block", &matcher)
     )
@@ -331,7 +333,7 @@ fn family_rule_blocking() -> String {
 /// and a script on the same filesystem run.
 #[test]
 fn issue_14_the_exec_guard_refuses_renamed_and_edited_releases_by_the_family_rule() {
-    use crate::support::agent::{assert_denied, events_of, exec, marks, Agent, TmpMount};
+    use crate::support::agent::{events_of, marks, Agent, TmpMount};
     let m = TmpMount::new();
     let tools = m.path().join("tools");
     let original = crate::npm_packages::prefix()
@@ -366,13 +368,26 @@ fn issue_14_the_exec_guard_refuses_renamed_and_edited_releases_by_the_family_rul
         &family_rule_blocking(),
         &format!("{}\ndeadline_ms = 60000", marks(m.path())),
     );
+    // Run as the test user (root is exempt, see above).
+    let run_as = |p: &Path| as_test_user(p).output().unwrap();
     for p in [&renamed, &edited, &cli_js] {
-        assert_denied(p);
+        let out = run_as(p);
+        assert!(
+            !out.status.success()
+                && String::from_utf8_lossy(&out.stderr).contains("Operation not permitted"),
+            "{} should have been refused with EPERM: {out:?}; agent: {}",
+            p.display(),
+            agent.stderr()
+        );
     }
     for p in [&ordinary, &script] {
-        let st = exec(p, &[])
-            .unwrap_or_else(|e| panic!("{} refused: {e}; agent: {}", p.display(), agent.stderr()));
-        assert!(st.success(), "{}: {st}", p.display());
+        let out = run_as(p);
+        assert!(
+            out.status.success(),
+            "{} refused: {out:?}; agent: {}",
+            p.display(),
+            agent.stderr()
+        );
     }
     for (p, digest) in [&renamed, &edited, &cli_js].into_iter().zip(&digests) {
         let e = agent.wait_event(&format!("exec_denied for {}", p.display()), |e| {
@@ -389,5 +404,84 @@ fn issue_14_the_exec_guard_refuses_renamed_and_edited_releases_by_the_family_rul
             "{} denied: {events:#?}",
             p.display()
         );
+    }
+}
+
+/// Programs the exec guard never held (started before the agent, or from a filesystem it does
+/// not mark) are judged by the family rules too: one already running is killed by the start-up
+/// sweep, one started later by the proc connector's judge; a program holding only one of the
+/// signatures keeps running. (Signatures unique to this test, so that its agent can never touch
+/// another process on this machine.)
+#[test]
+fn issue_14_a_running_program_a_family_rule_identifies_is_killed_by_the_process_checks() {
+    use crate::support::agent::{rule, Agent, POLICY_HEAD};
+    use std::os::unix::process::ExitStatusExt;
+    use std::time::{Duration, Instant};
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = std::fs::canonicalize(tmp.path()).unwrap();
+    let tag = format!("{}-{}", std::process::id(), fastrand::u32(..));
+    let (a, b) = (
+        format!("interdict-family-a-{tag}"),
+        format!("interdict-family-b-{tag}"),
+    );
+    let sleep = std::fs::read("/bin/sleep").unwrap();
+    let with = |tail: &str| {
+        let mut v = sleep.clone();
+        v.extend_from_slice(tail.as_bytes());
+        v
+    };
+    let prog = dir.join("bin/helper");
+    write(&prog, &with(&format!("\0{a}\0{b}\0")), 0o755);
+    let partial = dir.join("bin/partial");
+    write(&partial, &with(&format!("\0{a}\0")), 0o755);
+    let wait_killed = |c: &mut std::process::Child, what: &str, agent: Option<&Agent>| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(st) = c.try_wait().unwrap() {
+                assert_eq!(st.signal(), Some(9), "{what}: {st}");
+                return;
+            }
+            if Instant::now() > deadline {
+                let _ = c.kill();
+                panic!(
+                    "{what} still runs after 30 s; agent: {}",
+                    agent.map(Agent::stderr).unwrap_or_default()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    let mut before = Command::new(&prog).arg("60").spawn().unwrap();
+    let mut half = Command::new(&partial).arg("60").spawn().unwrap();
+    let policy = format!(
+        "{POLICY_HEAD}{}",
+        rule(
+            "fam",
+            "block",
+            &format!("contains_all = [\"{a}\", \"{b}\"]")
+        )
+    );
+    let agent = Agent::start(&policy, "fanotify = false");
+    wait_killed(
+        &mut before,
+        "the program running before the agent",
+        Some(&agent),
+    );
+    let mut after = Command::new(&prog).arg("60").spawn().unwrap();
+    wait_killed(&mut after, "the program started later", Some(&agent));
+    assert!(
+        half.try_wait().unwrap().is_none(),
+        "a program holding one signature of two was stopped; agent: {}",
+        agent.stderr()
+    );
+    let _ = half.kill();
+    let _ = half.wait();
+    for pid in [before.id(), after.id()] {
+        let e = agent.wait_event(&format!("process_killed for {pid}"), |e| {
+            e["kind"] == "process_killed" && e["process"]["pid"] == pid
+        });
+        assert_eq!(e["rule"]["id"], "fam", "{e:#}");
+        assert_eq!(e["rule"]["selector"], "contains", "{e:#}");
+        assert_eq!(e["file"]["path"], *prog.to_string_lossy(), "{e:#}");
     }
 }

@@ -36,7 +36,7 @@ use crate::agent::metrics::inc;
 use crate::agent::shared::Shared;
 use crate::agent::verdict::{self, Plan};
 use crate::inventory::facts::FactsBuilder;
-use crate::inventory::hash::{search_file, FileKey};
+use crate::inventory::hash::{read_head, search_file, FileKey};
 
 const FAN_ALLOW: u32 = 0x01;
 const FAN_DENY: u32 = 0x02;
@@ -774,19 +774,4 @@ fn decide(g: &Guard, p: &Pending) {
             }
         }
     }
-}
-
-/// The first bytes of `file` (its format's magic), as many as it has up to `head.len()`.
-fn read_head(file: &std::fs::File, head: &mut [u8]) -> std::io::Result<usize> {
-    use std::os::unix::fs::FileExt;
-    let mut n = 0;
-    while n < head.len() {
-        match file.read_at(&mut head[n..], n as u64) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(n)
 }
