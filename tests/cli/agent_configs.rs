@@ -429,3 +429,89 @@ fn issue_14_the_install_watcher_reports_agent_configuration_once_with_its_server
     }
     assert!(claude_json.exists() && mcp_json.exists());
 }
+
+/// The processes a banned AI agent started (its MCP servers: stdio children that keep running
+/// tools for it) are killed with it, and each is reported. Here the "agent" is a uniquely
+/// hashed copy of `sh` already running when the agent starts, with two children that are not
+/// banned themselves; the start-up sweep kills the agent, then its children.
+#[test]
+fn issue_14_the_processes_a_killed_banned_agent_started_are_killed_with_it() {
+    use crate::support::agent::{hash_policy, unique_copy, Agent};
+    use std::os::unix::process::ExitStatusExt;
+    use std::time::{Duration, Instant};
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = std::fs::canonicalize(tmp.path()).unwrap();
+    let sh = dir.join("bin/assistant");
+    let digest = unique_copy("/bin/sh", &sh);
+    let children_of = |pid: u32| -> Vec<u32> {
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+            .filter(|p| {
+                std::fs::read_to_string(format!("/proc/{p}/stat")).is_ok_and(|s| {
+                    s.rsplit_once(')')
+                        .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok())
+                        == Some(pid)
+                })
+            })
+            .collect()
+    };
+    let dead = |pid: u32| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|s| {
+                s.rsplit_once(')')
+                    .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
+            })
+            .unwrap_or(true)
+    };
+    let mut parent = Command::new(&sh)
+        .args(["-c", "sleep 60 & sleep 61 & wait"])
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let kids = loop {
+        let k = children_of(parent.id());
+        if k.len() == 2 {
+            break k;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the children did not start: {k:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let agent = Agent::start(
+        &hash_policy("assistant", "kill", &digest),
+        "fanotify = false",
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(st) = parent.try_wait().unwrap() {
+            assert_eq!(st.signal(), Some(9), "{st}");
+            break;
+        }
+        if Instant::now() > deadline {
+            let _ = parent.kill();
+            panic!("the banned program still runs; agent: {}", agent.stderr());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for &k in &kids {
+        let e = agent.wait_event(&format!("process_killed for child {k}"), |e| {
+            e["kind"] == "process_killed" && e["process"]["pid"] == k
+        });
+        assert_eq!(e["rule"]["id"], "assistant", "{e:#}");
+        assert!(
+            e["message"].as_str().is_some_and(
+                |m| m.contains(&format!("started by the banned process {}", parent.id()))
+            ),
+            "{e:#}"
+        );
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !dead(k) {
+            assert!(Instant::now() < deadline, "child {k} still runs");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}

@@ -316,9 +316,13 @@ pub fn on_running(
                 inc(&m.protected);
                 (EventKind::ExecReported, Outcome::Protected)
             } else {
+                // Its process tree (MCP servers, tools it runs), read while it still holds it:
+                // killed with it, after it, so that it cannot start them again.
+                let tree = crate::inventory::procs::descendants(info.pid);
                 match shared.killer.kill(info.pid, start) {
                     KillResult::Killed => {
                         inc(&m.killed);
+                        kill_tree(shared, sensor, info, v, &tree);
                         (EventKind::ProcessKilled, Outcome::Killed)
                     }
                     KillResult::AlreadyKilled => return,
@@ -347,6 +351,47 @@ pub fn on_running(
     };
     if let Some(k) = told {
         tell(shared, v, Recipient::of(info), k);
+    }
+}
+
+/// Kill what a killed banned process had started (`tree`: its descendants with their start
+/// ticks, read before it was killed), and report each (`process_killed`, the rule of the
+/// program that started it, `message` naming that program). Protected programs and processes
+/// that are gone or whose pid was reused are left alone.
+fn kill_tree(
+    shared: &Shared,
+    sensor: Part,
+    root: &ProcessInfo,
+    v: &Verdict<'_>,
+    tree: &[(u32, u64)],
+) {
+    for &(pid, start) in tree {
+        if shared.protected.runs_protected(pid) {
+            continue;
+        }
+        // Read before the kill: its details are gone after.
+        let info = crate::inventory::procs::read_proc(pid);
+        if shared.killer.kill(pid, start) != KillResult::Killed {
+            continue;
+        }
+        inc(&shared.metrics.c.killed);
+        let mut e = event(shared, EventKind::ProcessKilled, Outcome::Killed, sensor, v);
+        e.process = Some(match &info {
+            Some(i) => process_ref(shared, i),
+            None => ProcessRef {
+                pid,
+                ..Default::default()
+            },
+        });
+        e.message = Some(format!(
+            "started by the banned process {} ({}): killed with it",
+            root.pid,
+            root.exe
+                .as_deref()
+                .map(crate::path_text)
+                .unwrap_or_else(|| root.comm.to_string_lossy().into_owned())
+        ));
+        shared.emit(e);
     }
 }
 
