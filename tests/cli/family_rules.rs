@@ -178,6 +178,24 @@ fn issue_14_the_hash_lists_identify_the_releases_of_the_last_six_months() {
     }
 }
 
+/// The pack's family signatures, read from the pack at run time. Never write them into this
+/// file as literals: this test binary would then hold them, and the sweeps of every test agent
+/// that enforces the shipped pack would take it for Claude Code and kill it.
+fn pack_signatures() -> Vec<String> {
+    let text = std::fs::read_to_string(shipped_pack()).unwrap();
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("contains_all"))
+        .expect("the pack has a family rule");
+    let t: toml::Table = toml::from_str(line).unwrap();
+    t["contains_all"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect()
+}
+
 /// Flip one byte in the middle of `needle`'s first occurrence.
 fn damage_first(bytes: &mut [u8], needle: &[u8]) -> usize {
     let at = bytes
@@ -197,7 +215,7 @@ fn issue_14_a_working_copy_with_a_byte_changed_in_every_signature_is_still_ident
     let mut bytes = std::fs::read(&original).unwrap();
     // The adversary's best single edits: one byte inside the first occurrence of each signature
     // (and one in a help string). Each signature occurs again elsewhere in the binary.
-    for sig in ["tengu_tool_use_error", "ISSUES_EXPLAINER"] {
+    for sig in pack_signatures() {
         damage_first(&mut bytes, sig.as_bytes());
     }
     damage_first(&mut bytes, b"dangerously-skip-permissions");
@@ -341,7 +359,7 @@ fn issue_14_the_exec_guard_refuses_renamed_and_edited_releases_by_the_family_rul
     let renamed = tools.join("fmt-helper");
     place(&original, &renamed);
     let mut bytes = std::fs::read(&original).unwrap();
-    for sig in ["tengu_tool_use_error", "ISSUES_EXPLAINER"] {
+    for sig in pack_signatures() {
         damage_first(&mut bytes, sig.as_bytes());
     }
     let edited = tools.join("lint");

@@ -178,7 +178,7 @@ fn a_renamed_copy_of_the_real_claude_binary_is_caught_by_sha256() {
 fn the_agent_reports_a_real_claude_code_install_once_per_package_and_binary() {
     use crate::support::agent::Agent;
     let root = tempfile::tempdir().unwrap();
-    let text = std::fs::read_to_string(shipped_pack()).unwrap();
+    let text = crate::support::pack_without_family_rule();
     let agent_dir_policy = text.replace(
         "hashes/",
         &format!("{}/hashes/", repo().join("policies").display()),
