@@ -181,6 +181,10 @@ pub struct InstallConfig {
     pub rescan_interval_s: u64,
     /// `debounce_ms`: wait this long after the last change in a package folder.
     pub debounce_ms: u64,
+    /// `config_homes`: the homes searched for AI-agent configuration files (the policy's
+    /// `configs`) at start-up and at each rescan; unset = every user's home and the absolute
+    /// globs (`/etc/...`); set = only these homes.
+    pub config_homes: Option<Vec<PathBuf>>,
 }
 
 impl Default for InstallConfig {
@@ -190,6 +194,7 @@ impl Default for InstallConfig {
             roots: Vec::new(),
             rescan_interval_s: 6 * 3600,
             debounce_ms: 500,
+            config_homes: None,
         }
     }
 }
@@ -297,7 +302,13 @@ const COLLECTOR_KEYS: &[&str] = &[
     "policy_public_key",
 ];
 const SYSLOG_KEYS: &[&str] = &["address", "tls", "ca_file", "facility", "max_message_bytes"];
-const INSTALL_KEYS: &[&str] = &["watch", "roots", "rescan_interval_s", "debounce_ms"];
+const INSTALL_KEYS: &[&str] = &[
+    "watch",
+    "roots",
+    "rescan_interval_s",
+    "debounce_ms",
+    "config_homes",
+];
 const EXEC_KEYS: &[&str] = &[
     "fanotify",
     "mounts",
@@ -515,6 +526,9 @@ pub fn parse(name: &str, text: &str) -> Result<AgentConfig, Diagnostics> {
                     c.install.watch = f.boolean(key, v).unwrap_or(c.install.watch)
                 }
                 ("install", "roots") => c.install.roots = absolute_list(&mut f, key, v),
+                ("install", "config_homes") => {
+                    c.install.config_homes = Some(absolute_list(&mut f, key, v))
+                }
                 ("install", "rescan_interval_s") => {
                     if let Some(n) = f.integer(key, v, 86_400 * 30) {
                         c.install.rescan_interval_s = n.max(1);

@@ -47,18 +47,26 @@ pub fn explain(loaded: &LoadedPolicy, path: &Path, out: &mut impl Write) -> anyh
             facts.packages.push(PackageRef::new(Ecosystem::Vscode, &id));
         }
     } else {
-        let digest = if policy.needs_sha256() {
-            HashMemo::default().hash_path(&canonical, true).ok()
+        // One read for the digest and the family signatures.
+        let (digest, content) = if policy.needs_sha256() || policy.needs_content() {
+            let memo = HashMemo::default();
+            memo.set_searcher(policy.content_searcher().cloned());
+            match memo.digest_path(&canonical, true) {
+                Ok(d) => (Some(d.sha256), d.content),
+                Err(_) => (None, None),
+            }
         } else {
-            None
+            (None, None)
         };
         if meta.mode() & 0o111 != 0 {
             facts.exe_path = Some(canonical.clone());
             facts.exe_sha256 = digest;
+            facts.exe_content = content.clone();
         }
         if meta.mode() & 0o111 == 0 || policy.is_script_path(&canonical) {
             facts.script_path = Some(canonical.clone());
             facts.script_sha256 = digest;
+            facts.script_content = content;
         }
     }
     let Some(d) = policy.evaluate(&facts) else {

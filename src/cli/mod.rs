@@ -60,12 +60,16 @@ enum Command {
         /// The policy file.
         #[arg(long, value_name = "FILE")]
         policy: PathBuf,
-        /// An install root to walk (repeatable); replaces the default roots.
+        /// An install root to walk (repeatable); replaces the default roots (combines with --home).
         #[arg(long = "root", value_name = "DIR")]
         roots: Vec<PathBuf>,
         /// Do not look at running processes.
         #[arg(long)]
         no_processes: bool,
+        /// Scan this home (repeatable): its install roots and AI-agent configuration, instead of
+        /// the whole machine's (combines with --root).
+        #[arg(long = "home", value_name = "DIR")]
+        homes: Vec<PathBuf>,
         /// The agent's state folder: hashes learned there are used too (when it exists).
         #[arg(long, value_name = "DIR", default_value = "/var/lib/interdict")]
         state_dir: PathBuf,
@@ -252,6 +256,13 @@ impl StateArgs {
 
 #[derive(Debug, Subcommand)]
 enum HashesCommand {
+    /// Download releases from npm or PyPI, verify them against the registry's integrity value
+    /// and print `sha256sum` lines of the files inside, for `policies/hashes/*.sha256`. For IT
+    /// on a machine with registry access; the agent never does this.
+    ///
+    /// Exit status: 0 all fetched, 1 some file is identified by no family rule of --policy,
+    /// 2 some spec or download failed (nothing is printed for it).
+    Fetch(hashes::fetch::FetchArgs),
     /// List learned hashes: rule, digest, size, where and how each was first seen.
     List {
         #[command(flatten)]
@@ -416,6 +427,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             crate::agent::run(&policy, config.as_deref())
         }
         Command::Logs(cmd) => logs::run(cmd),
+        Command::Hashes(HashesCommand::Fetch(args)) => hashes::fetch::fetch_command(&args),
         Command::Hashes(HashesCommand::List { state, format }) => {
             hashes::list(&state.path()?, format)
         }
@@ -535,6 +547,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             policy,
             roots,
             no_processes,
+            homes,
             state_dir,
             format,
         } => {
@@ -568,6 +581,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                     roots,
                     no_processes,
                     progress: true,
+                    homes,
                 },
             );
             let stdout = std::io::stdout();
@@ -635,7 +649,7 @@ fn policy_check(files: &[PathBuf]) -> u8 {
                 let c = l.policy.selector_counts();
                 let info = l.policy.info();
                 println!(
-                    "{}: ok: policy {} {} ({}), {} rules, {} selectors ({} names, {} paths, {} scripts, {} packages, {} sha256), {} warnings",
+                    "{}: ok: policy {} {} ({}), {} rules, {} selectors ({} names, {} paths, {} scripts, {} packages, {} sha256, {} family rules, {} configs), {} warnings",
                     file.display(),
                     info.name,
                     info.version,
@@ -647,6 +661,8 @@ fn policy_check(files: &[PathBuf]) -> u8 {
                     c.scripts,
                     c.packages,
                     c.sha256,
+                    c.families,
+                    c.configs,
                     l.warnings.0.len(),
                 );
             }

@@ -24,6 +24,9 @@ pub struct ScanOptions {
     pub no_processes: bool,
     /// Print a progress line on stderr (only when stderr is a terminal).
     pub progress: bool,
+    /// Users' homes to look in for AI-agent configuration; empty means every account's home,
+    /// unless `roots` are given (then only what lies under the roots).
+    pub homes: Vec<PathBuf>,
 }
 
 /// Where a violation was seen.
@@ -34,6 +37,8 @@ pub enum ViolationKind {
     Installed,
     /// A running process.
     Running,
+    /// An AI agent's configuration file (reported only, never changed).
+    Config,
 }
 
 /// One violation, with the evidence.
@@ -85,6 +90,12 @@ pub struct Violation {
     /// The approved alternative.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub alternative: Option<String>,
+    /// For configuration files: the MCP servers declared (secrets redacted).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mcp_servers: Option<Vec<crate::inventory::footprint::McpServer>>,
+    /// For configuration files: why the servers could not be listed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub config_note: Option<String>,
 }
 
 /// Which policy a report was made with.
@@ -161,7 +172,22 @@ fn violation(
         matched: ev.value,
         reason: rule.reason.clone(),
         alternative: rule.alternative.clone(),
+        mcp_servers: None,
+        config_note: None,
     })
+}
+
+/// What the memo learned about a process's executable and script in the read that hashed them.
+fn add_content(facts: &mut Facts, pid: u32, memo: &HashMemo) {
+    let content = |p: &std::path::Path| {
+        let m = std::fs::metadata(p).ok()?;
+        memo.get_digest(&crate::inventory::hash::FileKey::of(&m))?
+            .content
+    };
+    facts.exe_content = content(std::path::Path::new(&format!("/proc/{pid}/exe")));
+    if let Some(s) = facts.script_path.clone() {
+        facts.script_content = content(&s);
+    }
 }
 
 /// Run the scan.
@@ -193,9 +219,14 @@ pub fn run(loaded: &LoadedPolicy, opts: &ScanOptions) -> ScanReport {
     if !opts.no_processes {
         let list = procs::list();
         scanned_processes = Some(list.len() as u64);
-        let hash = policy.needs_sha256();
+        // Family signatures are looked for in the read that hashes each executable.
+        memo.set_searcher(policy.content_searcher().cloned());
+        let hash = policy.needs_sha256() || policy.needs_content();
         for info in &list {
-            let pf = procs::facts_for(info, &accounts, &host, &memo, hash);
+            let mut pf = procs::facts_for(info, &accounts, &host, &memo, hash);
+            if hash {
+                add_content(&mut pf.facts, info.pid, &memo);
+            }
             if let Some(err) = &pf.hash_error {
                 skipped.push(Skipped {
                     path: format!("pid {}", info.pid),
@@ -222,15 +253,61 @@ pub fn run(loaded: &LoadedPolicy, opts: &ScanOptions) -> ScanReport {
         }
     }
 
+    // --root and --home narrow the scan: the roots given, and the install roots and
+    // configuration of the homes given; without either, the whole machine.
     let explicit = !opts.roots.is_empty();
-    let roots = if explicit {
-        opts.roots.clone()
+    let (mut roots, root_skips) = installed::normalize_roots(&opts.roots, true);
+    skipped.extend(root_skips);
+    let given_homes: Vec<PathBuf> = opts
+        .homes
+        .iter()
+        .filter_map(|h| match std::fs::canonicalize(h) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                skipped.push(Skipped {
+                    path: h.display().to_string(),
+                    reason: format!("home: {}", crate::io_reason(&e)),
+                });
+                None
+            }
+        })
+        .collect();
+    let implied = if !given_homes.is_empty() {
+        given_homes
+            .iter()
+            .flat_map(|h| installed::home_roots(h))
+            .collect()
+    } else if explicit {
+        Vec::new()
     } else {
         installed::default_roots(&accounts)
     };
-    let (roots, root_skips) = installed::normalize_roots(&roots, explicit);
-    skipped.extend(root_skips);
-    let inst = installed::scan(policy, &roots, &accounts, &host, &memo, &progress);
+    let (implied, implied_skips) = installed::normalize_roots(&implied, false);
+    skipped.extend(implied_skips);
+    roots.extend(implied);
+    let (roots, _) = installed::normalize_roots(&roots, false);
+    let mut homes = accounts.homes();
+    homes.extend(given_homes.iter().cloned());
+    let scope = installed::ConfigScope {
+        search: if !given_homes.is_empty() {
+            given_homes
+        } else if explicit {
+            Vec::new()
+        } else {
+            accounts.homes()
+        },
+        homes,
+        absolute: !explicit && opts.homes.is_empty(),
+    };
+    let inst = installed::scan_with(
+        policy,
+        &roots,
+        Some(&scope),
+        &accounts,
+        &host,
+        &memo,
+        &progress,
+    );
     skipped.extend(inst.skipped);
     for f in &inst.found {
         let Some(mut v) = violation(
@@ -255,6 +332,30 @@ pub fn run(loaded: &LoadedPolicy, opts: &ScanOptions) -> ScanReport {
             v.package = Some(p.package.to_string());
             v.version = p.version.clone();
         }
+        violations.push(v);
+    }
+    for c in &inst.configs {
+        let Some(mut v) = violation(
+            policy,
+            &c.decision,
+            &c.facts,
+            today,
+            ViolationKind::Config,
+            crate::path_text(&c.path),
+        ) else {
+            continue;
+        };
+        // Configuration files are reported, whatever the rule's action.
+        v.action = Action::Report;
+        v.enforcement = Enforcement::ReportOnly;
+        if c.canonical != c.path {
+            v.target = Some(crate::path_text(&c.canonical));
+        }
+        v.mcp_servers = Some(c.config.mcp_servers.clone());
+        v.config_note = c.config.note.clone().or_else(|| {
+            (c.config.servers_omitted > 0)
+                .then(|| format!("{} more servers not listed", c.config.servers_omitted))
+        });
         violations.push(v);
     }
     done.store(true, Ordering::Relaxed);
@@ -298,6 +399,7 @@ pub fn render_text(r: &ScanReport, out: &mut impl Write) -> std::io::Result<()> 
         let what = match v.kind {
             ViolationKind::Installed => "installed",
             ViolationKind::Running => "running",
+            ViolationKind::Config => "config",
         };
         writeln!(
             out,
@@ -343,6 +445,33 @@ pub fn render_text(r: &ScanReport, out: &mut impl Write) -> std::io::Result<()> 
                 v.pattern,
                 v.matched
             )?;
+        }
+        for m in v.mcp_servers.iter().flatten() {
+            let what = match (&m.command, &m.url) {
+                (Some(c), _) => std::iter::once(c.as_str())
+                    .chain(m.args.iter().map(String::as_str))
+                    .collect::<Vec<_>>()
+                    .join(" "),
+                (None, Some(u)) => u.clone(),
+                (None, None) => String::new(),
+            };
+            let scope = m
+                .scope
+                .as_deref()
+                .map(|s| format!(" [{s}]"))
+                .unwrap_or_default();
+            let off = if m.disabled { " (disabled)" } else { "" };
+            writeln!(
+                out,
+                "  mcp:      {} ({}){scope}{off}: {what}",
+                m.name, m.transport
+            )?;
+            for e in m.env.iter().chain(&m.headers) {
+                writeln!(out, "            {e}")?;
+            }
+        }
+        if let Some(n) = &v.config_note {
+            writeln!(out, "  note:     {n}")?;
         }
         writeln!(out, "  reason:   {}", v.reason)?;
         if let Some(a) = &v.alternative {

@@ -5,7 +5,7 @@
 use std::ffi::OsStr;
 use std::path::Path;
 
-use interdict_policy::{Facts, PackageRef, Sha256};
+use interdict_policy::{ContentMatch, Facts, PackageRef, Sha256};
 
 use super::hash::HashMemo;
 use super::host::Accounts;
@@ -69,6 +69,18 @@ impl FactsBuilder {
     /// The script's digest.
     pub fn script_digest(mut self, d: Option<Sha256>) -> Self {
         self.facts.script_sha256 = d;
+        self
+    }
+
+    /// What the executable holds (family signatures and format), when it was looked into.
+    pub fn exe_content(mut self, c: Option<ContentMatch>) -> Self {
+        self.facts.exe_content = c;
+        self
+    }
+
+    /// What the script holds, when it was looked into.
+    pub fn script_content(mut self, c: Option<ContentMatch>) -> Self {
+        self.facts.script_content = c;
         self
     }
 

@@ -1,21 +1,46 @@
 //! SHA-256 of files: streamed in 256 KiB reads (never loaded whole), through an already open
 //! descriptor, and memoized by file identity so a file is hashed once per run.
+//!
+//! When the policy has family rules, the same read also looks for their signatures: each buffer
+//! read is hashed and then searched while it is still in cache ([`digest_reader`]), so a file is
+//! read once for both.
 
 use std::collections::HashMap;
 use std::fs::{File, Metadata, OpenOptions};
 use std::io::{self, Read};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::Path;
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
 
-use interdict_policy::Sha256;
-use sha2::Digest;
+use interdict_policy::{ContentMatch, ContentSearcher, Sha256};
+use sha2::Digest as _;
 
-const CHUNK: usize = 256 * 1024;
+/// The read buffer: each read is hashed, then searched for family signatures.
+pub const CHUNK: usize = 256 * 1024;
+
+/// What one read of a file yields: its digest and, when family signatures were looked for,
+/// what it holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Digest {
+    /// SHA-256 of the whole file.
+    pub sha256: Sha256,
+    /// The family signatures it holds and its format (`None` when none were looked for).
+    pub content: Option<ContentMatch>,
+}
 
 /// Hash everything readable from `reader`, returning the digest and the number of bytes.
-pub fn sha256_reader(mut reader: impl Read) -> io::Result<(Sha256, u64)> {
+pub fn sha256_reader(reader: impl Read) -> io::Result<(Sha256, u64)> {
+    digest_reader(reader, None).map(|(d, n)| (d.sha256, n))
+}
+
+/// Hash everything readable from `reader` and, with a `searcher`, look for its signatures in the
+/// same pass over each buffer. Returns the digest and the number of bytes.
+pub fn digest_reader(
+    mut reader: impl Read,
+    searcher: Option<&ContentSearcher>,
+) -> io::Result<(Digest, u64)> {
     let mut hasher = sha2::Sha256::new();
+    let mut scan = searcher.map(ContentSearcher::scan);
     let mut buf = vec![0u8; CHUNK];
     let mut total = 0u64;
     loop {
@@ -26,9 +51,77 @@ pub fn sha256_reader(mut reader: impl Read) -> io::Result<(Sha256, u64)> {
             Err(e) => return Err(e),
         };
         hasher.update(&buf[..n]);
+        if let Some(s) = &mut scan {
+            s.feed(&buf[..n]);
+        }
         total += n as u64;
     }
-    Ok((Sha256(hasher.finalize().into()), total))
+    Ok((
+        Digest {
+            sha256: Sha256(hasher.finalize().into()),
+            content: scan.map(|s| s.finish()),
+        },
+        total,
+    ))
+}
+
+/// The first bytes of `file` (its format's magic), as many as it has up to `head.len()`, with
+/// positioned reads (the descriptor's offset is left as it is).
+pub fn read_head(file: &File, head: &mut [u8]) -> io::Result<usize> {
+    use std::os::unix::fs::FileExt;
+    let mut n = 0;
+    while n < head.len() {
+        match file.read_at(&mut head[n..], n as u64) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+/// What a file holds for the policy's family rules, when its format and size could match one
+/// (else `None`, nothing read beyond its first bytes): hashed and searched in one read through
+/// `memo`, so that the digest asked for next is remembered.
+pub fn family_content(
+    policy: &interdict_policy::Policy,
+    file: &File,
+    meta: &Metadata,
+    memo: &HashMemo,
+) -> Option<ContentMatch> {
+    let cs = policy.content_searcher()?;
+    let mut head = [0u8; interdict_policy::FileFormat::MAGIC_BYTES];
+    let n = read_head(file, &mut head).ok()?;
+    if !policy.may_match_content(meta.len(), &head[..n]) {
+        return None;
+    }
+    memo.digest_file_with(file, meta, Some(cs.clone()))
+        .ok()?
+        .0
+        .content
+}
+
+/// Look for `searcher`'s signatures in `file` without hashing it, from its first byte with
+/// positioned reads (the descriptor's offset is left as it is), in [`CHUNK`] reads; stops
+/// reading once every signature has been found. For the exec guard, when no digest of the
+/// file's size is banned: searching alone costs a fraction of hashing.
+pub fn search_file(file: &File, searcher: &ContentSearcher) -> io::Result<ContentMatch> {
+    use std::os::unix::fs::FileExt;
+    let mut scan = searcher.scan();
+    let mut buf = vec![0u8; CHUNK];
+    let mut at = 0u64;
+    while !scan.complete() {
+        let n = match file.read_at(&mut buf, at) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        scan.feed(&buf[..n]);
+        at += n as u64;
+    }
+    Ok(scan.finish())
 }
 
 /// Open `path` for hashing only if it is a regular file: never blocks on a FIFO, never becomes a
@@ -79,9 +172,22 @@ impl FileKey {
     }
 }
 
+type Waiter = Arc<(Mutex<Option<Option<Digest>>>, Condvar)>;
+
 enum Slot {
-    Done(Sha256),
-    Pending(Arc<(Mutex<Option<Option<Sha256>>>, Condvar)>),
+    Done(Digest),
+    Pending(Waiter),
+}
+
+/// True when `d` answers a request that needs the signatures of `want` (if any).
+fn fresh(d: &Digest, want: Option<&ContentSearcher>) -> bool {
+    match want {
+        None => true,
+        Some(s) => d
+            .content
+            .as_ref()
+            .is_some_and(|c| c.searcher() == s.fingerprint()),
+    }
 }
 
 impl FileKey {
@@ -101,9 +207,16 @@ impl FileKey {
 /// A thread-safe memo of digests by [`FileKey`]: hard links, the same interpreter behind many
 /// processes, and a symlink and its target are hashed once. Concurrent requests for one file
 /// share one computation: the first hashes, the others wait for its result.
+///
+/// With a [`ContentSearcher`] set ([`HashMemo::set_searcher`]), every file read also has its
+/// family signatures looked for, and the result is remembered beside the digest. A remembered
+/// digest without that result (from the persistent cache, or made with another policy's
+/// signatures) still answers [`HashMemo::hash_file`]; [`HashMemo::digest_file`] reads such a file
+/// again.
 #[derive(Default)]
 pub struct HashMemo {
     map: Mutex<HashMap<FileKey, Slot>>,
+    searcher: RwLock<Option<Arc<ContentSearcher>>>,
 }
 
 impl std::fmt::Debug for HashMemo {
@@ -114,54 +227,112 @@ impl std::fmt::Debug for HashMemo {
 }
 
 impl HashMemo {
+    /// Look for these family signatures in every file read from now on (`None`: only hash).
+    /// Usually `policy.content_searcher().cloned()`, set again when the policy changes.
+    pub fn set_searcher(&self, searcher: Option<Arc<ContentSearcher>>) {
+        *self.searcher.write().expect("hash memo poisoned") = searcher;
+    }
+
+    /// The signatures being looked for.
+    pub fn searcher(&self) -> Option<Arc<ContentSearcher>> {
+        self.searcher.read().expect("hash memo poisoned").clone()
+    }
+
     /// Hash an open file, or return the digest remembered (or being computed) for its identity.
     /// The second value is true when no hashing was done by this call. The file is re-`fstat`ed
     /// after hashing; if it changed meanwhile the digest is returned but not remembered.
     pub fn hash_file(&self, file: &File, meta: &Metadata) -> io::Result<(Sha256, bool)> {
+        self.digest_inner(file, meta, false)
+            .map(|(d, cached)| (d.sha256, cached))
+    }
+
+    /// Like [`HashMemo::hash_file`], with what the file holds when a searcher is set: a
+    /// remembered digest made without the current signatures is not enough, the file is read
+    /// again (once).
+    pub fn digest_file(&self, file: &File, meta: &Metadata) -> io::Result<(Digest, bool)> {
+        self.digest_inner(file, meta, true)
+    }
+
+    /// Like [`HashMemo::digest_file`] with these signatures rather than the ones set: the exec
+    /// guard passes those of the policy it decides with, which a reload may have changed since
+    /// the memo's were set.
+    pub fn digest_file_with(
+        &self,
+        file: &File,
+        meta: &Metadata,
+        searcher: Option<Arc<ContentSearcher>>,
+    ) -> io::Result<(Digest, bool)> {
+        self.digest_searching(file, meta, searcher, true)
+    }
+
+    fn digest_inner(
+        &self,
+        file: &File,
+        meta: &Metadata,
+        need_content: bool,
+    ) -> io::Result<(Digest, bool)> {
+        self.digest_searching(file, meta, self.searcher(), need_content)
+    }
+
+    fn digest_searching(
+        &self,
+        file: &File,
+        meta: &Metadata,
+        searcher: Option<Arc<ContentSearcher>>,
+        need_content: bool,
+    ) -> io::Result<(Digest, bool)> {
         let key = FileKey::of(meta);
+        let want = if need_content {
+            searcher.as_deref()
+        } else {
+            None
+        };
         let waiter = {
             let mut map = self.map.lock().expect("hash memo poisoned");
             match map.get(&key) {
-                Some(Slot::Done(d)) => return Ok((*d, true)),
-                Some(Slot::Pending(w)) => Some(w.clone()),
-                None => {
-                    let w = Arc::new((Mutex::new(None), Condvar::new()));
+                Some(Slot::Done(d)) if fresh(d, want) => return Ok((d.clone(), true)),
+                Some(Slot::Pending(w)) => w.clone(),
+                _ => {
+                    let w: Waiter = Arc::new((Mutex::new(None), Condvar::new()));
                     map.insert(key, Slot::Pending(w.clone()));
                     drop(map);
-                    return self.compute(file, key, w);
+                    return self.compute(file, key, w, searcher.as_deref());
                 }
             }
         };
-        if let Some(w) = waiter {
-            let (lock, cv) = &*w;
-            let mut done = lock.lock().expect("hash memo poisoned");
-            while done.is_none() {
-                done = cv.wait(done).expect("hash memo poisoned");
-            }
-            if let Some(Some(d)) = *done {
-                return Ok((d, true));
+        let (lock, cv) = &*waiter;
+        let mut done = lock.lock().expect("hash memo poisoned");
+        while done.is_none() {
+            done = cv.wait(done).expect("hash memo poisoned");
+        }
+        if let Some(Some(d)) = &*done {
+            if fresh(d, want) {
+                return Ok((d.clone(), true));
             }
         }
-        // The shared computation failed or the file changed under it: hash on our own.
-        sha256_reader(file).map(|(d, _)| (d, false))
+        drop(done);
+        // The shared computation failed, the file changed under it, or it was made without the
+        // signatures asked for: read it on our own.
+        digest_reader(file, searcher.as_deref()).map(|(d, _)| (d, false))
     }
 
     fn compute(
         &self,
         file: &File,
         key: FileKey,
-        w: Arc<(Mutex<Option<Option<Sha256>>>, Condvar)>,
-    ) -> io::Result<(Sha256, bool)> {
-        let result =
-            sha256_reader(file).and_then(|(d, _)| Ok((d, FileKey::of(&file.metadata()?) == key)));
+        w: Waiter,
+        searcher: Option<&ContentSearcher>,
+    ) -> io::Result<(Digest, bool)> {
+        let result = digest_reader(file, searcher)
+            .and_then(|(d, _)| Ok((d, FileKey::of(&file.metadata()?) == key)));
         let shared = match &result {
-            Ok((d, true)) => Some(*d),
+            Ok((d, true)) => Some(d.clone()),
             _ => None,
         };
         {
             let mut map = self.map.lock().expect("hash memo poisoned");
-            match shared {
-                Some(d) => map.insert(key, Slot::Done(d)),
+            match &shared {
+                Some(d) => map.insert(key, Slot::Done(d.clone())),
                 None => map.remove(&key),
             };
         }
@@ -175,7 +346,10 @@ impl HashMemo {
     pub fn preload(&self, entries: impl IntoIterator<Item = (FileKey, Sha256)>) {
         let mut map = self.map.lock().expect("hash memo poisoned");
         for (k, d) in entries {
-            map.entry(k).or_insert(Slot::Done(d));
+            map.entry(k).or_insert(Slot::Done(Digest {
+                sha256: d,
+                content: None,
+            }));
         }
     }
 
@@ -184,7 +358,7 @@ impl HashMemo {
         let map = self.map.lock().expect("hash memo poisoned");
         map.iter()
             .filter_map(|(k, s)| match s {
-                Slot::Done(d) => Some((*k, *d)),
+                Slot::Done(d) => Some((*k, d.sha256)),
                 Slot::Pending(_) => None,
             })
             .collect()
@@ -193,7 +367,17 @@ impl HashMemo {
     /// The digest remembered for `key`, if its computation is done.
     pub fn get(&self, key: &FileKey) -> Option<Sha256> {
         match self.map.lock().expect("hash memo poisoned").get(key) {
-            Some(Slot::Done(d)) => Some(*d),
+            Some(Slot::Done(d)) => Some(d.sha256),
+            _ => None,
+        }
+    }
+
+    /// The digest and content remembered for `key`, if done and made with the current
+    /// signatures (when a searcher is set).
+    pub fn get_digest(&self, key: &FileKey) -> Option<Digest> {
+        let searcher = self.searcher();
+        match self.map.lock().expect("hash memo poisoned").get(key) {
+            Some(Slot::Done(d)) if fresh(d, searcher.as_deref()) => Some(d.clone()),
             _ => None,
         }
     }
@@ -202,6 +386,12 @@ impl HashMemo {
     pub fn hash_path(&self, path: &Path, follow: bool) -> io::Result<Sha256> {
         let (f, m) = open_regular(path, follow)?;
         self.hash_file(&f, &m).map(|(d, _)| d)
+    }
+
+    /// Open `path` as a regular file and read it through the memo, with its content.
+    pub fn digest_path(&self, path: &Path, follow: bool) -> io::Result<Digest> {
+        let (f, m) = open_regular(path, follow)?;
+        self.digest_file(&f, &m).map(|(d, _)| d)
     }
 }
 
@@ -217,6 +407,33 @@ mod tests {
             d.to_string(),
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
+    }
+
+    #[test]
+    fn search_alone_finds_what_the_hashing_read_finds_and_leaves_the_offset() {
+        use std::io::{Seek, SeekFrom, Write};
+        let (policy, _) = interdict_policy::Policy::load(
+            "t.toml",
+            "[policy]\nname = \"t\"\nversion = \"1\"\nmode = \"enforce\"\n[[rule]]\nid = \"f\"\nname = \"f\"\nrisk = \"high\"\nreason = \"r\"\naction = \"block\"\n[rule.match]\ncontains_all = [\"signature one\", \"signature two\"]\n",
+            &interdict_policy::NoIncludes,
+        )
+        .unwrap();
+        let cs = policy.content_searcher().unwrap();
+        let mut f = tempfile::tempfile().unwrap();
+        // The second signature spans the boundary between two reads.
+        let mut body = b"\x7fELF\x02\x01\x01\x00 signature one ".to_vec();
+        body.resize(CHUNK - 5, b'.');
+        body.extend_from_slice(b"signature two and more");
+        f.write_all(&body).unwrap();
+        f.seek(SeekFrom::Start(7)).unwrap();
+        let found = search_file(&f, cs).unwrap();
+        assert_eq!(found.found_count(), 2);
+        assert_eq!(f.stream_position().unwrap(), 7, "offset untouched");
+        f.seek(SeekFrom::Start(0)).unwrap();
+        let (d, _) = digest_reader(&f, Some(cs)).unwrap();
+        assert_eq!(d.content.as_ref(), Some(&found));
+        f.set_len(CHUNK as u64 - 1).unwrap();
+        assert_eq!(search_file(&f, cs).unwrap().found_count(), 1);
     }
 
     #[test]

@@ -65,11 +65,30 @@ pub struct Found {
     pub decision: interdict_policy::Decision,
 }
 
+/// An AI-agent configuration file that a `configs` selector names, with what it declares.
+/// Configuration files are reported only: never blocked, deleted or quarantined.
+#[derive(Debug, Clone)]
+pub struct ConfigFound {
+    /// Where it was found (a symlink or the file).
+    pub path: PathBuf,
+    /// The file read (the symlink's target, or the file itself).
+    pub canonical: PathBuf,
+    /// The facts the policy saw (`config_path`, `config_home_path`, owner).
+    pub facts: Facts,
+    /// The policy's decision (selector `config`).
+    pub decision: interdict_policy::Decision,
+    /// The MCP servers it declares.
+    pub config: crate::inventory::footprint::ConfigFile,
+}
+
 /// The result of walking the install roots.
 #[derive(Debug, Default)]
 pub struct InstalledScan {
     /// Matches, one per rule and canonical file.
     pub found: Vec<Found>,
+    /// AI-agent configuration files, one per file (only from [`scan_with`]; [`scan`] leaves
+    /// configuration files out).
+    pub configs: Vec<ConfigFound>,
     /// What could not be read.
     pub skipped: Vec<Skipped>,
     /// Entries looked at.
@@ -79,6 +98,7 @@ pub struct InstalledScan {
 }
 
 enum Item {
+    Config(PathBuf),
     Exe(PathBuf, std::fs::Metadata),
     Script(PathBuf, std::fs::Metadata),
     Symlink(PathBuf),
@@ -86,9 +106,20 @@ enum Item {
     Package(PathBuf, PackageFound),
 }
 
-/// The install roots scanned when none are given: PATH folders, /usr/local, /opt, the npm global
-/// prefix and, in every home, the folders where AI coding agents and editor extensions install.
+/// The install roots scanned when none are given: the system-wide ones
+/// ([`system_roots`]) and, in every home, [`home_roots`].
 pub fn default_roots(accounts: &Accounts) -> Vec<PathBuf> {
+    let mut roots = system_roots();
+    for home in accounts.homes() {
+        roots.extend(home_roots(&home));
+    }
+    roots
+}
+
+/// System-wide install roots: PATH folders, `/usr/local`, `/opt`, the npm global prefix beside
+/// any `node` on PATH, `/usr/lib/node_modules`, and Homebrew on Linux
+/// (`/home/linuxbrew/.linuxbrew`: `Cellar`, `Caskroom`, `bin`).
+pub fn system_roots() -> Vec<PathBuf> {
     let mut roots: Vec<PathBuf> = Vec::new();
     if let Some(path) = std::env::var_os("PATH") {
         roots.extend(std::env::split_paths(&path).filter(|p| p.is_absolute()));
@@ -96,6 +127,7 @@ pub fn default_roots(accounts: &Accounts) -> Vec<PathBuf> {
     roots.push("/usr/local".into());
     roots.push("/opt".into());
     roots.push("/usr/lib/node_modules".into());
+    roots.push("/home/linuxbrew/.linuxbrew".into());
     // The npm global prefix: beside any `node` on PATH.
     for dir in roots.clone() {
         if dir.join("node").exists() {
@@ -104,26 +136,62 @@ pub fn default_roots(accounts: &Accounts) -> Vec<PathBuf> {
             }
         }
     }
-    for home in accounts.homes() {
-        for rel in [
-            ".local/bin",
-            ".local/share",
-            ".npm-global",
-            ".cursor/extensions",
-            ".windsurf/extensions",
-            ".claude/local",
-            ".opencode/bin",
-            ".codex/packages",
-            ".npm/_npx",
-        ] {
-            roots.push(home.join(rel));
-        }
-        if let Ok(rd) = std::fs::read_dir(&home) {
-            for e in rd.flatten() {
-                let name = e.file_name();
-                if name.to_string_lossy().starts_with(".vscode") {
-                    roots.push(e.path().join("extensions"));
-                }
+    roots
+}
+
+/// Folders in a home where AI coding agents are installed or cached, one per channel:
+///
+/// | channel | folder |
+/// |---|---|
+/// | native installers, pipx, uv tools, fnm, mise, code-server extensions | `.local/share`, `.local/bin` |
+/// | `pip install --user` | `.local/lib` |
+/// | `npm -g` with a user prefix | `.npm-global` |
+/// | `npx` | `.npm/_npx` |
+/// | `pnpm dlx`, pnpm's global store | `.cache/pnpm`, `.local/share/pnpm` |
+/// | `bunx`, `bun add -g` | `.bun/install`, `.bun/bin` |
+/// | `uvx` | `.cache/uv` |
+/// | legacy pipx | `.local/pipx` |
+/// | nvm, volta, asdf, legacy fnm, pyenv | `.nvm/versions`, `.volta/tools`, `.asdf/installs`, `.fnm/node-versions`, `.pyenv/versions` |
+/// | VS Code, VSCodium, Remote SSH, Cursor, Windsurf (and their servers) | `.vscode*/extensions`, `.cursor*/extensions`, `.windsurf*/extensions` |
+/// | Claude Code's legacy local install, OpenCode, Codex | `.claude/local`, `.opencode/bin`, `.codex/packages` |
+/// | Homebrew in a home | `.linuxbrew` |
+pub fn home_roots(home: &Path) -> Vec<PathBuf> {
+    let mut roots: Vec<PathBuf> = [
+        ".local/bin",
+        ".local/share",
+        ".local/lib",
+        ".local/pipx",
+        ".npm-global",
+        ".npm/_npx",
+        ".cache/pnpm",
+        ".bun/install",
+        ".bun/bin",
+        ".cache/uv",
+        ".nvm/versions",
+        ".volta/tools",
+        ".volta/bin",
+        ".asdf/installs",
+        ".fnm/node-versions",
+        ".pyenv/versions",
+        ".linuxbrew",
+        ".claude/local",
+        ".opencode/bin",
+        ".codex/packages",
+    ]
+    .iter()
+    .map(|rel| home.join(rel))
+    .collect();
+    // Editor extension folders: .vscode, .vscode-server, .vscode-oss (VSCodium),
+    // .vscode-insiders, .cursor, .cursor-server, .windsurf, .windsurf-server...
+    if let Ok(rd) = std::fs::read_dir(home) {
+        for e in rd.flatten() {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            if [".vscode", ".cursor", ".windsurf", ".kiro", ".trae"]
+                .iter()
+                .any(|p| name.starts_with(p))
+            {
+                roots.push(e.path().join("extensions"));
             }
         }
     }
@@ -207,6 +275,23 @@ fn is_npm_manifest(path: &Path) -> bool {
     if up_name == "node_modules" {
         return true;
     }
+    // Bun's package cache: `.bun/install/cache/[@scope/]NAME@VERSION@@@N/package.json`.
+    if pkg_dir
+        .file_name()
+        .is_some_and(|n| n.to_string_lossy().contains("@@@"))
+    {
+        let cache = if up_name.to_string_lossy().starts_with('@') {
+            up.parent()
+        } else {
+            Some(up)
+        };
+        if cache.is_some_and(|c| {
+            c.file_name() == Some(OsStr::new("cache"))
+                && c.parent().and_then(Path::file_name) == Some(OsStr::new("install"))
+        }) {
+            return true;
+        }
+    }
     up_name.to_string_lossy().starts_with('@')
         && up.parent().and_then(Path::file_name) == Some(OsStr::new("node_modules"))
 }
@@ -237,6 +322,7 @@ pub fn read_npm_manifest(path: &Path) -> io::Result<PackageFound> {
 }
 
 /// Walk `roots` (already normalized) and evaluate everything found against `policy`.
+/// Configuration files are left out (see [`scan_with`]).
 pub fn scan(
     policy: &Policy,
     roots: &[PathBuf],
@@ -245,7 +331,36 @@ pub fn scan(
     memo: &HashMemo,
     progress: &Progress,
 ) -> InstalledScan {
+    scan_with(policy, roots, None, accounts, host, memo, progress)
+}
+
+/// Where to look for AI-agent configuration files, beside the install roots.
+#[derive(Debug, Clone, Default)]
+pub struct ConfigScope {
+    /// Users' homes: a `~/` glob matches a file under one of them.
+    pub homes: Vec<PathBuf>,
+    /// Homes searched for configuration files (see [`config_candidates`]).
+    pub search: Vec<PathBuf>,
+    /// Also look up the absolute globs (`/etc/claude-code/...`).
+    pub absolute: bool,
+}
+
+/// Like [`scan`]; with a `config` scope, also the AI-agent configuration files the policy's
+/// `configs` name: those under the roots, and those [`config_candidates`] finds.
+pub fn scan_with(
+    policy: &Policy,
+    roots: &[PathBuf],
+    config: Option<&ConfigScope>,
+    accounts: &Accounts,
+    host: &str,
+    memo: &HashMemo,
+    progress: &Progress,
+) -> InstalledScan {
     let mut out = InstalledScan::default();
+    let config = config.filter(|_| policy.has_configs());
+    let configs = config.map(|c| c.homes.as_slice());
+    // Family signatures are looked for in the read that hashes each file.
+    memo.set_searcher(policy.content_searcher().cloned());
     let mut items = Vec::new();
     for root in roots {
         // Roots are canonical; a root that is a symlink is a changed path handed in by the
@@ -293,8 +408,22 @@ pub fn scan(
                     }
                 }
             } else if ft.is_symlink() {
+                if let Some(homes) = configs {
+                    if policy.is_config_path(path, home_path(path, homes).as_deref())
+                        && !in_dependency_tree(path)
+                    {
+                        items.push(Item::Config(path.to_path_buf()));
+                    }
+                }
                 items.push(Item::Symlink(path.to_path_buf()));
             } else if ft.is_file() {
+                if let Some(homes) = configs {
+                    if policy.is_config_path(path, home_path(path, homes).as_deref())
+                        && !in_dependency_tree(path)
+                    {
+                        items.push(Item::Config(path.to_path_buf()));
+                    }
+                }
                 if entry.file_name() == "package.json" && is_npm_manifest(path) {
                     items.push(Item::NpmManifest(path.to_path_buf()));
                 }
@@ -333,10 +462,29 @@ pub fn scan(
         }
     }
 
-    let hash = policy.needs_sha256();
+    if let Some(c) = config {
+        let (found, skipped) = config_candidates(policy, c);
+        items.extend(found.into_iter().map(Item::Config));
+        out.skipped.extend(skipped);
+    }
+    // Read files when a digest or a family signature can decide; one read does both.
+    let hash = policy.needs_sha256() || policy.needs_content();
+    let empty: &[PathBuf] = &[];
+    let homes = configs.unwrap_or(empty);
+    let configs_found = std::sync::Mutex::new(Vec::new());
     let results: Vec<Result<Option<Found>, Skipped>> = items
         .into_par_iter()
-        .map(|item| evaluate(policy, item, accounts, host, memo, progress, hash))
+        .map(|item| match item {
+            Item::Config(p) => match config_item(policy, &p, homes, accounts, host) {
+                Ok(Some(c)) => {
+                    configs_found.lock().expect("config list poisoned").push(c);
+                    Ok(None)
+                }
+                Ok(None) => Ok(None),
+                Err(s) => Err(s),
+            },
+            item => evaluate(policy, item, accounts, host, memo, progress, hash),
+        })
         .collect();
     // Report a file where it lies rather than through a symlink to it.
     let (direct, rest): (Vec<_>, Vec<_>) = results
@@ -360,8 +508,194 @@ pub fn scan(
             Err(s) => out.skipped.push(s),
         }
     }
+    let mut configs_found = configs_found.into_inner().expect("config list poisoned");
+    configs_found.sort_by(|a, b| a.path.cmp(&b.path));
+    let mut seen_configs = HashSet::new();
+    configs_found.retain(|c| seen_configs.insert(c.path.clone()));
+    out.configs = configs_found;
     out.hashed_bytes = progress.hashed_bytes.load(Ordering::Relaxed);
     out
+}
+
+/// `~/REST` for a path under one of `homes`.
+pub fn home_path(path: &Path, homes: &[PathBuf]) -> Option<PathBuf> {
+    homes
+        .iter()
+        .filter_map(|h| path.strip_prefix(h).ok())
+        .min_by_key(|rest| rest.components().count())
+        .map(|rest| Path::new("~").join(rest))
+}
+
+/// How deep below a home the search for project configuration files (`**/.mcp.json`) goes.
+pub const CONFIG_SEARCH_DEPTH: usize = 6;
+/// At most this many entries are looked at per home in that search; the rest is listed as
+/// skipped.
+pub const CONFIG_SEARCH_ENTRIES: usize = 200_000;
+
+/// Folders the search for project configuration files never enters: dependency trees, caches
+/// and version control, which hold no agent's configuration of their own.
+const CONFIG_PRUNE: &[&str] = &[
+    "node_modules",
+    ".git",
+    ".hg",
+    ".svn",
+    "target",
+    "__pycache__",
+    ".venv",
+    "venv",
+    "site-packages",
+    ".tox",
+    ".gradle",
+    ".m2",
+];
+
+/// The AI-agent configuration files the policy's `configs` name in the homes of `scope.search`:
+/// for each `~/` glob, the folder (or file) before its first wildcard; for `**/` globs, a search
+/// of each home (at most [`CONFIG_SEARCH_DEPTH`] deep and [`CONFIG_SEARCH_ENTRIES`] entries, not
+/// entering the home's own dot-folders, which the `~/` globs cover, nor [`CONFIG_PRUNE`]); with
+/// `scope.absolute`, the absolute globs. Symlinks are not followed; a symlink that a glob names
+/// is returned as it is.
+pub fn config_candidates(policy: &Policy, scope: &ConfigScope) -> (Vec<PathBuf>, Vec<Skipped>) {
+    let mut found = Vec::new();
+    let mut skipped = Vec::new();
+    let homes = scope.homes.as_slice();
+    let is_config = |p: &Path| policy.is_config_path(p, home_path(p, homes).as_deref());
+    // The literal part of a glob, up to its first wildcard.
+    let literal = |g: &str| -> PathBuf {
+        let lit: Vec<&str> = g
+            .split('/')
+            .take_while(|c| !c.contains(['*', '?', '[', '{', '\\']))
+            .collect();
+        PathBuf::from(lit.join("/"))
+    };
+    let mut prefixes: Vec<PathBuf> = policy
+        .config_globs()
+        .filter_map(|g| g.strip_prefix("~/"))
+        .map(literal)
+        .collect();
+    prefixes.sort();
+    prefixes.dedup();
+    // Absolute globs (`/etc/claude-code/managed-settings.json`) are looked up once.
+    let mut absolute: Vec<PathBuf> = policy
+        .config_globs()
+        .filter(|g| g.starts_with('/'))
+        .map(literal)
+        .filter(|p| p.as_os_str().len() > 1)
+        .collect();
+    absolute.sort();
+    absolute.dedup();
+    if !scope.absolute {
+        absolute.clear();
+    }
+    for start in &absolute {
+        for e in WalkDir::new(start)
+            .follow_links(false)
+            .max_depth(CONFIG_SEARCH_DEPTH)
+            .into_iter()
+            .filter_map(Result::ok)
+        {
+            if !e.file_type().is_dir() && is_config(e.path()) {
+                found.push(e.path().to_path_buf());
+            }
+        }
+    }
+    let deep = policy.config_globs().any(|g| g.starts_with("**"));
+    for home in &scope.search {
+        for rel in &prefixes {
+            let start = home.join(rel);
+            for e in WalkDir::new(&start)
+                .follow_links(false)
+                .max_depth(CONFIG_SEARCH_DEPTH)
+                .into_iter()
+                .filter_map(Result::ok)
+            {
+                if !e.file_type().is_dir() && is_config(e.path()) {
+                    found.push(e.path().to_path_buf());
+                }
+            }
+        }
+        if !deep {
+            continue;
+        }
+        let mut seen = 0usize;
+        let mut walk = WalkDir::new(home)
+            .follow_links(false)
+            .max_depth(CONFIG_SEARCH_DEPTH)
+            .into_iter();
+        while let Some(e) = walk.next() {
+            let e = match e {
+                Ok(e) => e,
+                Err(_) => continue,
+            };
+            seen += 1;
+            if seen > CONFIG_SEARCH_ENTRIES {
+                skipped.push(Skipped {
+                    path: lossy(home),
+                    reason: format!(
+                        "search for project configuration files stopped after {CONFIG_SEARCH_ENTRIES} entries"
+                    ),
+                });
+                break;
+            }
+            let name = e.file_name().to_string_lossy();
+            if e.file_type().is_dir() {
+                let home_dot = e.depth() == 1 && name.starts_with('.');
+                if e.depth() > 0 && (home_dot || CONFIG_PRUNE.contains(&name.as_ref())) {
+                    walk.skip_current_dir();
+                }
+                continue;
+            }
+            if is_config(e.path()) {
+                found.push(e.path().to_path_buf());
+            }
+        }
+    }
+    found.sort();
+    found.dedup();
+    (found, skipped)
+}
+
+/// True for a path inside a dependency tree, cache or version control folder
+/// ([`CONFIG_PRUNE`]): a `.mcp.json` shipped in `node_modules` is a package's, not a user's.
+fn in_dependency_tree(path: &Path) -> bool {
+    path.components()
+        .any(|c| CONFIG_PRUNE.contains(&c.as_os_str().to_string_lossy().as_ref()))
+}
+
+/// Evaluate one configuration file: the policy's decision and the servers it declares.
+fn config_item(
+    policy: &Policy,
+    path: &Path,
+    homes: &[PathBuf],
+    accounts: &Accounts,
+    host: &str,
+) -> Result<Option<ConfigFound>, Skipped> {
+    let skip = |e: &io::Error| Skipped {
+        path: lossy(path),
+        reason: describe(e),
+    };
+    let canonical = std::fs::canonicalize(path).map_err(|e| skip(&e))?;
+    let meta = std::fs::metadata(&canonical).map_err(|e| skip(&e))?;
+    if !meta.is_file() {
+        return Ok(None);
+    }
+    let mut facts = Facts {
+        config_path: Some(path.to_path_buf()),
+        config_home_path: home_path(path, homes),
+        ..Facts::default()
+    };
+    owner_facts(&mut facts, meta.uid(), accounts, host);
+    let Some(decision) = policy.evaluate(&facts) else {
+        return Ok(None);
+    };
+    let config = crate::inventory::footprint::read_config(&canonical).map_err(|e| skip(&e))?;
+    Ok(Some(ConfigFound {
+        path: path.to_path_buf(),
+        canonical,
+        facts,
+        decision,
+        config,
+    }))
 }
 
 fn owner_facts(facts: &mut Facts, uid: u32, accounts: &Accounts, host: &str) {
@@ -386,18 +720,18 @@ fn file_facts(
     if !is_exe && !is_script {
         return Ok(false);
     }
-    let sha = if hash {
+    let digest = if hash {
         let skip = |e: io::Error| Skipped {
             path: lossy(file),
             reason: describe(&e),
         };
         // A file whose identity (dev, inode, size, mtime, ctime) is known needs no open: the
-        // walk's lstat already says it has not changed since it was hashed.
-        if let Some(d) = memo.get(&crate::inventory::hash::FileKey::of(meta)) {
+        // walk's lstat already says it has not changed since it was read.
+        if let Some(d) = memo.get_digest(&crate::inventory::hash::FileKey::of(meta)) {
             Some(d)
         } else {
             let (f, m) = open_regular(file, false).map_err(skip)?;
-            let (d, cached) = memo.hash_file(&f, &m).map_err(skip)?;
+            let (d, cached) = memo.digest_file(&f, &m).map_err(skip)?;
             if !cached {
                 progress.hashed_bytes.fetch_add(m.len(), Ordering::Relaxed);
             }
@@ -406,13 +740,19 @@ fn file_facts(
     } else {
         None
     };
+    let (sha, content) = match digest {
+        Some(d) => (Some(d.sha256), d.content),
+        None => (None, None),
+    };
     if is_exe {
         facts.exe_path = Some(file.to_path_buf());
         facts.exe_sha256 = sha;
+        facts.exe_content = content.clone();
     }
     if is_script {
         facts.script_path = Some(file.to_path_buf());
         facts.script_sha256 = sha;
+        facts.script_content = content;
     }
     Ok(true)
 }
@@ -433,6 +773,7 @@ fn evaluate(
     let mut facts = Facts::default();
     let mut package = None;
     let (path, canonical, meta_uid) = match item {
+        Item::Config(_) => return Ok(None),
         Item::Exe(path, meta) | Item::Script(path, meta) => {
             facts.add_name(name_of(&path));
             if !file_facts(policy, &mut facts, &path, &meta, memo, progress, hash)? {
@@ -558,5 +899,14 @@ mod tests {
             "/p/node_modules/x/lib/package.json"
         )));
         assert!(!is_npm_manifest(Path::new("/p/src/package.json")));
+        assert!(is_npm_manifest(Path::new(
+            "/h/.bun/install/cache/@anthropic-ai/claude-code@2.0.0@@@1/package.json"
+        )));
+        assert!(is_npm_manifest(Path::new(
+            "/h/.bun/install/cache/left-pad@1.3.0@@@1/package.json"
+        )));
+        assert!(!is_npm_manifest(Path::new(
+            "/h/.bun/install/cache/left-pad@1.3.0@@@1/lib/package.json"
+        )));
     }
 }

@@ -2,6 +2,7 @@
 //! persistent hash cache. Shared by the one-shot scan and the agent; knows nothing of the agent.
 
 pub mod facts;
+pub mod footprint;
 pub mod hash;
 pub mod hash_cache;
 pub mod host;

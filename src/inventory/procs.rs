@@ -92,6 +92,36 @@ fn parse_stat(stat: &[u8]) -> Option<(u32, u64, OsString, u32)> {
     ))
 }
 
+/// The processes descended from `pid` now (children before grandchildren), with their start
+/// ticks, from each process's parent in `/proc`: what a process started (an AI agent's MCP
+/// servers, its tools) and still runs under it. One pass: a process forked after it is missed.
+pub fn descendants(pid: u32) -> Vec<(u32, u64)> {
+    let mut children: std::collections::HashMap<u32, Vec<(u32, u64)>> =
+        std::collections::HashMap::new();
+    if let Ok(rd) = std::fs::read_dir("/proc") {
+        for e in rd.flatten() {
+            let Some(p) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+                continue;
+            };
+            if let Some((ppid, start)) = read_stat(p) {
+                children.entry(ppid).or_default().push((p, start));
+            }
+        }
+    }
+    let mut out = Vec::new();
+    let mut queue = std::collections::VecDeque::from([pid]);
+    while let Some(p) = queue.pop_front() {
+        for &(c, start) in children.get(&p).map(Vec::as_slice).unwrap_or_default() {
+            // A cycle cannot happen in the kernel's tree; guard against a torn read anyway.
+            if c != pid && !out.iter().any(|&(o, _)| o == c) {
+                out.push((c, start));
+                queue.push_back(c);
+            }
+        }
+    }
+    out
+}
+
 /// `(ppid, start ticks)` from `/proc/PID/stat`.
 pub fn read_stat(pid: u32) -> Option<(u32, u64)> {
     let stat = std::fs::read(format!("/proc/{pid}/stat")).ok()?;

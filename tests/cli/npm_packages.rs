@@ -116,12 +116,17 @@ fn shipped_pack_reports_each_real_package_by_package_marker() {
 
 #[test]
 fn shipped_pack_identifies_the_real_binaries_and_scripts_by_path() {
-    // Without the hash lists, the path and script globs alone must find every tool.
+    // Without the hash lists and the family rule, the path and script globs alone must find
+    // every tool.
     let tmp = tempfile::tempdir().unwrap();
     let text = std::fs::read_to_string(shipped_pack()).unwrap();
     let no_hashes: String = text
         .lines()
-        .filter(|l| !l.starts_with("sha256_files"))
+        .filter(|l| {
+            !l.starts_with("sha256_files")
+                && !l.starts_with("contains_all")
+                && !l.starts_with("contains_in")
+        })
         .collect::<Vec<_>>()
         .join("\n");
     let policy = tmp.path().join("pack-without-hashes.toml");
@@ -172,7 +177,7 @@ fn a_renamed_copy_of_the_real_claude_binary_is_caught_by_sha256() {
 fn the_agent_reports_a_real_claude_code_install_once_per_package_and_binary() {
     use crate::support::agent::Agent;
     let root = tempfile::tempdir().unwrap();
-    let text = std::fs::read_to_string(shipped_pack()).unwrap();
+    let text = crate::support::pack_without_family_rule();
     let agent_dir_policy = text.replace(
         "hashes/",
         &format!("{}/hashes/", repo().join("policies").display()),

@@ -45,6 +45,8 @@ fn classify(e: &Event) -> (&'static str, Vec<&'static str>, Vec<&'static str>) {
         }
         EventKind::InstalledDetected => ("alert", vec!["file", ID], vec!["creation", "info"]),
         EventKind::InstalledRemoved => ("event", vec!["file"], vec!["deletion"]),
+        // An AI agent's configuration file found on disk (reported only).
+        EventKind::ConfigDetected => ("alert", vec!["file", ID], vec!["info"]),
         EventKind::InstalledQuarantined if e.outcome == Some(Outcome::Quarantined) => {
             ("alert", vec!["file", ID], vec!["deletion", "denied"])
         }
@@ -149,6 +151,7 @@ pub fn to_ecs(e: &Event) -> Value {
         EventKind::InstalledDetected
             | EventKind::InstalledRemoved
             | EventKind::InstalledQuarantined
+            | EventKind::ConfigDetected
     );
     prune(json!({
         "@timestamp": e.time,

@@ -79,6 +79,10 @@ pub enum EventKind {
     ExceptionEnding,
     /// An exception ended: the rule applies to its user again.
     ExceptionExpired,
+    /// An AI agent's configuration file that a `configs` rule names was found (install
+    /// watcher): `file` is the configuration file, `message` lists the MCP servers it declares
+    /// (secrets redacted). Configuration files are only ever reported.
+    ConfigDetected,
 }
 
 /// What the agent did about a match.

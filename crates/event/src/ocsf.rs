@@ -116,6 +116,7 @@ fn class(e: &Event) -> (Class, u32, &'static str) {
             }
         }
         EventKind::InstalledRemoved if has_file => (Class::FileSystem, 4, "Delete"),
+        EventKind::ConfigDetected if has_file => (Class::FileSystem, 99, "Present"),
         EventKind::InstalledQuarantined if has_file => (Class::FileSystem, 5, "Rename"),
         EventKind::AgentStarted => (Class::App, 3, "Start"),
         EventKind::AgentStopped => (Class::App, 4, "Stop"),

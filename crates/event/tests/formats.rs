@@ -217,6 +217,25 @@ fn events() -> Vec<(&'static str, Event)> {
     ending.kind = EventKind::ExceptionEnding;
     let mut expired = granted.clone();
     expired.kind = EventKind::ExceptionExpired;
+    let mut config = detection(
+        EventKind::ConfigDetected,
+        Outcome::Reported,
+        "install_watch",
+    );
+    config.rule = Some(RuleRef {
+        selector: "config".into(),
+        pattern: "~/.claude.json".into(),
+        matched: "/home/ana/.claude.json".into(),
+        ..rule()
+    });
+    config.file = Some(FileRef {
+        path: "/home/ana/.claude.json".into(),
+        sha256: Some("d".repeat(64)),
+        size: Some(2_048),
+    });
+    config.message = Some(
+        "MCP servers: github: npx -y @modelcontextprotocol/server-github (env GITHUB_TOKEN)".into(),
+    );
     let mut prev = GENESIS_HASH.to_string();
     let mut out = Vec::new();
     for (i, (name, e)) in [
@@ -247,6 +266,7 @@ fn events() -> Vec<(&'static str, Event)> {
         ("exception_rejected", rejected_ex),
         ("exception_ending", ending),
         ("exception_expired", expired),
+        ("config_detected", config),
     ]
     .into_iter()
     .enumerate()

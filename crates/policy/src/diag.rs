@@ -77,6 +77,13 @@ codes! {
     NoRules => "no-rules",
     /// A public key that is not 64 hexadecimal digits (`exception_keys`, `hash_list_keys`).
     BadPublicKey => "bad-public-key",
+    /// A `contains_all` signature that cannot be read, or is too short or too long.
+    BadSignature => "bad-signature",
+    /// A `contains_in` entry that is not elf, mach-o, pe or script.
+    BadFileFormat => "bad-file-format",
+    /// A rule that matches only configuration files with an action other than `report`:
+    /// configuration files are reported, never blocked, killed or quarantined.
+    ConfigAction => "config-action",
     /// Warning: a block, kill or quarantine rule that matches on names alone.
     NameOnlyBlock => "name-only-block",
     /// Warning: a rule that would block the system's own critical binaries.

@@ -4,10 +4,12 @@
 use std::cmp::Reverse;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use globset::{Candidate, GlobBuilder, GlobSet, GlobSetBuilder};
 use serde::Serialize;
 
+use crate::content::{ContentMatch, ContentSearcher};
 use crate::diag::Diagnostics;
 use crate::model::{
     glob, Action, Date, Exception, ExceptionRefusal, Mode, PackageRef, PolicyInfo, Rule, Sha256,
@@ -20,6 +22,8 @@ use crate::parse::{read_policy, Includes, PolicyDoc};
 pub enum SelectorKind {
     /// The SHA-256 of the executable or script.
     Sha256,
+    /// A family rule: every `contains_all` signature occurs in the executable or script.
+    Contains,
     /// A glob on the canonical executable path.
     Path,
     /// A glob on the canonical script path.
@@ -28,14 +32,22 @@ pub enum SelectorKind {
     Package,
     /// A name (basename, argv\[0\] basename or comm).
     Name,
+    /// A glob on an AI-agent configuration file.
+    Config,
 }
 
 impl SelectorKind {
-    /// How specific a match of this kind is: higher wins.
+    /// How specific a match of this kind is: higher wins. The exact digest first; then what the
+    /// file holds (a family rule), which survives renames, moves and small edits; then where it
+    /// lies or which package it belongs to, which the user chooses; names last.
     pub fn specificity(self) -> u8 {
         match self {
-            SelectorKind::Sha256 => 3,
-            SelectorKind::Path | SelectorKind::Script | SelectorKind::Package => 2,
+            SelectorKind::Sha256 => 4,
+            SelectorKind::Contains => 3,
+            SelectorKind::Path
+            | SelectorKind::Script
+            | SelectorKind::Package
+            | SelectorKind::Config => 2,
             SelectorKind::Name => 1,
         }
     }
@@ -44,10 +56,12 @@ impl SelectorKind {
     pub fn as_str(self) -> &'static str {
         match self {
             SelectorKind::Sha256 => "sha256",
+            SelectorKind::Contains => "contains",
             SelectorKind::Path => "path",
             SelectorKind::Script => "script",
             SelectorKind::Package => "package",
             SelectorKind::Name => "name",
+            SelectorKind::Config => "config",
         }
     }
 }
@@ -68,6 +82,15 @@ pub struct Facts {
     pub exe_sha256: Option<Sha256>,
     /// SHA-256 of the script.
     pub script_sha256: Option<Sha256>,
+    /// What the executable holds (from [`ContentSearcher`], in the read that hashed it).
+    pub exe_content: Option<ContentMatch>,
+    /// What the script holds.
+    pub script_content: Option<ContentMatch>,
+    /// Canonical path of an AI-agent configuration file.
+    pub config_path: Option<PathBuf>,
+    /// The same file as `~/REST` when it lies in a user's home (for `configs` globs that start
+    /// with `~/`).
+    pub config_home_path: Option<PathBuf>,
     /// The user the process runs as, or the file's owner.
     pub user: Option<String>,
     /// That user's groups.
@@ -101,6 +124,8 @@ pub enum Subject {
     Package(usize),
     /// `Facts::names[i]`.
     Name(usize),
+    /// The configuration file.
+    Config,
 }
 
 /// The winning rule for one set of facts. Cheap to produce: indexes only, no strings.
@@ -161,12 +186,22 @@ pub struct SelectorCounts {
     pub packages: usize,
     /// Digests (inline and from files).
     pub sha256: usize,
+    /// Family rules (`contains_all`).
+    pub families: usize,
+    /// Configuration file globs.
+    pub configs: usize,
 }
 
 impl SelectorCounts {
     /// All selectors together.
     pub fn total(&self) -> usize {
-        self.names + self.paths + self.scripts + self.packages + self.sha256
+        self.names
+            + self.paths
+            + self.scripts
+            + self.packages
+            + self.sha256
+            + self.families
+            + self.configs
     }
 }
 
@@ -179,12 +214,22 @@ struct GlobIndex {
 
 impl GlobIndex {
     fn build<'r>(lists: impl Iterator<Item = &'r [String]>) -> Result<GlobIndex, globset::Error> {
+        GlobIndex::build_filtered(lists, |_| true)
+    }
+
+    /// Only the globs `keep` accepts; owners keep their index within the rule's whole list.
+    fn build_filtered<'r>(
+        lists: impl Iterator<Item = &'r [String]>,
+        keep: impl Fn(&str) -> bool,
+    ) -> Result<GlobIndex, globset::Error> {
         let mut b = GlobSetBuilder::new();
         let mut owners = Vec::new();
         for (ri, list) in lists.enumerate() {
             for (pi, g) in list.iter().enumerate() {
-                b.add(glob(g)?);
-                owners.push((ri as u32, pi as u32));
+                if keep(g) {
+                    b.add(glob(g)?);
+                    owners.push((ri as u32, pi as u32));
+                }
             }
         }
         Ok(GlobIndex {
@@ -211,6 +256,11 @@ pub struct Policy {
     unsized_digests: usize,
     paths: GlobIndex,
     scripts: GlobIndex,
+    /// `configs` globs on absolute paths.
+    configs: GlobIndex,
+    /// `configs` globs that start with `~/`, matched against `Facts::config_home_path`.
+    home_configs: GlobIndex,
+    content: Option<Arc<ContentSearcher>>,
     exempt_hosts: Vec<Option<GlobSet>>,
     /// Granted exceptions, with the index of their rule.
     exceptions: Vec<(usize, Exception)>,
@@ -250,6 +300,17 @@ impl Policy {
             .expect("path globs were validated");
         let scripts = GlobIndex::build(rules.iter().map(|r| r.selectors.scripts.as_slice()))
             .expect("script globs were validated");
+        let configs =
+            GlobIndex::build_filtered(rules.iter().map(|r| r.selectors.configs.as_slice()), |g| {
+                !g.starts_with("~/")
+            })
+            .expect("config globs were validated");
+        let home_configs =
+            GlobIndex::build_filtered(rules.iter().map(|r| r.selectors.configs.as_slice()), |g| {
+                g.starts_with("~/")
+            })
+            .expect("config globs were validated");
+        let content = ContentSearcher::build(&rules).map(Arc::new);
         let exempt_hosts = rules
             .iter()
             .map(|r| {
@@ -291,6 +352,9 @@ impl Policy {
             sha256,
             paths,
             scripts,
+            configs,
+            home_configs,
+            content,
             exempt_hosts,
             exceptions: Vec::new(),
         }
@@ -359,6 +423,8 @@ impl Policy {
             c.scripts += r.selectors.scripts.len();
             c.packages += r.selectors.packages.len();
             c.sha256 += r.selectors.sha256.len();
+            c.families += usize::from(!r.selectors.contains_all.is_empty());
+            c.configs += r.selectors.configs.len();
         }
         c
     }
@@ -366,6 +432,54 @@ impl Policy {
     /// True when some rule matches by SHA-256, so callers must hash to decide.
     pub fn needs_sha256(&self) -> bool {
         !self.sha256.is_empty()
+    }
+
+    /// True when some rule is a family rule, so callers must look into files (in the read that
+    /// hashes them, see [`Policy::content_searcher`]) to decide.
+    pub fn needs_content(&self) -> bool {
+        self.content.is_some()
+    }
+
+    /// The compiled signatures of every family rule, for the code that reads files; `None` when
+    /// the policy has no family rule. Facts made with another policy's searcher are ignored.
+    pub fn content_searcher(&self) -> Option<&Arc<ContentSearcher>> {
+        self.content.as_ref()
+    }
+
+    /// True when a file of `size` bytes starting with `head` could be identified by a family
+    /// rule (see [`ContentSearcher::may_match`]); always false without family rules.
+    pub fn may_match_content(&self, size: u64, head: &[u8]) -> bool {
+        self.content
+            .as_deref()
+            .is_some_and(|c| c.may_match(size, head))
+    }
+
+    /// True when some rule has `configs` selectors.
+    pub fn has_configs(&self) -> bool {
+        !self.configs.owners.is_empty() || !self.home_configs.owners.is_empty()
+    }
+
+    /// Every `configs` glob, in rule order.
+    pub fn config_globs(&self) -> impl Iterator<Item = &str> {
+        self.rules
+            .iter()
+            .flat_map(|r| r.selectors.configs.iter())
+            .map(String::as_str)
+    }
+
+    /// True when a configuration file glob matches `path` (absolute) or `home_path` (`~/...`).
+    pub fn is_config_path(&self, path: &Path, home_path: Option<&Path>) -> bool {
+        self.configs.set.is_match(path)
+            || home_path.is_some_and(|h| self.home_configs.set.is_match(h))
+    }
+
+    /// Every `configs` glob that starts with `~/`, for finding them in each home.
+    pub fn home_config_globs(&self) -> impl Iterator<Item = &str> {
+        self.rules
+            .iter()
+            .flat_map(|r| r.selectors.configs.iter())
+            .filter(|g| g.starts_with("~/"))
+            .map(String::as_str)
     }
 
     /// True when a file of `size` bytes may have a digest some rule names: always when a digest
@@ -543,6 +657,37 @@ impl Policy {
                 }
             }
         }
+        if let Some(cs) = &self.content {
+            for (content, subject) in [
+                (&facts.exe_content, Subject::Exe),
+                (&facts.script_content, Subject::Script),
+            ] {
+                let Some(m) = content else { continue };
+                if m.searcher() != cs.fingerprint() {
+                    continue;
+                }
+                let Some(format) = m.format() else { continue };
+                for fam in &cs.families {
+                    if fam.formats.contains(&format) && fam.patterns.iter().all(|&p| m.has(p)) {
+                        consider(self, fam.rule, 0, SelectorKind::Contains, subject);
+                    }
+                }
+            }
+        }
+        for (path, index) in [
+            (&facts.config_path, &self.configs),
+            (&facts.config_home_path, &self.home_configs),
+        ] {
+            if let Some(path) = path {
+                if index.owners.is_empty() {
+                    continue;
+                }
+                for g in index.set.matches(path) {
+                    let (r, p) = index.owners[g];
+                    consider(self, r, p, SelectorKind::Config, Subject::Config);
+                }
+            }
+        }
         for (i, pkg) in facts.packages.iter().enumerate() {
             if let Some(hits) = self.packages.get(pkg) {
                 for &(r, p) in hits {
@@ -592,6 +737,20 @@ impl Policy {
             SelectorKind::Script => sel.scripts[d.pattern].clone(),
             SelectorKind::Package => sel.packages[d.pattern].to_string(),
             SelectorKind::Name => sel.names[d.pattern].clone(),
+            SelectorKind::Contains => format!(
+                "contains_all [{}] in {}",
+                sel.contains_all
+                    .iter()
+                    .map(|s| format!("\"{s}\""))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                sel.contains_in
+                    .iter()
+                    .map(|f| f.as_str())
+                    .collect::<Vec<_>>()
+                    .join("/")
+            ),
+            SelectorKind::Config => sel.configs[d.pattern].clone(),
         };
         let value = match (d.selector, d.subject) {
             (SelectorKind::Sha256, Subject::Exe) => facts.exe_sha256.map(|h| h.to_string()),
@@ -600,6 +759,7 @@ impl Policy {
             (_, Subject::Script) => facts.script_path.as_ref().map(|p| p.display().to_string()),
             (_, Subject::Package(i)) => facts.packages.get(i).map(|p| p.to_string()),
             (_, Subject::Name(i)) => facts.names.get(i).cloned(),
+            (_, Subject::Config) => facts.config_path.as_ref().map(|p| p.display().to_string()),
         }
         .unwrap_or_default();
         Evidence {

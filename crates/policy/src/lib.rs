@@ -1,7 +1,8 @@
 //! The interdict policy language.
 //!
 //! A policy is a TOML file an IT admin writes: a `[policy]` table and a list of `[[rule]]`s, each
-//! with selectors (`names`, `paths`, `scripts`, `packages`, `sha256`, `sha256_files`), an action
+//! with selectors (`names`, `paths`, `scripts`, `packages`, `sha256`, `sha256_files`, family
+//! rules `contains_all`/`contains_in`, configuration files `configs`), an action
 //! (`block`, `kill`, `quarantine`, `report`, `allow`) and the text the employee is shown.
 //!
 //! This crate is pure: text and facts in, decisions out. It does no I/O of its own (files named by
@@ -46,20 +47,23 @@
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
+mod content;
 mod diag;
 mod engine;
 pub mod fields;
 mod model;
 mod parse;
 
+pub use content::{ContentMatch, ContentScan, ContentSearcher};
 pub use diag::{Code, Diagnostic, Diagnostics, Severity, SourceText};
 pub use engine::{
     expand_placeholders, Decision, Enforcement, Evidence, Facts, PlaceholderValues, Policy,
     SelectorCounts, SelectorKind, Subject,
 };
 pub use model::{
-    Action, Date, Ecosystem, Exception, ExceptionRefusal, Exemptions, Mode, OnInstall, PackageRef,
-    PolicyInfo, Risk, Rule, Selectors, Sha256, DEFAULT_LEARN_MIN_SIZE, PLACEHOLDERS,
+    Action, Date, Ecosystem, Exception, ExceptionRefusal, Exemptions, FileFormat, Mode, OnInstall,
+    PackageRef, PolicyInfo, Risk, Rule, Selectors, Sha256, Signature, DEFAULT_LEARN_MIN_SIZE,
+    MAX_SIGNATURE_BYTES, MIN_SIGNATURE_BYTES, PLACEHOLDERS,
 };
 pub use parse::{
     parse_sha256_file, parse_sha256_file_sized, read_policy, IncludedFile, Includes, NoIncludes,

@@ -297,6 +297,167 @@ impl Serialize for Sha256 {
     }
 }
 
+/// The shortest signature accepted in `contains_all`, in bytes: shorter ones occur by chance.
+pub const MIN_SIGNATURE_BYTES: usize = 8;
+/// The longest signature accepted in `contains_all`, in bytes (it bounds what is carried over
+/// from one read buffer to the next).
+pub const MAX_SIGNATURE_BYTES: usize = 256;
+
+/// A byte signature of a family rule (`contains_all`).
+///
+/// Written as text and matched as its UTF-8 bytes, case-sensitively. Inside the text, `\xHH`
+/// (two hexadecimal digits) stands for one byte and `\\` for one backslash; any other backslash
+/// is an error. Write signatures with bytes in TOML literal strings (`'\x7fELF'`) so that TOML
+/// leaves the backslash alone. Length: [`MIN_SIGNATURE_BYTES`] to [`MAX_SIGNATURE_BYTES`] bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Signature {
+    /// The signature as written in the policy.
+    pub text: String,
+    /// The bytes it stands for.
+    pub bytes: Vec<u8>,
+}
+
+impl Signature {
+    /// Read a signature as written in a policy.
+    pub fn parse(text: &str) -> Result<Signature, String> {
+        let mut bytes = Vec::with_capacity(text.len());
+        let raw = text.as_bytes();
+        let mut i = 0;
+        while i < raw.len() {
+            if raw[i] != b'\\' {
+                bytes.push(raw[i]);
+                i += 1;
+                continue;
+            }
+            match raw.get(i + 1) {
+                Some(b'\\') => {
+                    bytes.push(b'\\');
+                    i += 2;
+                }
+                Some(b'x') => {
+                    let hex = |b: Option<&u8>| b.and_then(|b| (*b as char).to_digit(16));
+                    match (hex(raw.get(i + 2)), hex(raw.get(i + 3))) {
+                        (Some(h), Some(l)) => {
+                            bytes.push((h * 16 + l) as u8);
+                            i += 4;
+                        }
+                        _ => {
+                            return Err(format!(
+                                "signature `{text}`: `\\x` must be followed by two hexadecimal digits"
+                            ))
+                        }
+                    }
+                }
+                _ => {
+                    return Err(format!(
+                        "signature `{text}`: a backslash starts `\\xHH` (one byte) or `\\\\` (a backslash); write other text as it is"
+                    ))
+                }
+            }
+        }
+        if bytes.len() < MIN_SIGNATURE_BYTES {
+            return Err(format!(
+                "signature `{text}` is {} bytes long: at least {MIN_SIGNATURE_BYTES} are needed (shorter ones occur by chance)",
+                bytes.len()
+            ));
+        }
+        if bytes.len() > MAX_SIGNATURE_BYTES {
+            return Err(format!(
+                "signature `{text}` is {} bytes long: at most {MAX_SIGNATURE_BYTES} are allowed",
+                bytes.len()
+            ));
+        }
+        Ok(Signature {
+            text: text.to_string(),
+            bytes,
+        })
+    }
+}
+
+impl fmt::Display for Signature {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+/// The kind of file a family rule (`contains_all`) looks into, told by its first bytes.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, serde::Deserialize,
+)]
+pub enum FileFormat {
+    /// ELF (`\x7fELF`): Linux and BSD executables and libraries.
+    #[serde(rename = "elf")]
+    Elf,
+    /// Mach-O (thin 32/64-bit either byte order, or universal): macOS executables.
+    #[serde(rename = "mach-o")]
+    MachO,
+    /// PE (`MZ`): Windows executables.
+    #[serde(rename = "pe")]
+    Pe,
+    /// A script with a `#!` line.
+    #[serde(rename = "script")]
+    Script,
+}
+
+impl FileFormat {
+    /// Every accepted keyword, in order.
+    pub const KEYWORDS: &'static [&'static str] = &["elf", "mach-o", "pe", "script"];
+    /// The formats a family rule looks into when it does not say (`contains_in`): executables.
+    pub const EXECUTABLES: &'static [FileFormat] =
+        &[FileFormat::Elf, FileFormat::MachO, FileFormat::Pe];
+    /// How many leading bytes [`FileFormat::detect`] looks at.
+    pub const MAGIC_BYTES: usize = 8;
+
+    /// The keyword as written in a policy.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FileFormat::Elf => "elf",
+            FileFormat::MachO => "mach-o",
+            FileFormat::Pe => "pe",
+            FileFormat::Script => "script",
+        }
+    }
+
+    /// The format of a file from its first bytes (up to [`FileFormat::MAGIC_BYTES`]).
+    pub fn detect(head: &[u8]) -> Option<FileFormat> {
+        let be = |b: &[u8]| u32::from_be_bytes([b[0], b[1], b[2], b[3]]);
+        match head {
+            [0x7f, b'E', b'L', b'F', ..] => Some(FileFormat::Elf),
+            [b'#', b'!', ..] => Some(FileFormat::Script),
+            [b'M', b'Z', ..] => Some(FileFormat::Pe),
+            [0xfe, 0xed, 0xfa, 0xce | 0xcf, ..] | [0xce | 0xcf, 0xfa, 0xed, 0xfe, ..] => {
+                Some(FileFormat::MachO)
+            }
+            // Universal binaries share their magic with Java class files; the word after it is
+            // an architecture count (small) in one and a class file version (45 or more) in the
+            // other.
+            [0xca, 0xfe, 0xba, 0xbe | 0xbf, ..] if head.len() >= 8 && be(&head[4..8]) < 45 => {
+                Some(FileFormat::MachO)
+            }
+            _ => None,
+        }
+    }
+}
+
+impl FromStr for FileFormat {
+    type Err = ();
+    fn from_str(s: &str) -> Result<Self, ()> {
+        match s {
+            "elf" => Ok(FileFormat::Elf),
+            "mach-o" => Ok(FileFormat::MachO),
+            "pe" => Ok(FileFormat::Pe),
+            "script" => Ok(FileFormat::Script),
+            _ => Err(()),
+        }
+    }
+}
+
+impl fmt::Display for FileFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// The `[rule.match]` table: the selectors of one rule.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Selectors {
@@ -310,18 +471,31 @@ pub struct Selectors {
     pub packages: Vec<PackageRef>,
     /// Digests, inline and from `sha256_files`.
     pub sha256: Vec<Sha256>,
+    /// A family rule: byte signatures that must all occur in one file (`contains_all`).
+    pub contains_all: Vec<Signature>,
+    /// The kinds of file `contains_all` looks into (`contains_in`; default: ELF, Mach-O, PE).
+    pub contains_in: Vec<FileFormat>,
+    /// Globs on AI-agent configuration files (`configs`); `~/` starts a path in any home.
+    pub configs: Vec<String>,
     /// The file size of a digest, where the hash list says it (`size=BYTES`) or it was learned.
     pub sha256_sizes: std::collections::HashMap<Sha256, u64>,
 }
 
 impl Selectors {
-    /// Number of selector values.
+    /// Number of selector values (a family rule's signatures count as one).
     pub fn len(&self) -> usize {
         self.names.len()
             + self.paths.len()
             + self.scripts.len()
             + self.packages.len()
             + self.sha256.len()
+            + usize::from(!self.contains_all.is_empty())
+            + self.configs.len()
+    }
+
+    /// True when the rule matches only configuration files (`configs` and nothing else).
+    pub fn only_configs(&self) -> bool {
+        !self.configs.is_empty() && self.len() == self.configs.len()
     }
 
     /// True when the rule has no selector at all.

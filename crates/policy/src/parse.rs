@@ -10,8 +10,8 @@ use toml::de::DeValue;
 use crate::diag::{Code, Diagnostic, Diagnostics, Severity, SourceText};
 use crate::fields::{Fields, Value};
 use crate::model::{
-    Action, Exemptions, Mode, OnInstall, PackageRef, PolicyInfo, Risk, Rule, Selectors, Sha256,
-    PLACEHOLDERS,
+    Action, Exemptions, FileFormat, Mode, OnInstall, PackageRef, PolicyInfo, Risk, Rule, Selectors,
+    Sha256, Signature, PLACEHOLDERS,
 };
 
 /// A file named by the policy (a `sha256_files` entry), as read by the caller.
@@ -142,6 +142,23 @@ impl Reader<'_, '_> {
             }
             i += 1;
         }
+    }
+
+    fn config_glob(&mut self, pattern: &str, span: Range<usize>) -> bool {
+        if !self.glob("configs", pattern, span.clone(), false) {
+            return false;
+        }
+        if !(pattern.starts_with('/') || pattern.starts_with("**/") || pattern.starts_with("~/")) {
+            self.err(
+                Code::BadGlob,
+                span,
+                format!(
+                    "`configs` globs match absolute paths or paths in a home: `{pattern}` must start with `/`, `**/` or `~/`"
+                ),
+            );
+            return false;
+        }
+        true
     }
 
     fn glob(&mut self, key: &str, pattern: &str, span: Range<usize>, absolute: bool) -> bool {
@@ -302,11 +319,15 @@ impl Reader<'_, '_> {
             "packages",
             "sha256",
             "sha256_files",
+            "contains_all",
+            "contains_in",
+            "configs",
         ];
         let DeValue::Table(t) = v.get_ref() else {
             self.wrong_type("match", "a table", v);
             return None;
         };
+        let mut contains_in = None;
         let mut sel = Selectors::default();
         let mut path_spans = Vec::new();
         for (k, v) in t.iter() {
@@ -377,8 +398,77 @@ impl Reader<'_, '_> {
                         }
                     }
                 }
+                "contains_all" => {
+                    let list = self.string_list("contains_all", v);
+                    if list.is_empty() && matches!(v.get_ref(), DeValue::Array(_)) {
+                        self.err(
+                            Code::EmptyValue,
+                            v.span(),
+                            "`contains_all` needs at least one signature",
+                        );
+                    }
+                    for (text, span) in list {
+                        match Signature::parse(&text) {
+                            Ok(sig) => {
+                                if !sel.contains_all.contains(&sig) {
+                                    sel.contains_all.push(sig);
+                                }
+                            }
+                            Err(e) => self.err(Code::BadSignature, span, e),
+                        }
+                    }
+                }
+                "contains_in" => {
+                    let mut formats = Vec::new();
+                    for (f, span) in self.string_list("contains_in", v) {
+                        match f.parse::<FileFormat>() {
+                            Ok(ff) => {
+                                if !formats.contains(&ff) {
+                                    formats.push(ff);
+                                }
+                            }
+                            Err(()) => {
+                                let hint = crate::fields::suggest(&f, FileFormat::KEYWORDS)
+                                    .map(|k| format!("; did you mean `{k}`?"))
+                                    .unwrap_or_default();
+                                self.err(
+                                    Code::BadFileFormat,
+                                    span,
+                                    format!(
+                                        "`contains_in` has `{f}`, expected some of: {}{hint}",
+                                        FileFormat::KEYWORDS.join(", ")
+                                    ),
+                                );
+                            }
+                        }
+                    }
+                    contains_in = Some((formats, k.span()));
+                }
+                "configs" => {
+                    for (g, span) in self.string_list("configs", v) {
+                        if self.config_glob(&g, span) {
+                            sel.configs.push(g);
+                        }
+                    }
+                }
                 _ => self.unknown_key("[rule.match]", k, KNOWN),
             }
+        }
+        match contains_in {
+            Some((formats, span)) => {
+                if !t.iter().any(|(k, _)| k.get_ref() == "contains_all") {
+                    self.err(
+                        Code::MissingKey,
+                        span,
+                        "`contains_in` says which files `contains_all` looks into, but this rule has no `contains_all`",
+                    );
+                }
+                sel.contains_in = formats;
+            }
+            None => sel.contains_in = FileFormat::EXECUTABLES.to_vec(),
+        }
+        if sel.contains_all.is_empty() {
+            sel.contains_in.clear();
         }
         Some((sel, path_spans))
     }
@@ -558,7 +648,7 @@ impl Reader<'_, '_> {
                     self.err(
                         Code::RuleWithoutSelector,
                         v.span(),
-                        format!("{label} has no [rule.match] table: it needs at least one selector (names, paths, scripts, packages, sha256, sha256_files)"),
+                        format!("{label} has no [rule.match] table: it needs at least one selector (names, paths, scripts, packages, sha256, sha256_files, contains_all, configs)"),
                     );
                 }
                 return None;
@@ -573,18 +663,23 @@ impl Reader<'_, '_> {
                 self.err(
                     Code::RuleWithoutSelector,
                     match_span.clone(),
-                    format!("{label} has no selector: give at least one of names, paths, scripts, packages, sha256, sha256_files"),
+                    format!("{label} has no selector: give at least one of names, paths, scripts, packages, sha256, sha256_files, contains_all, configs"),
                 );
                 return None;
             }
         }
         let action = action?;
+        if selectors.only_configs() && action != Action::Report {
+            self.err(
+                Code::ConfigAction,
+                action_span.clone(),
+                format!("{label} matches only configuration files (`configs`), which are reported and never blocked, killed, quarantined or allowed: use action = \"report\""),
+            );
+            return None;
+        }
         if action.is_enforcing() {
             let only_names = !selectors.names.is_empty()
-                && selectors.paths.is_empty()
-                && selectors.scripts.is_empty()
-                && selectors.packages.is_empty()
-                && selectors.sha256.is_empty();
+                && selectors.len() == selectors.names.len() + selectors.configs.len();
             if only_names && action != Action::Quarantine {
                 self.warn(
                     Code::NameOnlyBlock,

@@ -7,7 +7,9 @@
 //!   counted as `queue_drops`). It never logs, never touches the disk, never takes a lock held
 //!   by slow work (the cache lock is only held for a lookup or an insert);
 //! - **workers** decide misses: path rules on the descriptor's path, SHA-256 through the event's
-//!   own descriptor (never reopened by path), shared between concurrent execs of one file;
+//!   own descriptor (never reopened by path), shared between concurrent execs of one file, and
+//!   family signatures in that same read, only for files whose format and size a family rule
+//!   could match (without family rules nothing is read for them);
 //! - the **deadline** thread answers, per `fail_mode`, every event still unanswered after
 //!   `deadline_ms`; if the late decision turns out to be a block, the worker kills what started.
 //!
@@ -34,7 +36,7 @@ use crate::agent::metrics::inc;
 use crate::agent::shared::Shared;
 use crate::agent::verdict::{self, Plan};
 use crate::inventory::facts::FactsBuilder;
-use crate::inventory::hash::FileKey;
+use crate::inventory::hash::{read_head, search_file, FileKey};
 
 const FAN_ALLOW: u32 = 0x01;
 const FAN_DENY: u32 = 0x02;
@@ -648,22 +650,53 @@ fn decide(g: &Guard, p: &Pending) {
         .clone()
         .or_else(|| crate::inventory::procs::read_proc(p.pid));
     let mut hash_failed = false;
-    // No full hash on the path of a program whose size no banned digest has.
-    let digest = if policy.may_match_size(p.key.size) {
-        // Hash through the event's own descriptor: no second open by path, no race.
-        let f = p.fd.try_clone().map(std::fs::File::from);
-        match f.and_then(|f| {
-            let m = f.metadata()?;
-            shared.memo.hash_file(&f, &m)
-        }) {
-            Ok((d, _)) => Some(d),
+    // Read through the event's own descriptor: no second open by path, no race.
+    let file = p.fd.try_clone().map(std::fs::File::from);
+    // Family rules look into a file only when its format and size could match one (its first
+    // bytes, one small read); without family rules nothing is read for them.
+    let search = policy.content_searcher().filter(|_| {
+        let mut head = [0u8; interdict_policy::FileFormat::MAGIC_BYTES];
+        let n = file
+            .as_ref()
+            .ok()
+            .and_then(|f| read_head(f, &mut head).ok())
+            .unwrap_or(0);
+        policy.may_match_content(p.key.size, &head[..n])
+    });
+    // No full read on the path of a program whose size no banned digest has and that no
+    // family rule could identify; no hashing of one whose size no banned digest has.
+    let hash = policy.may_match_size(p.key.size);
+    let (mut digest, content) = if search.is_some() || hash {
+        match file
+            .as_ref()
+            .map_err(|e| std::io::Error::new(e.kind(), e.to_string()))
+            .and_then(|f| {
+                match (search, hash) {
+                    // Searched alone: a fraction of the cost of hashing (the digest, for the
+                    // event, is taken after the answer when the file is denied).
+                    (Some(cs), false) => search_file(f, cs).map(|c| (None, Some(c))),
+                    // Hashed and searched in the same read.
+                    (Some(cs), true) => {
+                        let m = f.metadata()?;
+                        shared
+                            .memo
+                            .digest_file_with(f, &m, Some(cs.clone()))
+                            .map(|(d, _)| (Some(d.sha256), d.content))
+                    }
+                    (None, _) => {
+                        let m = f.metadata()?;
+                        shared.memo.hash_file(f, &m).map(|(d, _)| (Some(d), None))
+                    }
+                }
+            }) {
+            Ok(r) => r,
             Err(_) => {
                 hash_failed = true;
-                None
+                (None, None)
             }
         }
     } else {
-        None
+        (None, None)
     };
     let b = FactsBuilder::new(&shared.origin.hostname)
         .name_of(&path)
@@ -674,9 +707,11 @@ fn decide(g: &Guard, p: &Pending) {
         Access::Open => b
             .exe(&path)
             .exe_digest(digest)
+            .exe_content(content.clone())
             .script(&path)
-            .script_digest(digest),
-        Access::Exec => b.exe(&path).exe_digest(digest),
+            .script_digest(digest)
+            .script_content(content),
+        Access::Exec => b.exe(&path).exe_digest(digest).exe_content(content),
     }
     .build();
     let v = verdict::decide(shared, policy, &mut facts);
@@ -737,6 +772,20 @@ fn decide(g: &Guard, p: &Pending) {
     match v.plan {
         Plan::Allow => {}
         Plan::Stop if !late => {
+            // Denied by a family rule without a digest (searched alone): the digest for the
+            // event, now that the kernel has its answer.
+            let by_family = v
+                .decision
+                .is_some_and(|d| d.selector == interdict_policy::SelectorKind::Contains);
+            if digest.is_none() && by_family {
+                if let Ok(f) = &file {
+                    digest = f
+                        .metadata()
+                        .and_then(|m| shared.memo.hash_file(f, &m))
+                        .ok()
+                        .map(|(d, _)| d);
+                }
+            }
             let file = FileRef {
                 path: crate::path_text(&path),
                 sha256: digest.map(|h| h.to_string()),

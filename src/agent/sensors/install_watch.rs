@@ -338,6 +338,7 @@ fn run(
     let rescan_every = Duration::from_secs(shared.config.install.rescan_interval_s.max(1));
     let mut seen: Seen = HashMap::new();
     let mut known = load_known(&shared);
+    let mut configs: ConfigsSeen = HashMap::new();
     // What the watcher changed is recorded at most every 2 s (a rescan records at once).
     let mut unsaved: Option<Instant> = None;
     let mut pending = Pending {
@@ -349,12 +350,12 @@ fn run(
     let mut next_rescan = Instant::now() + rescan_every;
     // A full rescan: changes queued before and during the walk are taken in, so that a file
     // still being written is left to the watcher rather than reported half-written.
-    let full = |why: &str,
-                roots: &mut Vec<PathBuf>,
-                watcher: &mut notify::RecommendedWatcher,
-                seen: &mut Seen,
-                known: &mut Known,
-                pending: &mut Pending| {
+    let mut full = |why: &str,
+                    roots: &mut Vec<PathBuf>,
+                    watcher: &mut notify::RecommendedWatcher,
+                    seen: &mut Seen,
+                    known: &mut Known,
+                    pending: &mut Pending| {
         if why == "watcher overflow" || why == "watch error" {
             // Closes may have been lost with the rest.
             pending.writing.clear();
@@ -371,6 +372,7 @@ fn run(
         };
         let again = rescan(&shared, found, (seen, known), why, &settle, started, guard);
         pending.retry(again);
+        report_configs(&shared, &mut configs);
     };
     loop {
         if shared.shutdown.is_triggered() {
@@ -674,6 +676,63 @@ fn examine(
         units.iter().any(|u| k.1.starts_with(u)) && !now.contains(k)
     });
     again.into_iter().collect()
+}
+
+/// AI-agent configuration files reported by this run: canonical path → what they declared (the
+/// JSON of the event's message).
+type ConfigsSeen = HashMap<PathBuf, String>;
+
+/// The AI-agent configuration files the policy's `configs` name, looked for at start-up and at
+/// each rescan in the homes of `[install] config_homes` (unset: every user's home and the
+/// absolute globs): a `config_detected` for each one new to this run or whose declarations
+/// changed (not for a file rewritten with the same servers, as `~/.claude.json` is all the
+/// time). Not watched between rescans; reported again after a restart.
+fn report_configs(shared: &Shared, reported: &mut ConfigsSeen) {
+    let active = shared.policy.active();
+    let policy = &active.loaded.policy;
+    if !policy.has_configs() {
+        return;
+    }
+    let accounts = crate::inventory::host::Accounts::load();
+    let (search, absolute) = match &shared.config.install.config_homes {
+        Some(h) => (h.clone(), false),
+        None => (accounts.homes(), true),
+    };
+    let mut homes = accounts.homes();
+    homes.extend(search.iter().cloned());
+    let scope = installed::ConfigScope {
+        homes,
+        search,
+        absolute,
+    };
+    let found = installed::scan_with(
+        policy,
+        &[],
+        Some(&scope),
+        &accounts,
+        &shared.origin.hostname,
+        &shared.memo,
+        &Progress::default(),
+    );
+    for c in found.configs {
+        let declared = serde_json::to_string(&c.config).unwrap_or_default();
+        if reported.get(&c.canonical) == Some(&declared) {
+            continue;
+        }
+        let meta = std::fs::metadata(&c.canonical).ok();
+        let file = FileRef {
+            path: crate::path_text(&c.path),
+            sha256: shared
+                .memo
+                .hash_path(&c.canonical, false)
+                .ok()
+                .map(|d| d.to_string()),
+            size: meta.map(|m| m.len()),
+        };
+        if verdict::config_detected(shared, &c, file, Part::InstallScan) {
+            reported.insert(c.canonical.clone(), declared);
+        }
+    }
 }
 
 /// A full rescan of every root.

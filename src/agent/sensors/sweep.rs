@@ -110,6 +110,18 @@ pub fn judge(shared: &Shared, info: &procs::ProcessInfo, sensor: Part) {
     let pid = info.pid;
     let active = shared.policy.active();
     let policy = &active.loaded.policy;
+    // Family rules: what the running executable holds (through `/proc/PID/exe`, so a deleted
+    // or replaced file is still the one running), read once with its digest.
+    let content = if policy.needs_content() {
+        crate::inventory::hash::open_regular(
+            std::path::Path::new(&format!("/proc/{pid}/exe")),
+            true,
+        )
+        .ok()
+        .and_then(|(f, m)| crate::inventory::hash::family_content(policy, &f, &m, &shared.memo))
+    } else {
+        None
+    };
     let mut pf = procs::facts_for(
         info,
         &shared.accounts,
@@ -117,6 +129,10 @@ pub fn judge(shared: &Shared, info: &procs::ProcessInfo, sensor: Part) {
         &shared.memo,
         policy.needs_sha256(),
     );
+    // Not for `ld.so PROGRAM`, judged as the program it runs.
+    if pf.facts.exe_path == info.exe {
+        pf.facts.exe_content = content;
+    }
     let v = verdict::decide(shared, policy, &mut pf.facts);
     let Some(d) = v.decision else { return };
     if sensor == Part::ProcConnector && matches!(v.plan, Plan::Report | Plan::WouldEnforce) {

@@ -16,7 +16,7 @@ use super::enforce::notices::{Notice, NoticeKind};
 use super::metrics::inc;
 use super::sensors::Part;
 use super::shared::Shared;
-use crate::inventory::installed::Found;
+use crate::inventory::installed::{ConfigFound, Found};
 use crate::inventory::procs::ProcessInfo;
 use learn::{LearnRequest, Source};
 
@@ -336,9 +336,13 @@ pub fn on_running(
                 inc(&m.protected);
                 (EventKind::ExecReported, Outcome::Protected)
             } else {
+                // Its process tree (MCP servers, tools it runs), read while it still holds it:
+                // killed with it, after it, so that it cannot start them again.
+                let tree = crate::inventory::procs::descendants(info.pid);
                 match shared.killer.kill(info.pid, start) {
                     KillResult::Killed => {
                         inc(&m.killed);
+                        kill_tree(shared, sensor, info, v, &tree);
                         (EventKind::ProcessKilled, Outcome::Killed)
                     }
                     KillResult::AlreadyKilled => return,
@@ -379,6 +383,47 @@ pub fn on_running(
     };
     if let Some(k) = told {
         tell(shared, v, Recipient::of(info), k);
+    }
+}
+
+/// Kill what a killed banned process had started (`tree`: its descendants with their start
+/// ticks, read before it was killed), and report each (`process_killed`, the rule of the
+/// program that started it, `message` naming that program). Protected programs and processes
+/// that are gone or whose pid was reused are left alone.
+fn kill_tree(
+    shared: &Shared,
+    sensor: Part,
+    root: &ProcessInfo,
+    v: &Verdict<'_>,
+    tree: &[(u32, u64)],
+) {
+    for &(pid, start) in tree {
+        if shared.protected.runs_protected(pid) {
+            continue;
+        }
+        // Read before the kill: its details are gone after.
+        let info = crate::inventory::procs::read_proc(pid);
+        if shared.killer.kill(pid, start) != KillResult::Killed {
+            continue;
+        }
+        inc(&shared.metrics.c.killed);
+        let mut e = event(shared, EventKind::ProcessKilled, Outcome::Killed, sensor, v);
+        e.process = Some(match &info {
+            Some(i) => process_ref(shared, i),
+            None => ProcessRef {
+                pid,
+                ..Default::default()
+            },
+        });
+        e.message = Some(format!(
+            "started by the banned process {} ({}): killed with it",
+            root.pid,
+            root.exe
+                .as_deref()
+                .map(crate::path_text)
+                .unwrap_or_else(|| root.comm.to_string_lossy().into_owned())
+        ));
+        shared.emit(e);
     }
 }
 
@@ -506,6 +551,35 @@ pub fn installed(
         told,
     );
     queued
+}
+
+/// An AI agent's configuration file that a `configs` rule names, found by the install watcher:
+/// a `config_detected` event (`file`: the configuration file; `message`: what it declares, as
+/// JSON: its format and MCP servers with secrets redacted). Only ever reported: configuration
+/// files are never blocked, deleted or quarantined, and nobody is notified. True when queued.
+pub fn config_detected(shared: &Shared, c: &ConfigFound, file: FileRef, sensor: Part) -> bool {
+    let active = shared.policy.active();
+    let policy = &active.loaded.policy;
+    if c.decision.action == Action::Allow {
+        return true;
+    }
+    let v = Verdict {
+        policy,
+        decision: Some(c.decision),
+        plan: Plan::Report,
+        facts: &c.facts,
+        per_user: false,
+    };
+    let mut e = event(
+        shared,
+        EventKind::ConfigDetected,
+        Outcome::Reported,
+        sensor,
+        &v,
+    );
+    e.file = Some(file);
+    e.message = serde_json::to_string(&c.config).ok();
+    shared.emit(e)
 }
 
 /// Say so, once per policy, when the policy would block or kill a file the agent protects (its

@@ -279,11 +279,18 @@ impl Agent {
         }
         let config = dir.path().join("agent.toml");
         // Tests that configure [install] themselves say so in `exec`.
+        // Nor does it look for AI-agent configuration in the host's homes, unless told where.
+        let exec = if exec.contains("[install]") && !exec.contains("config_homes") {
+            exec.replacen("[install]", "[install]\nconfig_homes = []", 1)
+        } else {
+            exec.to_string()
+        };
+        let exec = exec.as_str();
         let install = if exec.contains("[install]") {
             String::new()
         } else {
             format!(
-                "[install]\nroots = [\"{}/installs\"]\n\n",
+                "[install]\nroots = [\"{}/installs\"]\nconfig_homes = []\n\n",
                 dir.path().display()
             )
         };

@@ -1,11 +1,24 @@
 //! Test support: run the binary, temp trees, readable failures; the agent harness in
-//! [`agent`].
+//! [`agent`]; real packages fetched once into the test cache in [`fixtures`].
 
 pub mod agent;
+pub mod fixtures;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
+
+/// The shipped pack's text without its family rule's `contains_all`/`contains_in`, for test
+/// agents that enforce the pack: their sweeps judge every process on the machine, and must not
+/// kill another test's running copy of Claude Code (or a real one) by its signatures.
+pub fn pack_without_family_rule() -> String {
+    std::fs::read_to_string(shipped_pack())
+        .unwrap()
+        .lines()
+        .filter(|l| !l.starts_with("contains_all") && !l.starts_with("contains_in"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
 
 /// The binary under test.
 pub fn interdict() -> Command {

@@ -1,4 +1,7 @@
-//! `interdict hashes`: the digests learned on this host.
+//! `interdict hashes`: the digests learned on this host (`list`, `forget`) and release digests
+//! fetched from the package registries ([`fetch`]).
+
+pub mod fetch;
 
 use std::path::Path;
 
