@@ -6,9 +6,10 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use interdict_policy::{
-    expand_placeholders, Action, Ecosystem, Enforcement, Facts, PackageRef, PlaceholderValues,
+    expand_placeholders, Action, Ecosystem, Enforcement, PackageRef, PlaceholderValues,
 };
 
+use crate::inventory::facts::FactsBuilder;
 use crate::inventory::hash::HashMemo;
 use crate::inventory::installed;
 use crate::policy::LoadedPolicy;
@@ -19,17 +20,12 @@ pub fn explain(loaded: &LoadedPolicy, path: &Path, out: &mut impl Write) -> anyh
     let meta = std::fs::metadata(path)
         .map_err(|e| anyhow::anyhow!("{}: {}", path.display(), crate::io_reason(&e)))?;
     let canonical = std::fs::canonicalize(path)?;
-    let mut facts = Facts {
-        host: Some(crate::inventory::host::hostname()),
-        ..Facts::default()
-    };
-    let name_of = |p: &Path| p.file_name().map(|n| n.to_string_lossy().into_owned());
-    facts.add_name(name_of(path));
-    facts.add_name(name_of(&canonical));
     let accounts = crate::inventory::host::Accounts::load();
     let uid = rustix::process::getuid().as_raw();
-    facts.user = Some(accounts.user_name(uid));
-    facts.groups = accounts.groups_of(uid);
+    let mut b = FactsBuilder::new(&crate::inventory::host::hostname())
+        .name_of(path)
+        .name_of(&canonical)
+        .user(Some(uid), &accounts);
     if meta.is_dir() {
         let name = canonical
             .file_name()
@@ -38,13 +34,13 @@ pub fn explain(loaded: &LoadedPolicy, path: &Path, out: &mut impl Write) -> anyh
             .into_owned();
         let manifest = canonical.join("package.json");
         if let Ok(p) = installed::read_npm_manifest(&manifest) {
-            facts.packages.push(p.package);
+            b = b.package(p.package);
         }
         if let Some((pkg, _)) = installed::parse_dist_info_dir(&name) {
-            facts.packages.push(PackageRef::new(Ecosystem::Pypi, &pkg));
+            b = b.package(PackageRef::new(Ecosystem::Pypi, &pkg));
         }
         if let Some((id, _)) = installed::parse_extension_dir(&name) {
-            facts.packages.push(PackageRef::new(Ecosystem::Vscode, &id));
+            b = b.package(PackageRef::new(Ecosystem::Vscode, &id));
         }
     } else {
         // One read for the digest and the family signatures.
@@ -59,16 +55,19 @@ pub fn explain(loaded: &LoadedPolicy, path: &Path, out: &mut impl Write) -> anyh
             (None, None)
         };
         if meta.mode() & 0o111 != 0 {
-            facts.exe_path = Some(canonical.clone());
-            facts.exe_sha256 = digest;
-            facts.exe_content = content.clone();
+            b = b
+                .exe(&canonical)
+                .exe_digest(digest)
+                .exe_content(content.clone());
         }
         if meta.mode() & 0o111 == 0 || policy.is_script_path(&canonical) {
-            facts.script_path = Some(canonical.clone());
-            facts.script_sha256 = digest;
-            facts.script_content = content;
+            b = b
+                .script(&canonical)
+                .script_digest(digest)
+                .script_content(content);
         }
     }
+    let facts = b.build();
     let Some(d) = policy.evaluate(&facts) else {
         writeln!(
             out,

@@ -92,6 +92,13 @@ impl FactsBuilder {
         self
     }
 
+    /// An AI agent's configuration file, and the same file as `~/REST` when it lies in a home.
+    pub fn config(mut self, path: &Path, home_path: Option<std::path::PathBuf>) -> Self {
+        self.facts.config_path = Some(path.to_path_buf());
+        self.facts.config_home_path = home_path;
+        self
+    }
+
     /// An installed package marker.
     pub fn package(mut self, p: PackageRef) -> Self {
         self.facts.packages.push(p);

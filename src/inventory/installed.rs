@@ -17,6 +17,7 @@ use rayon::prelude::*;
 use serde::Serialize;
 use walkdir::WalkDir;
 
+use crate::inventory::facts::FactsBuilder;
 use crate::inventory::hash::{open_regular, HashMemo};
 use crate::inventory::host::Accounts;
 
@@ -234,10 +235,6 @@ fn describe(e: &io::Error) -> String {
 
 fn lossy(p: &Path) -> String {
     crate::path_text(p)
-}
-
-fn name_of(p: &Path) -> Option<String> {
-    p.file_name().map(|n| n.to_string_lossy().into_owned())
 }
 
 /// `publisher.name-1.2.3[-platform]` -> (`publisher.name`, `1.2.3[-platform]`).
@@ -679,12 +676,10 @@ fn config_item(
     if !meta.is_file() {
         return Ok(None);
     }
-    let mut facts = Facts {
-        config_path: Some(path.to_path_buf()),
-        config_home_path: home_path(path, homes),
-        ..Facts::default()
-    };
-    owner_facts(&mut facts, meta.uid(), accounts, host);
+    let facts = FactsBuilder::new(host)
+        .config(path, home_path(path, homes))
+        .user(Some(meta.uid()), accounts)
+        .build();
     let Some(decision) = policy.evaluate(&facts) else {
         return Ok(None);
     };
@@ -698,27 +693,21 @@ fn config_item(
     }))
 }
 
-fn owner_facts(facts: &mut Facts, uid: u32, accounts: &Accounts, host: &str) {
-    facts.user = Some(accounts.user_name(uid));
-    facts.groups = accounts.groups_of(uid);
-    facts.host = Some(host.to_string());
-}
-
-/// Fill in the executable and script facts of a regular file, hashing it when the policy needs
-/// digests. False when the file is neither an executable nor a script the policy names.
+/// The executable and script facts of a regular file, hashing it when the policy needs
+/// digests. `None` when the file is neither an executable nor a script the policy names.
 fn file_facts(
     policy: &Policy,
-    facts: &mut Facts,
+    b: FactsBuilder,
     file: &Path,
     meta: &std::fs::Metadata,
     memo: &HashMemo,
     progress: &Progress,
     hash: bool,
-) -> Result<bool, Skipped> {
+) -> Result<Option<FactsBuilder>, Skipped> {
     let is_exe = meta.mode() & 0o111 != 0;
     let is_script = policy.is_script_path(file);
     if !is_exe && !is_script {
-        return Ok(false);
+        return Ok(None);
     }
     let digest = if hash {
         let skip = |e: io::Error| Skipped {
@@ -744,17 +733,14 @@ fn file_facts(
         Some(d) => (Some(d.sha256), d.content),
         None => (None, None),
     };
+    let mut b = b;
     if is_exe {
-        facts.exe_path = Some(file.to_path_buf());
-        facts.exe_sha256 = sha;
-        facts.exe_content = content.clone();
+        b = b.exe(file).exe_digest(sha).exe_content(content.clone());
     }
     if is_script {
-        facts.script_path = Some(file.to_path_buf());
-        facts.script_sha256 = sha;
-        facts.script_content = content;
+        b = b.script(file).script_digest(sha).script_content(content);
     }
-    Ok(true)
+    Ok(Some(b))
 }
 
 fn evaluate(
@@ -770,15 +756,15 @@ fn evaluate(
         path: lossy(p),
         reason: describe(e),
     };
-    let mut facts = Facts::default();
+    let mut b = FactsBuilder::new(host);
     let mut package = None;
     let (path, canonical, meta_uid) = match item {
         Item::Config(_) => return Ok(None),
         Item::Exe(path, meta) | Item::Script(path, meta) => {
-            facts.add_name(name_of(&path));
-            if !file_facts(policy, &mut facts, &path, &meta, memo, progress, hash)? {
+            let Some(f) = file_facts(policy, b, &path, &meta, memo, progress, hash)? else {
                 return Ok(None);
-            }
+            };
+            b = f;
             (path.clone(), path, meta.uid())
         }
         Item::Symlink(path) => {
@@ -797,11 +783,20 @@ fn evaluate(
                 Ok(_) => return Ok(None),
                 Err(e) => return Err(skip(&path, &e)),
             };
-            facts.add_name(name_of(&path));
-            facts.add_name(name_of(&target));
-            if !file_facts(policy, &mut facts, &target, &meta, memo, progress, hash)? {
+            // The link's own name first, then its target's.
+            let Some(f) = file_facts(
+                policy,
+                b.name_of(&path),
+                &target,
+                &meta,
+                memo,
+                progress,
+                hash,
+            )?
+            else {
                 return Ok(None);
-            }
+            };
+            b = f;
             (path, target, meta.uid())
         }
         Item::NpmManifest(manifest) => {
@@ -813,7 +808,7 @@ fn evaluate(
             let uid = std::fs::symlink_metadata(&dir)
                 .map(|m| m.uid())
                 .unwrap_or(0);
-            facts.packages.push(found.package.clone());
+            b = b.package(found.package.clone());
             package = Some(found);
             (dir.clone(), dir, uid)
         }
@@ -821,12 +816,12 @@ fn evaluate(
             let uid = std::fs::symlink_metadata(&dir)
                 .map_err(|e| skip(&dir, &e))?
                 .uid();
-            facts.packages.push(found.package.clone());
+            b = b.package(found.package.clone());
             package = Some(found);
             (dir.clone(), dir, uid)
         }
     };
-    owner_facts(&mut facts, meta_uid, accounts, host);
+    let facts = b.user(Some(meta_uid), accounts).build();
     let Some(decision) = policy.evaluate(&facts) else {
         return Ok(None);
     };

@@ -787,11 +787,10 @@ pub fn fetch_hashes(
                 writeln!(out, "{}  {}:{}", e.sha256, a.label, e.path).map_err(io_err)?;
                 sum.lines += 1;
                 if let (Some(p), Some(s)) = (&opts.policy, searcher) {
-                    let facts = interdict_policy::Facts {
-                        exe_content: e.content.clone(),
-                        script_content: e.content.clone(),
-                        ..Default::default()
-                    };
+                    let facts = crate::inventory::facts::FactsBuilder::default()
+                        .exe_content(e.content.clone())
+                        .script_content(e.content.clone())
+                        .build();
                     let by_family = p
                         .evaluate(&facts)
                         .filter(|d| d.selector == interdict_policy::SelectorKind::Contains);
