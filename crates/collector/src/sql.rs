@@ -337,7 +337,13 @@ impl Db {
         match self {
             Db::Sqlite { w, .. } => {
                 let mut c = w.lock().expect("db poisoned");
-                let mut tx = c.transaction().map_err(DbError::from)?;
+                // IMMEDIATE: the write lock is taken at BEGIN, where the busy timeout applies. A
+                // deferred transaction that reads and then writes while another connection (a
+                // second collector, an admin command) committed gets SQLITE_BUSY at once,
+                // without waiting.
+                let mut tx = c
+                    .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+                    .map_err(DbError::from)?;
                 let out = f(&mut tx)?;
                 tx.commit().map_err(DbError::from)?;
                 Ok(out)
