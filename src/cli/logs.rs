@@ -254,28 +254,63 @@ fn audit(ep: &Endpoint, after: i64, format: super::Format) -> anyhow::Result<u8>
         from = last;
         rows.extend(page);
     }
+    print_rows(
+        &rows,
+        format,
+        |r| {
+            let s = |k: &str| r[k].as_str().unwrap_or("-").to_string();
+            format!(
+                "{:>6} {} {:<22} {:<28} {}: {}",
+                r["seq"].as_i64().unwrap_or(0),
+                when(r["at_ms"].as_i64()),
+                p(&s("action")),
+                p(&s("actor")),
+                p(&s("subject")),
+                p(&s("detail")),
+            )
+        },
+        |rows| format!("{} change(s)", rows.len()),
+    )?;
+    Ok(0)
+}
+
+/// Print rows the collector sent: one JSON line (escaped for a terminal), or a text line each
+/// and a summary on stderr.
+fn print_rows<R: serde::Serialize>(
+    rows: &[R],
+    format: super::Format,
+    line: impl Fn(&R) -> String,
+    summary: impl FnOnce(&[R]) -> String,
+) -> anyhow::Result<()> {
     match format {
         super::Format::Json => println!(
             "{}",
-            interdict_chain::safe_json_line(&serde_json::to_string(&rows)?)
+            interdict_chain::safe_json_line(&serde_json::to_string(rows)?)
         ),
         super::Format::Text => {
-            for r in &rows {
-                let s = |k: &str| r[k].as_str().unwrap_or("-").to_string();
-                println!(
-                    "{:>6} {} {:<22} {:<28} {}: {}",
-                    r["seq"].as_i64().unwrap_or(0),
-                    when(r["at_ms"].as_i64()),
-                    p(&s("action")),
-                    p(&s("actor")),
-                    p(&s("subject")),
-                    p(&s("detail")),
-                );
+            for r in rows {
+                println!("{}", line(r));
             }
-            eprintln!("{} change(s)", rows.len());
+            eprintln!("{}", summary(rows));
         }
     }
-    Ok(0)
+    Ok(())
+}
+
+/// A list from the collector, only the pending entries when asked.
+fn pending_list(
+    ep: &Endpoint,
+    path: &str,
+    pending: bool,
+    what: &'static str,
+) -> anyhow::Result<Vec<serde_json::Value>> {
+    let q: &[(&str, &str)] = if pending {
+        &[("status", "pending")]
+    } else {
+        &[]
+    };
+    let (body, _) = get(ep, path, q)?;
+    serde_json::from_str(&body).context(what)
 }
 
 fn need(ep: Option<Endpoint>) -> anyhow::Result<Endpoint> {
@@ -304,33 +339,29 @@ fn hosts(ep: &Endpoint, behind_only: bool, format: super::Format) -> anyhow::Res
         .iter()
         .filter(|r| !behind_only || r["behind"] == true)
         .collect();
-    match format {
-        super::Format::Json => {
-            println!(
-                "{}",
-                interdict_chain::safe_json_line(&serde_json::to_string(&rows)?)
+    print_rows(
+        &rows,
+        format,
+        |r| {
+            let s = |k: &str| r[k].as_str().unwrap_or("-").to_string();
+            let n = |k: &str| r[k].as_u64().map_or("-".to_string(), |v| v.to_string());
+            format!(
+                "{:<36} {:<20} last seen {}  policy {} (bundle {}, published for it {}){}{}",
+                p(&s("host_id")),
+                p(&s("hostname")),
+                when(r["last_seen_ms"].as_i64()),
+                p(&s("policy_source")),
+                n("policy_bundle"),
+                n("policy_bundle_target"),
+                if r["behind"] == true { "  BEHIND" } else { "" },
+                if r["silent"] == true { "  SILENT" } else { "" },
             )
-        }
-        super::Format::Text => {
-            for r in &rows {
-                let s = |k: &str| r[k].as_str().unwrap_or("-").to_string();
-                let n = |k: &str| r[k].as_u64().map_or("-".to_string(), |v| v.to_string());
-                println!(
-                    "{:<36} {:<20} last seen {}  policy {} (bundle {}, published for it {}){}{}",
-                    p(&s("host_id")),
-                    p(&s("hostname")),
-                    when(r["last_seen_ms"].as_i64()),
-                    p(&s("policy_source")),
-                    n("policy_bundle"),
-                    n("policy_bundle_target"),
-                    if r["behind"] == true { "  BEHIND" } else { "" },
-                    if r["silent"] == true { "  SILENT" } else { "" },
-                );
-            }
+        },
+        |rows| {
             let behind = rows.iter().filter(|r| r["behind"] == true).count();
-            eprintln!("{} host(s), {behind} behind", rows.len());
-        }
-    }
+            format!("{} host(s), {behind} behind", rows.len())
+        },
+    )?;
     Ok(if behind_only && !rows.is_empty() {
         1
     } else {
@@ -388,28 +419,15 @@ fn learned(a: LearnedArgs) -> anyhow::Result<u8> {
     let (ep, digest, rule, approve) = match a.action {
         None => {
             let ep = need(a.endpoint)?;
-            let q: Vec<(&str, &str)> = if a.pending {
-                vec![("status", "pending")]
-            } else {
-                vec![]
-            };
-            let (body, _) = get(&ep, "/v1/learned", &q)?;
-            let rows: Vec<serde_json::Value> =
-                serde_json::from_str(&body).context("the collector's learned digests")?;
-            match a.format {
-                super::Format::Json => {
-                    println!(
-                        "{}",
-                        interdict_chain::safe_json_line(&serde_json::to_string(&rows)?)
-                    )
-                }
-                super::Format::Text => {
-                    for r in &rows {
-                        println!("{}", learned_line(r));
-                    }
-                    eprintln!("{} digest(s)", rows.len());
-                }
-            }
+            let rows = pending_list(
+                &ep,
+                "/v1/learned",
+                a.pending,
+                "the collector's learned digests",
+            )?;
+            print_rows(&rows, a.format, learned_line, |rows| {
+                format!("{} digest(s)", rows.len())
+            })?;
             return Ok(0);
         }
         Some(LearnedAction::Approve {
@@ -492,28 +510,15 @@ fn exceptions(a: ExceptionsArgs) -> anyhow::Result<u8> {
     let (ep, id, body, what) = match a.action {
         None => {
             let ep = need(a.endpoint)?;
-            let q: Vec<(&str, &str)> = if a.pending {
-                vec![("status", "pending")]
-            } else {
-                vec![]
-            };
-            let (body, _) = get(&ep, "/v1/exceptions", &q)?;
-            let rows: Vec<serde_json::Value> =
-                serde_json::from_str(&body).context("the collector's exception requests")?;
-            match a.format {
-                super::Format::Json => {
-                    println!(
-                        "{}",
-                        interdict_chain::safe_json_line(&serde_json::to_string(&rows)?)
-                    )
-                }
-                super::Format::Text => {
-                    for r in &rows {
-                        println!("{}", exception_line(r));
-                    }
-                    eprintln!("{} request(s)", rows.len());
-                }
-            }
+            let rows = pending_list(
+                &ep,
+                "/v1/exceptions",
+                a.pending,
+                "the collector's exception requests",
+            )?;
+            print_rows(&rows, a.format, exception_line, |rows| {
+                format!("{} request(s)", rows.len())
+            })?;
             return Ok(0);
         }
         Some(ExceptionAction::Approve {
