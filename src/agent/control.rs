@@ -120,15 +120,16 @@ pub fn listen(shared: &Shared) -> std::io::Result<tokio::net::UnixListener> {
     }
     let _ = std::fs::remove_file(&path);
     let listener = tokio::net::UnixListener::bind(&path)?;
+    let admin = admin_gid(shared);
     let mode = if shared.config.collector.is_some() {
         0o666
-    } else if admin_gid(shared).is_some() {
+    } else if admin.is_some() {
         0o660
     } else {
         0o600
     };
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))?;
-    if let Some(gid) = admin_gid(shared) {
+    if let Some(gid) = admin {
         std::os::unix::fs::chown(&path, Some(0), Some(gid))?;
     }
     Ok(listener)
