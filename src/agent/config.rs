@@ -177,8 +177,12 @@ pub struct InstallConfig {
     pub watch: bool,
     /// `roots`: install roots; empty = the scan's default roots.
     pub roots: Vec<PathBuf>,
-    /// `rescan_interval_s`: full rescans this often (and after overflows).
+    /// `rescan_interval_s`: rescan this often (quick passes while the watcher has missed
+    /// nothing; full ones after overflows).
     pub rescan_interval_s: u64,
+    /// `full_rescan_interval_s`: a full pass (every file looked at) at least this often; the
+    /// rescans between are quick ones (only folders that changed are read again).
+    pub full_rescan_interval_s: u64,
     /// `debounce_ms`: wait this long after the last change in a package folder.
     pub debounce_ms: u64,
     /// `config_homes`: the homes searched for AI-agent configuration files (the policy's
@@ -193,6 +197,7 @@ impl Default for InstallConfig {
             watch: true,
             roots: Vec::new(),
             rescan_interval_s: 6 * 3600,
+            full_rescan_interval_s: 24 * 3600,
             debounce_ms: 500,
             config_homes: None,
         }
@@ -306,6 +311,7 @@ const INSTALL_KEYS: &[&str] = &[
     "watch",
     "roots",
     "rescan_interval_s",
+    "full_rescan_interval_s",
     "debounce_ms",
     "config_homes",
 ];
@@ -532,6 +538,11 @@ pub fn parse(name: &str, text: &str) -> Result<AgentConfig, Diagnostics> {
                 ("install", "rescan_interval_s") => {
                     if let Some(n) = f.integer(key, v, 86_400 * 30) {
                         c.install.rescan_interval_s = n.max(1);
+                    }
+                }
+                ("install", "full_rescan_interval_s") => {
+                    if let Some(n) = f.integer(key, v, 86_400 * 30) {
+                        c.install.full_rescan_interval_s = n.max(1);
                     }
                 }
                 ("install", "debounce_ms") => {

@@ -52,9 +52,16 @@ pub struct Status {
     pub counters: CounterSnapshot,
     /// Decision latency of permission events.
     pub latency: LatencySnapshot,
-    /// Duration of the last full rescan of the install roots, in microseconds (0 before the first).
+    /// Duration of the last rescan of the install roots, in microseconds (0 before the first).
     #[serde(default)]
     pub last_rescan_us: u64,
+    /// Duration of the last full rescan (every file looked at), in microseconds.
+    #[serde(default)]
+    pub last_full_rescan_us: u64,
+    /// Duration of the last quick rescan (only the folders that changed read again), in
+    /// microseconds.
+    #[serde(default)]
+    pub last_quick_rescan_us: u64,
     /// Resident memory in KiB.
     pub rss_kib: u64,
 }
@@ -99,6 +106,14 @@ pub fn status(shared: &Shared, started: std::time::Instant) -> Status {
         last_rescan_us: shared
             .metrics
             .last_rescan_us
+            .load(std::sync::atomic::Ordering::Relaxed),
+        last_full_rescan_us: shared
+            .metrics
+            .last_full_rescan_us
+            .load(std::sync::atomic::Ordering::Relaxed),
+        last_quick_rescan_us: shared
+            .metrics
+            .last_quick_rescan_us
             .load(std::sync::atomic::Ordering::Relaxed),
         rss_kib: rss_kib(),
     }
@@ -332,8 +347,10 @@ pub fn render(s: &Status) -> String {
     ));
     if s.last_rescan_us > 0 {
         out.push_str(&format!(
-            "last install rescan: {:.1} ms\n",
-            s.last_rescan_us as f64 / 1000.0
+            "last install rescan: {:.1} ms (last full {:.1} ms, last quick {:.1} ms)\n",
+            s.last_rescan_us as f64 / 1000.0,
+            s.last_full_rescan_us as f64 / 1000.0,
+            s.last_quick_rescan_us as f64 / 1000.0
         ));
     }
     out

@@ -87,8 +87,10 @@ counters! {
     installs_detected,
     /// Banned installs gone again.
     installs_removed,
-    /// Full rescans of the install roots, counted when finished.
+    /// Rescans of the install roots (quick and full), counted when finished.
     install_rescans,
+    /// Of those, quick ones: only the folders that changed were read again.
+    install_quick_rescans,
     /// Banned files moved into quarantine.
     installs_quarantined,
     /// Bytes hashed by install scans (files whose identity the hash cache did not know).
@@ -212,8 +214,12 @@ pub struct Metrics {
     pub c: Counters,
     /// Decision latency of permission events.
     pub latency: Latency,
-    /// Duration of the last full rescan of the install roots, in microseconds (0 before the first).
+    /// Duration of the last rescan of the install roots, in microseconds (0 before the first).
     pub last_rescan_us: AtomicU64,
+    /// Duration of the last full rescan (every file looked at), in microseconds.
+    pub last_full_rescan_us: AtomicU64,
+    /// Duration of the last quick rescan (only changed folders read), in microseconds.
+    pub last_quick_rescan_us: AtomicU64,
 }
 
 /// Add one to a counter.

@@ -157,6 +157,11 @@ impl PolicyInForce {
         }
     }
 
+    /// The exceptions granted now.
+    pub fn exceptions(&self) -> Vec<Exception> {
+        self.granted()
+    }
+
     fn granted(&self) -> Vec<Exception> {
         self.exceptions.lock().expect("exceptions poisoned").clone()
     }

@@ -217,6 +217,8 @@ impl FileKey {
 pub struct HashMemo {
     map: Mutex<HashMap<FileKey, Slot>>,
     searcher: RwLock<Option<Arc<ContentSearcher>>>,
+    /// Counts every digest remembered: the persistent cache is written again only when it moved.
+    changes: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for HashMemo {
@@ -336,32 +338,40 @@ impl HashMemo {
                 None => map.remove(&key),
             };
         }
+        if shared.is_some() {
+            self.changes
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
         let (lock, cv) = &*w;
         *lock.lock().expect("hash memo poisoned") = Some(shared);
         cv.notify_all();
         result.map(|(d, _)| (d, false))
     }
 
-    /// Remember digests computed earlier (from the persistent cache).
-    pub fn preload(&self, entries: impl IntoIterator<Item = (FileKey, Sha256)>) {
+    /// Remember digests computed earlier (from the persistent cache), with what the family
+    /// search found in each where it was stored.
+    pub fn preload(&self, entries: impl IntoIterator<Item = (FileKey, Digest)>) {
         let mut map = self.map.lock().expect("hash memo poisoned");
         for (k, d) in entries {
-            map.entry(k).or_insert(Slot::Done(Digest {
-                sha256: d,
-                content: None,
-            }));
+            map.entry(k).or_insert(Slot::Done(d));
         }
     }
 
     /// Every finished digest, for the persistent cache.
-    pub fn entries(&self) -> Vec<(FileKey, Sha256)> {
+    pub fn entries(&self) -> Vec<(FileKey, Digest)> {
         let map = self.map.lock().expect("hash memo poisoned");
         map.iter()
             .filter_map(|(k, s)| match s {
-                Slot::Done(d) => Some((*k, d.sha256)),
+                Slot::Done(d) => Some((*k, d.clone())),
                 Slot::Pending(_) => None,
             })
             .collect()
+    }
+
+    /// How many digests have been remembered so far (it only grows): equal readings mean
+    /// nothing new to store.
+    pub fn changes(&self) -> u64 {
+        self.changes.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The digest remembered for `key`, if its computation is done.

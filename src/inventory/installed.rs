@@ -5,7 +5,7 @@
 //! target), never opens FIFOs or devices, streams files of any size through SHA-256, and records
 //! what it could not read instead of stopping. Hashing runs in parallel across cores.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
 use std::io;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
@@ -20,6 +20,7 @@ use walkdir::WalkDir;
 use crate::inventory::facts::FactsBuilder;
 use crate::inventory::hash::{open_regular, HashMemo};
 use crate::inventory::host::Accounts;
+use crate::inventory::walk_state::{DirKey, DirState, WalkState, RACY_NS};
 
 /// The largest `package.json` read to learn a package's name.
 const MAX_MANIFEST_BYTES: u64 = 1024 * 1024;
@@ -105,6 +106,20 @@ enum Item {
     Symlink(PathBuf),
     NpmManifest(PathBuf),
     Package(PathBuf, PackageFound),
+}
+
+impl Item {
+    /// The entry it was made from.
+    fn path(&self) -> &Path {
+        match self {
+            Item::Config(p)
+            | Item::Exe(p, _)
+            | Item::Script(p, _)
+            | Item::Symlink(p)
+            | Item::NpmManifest(p)
+            | Item::Package(p, _) => p,
+        }
+    }
 }
 
 /// The install roots scanned when none are given: the system-wide ones
@@ -353,165 +368,478 @@ pub fn scan_with(
     memo: &HashMemo,
     progress: &Progress,
 ) -> InstalledScan {
-    let mut out = InstalledScan::default();
-    let config = config.filter(|_| policy.has_configs());
-    let configs = config.map(|c| c.homes.as_slice());
-    // Family signatures are looked for in the read that hashes each file.
-    memo.set_searcher(policy.content_searcher().cloned());
-    let mut items = Vec::new();
-    for root in roots {
-        // Roots are canonical; a root that is a symlink is a changed path handed in by the
-        // install watcher, and is looked at as the link it is, never walked through.
-        for entry in WalkDir::new(root)
-            .follow_links(false)
-            .follow_root_links(false)
-        {
-            progress.files.fetch_add(1, Ordering::Relaxed);
-            let entry = match entry {
-                Ok(e) => e,
-                Err(e) => {
-                    let path = e.path().map(lossy).unwrap_or_else(|| lossy(root));
-                    let reason = match e.io_error() {
-                        Some(io) => describe(io),
-                        None => e.to_string(),
+    let s = Scanner {
+        policy,
+        accounts,
+        host,
+        memo,
+        progress,
+    };
+    s.scan(roots, config, None)
+}
+
+/// How a walk uses what the walk before it recorded in a [`WalkState`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pass {
+    /// Read every folder and look at every entry (one `lstat` each): notices a file rewritten in
+    /// place. Records what it saw.
+    Full,
+    /// Read again only the folders whose identity or times changed since the state was recorded
+    /// (one `stat` per folder); in the others, look only at the entries kept (findings,
+    /// unreadable entries, symlinks). Never notices a file rewritten in place in an unchanged
+    /// folder: for the agent, whose watcher reports such writes (and has the folder read again)
+    /// between full passes. Folders on another filesystem than their parent (mounted inside a
+    /// root, where the watcher may be blind) and the roots named in `full_under` are walked as
+    /// in a full pass. With a state made under another policy (`fingerprint`), a full pass.
+    Quick,
+}
+
+/// Walk `roots` like [`scan`], using and then replacing what the last walk recorded in `state`
+/// (see [`Pass`] and [`WalkRequest`]).
+pub fn scan_walk(
+    policy: &Policy,
+    roots: &[PathBuf],
+    walk: WalkRequest<'_>,
+    accounts: &Accounts,
+    host: &str,
+    memo: &HashMemo,
+    progress: &Progress,
+) -> InstalledScan {
+    let s = Scanner {
+        policy,
+        accounts,
+        host,
+        memo,
+        progress,
+    };
+    s.scan(roots, None, Some(walk))
+}
+
+/// A walk that uses and records a [`WalkState`] (see [`scan_walk`]).
+#[derive(Debug)]
+pub struct WalkRequest<'a> {
+    /// What the last walk recorded; replaced by what this one saw.
+    pub state: &'a mut WalkState,
+    /// Quick or full.
+    pub pass: Pass,
+    /// Identifies the policy: a quick pass over a state made under another is a full one.
+    pub fingerprint: [u8; 32],
+    /// Roots a quick pass walks in full anyway.
+    pub full_under: &'a [PathBuf],
+}
+
+/// A folder to visit: the device of its parent, and whether a quick pass may trust it.
+struct DirWork {
+    dir: PathBuf,
+    parent_dev: u64,
+    quick: bool,
+}
+
+/// What visiting one folder found.
+#[derive(Default)]
+struct Visited {
+    items: Vec<Item>,
+    skipped: Vec<Skipped>,
+    scanned: u64,
+    /// The folder as recorded for the next walk.
+    state: Option<(PathBuf, DirState)>,
+    /// Its subfolders, to visit next.
+    next: Vec<DirWork>,
+}
+
+impl Visited {
+    fn count(&mut self, progress: &Progress) {
+        progress.files.fetch_add(1, Ordering::Relaxed);
+        self.scanned += 1;
+    }
+}
+
+/// What every part of one scan needs.
+struct Scanner<'a> {
+    policy: &'a Policy,
+    accounts: &'a Accounts,
+    host: &'a str,
+    memo: &'a HashMemo,
+    progress: &'a Progress,
+}
+
+impl Scanner<'_> {
+    fn scan(
+        &self,
+        roots: &[PathBuf],
+        config: Option<&ConfigScope>,
+        mut walk: Option<WalkRequest<'_>>,
+    ) -> InstalledScan {
+        let policy = self.policy;
+        let mut out = InstalledScan::default();
+        let config = config.filter(|_| policy.has_configs());
+        let configs = config.map(|c| c.homes.as_slice());
+        // Family signatures are looked for in the read that hashes each file.
+        self.memo.set_searcher(policy.content_searcher().cloned());
+        let mut items = self.walk(roots, configs, walk.as_mut(), &mut out);
+        if let Some(c) = config {
+            let (found, skipped) = config_candidates(policy, c);
+            items.extend(found.into_iter().map(Item::Config));
+            out.skipped.extend(skipped);
+        }
+        // What to look at again in an unchanged folder: whatever was not plainly clean.
+        let kept: Option<Vec<(PathBuf, bool)>> = walk.as_ref().map(|_| {
+            items
+                .iter()
+                .map(|i| (i.path().to_path_buf(), matches!(i, Item::Symlink(_))))
+                .collect()
+        });
+        // Read files when a digest or a family signature can decide; one read does both.
+        let hash = policy.needs_sha256() || policy.needs_content();
+        let empty: &[PathBuf] = &[];
+        let homes = configs.unwrap_or(empty);
+        let configs_found = std::sync::Mutex::new(Vec::new());
+        let results: Vec<Result<Option<Found>, Skipped>> = items
+            .into_par_iter()
+            .map(|item| match item {
+                Item::Config(p) => match config_item(policy, &p, homes, self.accounts, self.host) {
+                    Ok(Some(c)) => {
+                        configs_found.lock().expect("config list poisoned").push(c);
+                        Ok(None)
+                    }
+                    Ok(None) => Ok(None),
+                    Err(s) => Err(s),
+                },
+                item => evaluate(
+                    policy,
+                    item,
+                    self.accounts,
+                    self.host,
+                    self.memo,
+                    self.progress,
+                    hash,
+                ),
+            })
+            .collect();
+        if let (Some(w), Some(kept)) = (walk, kept) {
+            for ((path, always), r) in kept.into_iter().zip(&results) {
+                if always || !matches!(r, Ok(None)) {
+                    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+                        continue;
                     };
-                    out.skipped.push(Skipped { path, reason });
+                    if let Some(d) = w.state.dirs.get_mut(dir) {
+                        d.keep.push(name.to_os_string());
+                    }
+                }
+            }
+        }
+        // Report a file where it lies rather than through a symlink to it.
+        let (direct, rest): (Vec<_>, Vec<_>) = results
+            .into_iter()
+            .partition(|r| matches!(r, Ok(Some(f)) if f.path == f.canonical));
+        let mut seen = HashSet::new();
+        for r in direct.into_iter().chain(rest) {
+            match r {
+                Ok(Some(f)) => {
+                    let rule = policy.rule(&f.decision).id.clone();
+                    let key = (
+                        rule,
+                        f.canonical.clone(),
+                        f.package.as_ref().map(|p| p.package.clone()),
+                    );
+                    if seen.insert(key) {
+                        out.found.push(f);
+                    }
+                }
+                Ok(None) => {}
+                Err(s) => out.skipped.push(s),
+            }
+        }
+        let mut configs_found = configs_found.into_inner().expect("config list poisoned");
+        configs_found.sort_by(|a, b| a.path.cmp(&b.path));
+        let mut seen_configs = HashSet::new();
+        configs_found.retain(|c| seen_configs.insert(c.path.clone()));
+        out.configs = configs_found;
+        out.hashed_bytes = self.progress.hashed_bytes.load(Ordering::Relaxed);
+        out
+    }
+
+    /// Walk the roots (never through a symlink; across filesystems) and list what to evaluate.
+    /// With a walk state, a quick pass skips unchanged folders (see [`Pass`]), and every pass
+    /// records the folders it saw in the state, replacing what was there. The folders of each
+    /// depth are visited in parallel.
+    fn walk(
+        &self,
+        roots: &[PathBuf],
+        configs: Option<&[PathBuf]>,
+        walk: Option<&mut WalkRequest<'_>>,
+        out: &mut InstalledScan,
+    ) -> Vec<Item> {
+        let mut items = Vec::new();
+        let mut walk = walk;
+        let (old, quick, full_under) = match walk.as_deref_mut() {
+            Some(w) => {
+                let trusted = w.pass == Pass::Quick && w.state.fingerprint == w.fingerprint;
+                (std::mem::take(&mut w.state.dirs), trusted, w.full_under)
+            }
+            None => (HashMap::new(), false, &[][..]),
+        };
+        let record = walk.is_some();
+        let mut seen: HashMap<PathBuf, DirState> = HashMap::new();
+        let mut level = Vec::new();
+        for root in roots {
+            self.progress.files.fetch_add(1, Ordering::Relaxed);
+            out.scanned_files += 1;
+            // Roots are canonical; a root that is a symlink is a changed path handed in by the
+            // install watcher, and is looked at as the link it is, never walked through.
+            let meta = match std::fs::symlink_metadata(root) {
+                Ok(m) => m,
+                Err(e) => {
+                    out.skipped.push(Skipped {
+                        path: lossy(root),
+                        reason: describe(&e),
+                    });
                     continue;
                 }
             };
-            out.scanned_files += 1;
-            let ft = entry.file_type();
-            let path = entry.path();
-            if ft.is_dir() {
-                let name = entry.file_name().to_string_lossy();
-                if let Some((pkg, version)) = parse_dist_info_dir(&name) {
-                    items.push(Item::Package(
-                        path.to_path_buf(),
-                        PackageFound {
-                            package: PackageRef::new(Ecosystem::Pypi, &pkg),
-                            version: Some(version),
-                        },
-                    ));
-                } else if path.parent().and_then(Path::file_name) == Some(OsStr::new("extensions"))
-                {
-                    if let Some((id, version)) = parse_extension_dir(&name) {
-                        items.push(Item::Package(
-                            path.to_path_buf(),
-                            PackageFound {
-                                package: PackageRef::new(Ecosystem::Vscode, &id),
-                                version: Some(version),
-                            },
-                        ));
-                    }
-                }
-            } else if ft.is_symlink() {
-                if let Some(homes) = configs {
-                    if policy.is_config_path(path, home_path(path, homes).as_deref())
-                        && !in_dependency_tree(path)
-                    {
-                        items.push(Item::Config(path.to_path_buf()));
-                    }
-                }
-                items.push(Item::Symlink(path.to_path_buf()));
-            } else if ft.is_file() {
-                if let Some(homes) = configs {
-                    if policy.is_config_path(path, home_path(path, homes).as_deref())
-                        && !in_dependency_tree(path)
-                    {
-                        items.push(Item::Config(path.to_path_buf()));
-                    }
-                }
-                if entry.file_name() == "package.json" && is_npm_manifest(path) {
-                    items.push(Item::NpmManifest(path.to_path_buf()));
-                }
-                let meta = match entry.metadata() {
-                    Ok(m) => m,
-                    Err(e) => {
-                        out.skipped.push(Skipped {
-                            path: lossy(path),
-                            reason: e.io_error().map(describe).unwrap_or_else(|| e.to_string()),
-                        });
-                        continue;
-                    }
-                };
-                if meta.mode() & 0o111 != 0 {
-                    items.push(Item::Exe(path.to_path_buf(), meta));
-                } else if policy.is_script_path(path) {
-                    items.push(Item::Script(path.to_path_buf(), meta));
-                }
-            } else {
-                let kind = if ft.is_fifo() {
-                    "fifo"
-                } else if ft.is_socket() {
-                    "socket"
-                } else if ft.is_block_device() {
-                    "block device"
-                } else if ft.is_char_device() {
-                    "character device"
-                } else {
-                    "special file"
-                };
-                out.skipped.push(Skipped {
-                    path: lossy(path),
-                    reason: format!("not a regular file ({kind}); never opened"),
+            let mut v = Visited::default();
+            self.entry(root, meta.file_type(), || Ok(meta.clone()), configs, &mut v);
+            items.append(&mut v.items);
+            out.skipped.append(&mut v.skipped);
+            if meta.is_dir() {
+                level.push(DirWork {
+                    dir: root.clone(),
+                    parent_dev: meta.dev(),
+                    quick: quick && !full_under.contains(root),
                 });
             }
         }
+        while !level.is_empty() {
+            let visited: Vec<Visited> = std::mem::take(&mut level)
+                .into_par_iter()
+                .map(|w| {
+                    let before = old.get(&w.dir);
+                    self.visit(w, before, configs, record)
+                })
+                .collect();
+            for mut v in visited {
+                items.append(&mut v.items);
+                out.skipped.append(&mut v.skipped);
+                out.scanned_files += v.scanned;
+                if let Some((p, d)) = v.state {
+                    seen.insert(p, d);
+                }
+                level.append(&mut v.next);
+            }
+        }
+        if let Some(w) = walk {
+            w.state.dirs = seen;
+            w.state.fingerprint = w.fingerprint;
+        }
+        items
     }
 
-    if let Some(c) = config {
-        let (found, skipped) = config_candidates(policy, c);
-        items.extend(found.into_iter().map(Item::Config));
-        out.skipped.extend(skipped);
-    }
-    // Read files when a digest or a family signature can decide; one read does both.
-    let hash = policy.needs_sha256() || policy.needs_content();
-    let empty: &[PathBuf] = &[];
-    let homes = configs.unwrap_or(empty);
-    let configs_found = std::sync::Mutex::new(Vec::new());
-    let results: Vec<Result<Option<Found>, Skipped>> = items
-        .into_par_iter()
-        .map(|item| match item {
-            Item::Config(p) => match config_item(policy, &p, homes, accounts, host) {
-                Ok(Some(c)) => {
-                    configs_found.lock().expect("config list poisoned").push(c);
-                    Ok(None)
-                }
-                Ok(None) => Ok(None),
-                Err(s) => Err(s),
-            },
-            item => evaluate(policy, item, accounts, host, memo, progress, hash),
-        })
-        .collect();
-    // Report a file where it lies rather than through a symlink to it.
-    let (direct, rest): (Vec<_>, Vec<_>) = results
-        .into_iter()
-        .partition(|r| matches!(r, Ok(Some(f)) if f.path == f.canonical));
-    let mut seen = HashSet::new();
-    for r in direct.into_iter().chain(rest) {
-        match r {
-            Ok(Some(f)) => {
-                let rule = policy.rule(&f.decision).id.clone();
-                let key = (
-                    rule,
-                    f.canonical.clone(),
-                    f.package.as_ref().map(|p| p.package.clone()),
-                );
-                if seen.insert(key) {
-                    out.found.push(f);
+    /// One folder: unchanged since `before` (in a quick pass), only its kept entries; else every
+    /// entry. Its subfolders are returned to be visited next.
+    fn visit(
+        &self,
+        w: DirWork,
+        before: Option<&DirState>,
+        configs: Option<&[PathBuf]>,
+        record: bool,
+    ) -> Visited {
+        let mut v = Visited::default();
+        let DirWork {
+            dir,
+            parent_dev,
+            quick,
+        } = w;
+        let meta = match std::fs::symlink_metadata(&dir) {
+            Ok(m) if m.is_dir() => m,
+            Ok(_) => return v,
+            Err(e) => {
+                v.skipped.push(Skipped {
+                    path: lossy(&dir),
+                    reason: describe(&e),
+                });
+                return v;
+            }
+        };
+        let key = DirKey::of(&meta);
+        // Below a filesystem mounted inside a root, the watcher may be blind.
+        let quick = quick && key.dev == parent_dev;
+        if let Some(d) = before.filter(|d| quick && d.key == key && !d.racy) {
+            for name in &d.keep {
+                let p = dir.join(name);
+                match std::fs::symlink_metadata(&p) {
+                    Ok(m) => {
+                        v.count(self.progress);
+                        self.entry(&p, m.file_type(), || Ok(m.clone()), configs, &mut v);
+                    }
+                    // Gone since the folder was read: then the folder would have changed.
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => v.skipped.push(Skipped {
+                        path: lossy(&p),
+                        reason: describe(&e),
+                    }),
                 }
             }
-            Ok(None) => {}
-            Err(s) => out.skipped.push(s),
+            v.next = d
+                .subdirs
+                .iter()
+                .map(|sub| DirWork {
+                    dir: dir.join(sub),
+                    parent_dev: key.dev,
+                    quick: true,
+                })
+                .collect();
+            v.state = Some((
+                dir,
+                DirState {
+                    keep: Vec::new(),
+                    ..d.clone()
+                },
+            ));
+            return v;
+        }
+        let read_at = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as i128);
+        let rd = match std::fs::read_dir(&dir) {
+            Ok(rd) => rd,
+            Err(e) => {
+                v.skipped.push(Skipped {
+                    path: lossy(&dir),
+                    reason: describe(&e),
+                });
+                return v;
+            }
+        };
+        let mut subdirs = Vec::new();
+        for e in rd {
+            let e = match e {
+                Ok(e) => e,
+                Err(err) => {
+                    v.skipped.push(Skipped {
+                        path: lossy(&dir),
+                        reason: describe(&err),
+                    });
+                    continue;
+                }
+            };
+            v.count(self.progress);
+            let path = e.path();
+            let ft = match e.file_type() {
+                Ok(ft) => ft,
+                Err(err) => {
+                    v.skipped.push(Skipped {
+                        path: lossy(&path),
+                        reason: describe(&err),
+                    });
+                    continue;
+                }
+            };
+            self.entry(&path, ft, || e.metadata(), configs, &mut v);
+            if ft.is_dir() {
+                subdirs.push(e.file_name());
+                v.next.push(DirWork {
+                    dir: path,
+                    parent_dev: key.dev,
+                    quick,
+                });
+            }
+        }
+        if record {
+            v.state = Some((
+                dir,
+                DirState {
+                    key,
+                    racy: read_at - key.ctime_ns < RACY_NS,
+                    subdirs,
+                    keep: Vec::new(),
+                },
+            ));
+        }
+        v
+    }
+
+    /// One entry of a folder (or a root): what to evaluate, by its type. `meta` is its `lstat`,
+    /// asked for only for regular files.
+    fn entry(
+        &self,
+        path: &Path,
+        ft: std::fs::FileType,
+        meta: impl FnOnce() -> io::Result<std::fs::Metadata>,
+        configs: Option<&[PathBuf]>,
+        v: &mut Visited,
+    ) {
+        let (items, policy) = (&mut v.items, self.policy);
+        let is_config = |p: &Path| {
+            configs.is_some_and(|homes| {
+                policy.is_config_path(p, home_path(p, homes).as_deref()) && !in_dependency_tree(p)
+            })
+        };
+        if ft.is_dir() {
+            let name = path.file_name().unwrap_or_default().to_string_lossy();
+            if let Some((pkg, version)) = parse_dist_info_dir(&name) {
+                items.push(Item::Package(
+                    path.to_path_buf(),
+                    PackageFound {
+                        package: PackageRef::new(Ecosystem::Pypi, &pkg),
+                        version: Some(version),
+                    },
+                ));
+            } else if path.parent().and_then(Path::file_name) == Some(OsStr::new("extensions")) {
+                if let Some((id, version)) = parse_extension_dir(&name) {
+                    items.push(Item::Package(
+                        path.to_path_buf(),
+                        PackageFound {
+                            package: PackageRef::new(Ecosystem::Vscode, &id),
+                            version: Some(version),
+                        },
+                    ));
+                }
+            }
+        } else if ft.is_symlink() {
+            if is_config(path) {
+                items.push(Item::Config(path.to_path_buf()));
+            }
+            items.push(Item::Symlink(path.to_path_buf()));
+        } else if ft.is_file() {
+            if is_config(path) {
+                items.push(Item::Config(path.to_path_buf()));
+            }
+            if path.file_name() == Some(OsStr::new("package.json")) && is_npm_manifest(path) {
+                items.push(Item::NpmManifest(path.to_path_buf()));
+            }
+            let meta = match meta() {
+                Ok(m) => m,
+                Err(e) => {
+                    v.skipped.push(Skipped {
+                        path: lossy(path),
+                        reason: describe(&e),
+                    });
+                    return;
+                }
+            };
+            if meta.mode() & 0o111 != 0 {
+                items.push(Item::Exe(path.to_path_buf(), meta));
+            } else if policy.is_script_path(path) {
+                items.push(Item::Script(path.to_path_buf(), meta));
+            }
+        } else {
+            let kind = if ft.is_fifo() {
+                "fifo"
+            } else if ft.is_socket() {
+                "socket"
+            } else if ft.is_block_device() {
+                "block device"
+            } else if ft.is_char_device() {
+                "character device"
+            } else {
+                "special file"
+            };
+            v.skipped.push(Skipped {
+                path: lossy(path),
+                reason: format!("not a regular file ({kind}); never opened"),
+            });
         }
     }
-    let mut configs_found = configs_found.into_inner().expect("config list poisoned");
-    configs_found.sort_by(|a, b| a.path.cmp(&b.path));
-    let mut seen_configs = HashSet::new();
-    configs_found.retain(|c| seen_configs.insert(c.path.clone()));
-    out.configs = configs_found;
-    out.hashed_bytes = progress.hashed_bytes.load(Ordering::Relaxed);
-    out
 }
 
 /// `~/REST` for a path under one of `homes`.
@@ -863,6 +1191,97 @@ mod tests {
         let skipped = r.expect_err("skipped");
         assert_eq!(skipped.reason, "vanished during the scan");
         assert_eq!(skipped.path, p.to_string_lossy());
+    }
+
+    /// A policy banning the SHA-256 of `bytes` (as an executable).
+    fn banning(bytes: &[u8]) -> Policy {
+        use sha2::Digest as _;
+        let text = format!(
+            "[policy]\nname = \"t\"\nversion = \"1\"\nmode = \"enforce\"\n[[rule]]\nid = \"r\"\nname = \"r\"\nrisk = \"low\"\nreason = \"r\"\naction = \"report\"\n[rule.match]\nsha256 = [\"{}\"]\n",
+            hex::encode(sha2::Sha256::digest(bytes))
+        );
+        Policy::load("t.toml", &text, &interdict_policy::NoIncludes)
+            .unwrap()
+            .0
+    }
+
+    fn exe(p: &Path, bytes: &[u8]) {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, bytes).unwrap();
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+
+    fn pass(
+        policy: &Policy,
+        root: &Path,
+        state: &mut WalkState,
+        pass: Pass,
+        fingerprint: [u8; 32],
+    ) -> Vec<PathBuf> {
+        let request = WalkRequest {
+            state,
+            pass,
+            fingerprint,
+            full_under: &[],
+        };
+        let mut found: Vec<PathBuf> = scan_walk(
+            policy,
+            &[root.to_path_buf()],
+            request,
+            &Accounts::default(),
+            "h",
+            &HashMemo::default(),
+            &Progress::default(),
+        )
+        .found
+        .into_iter()
+        .map(|f| f.path)
+        .collect();
+        found.sort();
+        found
+    }
+
+    #[test]
+    fn a_quick_pass_reads_again_only_the_folders_that_changed() {
+        let policy = banning(b"banned");
+        let dir = tempfile::tempdir().unwrap();
+        let r = dir.path();
+        exe(&r.join("a/x"), b"clean x");
+        exe(&r.join("b/y"), b"clean y");
+        exe(&r.join("c/z"), b"banned");
+        let mut state = WalkState::default();
+        let fp = [1; 32];
+        assert_eq!(
+            pass(&policy, r, &mut state, Pass::Full, fp),
+            [r.join("c/z")]
+        );
+        // Folders read within 2 s of their last change are not trusted unchanged.
+        assert!(state.dirs.values().all(|d| d.racy), "{state:#?}");
+        assert_eq!(state.dirs[&r.join("c")].keep, ["z"]);
+        for d in state.dirs.values_mut() {
+            d.racy = false;
+        }
+        // A new file in `a` (its folder changes) and `y` rewritten in place (`b` does not).
+        exe(&r.join("a/new"), b"banned");
+        std::fs::write(r.join("b/y"), b"banned").unwrap();
+        assert_eq!(
+            pass(&policy, r, &mut state, Pass::Quick, fp),
+            [r.join("a/new"), r.join("c/z")],
+            "the quick pass sees the new file and keeps the finding of the unchanged folder"
+        );
+        let mut again = state.clone();
+        for d in again.dirs.values_mut() {
+            d.racy = false;
+        }
+        // A full pass, or a quick one under another policy, sees the rewrite too.
+        let all = [r.join("a/new"), r.join("b/y"), r.join("c/z")];
+        assert_eq!(pass(&policy, r, &mut again, Pass::Quick, [2; 32]), all);
+        assert_eq!(pass(&policy, r, &mut state, Pass::Full, fp), all);
+        // A folder that is gone is forgotten.
+        std::fs::remove_dir_all(r.join("a")).unwrap();
+        pass(&policy, r, &mut state, Pass::Quick, fp);
+        assert!(!state.dirs.contains_key(&r.join("a")), "{state:#?}");
     }
 
     #[test]

@@ -9,3 +9,4 @@ pub mod host;
 pub mod installed;
 pub mod packages;
 pub mod procs;
+pub mod walk_state;

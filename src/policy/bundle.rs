@@ -12,9 +12,9 @@ use interdict_policy::{Diagnostics, IncludedFile, Includes, Policy};
 use super::{DirIncludes, LoadError, LoadedPolicy};
 
 /// Reads `sha256_files` from the policy's folder and remembers each one read.
-struct Recording {
-    dir: DirIncludes,
-    read: RefCell<BTreeMap<String, String>>,
+pub(crate) struct Recording {
+    pub(crate) dir: DirIncludes,
+    pub(crate) read: RefCell<BTreeMap<String, String>>,
 }
 
 impl Includes for Recording {
@@ -45,6 +45,7 @@ pub fn body_of(
     let (policy, warnings) =
         Policy::load(&path.display().to_string(), &text, &rec).map_err(LoadError::Invalid)?;
     let sha256 = interdict_fleet::sha256_hex(text.as_bytes());
+    let content_sha256 = super::content_sha256(&text, &rec.read.borrow());
     let body = BundleBody {
         version,
         created,
@@ -59,6 +60,7 @@ pub fn body_of(
             warnings,
             path: path.to_path_buf(),
             sha256,
+            content_sha256,
         },
     ))
 }
@@ -88,5 +90,6 @@ pub fn to_loaded(body: &BundleBody) -> Result<LoadedPolicy, Diagnostics> {
         warnings,
         path: format!("bundle:{}", body.version).into(),
         sha256: body.policy_sha256.clone(),
+        content_sha256: super::content_sha256(&body.policy, &body.files),
     })
 }

@@ -25,6 +25,23 @@ pub struct LoadedPolicy {
     pub path: PathBuf,
     /// SHA-256 of the policy text, hex: identifies exactly which policy is in force.
     pub sha256: String,
+    /// SHA-256 over the policy text and every `sha256_files` list it read (by name), hex: changes
+    /// when a hash list does, which `sha256` alone does not.
+    pub content_sha256: String,
+}
+
+/// SHA-256 over a policy's text and the hash lists it read, hex ([`LoadedPolicy::content_sha256`]).
+pub fn content_sha256(text: &str, files: &std::collections::BTreeMap<String, String>) -> String {
+    let mut h = Sha256::new();
+    for part in
+        std::iter::once(("", text)).chain(files.iter().map(|(n, t)| (n.as_str(), t.as_str())))
+    {
+        for bytes in [part.0.as_bytes(), part.1.as_bytes()] {
+            h.update((bytes.len() as u64).to_le_bytes());
+            h.update(bytes);
+        }
+    }
+    hex::encode(h.finalize())
 }
 
 /// Why a policy could not be loaded.
@@ -94,13 +111,17 @@ pub fn load(path: &Path) -> Result<LoadedPolicy, LoadError> {
         source,
     })?;
     let name = path.display().to_string();
-    let (policy, warnings) =
-        Policy::load(&name, &text, &DirIncludes::for_policy(path)).map_err(LoadError::Invalid)?;
+    let rec = bundle::Recording {
+        dir: DirIncludes::for_policy(path),
+        read: Default::default(),
+    };
+    let (policy, warnings) = Policy::load(&name, &text, &rec).map_err(LoadError::Invalid)?;
     Ok(LoadedPolicy {
         policy,
         warnings,
         path: path.to_path_buf(),
         sha256: hex::encode(Sha256::digest(text.as_bytes())),
+        content_sha256: content_sha256(&text, &rec.read.into_inner()),
     })
 }
 

@@ -864,7 +864,17 @@ fn the_hash_cache_survives_a_restart_and_a_corrupt_one_is_rebuilt() {
         unique_copy("/bin/true", &p);
         files.push(p);
     }
-    let policy = hash_policy("cache", "report", &"0".repeat(64));
+    // With a family rule too: what its search found is remembered with each digest, so a
+    // restart reads nothing again for it either.
+    let policy = format!(
+        "{}{}",
+        hash_policy("cache", "report", &"0".repeat(64)),
+        crate::support::agent::rule(
+            "family",
+            "report",
+            "contains_all = ['no such signature in /bin/true']\ncontains_in = [\"elf\"]"
+        )
+    );
     let mut agent = Agent::start(
         &policy,
         &format!(
@@ -872,18 +882,19 @@ fn the_hash_cache_survives_a_restart_and_a_corrupt_one_is_rebuilt() {
             root.display()
         ),
     );
-    let wait_rescan = |a: &Agent| {
+    // After a restart: the quick rescan over the walk state, then the full one that follows.
+    let wait_rescan = |a: &Agent, n: u64| {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let c = a.status()["counters"].clone();
-            if c["install_rescans"].as_u64().unwrap() >= 1 {
+            if c["install_rescans"].as_u64().unwrap() >= n {
                 return c;
             }
             assert!(Instant::now() < deadline, "no rescan: {c:#}");
             std::thread::sleep(Duration::from_millis(100));
         }
     };
-    let cold = wait_rescan(&agent);
+    let cold = wait_rescan(&agent, 1);
     let bytes: u64 = files
         .iter()
         .map(|f| std::fs::metadata(f).unwrap().len())
@@ -894,9 +905,10 @@ fn the_hash_cache_survives_a_restart_and_a_corrupt_one_is_rebuilt() {
     );
     assert_eq!(cold["hash_cache_rejected"], 0);
 
-    // A restart hashes nothing that did not change.
+    // A restart hashes nothing that did not change, in either rescan.
     agent.restart();
-    let warm = wait_rescan(&agent);
+    let warm = wait_rescan(&agent, 2);
+    assert_eq!(warm["install_quick_rescans"], 1, "{warm:#}");
     assert_eq!(warm["install_hashed_bytes"], 0, "{warm:#}");
     assert_eq!(warm["hash_cache_rejected"], 0);
 
@@ -908,7 +920,7 @@ fn the_hash_cache_survives_a_restart_and_a_corrupt_one_is_rebuilt() {
     b[mid] ^= 0xff;
     std::fs::write(&cache, &b).unwrap();
     agent.restart();
-    let rebuilt = wait_rescan(&agent);
+    let rebuilt = wait_rescan(&agent, 2);
     assert_eq!(rebuilt["hash_cache_rejected"], 1, "{rebuilt:#}");
     assert!(
         rebuilt["install_hashed_bytes"].as_u64().unwrap() >= bytes,

@@ -849,3 +849,219 @@ fn issue_10_a_symlink_is_reported_after_one_quiet_period_not_held_as_if_being_wr
     let e = agent.wait_event("the symlink", |e| is_event(e, "installed_detected", &link));
     assert_eq!(e["file"]["sha256"], digest.as_str());
 }
+
+/// Wait until a folder's last change is older than the walk's "racy" window (2 s): a folder read
+/// sooner is read again by every walk until it is not, whatever changed in it, which would let
+/// the tests below pass for the wrong reason. (A precondition on file times, not a wait for the
+/// agent.)
+fn older_than_racy_window(dir: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(dir).unwrap();
+    let ctime = std::time::UNIX_EPOCH + Duration::new(m.ctime() as u64, m.ctime_nsec() as u32);
+    while std::time::SystemTime::now()
+        .duration_since(ctime)
+        .unwrap_or_default()
+        < Duration::from_millis(2100)
+    {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Replace a file's bytes in place (same inode; its folder's times do not change).
+fn rewrite_in_place(path: &Path, bytes: &[u8]) {
+    use std::io::Write;
+    use std::os::unix::fs::MetadataExt;
+    let dir = path.parent().unwrap();
+    let before = std::fs::metadata(dir).unwrap();
+    let ino = std::fs::metadata(path).unwrap().ino();
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(path)
+        .unwrap();
+    f.write_all(bytes).unwrap();
+    drop(f);
+    let after = std::fs::metadata(dir).unwrap();
+    assert_eq!(std::fs::metadata(path).unwrap().ino(), ino);
+    assert_eq!(
+        (before.mtime(), before.mtime_nsec(), before.ctime_nsec()),
+        (after.mtime(), after.mtime_nsec(), after.ctime_nsec()),
+        "the folder must not change"
+    );
+}
+
+#[test]
+fn issue_14_after_a_restart_a_quick_rescan_finds_new_installs_and_a_full_one_what_changed_in_place()
+{
+    let (_outside, original, digest) = banned_outside("restart-quick");
+    let banned = std::fs::read(&original).unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let r = root.path();
+    for i in 0..10 {
+        write(
+            &r.join(format!("d{i}/clean")),
+            format!("clean {i}").as_bytes(),
+            0o755,
+        );
+    }
+    let victim = r.join("d3/tool");
+    write(&victim, b"a clean tool", 0o755);
+    older_than_racy_window(&r.join("d3"));
+    let mut agent = Agent::start(&hash_policy("rq", "report", &digest), &watch_only(r));
+    let first = agent.wait_counter("install_rescans", 1);
+    assert_eq!(first["counters"]["install_quick_rescans"], 0, "{first:#}");
+    agent.stop();
+    // While the agent is stopped: a new install in a new folder, and a clean program rewritten
+    // in place with the banned bytes (no folder changes: only a full pass can see it).
+    let new = r.join("new/claude");
+    std::fs::create_dir_all(new.parent().unwrap()).unwrap();
+    std::fs::copy(&original, &new).unwrap();
+    rewrite_in_place(&victim, &banned);
+    agent.restart();
+    let s = agent.wait_counter("install_rescans", 2);
+    assert_eq!(
+        s["counters"]["install_quick_rescans"], 1,
+        "the restart's first rescan is a quick one, then a full one: {s:#}"
+    );
+    assert!(s["last_quick_rescan_us"].as_u64().unwrap() > 0, "{s:#}");
+    for p in [&new, &victim] {
+        let e = agent.wait_event("each change made while stopped", |e| {
+            is_event(e, "installed_detected", p)
+        });
+        assert_eq!(e["file"]["sha256"], digest.as_str());
+    }
+    agent.settle_installs();
+    agent.stop();
+    let events = agent.events();
+    for p in [&new, &victim] {
+        assert_eq!(
+            count(&events, "installed_detected", p),
+            1,
+            "{p:?}: {events:#?}"
+        );
+    }
+}
+
+#[test]
+fn issue_14_quick_periodic_rescans_keep_what_the_watcher_reported_in_place() {
+    let (_outside, original, digest) = banned_outside("periodic-quick");
+    let banned = std::fs::read(&original).unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let r = root.path();
+    let victim = r.join("bin/tool");
+    write(&victim, b"a clean tool", 0o755);
+    older_than_racy_window(&r.join("bin"));
+    let mut agent = Agent::start(
+        &hash_policy("pq", "report", &digest),
+        &format!("{}\nrescan_interval_s = 1", watch_only(r)),
+    );
+    agent.wait_counter("install_rescans", 1);
+    // Rewritten in place while running: the watcher reports it.
+    rewrite_in_place(&victim, &banned);
+    agent.wait_event("the program rewritten in place", |e| {
+        is_event(e, "installed_detected", &victim)
+    });
+    // Quick rescans follow (its folder unchanged): they neither report it gone nor again.
+    let quick = agent.counter("install_quick_rescans");
+    agent.wait_counter("install_quick_rescans", quick + 3);
+    let events = agent.events();
+    assert_eq!(
+        count(&events, "installed_removed", &victim),
+        0,
+        "{events:#?}"
+    );
+    // And rewritten back: reported gone once, and not found again by the quick rescans.
+    rewrite_in_place(&victim, b"a clean tool again");
+    agent.wait_event("the program made clean again", |e| {
+        is_event(e, "installed_removed", &victim)
+    });
+    let quick = agent.counter("install_quick_rescans");
+    agent.wait_counter("install_quick_rescans", quick + 3);
+    agent.stop();
+    let events = agent.events();
+    assert_eq!(
+        count(&events, "installed_detected", &victim),
+        1,
+        "{events:#?}"
+    );
+    assert_eq!(
+        count(&events, "installed_removed", &victim),
+        1,
+        "{events:#?}"
+    );
+}
+
+#[test]
+fn issue_14_after_lost_events_the_rescan_is_full_and_finds_a_program_rewritten_in_place() {
+    let (_outside, original, digest) = banned_outside("lost-in-place");
+    let banned = std::fs::read(&original).unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let r = root.path();
+    let noisy = [r.join("noise/a"), r.join("noise/b")];
+    for n in &noisy {
+        write(n, b"noise", 0o644);
+    }
+    let victim = r.join("noise/tool");
+    write(&victim, b"a clean tool", 0o755);
+    older_than_racy_window(&r.join("noise"));
+    let agent = Agent::start(
+        &hash_policy("lost", "report", &digest),
+        &format!("{}\nrescan_interval_s = 1", watch_only(r)),
+    );
+    agent.wait_counter("install_rescans", 1);
+    {
+        // While the agent cannot read, more events than its inotify queue holds; the rewrite's
+        // events are lost with the rest.
+        let _paused = Paused::new(agent.pid());
+        for i in 0..max_queued_events() + 1000 {
+            std::fs::set_permissions(
+                &noisy[i % 2],
+                std::os::unix::fs::PermissionsExt::from_mode(0o600 | (i as u32 & 0o44)),
+            )
+            .unwrap();
+        }
+        rewrite_in_place(&victim, &banned);
+    }
+    let e = agent.wait_event(
+        "the program rewritten in place while events were lost",
+        |e| is_event(e, "installed_detected", &victim),
+    );
+    assert_eq!(e["file"]["sha256"], digest.as_str());
+}
+
+#[test]
+fn issue_14_quick_rescans_look_at_every_file_on_a_filesystem_mounted_inside_a_root() {
+    let (_outside, original, digest) = banned_outside("mounted-in-place");
+    let banned = std::fs::read(&original).unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let r = root.path();
+    let hidden = r.join("mnt");
+    std::fs::create_dir_all(&hidden).unwrap();
+    let agent = Agent::start(
+        &hash_policy("mip", "report", &digest),
+        &format!("{}\nrescan_interval_s = 1", watch_only(r)),
+    );
+    agent.wait_counter("install_rescans", 1);
+    // Mounted after the watch was set up: the watcher sees nothing written on it.
+    let _mnt = MountedAt::new(&hidden);
+    let tool = hidden.join("tool");
+    write(&tool, b"a clean tool", 0o755);
+    older_than_racy_window(&hidden);
+    // Rescans have read the new filesystem, and found it unchanged, since.
+    let quick = agent.counter("install_quick_rescans");
+    agent.wait_counter("install_quick_rescans", quick + 2);
+    rewrite_in_place(&tool, &banned);
+    let e = agent.wait_event(
+        "the program rewritten in place on the new filesystem",
+        |e| is_event(e, "installed_detected", &tool),
+    );
+    assert_eq!(e["file"]["sha256"], digest.as_str());
+    // Found by a quick rescan: the start-up's was the only full one (the next is due in a day).
+    let s = agent.status();
+    let c = &s["counters"];
+    assert_eq!(
+        c["install_rescans"].as_u64().unwrap() - c["install_quick_rescans"].as_u64().unwrap(),
+        1,
+        "{s:#}"
+    );
+}

@@ -93,6 +93,23 @@ impl ContentMatch {
         self.found.iter().map(|w| w.count_ones() as usize).sum()
     }
 
+    /// Which signatures occurred, as a bit set (bit `i` of word `i / 64`: signature `i` of the
+    /// searcher), for storing a match beside a file's digest.
+    pub fn found_bits(&self) -> &[u64] {
+        &self.found
+    }
+
+    /// A match stored earlier ([`ContentMatch::searcher`], [`ContentMatch::format`],
+    /// [`ContentMatch::found_bits`]). It is read only by the searcher whose fingerprint it
+    /// carries: a match stored with another policy's signatures is never taken as this one's.
+    pub fn from_parts(searcher: u64, format: Option<FileFormat>, found: Vec<u64>) -> ContentMatch {
+        ContentMatch {
+            searcher,
+            format,
+            found,
+        }
+    }
+
     pub(crate) fn has(&self, pattern: u32) -> bool {
         (pattern as usize) < self.found.len() * 64 && has_bit(&self.found, pattern as usize)
     }
@@ -282,11 +299,25 @@ pub struct ContentScan<'s> {
 }
 
 impl ContentScan<'_> {
-    /// Feed the next bytes of the file (any size, including empty).
+    /// Feed the next bytes of the file (any size, including empty). Once its first bytes show a
+    /// format none of the family rules looks into, nothing more is searched ([`Self::complete`]).
     pub fn feed(&mut self, chunk: &[u8]) {
         if self.head.len() < FileFormat::MAGIC_BYTES {
             let take = (FileFormat::MAGIC_BYTES - self.head.len()).min(chunk.len());
             self.head.extend_from_slice(&chunk[..take]);
+            // A file of a format no family rule looks into holds nothing any rule asks for:
+            // the rest is not searched (most of an install tree is data, not executables).
+            if self.head.len() == FileFormat::MAGIC_BYTES {
+                let format = FileFormat::detect(&self.head);
+                let looked_into = self
+                    .s
+                    .families
+                    .iter()
+                    .any(|f| format.is_some_and(|x| f.formats.contains(&x)));
+                if !looked_into {
+                    self.missing = 0;
+                }
+            }
         }
         if self.missing == 0 || chunk.is_empty() {
             return;
@@ -393,18 +424,40 @@ mod tests {
     #[test]
     fn overlapping_and_nested_signatures_are_all_found() {
         let s = searcher(&["abcdefgh", "efghijkl", "bcdefg12", "cdefghij"]);
-        let m = s.scan_bytes(b"xxabcdefghijklxx");
+        let m = s.scan_bytes(b"\x7fELF\x02\x01\x01\x00xxabcdefghijklxx");
         assert_eq!(found(&s, &m), ["abcdefgh", "efghijkl", "cdefghij"]);
         let s = searcher(&["claude-code", "claude-code-2025"]);
-        let m = s.scan_bytes(b"..claude-code-2025..");
+        let m = s.scan_bytes(b"\x7fELF\x02\x01\x01\x00..claude-code-2025..");
         assert_eq!(m.found_count(), 2);
+    }
+
+    #[test]
+    fn a_file_of_a_format_no_rule_looks_into_is_not_searched() {
+        let s = searcher(&["claude-code"]);
+        let mut scan = s.scan();
+        scan.feed(b"plain da");
+        assert!(
+            scan.complete(),
+            "nothing left to look for after the first bytes"
+        );
+        scan.feed(b"ta holding claude-code");
+        let m = scan.finish();
+        assert_eq!((m.found_count(), m.format()), (0, None));
+        // The same bytes in an executable are found, even when its first bytes come one by one.
+        let mut scan = s.scan();
+        for b in b"\x7fELF\x02\x01\x01\x00" {
+            scan.feed(std::slice::from_ref(b));
+        }
+        scan.feed(b"holding claude-code");
+        assert_eq!(scan.finish().found_count(), 1);
     }
 
     #[test]
     fn a_signature_split_across_every_possible_boundary_is_found() {
         let s = searcher(&["\\x00\\x01needle\\xff"]);
-        let mut file = vec![b'a'; 40];
-        file.splice(17..17, [0u8, 1, b'n', b'e', b'e', b'd', b'l', b'e', 0xff]);
+        let mut file = b"\x7fELF\x02\x01\x01\x00".to_vec();
+        file.extend_from_slice(&[b'a'; 40]);
+        file.splice(25..25, [0u8, 1, b'n', b'e', b'e', b'd', b'l', b'e', 0xff]);
         for cut in 0..file.len() {
             let mut scan = s.scan();
             scan.feed(&file[..cut]);

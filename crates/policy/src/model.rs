@@ -402,6 +402,13 @@ pub enum FileFormat {
 impl FileFormat {
     /// Every accepted keyword, in order.
     pub const KEYWORDS: &'static [&'static str] = &["elf", "mach-o", "pe", "script"];
+    /// Every format, in the order of [`FileFormat::KEYWORDS`].
+    pub const ALL: &'static [FileFormat] = &[
+        FileFormat::Elf,
+        FileFormat::MachO,
+        FileFormat::Pe,
+        FileFormat::Script,
+    ];
     /// The formats a family rule looks into when it does not say (`contains_in`): executables.
     pub const EXECUTABLES: &'static [FileFormat] =
         &[FileFormat::Elf, FileFormat::MachO, FileFormat::Pe];

@@ -6,6 +6,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::mpsc::{channel, Receiver, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,7 +20,13 @@ use crate::agent::metrics::inc;
 use crate::agent::shared::Shared;
 use crate::agent::verdict;
 use crate::inventory::hash::FileKey;
-use crate::inventory::installed::{self, Found, Progress};
+use crate::inventory::installed::{self, Found, Pass, Progress};
+use crate::inventory::walk_state::WalkState;
+
+/// True for the rescan requests that say the watcher lost events.
+fn loses_events(why: &str) -> bool {
+    why == "watcher overflow" || why == "watch error"
+}
 
 /// A request to the watcher thread.
 #[derive(Debug)]
@@ -114,6 +121,8 @@ struct Known {
     /// Finds whose event could not be queued (the event queue was full; counted in
     /// `event_drops`): left out of the record, so that the next run reports them.
     unqueued: HashSet<(String, PathBuf)>,
+    /// The SHA-256 of the record as last written: an unchanged record is not written again.
+    written: Option<[u8; 32]>,
 }
 
 fn reported_path(shared: &Shared) -> PathBuf {
@@ -123,15 +132,23 @@ fn reported_path(shared: &Shared) -> PathBuf {
 /// What earlier runs reported; nothing when there is no record (a first run) or it is damaged
 /// (then everything found is reported again, which loses nothing).
 fn load_known(shared: &Shared) -> Known {
+    use sha2::Digest as _;
     let path = reported_path(shared);
+    let mut written = None;
     let list: Vec<Reported> = match std::fs::read(&path) {
-        Ok(b) => serde_json::from_slice(&b).unwrap_or_else(|e| {
-            tracing::warn!(
-                "{}: {e}; what is installed will be reported again",
-                path.display()
-            );
-            Vec::new()
-        }),
+        Ok(b) => match serde_json::from_slice(&b) {
+            Ok(list) => {
+                written = Some(sha2::Sha256::digest(&b).into());
+                list
+            }
+            Err(e) => {
+                tracing::warn!(
+                    "{}: {e}; what is installed will be reported again",
+                    path.display()
+                );
+                Vec::new()
+            }
+        },
         Err(_) => Vec::new(),
     };
     Known {
@@ -140,6 +157,7 @@ fn load_known(shared: &Shared) -> Known {
             .map(|r| ((r.rule.id.clone(), r.canonical.clone()), r))
             .collect(),
         unqueued: HashSet::new(),
+        written,
     }
 }
 
@@ -164,10 +182,7 @@ fn writer_caught_up(shared: &Shared) -> bool {
 
 /// Record what is reported as installed now (with what earlier runs reported and this run has
 /// not looked at yet), once the events saying so are written. False when it was not recorded.
-fn save_reported(shared: &Shared, seen: &Seen, known: &Known) -> bool {
-    if !writer_caught_up(shared) {
-        return false;
-    }
+fn save_reported(shared: &Shared, seen: &Seen, known: &mut Known) -> bool {
     let active = shared.policy.active();
     let policy = &active.loaded.policy;
     let mut list: Vec<&Reported> = known.earlier.values().collect();
@@ -184,11 +199,27 @@ fn save_reported(shared: &Shared, seen: &Seen, known: &Known) -> bool {
         })
         .collect();
     list.extend(now.iter());
-    let written = serde_json::to_vec(&list)
-        .map_err(std::io::Error::other)
-        .and_then(|bytes| crate::fsutil::write_atomic(&reported_path(shared), &bytes, 0o600));
-    if let Err(e) = written {
-        tracing::warn!("{}: {e}", reported_path(shared).display());
+    // (In a stable order, so that an unchanged record is seen to be unchanged.)
+    list.sort_by(|a, b| (&a.rule.id, &a.canonical).cmp(&(&b.rule.id, &b.canonical)));
+    let bytes = match serde_json::to_vec(&list) {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::warn!("{}: {e}", reported_path(shared).display());
+            return true;
+        }
+    };
+    use sha2::Digest as _;
+    let sum: [u8; 32] = sha2::Sha256::digest(&bytes).into();
+    if known.written == Some(sum) {
+        // Unchanged: no event needs to be written before it.
+        return true;
+    }
+    if !writer_caught_up(shared) {
+        return false;
+    }
+    match crate::fsutil::write_atomic(&reported_path(shared), &bytes, 0o600) {
+        Ok(()) => known.written = Some(sum),
+        Err(e) => tracing::warn!("{}: {e}", reported_path(shared).display()),
     }
     true
 }
@@ -263,9 +294,14 @@ pub fn start(
         source: std::io::Error::other(e.to_string()),
     })?;
     let mut watched = 0;
+    let mut blind = Blind::default();
     for r in &roots {
+        let id = identity(r);
         if watcher.watch(r, notify::RecursiveMode::Recursive).is_ok() {
             watched += 1;
+            blind.watched.insert(r.clone(), id);
+        } else {
+            blind.unwatched = true;
         }
     }
     shared.parts.set(
@@ -279,7 +315,7 @@ pub fn start(
     let s = shared.clone();
     std::thread::Builder::new()
         .name("install-watch".into())
-        .spawn(move || run(s, rx, roots, watcher, guard))
+        .spawn(move || run(s, rx, roots, watcher, guard, blind))
         .map_err(StartError::io("install watcher thread"))?;
     let _ = tx.send(WatchMsg::Rescan("start-up"));
     Ok(tx)
@@ -291,6 +327,13 @@ struct Pending {
     /// Files created or written to and not closed since.
     writing: HashSet<PathBuf>,
     last_change: Instant,
+    /// Every path changed since the last rescan began: the folders holding them are read again
+    /// by the next quick one.
+    touched: HashSet<PathBuf>,
+    /// The watcher lost events (overflow, a watch that failed) since the last full rescan began.
+    lost: bool,
+    /// A watch failed: some folder may never be watched.
+    watch_failed: bool,
 }
 
 impl Pending {
@@ -305,15 +348,20 @@ impl Pending {
         }
         // Installs write thousands of files: collect them per package folder.
         self.units.insert(unit_of(&p));
+        self.touched.insert(p);
         self.last_change = Instant::now();
     }
 
     /// Take in every change already queued (a rescan is running anyway, so queued rescan
-    /// requests are served by it).
+    /// requests are served by it; lost events are remembered, so that the next rescan is full).
     fn absorb(&mut self, rx: &Receiver<WatchMsg>) {
         while let Ok(m) = rx.try_recv() {
-            if let WatchMsg::Changed(p, w) = m {
-                self.note(p, w);
+            match m {
+                WatchMsg::Changed(p, w) => self.note(p, w),
+                WatchMsg::Rescan(why) => {
+                    self.lost |= loses_events(why);
+                    self.watch_failed |= why == "watch error";
+                }
             }
         }
     }
@@ -332,6 +380,7 @@ fn run(
     mut roots: Vec<PathBuf>,
     mut watcher: notify::RecommendedWatcher,
     guard: Option<ScriptMarker>,
+    blind: Blind,
 ) {
     let guard = guard.as_ref();
     let debounce = Duration::from_millis(shared.config.install.debounce_ms);
@@ -345,47 +394,60 @@ fn run(
         units: HashSet::new(),
         writing: HashSet::new(),
         last_change: Instant::now(),
+        touched: HashSet::new(),
+        lost: false,
+        watch_failed: false,
     };
     let mut deferred: Deferred = HashMap::new();
     let mut next_rescan = Instant::now() + rescan_every;
-    // A full rescan: changes queued before and during the walk are taken in, so that a file
-    // still being written is left to the watcher rather than reported half-written.
+    let mut walks = Walks::new(&shared, blind);
+    // A rescan: changes queued before and during the walk are taken in, so that a file still
+    // being written is left to the watcher rather than reported half-written.
     let mut full = |why: &str,
                     roots: &mut Vec<PathBuf>,
                     watcher: &mut notify::RecommendedWatcher,
                     seen: &mut Seen,
                     known: &mut Known,
                     pending: &mut Pending| {
-        if why == "watcher overflow" || why == "watch error" {
+        if loses_events(why) {
             // Closes may have been lost with the rest.
             pending.writing.clear();
+            pending.lost = true;
+            pending.watch_failed |= why == "watch error";
         }
         pending.absorb(&rx);
-        watch_new_roots(&shared, roots, watcher);
+        watch_new_roots(&shared, roots, watcher, &mut walks.blind);
         let started = Instant::now();
-        let found = scan_paths(&shared, roots);
+        let pass = walks.begin(&shared, why, pending);
+        let hashed_before = shared.metrics.c.install_hashed_bytes.load(Relaxed);
+        let found = scan_paths(&shared, roots, Some(walks.request(pass)));
         pending.absorb(&rx);
         let settle = Settle {
             writing: &pending.writing,
             quiet: debounce,
-            installing: installer_running(),
+            installing: std::cell::OnceCell::new(),
         };
-        let again = rescan(&shared, found, (seen, known), why, &settle, started, guard);
+        let again = rescan(&shared, found, (seen, known), why, &settle, guard);
+        let hashed = shared.metrics.c.install_hashed_bytes.load(Relaxed) - hashed_before;
+        walks.finish(&shared, pass, hashed, started);
         pending.retry(again);
         report_configs(&shared, &mut configs);
+        pass
     };
     loop {
         if shared.shutdown.is_triggered() {
             if unsaved.is_some() {
-                save_reported(&shared, &seen, &known);
+                save_reported(&shared, &seen, &mut known);
             }
+            // (Digests remembered since the last full pass.)
+            save_hash_cache(&shared);
             shared
                 .parts
                 .set(Part::InstallWatch, PartState::Stopped, "shut down");
             return;
         }
         if unsaved.is_some_and(|t| t.elapsed() >= Duration::from_secs(2))
-            && save_reported(&shared, &seen, &known)
+            && save_reported(&shared, &seen, &mut known)
         {
             unsaved = None;
         }
@@ -400,7 +462,7 @@ fn run(
                 continue;
             }
             Ok(WatchMsg::Rescan(why)) => {
-                full(
+                let pass = full(
                     why,
                     &mut roots,
                     &mut watcher,
@@ -408,6 +470,18 @@ fn run(
                     &mut known,
                     &mut pending,
                 );
+                if why == "start-up" && pass == Pass::Quick {
+                    // What changed in place while the agent was stopped is seen only by a
+                    // full pass: one follows at once.
+                    full(
+                        "start-up verification",
+                        &mut roots,
+                        &mut watcher,
+                        &mut seen,
+                        &mut known,
+                        &mut pending,
+                    );
+                }
                 // (Recorded by the rescan; again later should the writer have lagged.)
                 unsaved.get_or_insert_with(Instant::now);
                 next_rescan = Instant::now() + rescan_every;
@@ -429,7 +503,7 @@ fn run(
             let settle = Settle {
                 writing: &pending.writing,
                 quiet: debounce,
-                installing: installer_running(),
+                installing: std::cell::OnceCell::new(),
             };
             let again = examine(
                 &shared,
@@ -462,15 +536,194 @@ fn watch_new_roots(
     shared: &Shared,
     roots: &mut Vec<PathBuf>,
     watcher: &mut notify::RecommendedWatcher,
+    blind: &mut Blind,
 ) {
     for r in roots_now(shared) {
-        if !roots.contains(&r) && watcher.watch(&r, notify::RecursiveMode::Recursive).is_ok() {
-            roots.push(r);
+        if !roots.contains(&r) {
+            let id = identity(&r);
+            if watcher.watch(&r, notify::RecursiveMode::Recursive).is_ok() {
+                blind.watched.insert(r.clone(), id);
+                roots.push(r);
+            }
         }
     }
 }
 
-fn scan_paths(shared: &Shared, paths: &[PathBuf]) -> Vec<Found> {
+/// A folder's device and inode.
+fn identity(p: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino()))
+}
+
+/// Where the watcher cannot be trusted to have seen every write.
+#[derive(Debug, Default)]
+struct Blind {
+    /// Each root as it was when its watch was set up: a root that is another folder now (a
+    /// filesystem mounted over it, a folder renamed into its place) is watched no more.
+    watched: HashMap<PathBuf, Option<(u64, u64)>>,
+    /// Some root could not be watched at start-up.
+    unwatched: bool,
+}
+
+impl Blind {
+    /// Roots that a quick pass walks in full.
+    fn roots(&self) -> Vec<PathBuf> {
+        self.watched
+            .iter()
+            .filter(|(r, id)| id.is_none() || identity(r) != **id)
+            .map(|(r, _)| r.clone())
+            .collect()
+    }
+}
+
+/// The install roots' walk state (`STATE_DIR/walkstate.bin`) and what decides whether a rescan
+/// may be a quick one ([`Pass::Quick`]): after a restart (the state of the run before, made
+/// under the same policy; a full pass follows at once), and between full passes while the
+/// watcher has lost nothing (those come at least every `full_rescan_interval_s`). Every other
+/// rescan is full: the first ever, after lost events, after a policy change.
+struct Walks {
+    state: WalkState,
+    /// What the state file holds, so that an unchanged state is not written again.
+    saved: Option<WalkState>,
+    /// When the last full pass began.
+    last_full: Option<Instant>,
+    full_every: Duration,
+    blind: Blind,
+    /// Roots a quick pass walks in full (found at the start of each pass).
+    full_under: Vec<PathBuf>,
+    fingerprint: [u8; 32],
+    /// The hash memo's change count when the hash cache was last written.
+    cache_saved: Option<u64>,
+}
+
+impl Walks {
+    /// The state the run before left (read at start-up, like the hash cache).
+    fn new(shared: &Shared, blind: Blind) -> Walks {
+        let state = match WalkState::load(&Self::path(shared)) {
+            Ok(s) => Some(s),
+            Err(crate::inventory::walk_state::StateError::Missing) => None,
+            Err(e) => {
+                tracing::warn!("{e}; the first rescan is a full one");
+                None
+            }
+        };
+        Walks {
+            state: state.clone().unwrap_or_default(),
+            saved: state,
+            last_full: None,
+            full_every: Duration::from_secs(shared.config.install.full_rescan_interval_s.max(1)),
+            blind,
+            full_under: Vec::new(),
+            fingerprint: [0; 32],
+            cache_saved: Some(shared.memo.changes()),
+        }
+    }
+
+    fn path(shared: &Shared) -> PathBuf {
+        shared.config.agent.state_dir.join("walkstate.bin")
+    }
+
+    /// Store the hash cache when the memo has learned anything since it was last stored.
+    fn save_cache(&mut self, shared: &Shared) {
+        let changes = shared.memo.changes();
+        if self.cache_saved != Some(changes) {
+            save_hash_cache(shared);
+            self.cache_saved = Some(changes);
+        }
+    }
+
+    /// Choose the pass for a rescan asked for because of `why`, and make the state ready for it.
+    fn begin(&mut self, shared: &Shared, why: &str, pending: &mut Pending) -> Pass {
+        for p in pending.touched.drain() {
+            self.state.invalidate(&p);
+        }
+        // A folder whose watch failed is never watched: no quick periodic rescan any more.
+        self.blind.unwatched |= std::mem::take(&mut pending.watch_failed);
+        self.fingerprint = policy_fingerprint(shared);
+        self.full_under = self.blind.roots();
+        let same_policy = self.state.fingerprint == self.fingerprint && !self.state.dirs.is_empty();
+        let quick = same_policy
+            && match why {
+                "start-up" => true,
+                "periodic" => {
+                    !pending.lost
+                        && !self.blind.unwatched
+                        && self
+                            .last_full
+                            .is_some_and(|t| t.elapsed() < self.full_every)
+                }
+                _ => false,
+            };
+        if quick {
+            Pass::Quick
+        } else {
+            // From here on, the watcher's reports are what a later quick pass relies on.
+            pending.lost = false;
+            self.last_full = Some(Instant::now());
+            Pass::Full
+        }
+    }
+
+    fn request(&mut self, pass: Pass) -> installed::WalkRequest<'_> {
+        installed::WalkRequest {
+            state: &mut self.state,
+            pass,
+            fingerprint: self.fingerprint,
+            full_under: &self.full_under,
+        }
+    }
+
+    /// A rescan is done: record its time, and store the walk state and the hash cache when
+    /// they changed.
+    fn finish(&mut self, shared: &Shared, pass: Pass, hashed: u64, started: Instant) {
+        if self.saved.as_ref() != Some(&self.state) {
+            let bytes = self.state.encode();
+            match crate::fsutil::write_atomic(&Self::path(shared), &bytes, 0o600) {
+                Ok(()) => self.saved = Some(self.state.clone()),
+                Err(e) => tracing::warn!("{}: {e}", Self::path(shared).display()),
+            }
+        }
+        // Digests the other sensors remember are stored with the next full pass (or at
+        // shutdown): a quick pass writes the cache only for what it read itself.
+        if pass == Pass::Full || hashed > 0 {
+            self.save_cache(shared);
+        }
+        let us = started.elapsed().as_micros() as u64;
+        let m = &shared.metrics;
+        use std::sync::atomic::Ordering::Relaxed;
+        m.last_rescan_us.store(us, Relaxed);
+        match pass {
+            Pass::Full => m.last_full_rescan_us.store(us, Relaxed),
+            Pass::Quick => {
+                m.last_quick_rescan_us.store(us, Relaxed);
+                inc(&m.c.install_quick_rescans);
+            }
+        }
+        // Counted when done: a reader of `install_rescans` sees the rescan's results.
+        inc(&m.c.install_rescans);
+    }
+}
+
+/// Identifies what the install scan's findings depend on: this build, the policy text and its
+/// hash lists, the learned digests and the exceptions granted.
+fn policy_fingerprint(shared: &Shared) -> [u8; 32] {
+    use sha2::Digest as _;
+    let active = shared.policy.active();
+    let mut h = sha2::Sha256::new();
+    h.update(env!("CARGO_PKG_VERSION").as_bytes());
+    h.update(active.base.content_sha256.as_bytes());
+    h.update(serde_json::to_vec(&shared.learner.set()).unwrap_or_default());
+    h.update(serde_json::to_vec(&shared.policy.exceptions()).unwrap_or_default());
+    h.finalize().into()
+}
+
+/// Look at `paths` (whole trees); with a walk state, a rescan of the roots (see
+/// [`installed::Pass`]).
+fn scan_paths(
+    shared: &Shared,
+    paths: &[PathBuf],
+    walk: Option<installed::WalkRequest<'_>>,
+) -> Vec<Found> {
     let active = shared.policy.active();
     let progress = Progress::default();
     let existing: Vec<PathBuf> = paths
@@ -478,14 +731,20 @@ fn scan_paths(shared: &Shared, paths: &[PathBuf]) -> Vec<Found> {
         .filter(|p| p.symlink_metadata().is_ok())
         .cloned()
         .collect();
-    let found = installed::scan(
-        &active.loaded.policy,
-        &existing,
-        &shared.accounts,
-        &shared.origin.hostname,
-        &shared.memo,
-        &progress,
-    );
+    let policy = &active.loaded.policy;
+    let (accounts, host) = (&shared.accounts, &shared.origin.hostname);
+    let found = match walk {
+        Some(w) => installed::scan_walk(
+            policy,
+            &existing,
+            w,
+            accounts,
+            host,
+            &shared.memo,
+            &progress,
+        ),
+        None => installed::scan(policy, &existing, accounts, host, &shared.memo, &progress),
+    };
     shared.metrics.c.install_hashed_bytes.fetch_add(
         progress
             .hashed_bytes
@@ -528,7 +787,8 @@ const INSTALLER_WAIT: Duration = Duration::from_secs(600);
 struct Settle<'a> {
     writing: &'a HashSet<PathBuf>,
     quiet: Duration,
-    installing: bool,
+    /// Whether a package manager is installing now: looked up once, when first asked.
+    installing: std::cell::OnceCell<bool>,
 }
 
 impl Settle<'_> {
@@ -551,7 +811,9 @@ impl Settle<'_> {
 
     /// Part of a package an installer is still laying down.
     fn installing(&self, f: &Found) -> bool {
-        self.installing && f.package.is_none() && unit_of(&f.path) != f.path
+        f.package.is_none()
+            && unit_of(&f.path) != f.path
+            && *self.installing.get_or_init(installer_running)
     }
 }
 
@@ -626,7 +888,7 @@ fn examine(
     settle: &Settle<'_>,
     guard: Option<&ScriptMarker>,
 ) -> Vec<PathBuf> {
-    let found = scan_paths(shared, units);
+    let found = scan_paths(shared, units, None);
     let mut now: HashSet<(String, PathBuf)> = HashSet::new();
     let mut again: HashSet<PathBuf> = HashSet::new();
     for f in found {
@@ -742,7 +1004,6 @@ fn rescan(
     (seen, known): (&mut Seen, &mut Known),
     why: &str,
     settle: &Settle<'_>,
-    started: Instant,
     guard: Option<&ScriptMarker>,
 ) -> Vec<PathBuf> {
     tracing::debug!("install rescan ({why})");
@@ -795,13 +1056,6 @@ fn rescan(
     if !save_reported(shared, seen, known) {
         tracing::debug!("installs record not written yet: the event writer lags");
     }
-    save_hash_cache(shared);
-    shared.metrics.last_rescan_us.store(
-        started.elapsed().as_micros() as u64,
-        std::sync::atomic::Ordering::Relaxed,
-    );
-    // Counted when done: a reader of `install_rescans` sees the rescan's results.
-    inc(&shared.metrics.c.install_rescans);
     again.into_iter().collect()
 }
 
