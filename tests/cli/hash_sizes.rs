@@ -167,13 +167,14 @@ fn issue_14_shipped_list_sizes_equal_every_cached_release_and_codex_build() {
 }
 
 /// A registry on loopback serving a packument and one tarball of `total` bytes, of which it has
-/// the beginning `body`; with `ranges`, a `Range: bytes=0-N` request gets `206` and those
-/// bytes, else the whole tarball is announced and `body` sent. Each request's path, Range
+/// the beginning `body`; with `ranges = Some(at)`, a `Range: bytes=0-N` request gets `206` and
+/// N+1 bytes from `at` (0 for an honest server), else the whole tarball is announced and `body`
+/// sent. Each request's path, Range
 /// header and bytes sent are recorded.
 #[allow(clippy::type_complexity)]
 fn registry(
     (body, total): (Vec<u8>, u64),
-    ranges: bool,
+    ranges: Option<usize>,
 ) -> (String, Arc<Mutex<Vec<(String, Option<String>, usize)>>>) {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let base = format!("http://{}", l.local_addr().unwrap());
@@ -210,30 +211,31 @@ fn registry(
                 }
             }
             let path = first.split_whitespace().nth(1).unwrap_or("").to_string();
-            let (head, data, len): (String, &[u8], u64) = if path
-                .ends_with("claude-code-linux-arm64-musl")
-            {
-                ("200 OK".into(), &packument, packument.len() as u64)
-            } else if path == "/t/claude.tgz" {
-                match range
-                    .as_deref()
-                    .and_then(|r| r.strip_prefix("bytes=0-"))
-                    .and_then(|e| e.parse::<usize>().ok())
-                    .filter(|_| ranges)
-                {
-                    Some(end) => {
-                        let end = end.min(body.len() - 1);
-                        (
-                            format!("206 Partial Content\r\nContent-Range: bytes 0-{end}/{total}"),
-                            &body[..=end],
-                            end as u64 + 1,
-                        )
+            let (head, data, len): (String, &[u8], u64) =
+                if path.ends_with("claude-code-linux-arm64-musl") {
+                    ("200 OK".into(), &packument, packument.len() as u64)
+                } else if path == "/t/claude.tgz" {
+                    match range
+                        .as_deref()
+                        .and_then(|r| r.strip_prefix("bytes=0-"))
+                        .and_then(|e| e.parse::<usize>().ok())
+                        .zip(ranges)
+                    {
+                        Some((end, at)) => {
+                            let end = (at + end).min(body.len() - 1);
+                            (
+                                format!(
+                                "206 Partial Content\r\nContent-Range: bytes {at}-{end}/{total}"
+                            ),
+                                &body[at..=end],
+                                (end - at) as u64 + 1,
+                            )
+                        }
+                        None => ("200 OK".into(), &body[..], total),
                     }
-                    None => ("200 OK".into(), &body[..], total),
-                }
-            } else {
-                ("404 Not Found".into(), &[][..], 0)
-            };
+                } else {
+                    ("404 Not Found".into(), &[][..], 0)
+                };
             // A client that stops reading early closes the connection: what was written is
             // counted as sent.
             let mut sent = 0;
@@ -308,7 +310,7 @@ fn issue_14_sizes_come_from_a_real_tarball_prefix() {
         1,
     );
     for ranges in [true, false] {
-        let (base, log) = registry(tarball.clone(), ranges);
+        let (base, log) = registry(tarball.clone(), ranges.then_some(0));
         let r = sizes(&list, &base);
         r.expect_code(0);
         assert_eq!(r.stdout, want, "ranges {ranges}\n{}", r.stderr);
@@ -351,7 +353,7 @@ fn issue_14_sizes_come_from_a_real_tarball_prefix() {
     );
     std::fs::write(&list, &text).unwrap();
     for ranges in [true, false] {
-        let (base, log) = registry(tarball.clone(), ranges);
+        let (base, log) = registry(tarball.clone(), ranges.then_some(0));
         let r = sizes(&list, &base);
         r.expect_code(1);
         assert_eq!(
@@ -396,6 +398,28 @@ fn issue_14_sizes_come_from_a_real_tarball_prefix() {
 }
 
 #[test]
+fn issue_14_sizes_refuses_bytes_that_are_not_the_tarball_start() {
+    // A server (or a cache in between) that answers the Range request with other bytes of the
+    // tarball: nothing read from them is taken as a size.
+    let tarball = npm_tarball_head("@anthropic-ai/claude-code-linux-arm64-musl@2.1.160");
+    let tmp = tempfile::tempdir().unwrap();
+    let list = tmp.path().join("h.sha256");
+    let text = format!("{}  {MUSL}:package/claude\n", "c".repeat(64));
+    std::fs::write(&list, &text).unwrap();
+    let (base, _) = registry(tarball, Some(512));
+    let r = sizes(&list, &base);
+    r.expect_code(1);
+    assert_eq!(r.stdout, text, "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains("asked for the first 4096 bytes, the server sent `bytes 512-4607/")
+            && r.stderr.contains("h.sha256:1: warning:"),
+        "{}",
+        r.stderr
+    );
+}
+
+#[test]
 fn issue_14_sizes_from_the_real_registry_equal_the_real_files() {
     // The shipped list's lines for the cached releases, without their sizes.
     let cached = cached_releases();
@@ -421,4 +445,33 @@ fn issue_14_sizes_from_the_real_registry_equal_the_real_files() {
             "{name}"
         );
     }
+}
+
+#[test]
+fn issue_14_the_exec_guard_refuses_a_renamed_release_by_the_sized_shipped_list() {
+    use crate::support::agent::*;
+    // The pack without its family rule: only the sized digests can identify the copy, so a
+    // wrong size in the shipped list would let it run unhashed.
+    let text = pack_without_family_rule().replace(
+        "hashes/",
+        &format!("{}/hashes/", repo().join("policies").display()),
+    );
+    let mnt = TmpMount::new();
+    let m = mnt.path();
+    let real = crate::npm_packages::prefix()
+        .join("node_modules/@anthropic-ai/claude-code-linux-x64/claude");
+    let copy = m.join("opt/tools/assistant");
+    place(&real, &copy);
+    let other = m.join("bin/true-copy");
+    place(Path::new("/bin/true"), &other);
+    let mut agent = Agent::start(&text, &marks(m));
+    assert_denied(&copy);
+    let e = agent.wait_event("exec_denied by sha256", |e| {
+        e["kind"] == "exec_denied" && e["rule"]["id"] == "claude-code"
+    });
+    assert_eq!(e["rule"]["selector"], "sha256", "{e:#}");
+    // A program of a size no listed digest has runs.
+    let st = exec(&other, &[]).expect("a program of another size runs");
+    assert!(st.success(), "{st}");
+    agent.stop();
 }

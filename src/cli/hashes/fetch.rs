@@ -312,6 +312,8 @@ pub struct NpmPackument {
     name: String,
     url: String,
     doc: Packument,
+    /// Bytes of the packument downloaded.
+    pub bytes: u64,
 }
 
 impl NpmPackument {
@@ -421,6 +423,20 @@ pub fn join_url(base: &str, href: &str) -> String {
         }
     }
     format!("{scheme}://{authority}/{}{tail}", segs.join("/"))
+}
+
+/// A reader that counts what passes through it.
+struct Counted<R> {
+    inner: R,
+    n: u64,
+}
+
+impl<R: Read> Read for Counted<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.n += n as u64;
+        Ok(n)
+    }
 }
 
 /// A reader that hashes what passes through it and counts it.
@@ -638,11 +654,21 @@ impl Registries {
     /// then gives each release's tarball).
     pub fn npm_packument(&self, name: &str) -> Result<NpmPackument, RegistryError> {
         let url = format!("{}/{}", self.npm, name.replace('/', "%2f"));
-        let doc: Packument = self.get_json(&url, "application/vnd.npm.install-v1+json")?;
+        let body = self.get(&url, "application/vnd.npm.install-v1+json")?;
+        let mut counted = Counted {
+            inner: body.into_with_config().limit(MAX_METADATA_BYTES).reader(),
+            n: 0,
+        };
+        let doc: Packument =
+            serde_json::from_reader(&mut counted).map_err(|e| RegistryError::Metadata {
+                url: url.clone(),
+                reason: e.to_string(),
+            })?;
         Ok(NpmPackument {
             name: name.to_string(),
             url,
             doc,
+            bytes: counted.n,
         })
     }
 

@@ -142,6 +142,8 @@ pub struct SizesSummary {
     pub bytes: u64,
     /// Packuments fetched.
     pub packuments: usize,
+    /// Bytes of packuments downloaded.
+    pub packument_bytes: u64,
 }
 
 /// One digest line's parts: the digest and the file's name (`HEX  NAME`, `HEX *NAME`).
@@ -211,7 +213,9 @@ fn size_line(
     };
     let doc = packuments.entry(pkg.to_string()).or_insert_with(|| {
         sum.packuments += 1;
-        reg.npm_packument(pkg).map_err(|e| e.to_string())
+        let doc = reg.npm_packument(pkg).map_err(|e| e.to_string());
+        sum.packument_bytes += doc.as_ref().map_or(0, |d| d.bytes);
+        doc
     });
     let url = match doc {
         Ok(doc) => doc
@@ -315,11 +319,12 @@ pub fn sizes_command(args: &SizesArgs) -> anyhow::Result<u8> {
         &mut io::stderr().lock(),
     )?;
     eprintln!(
-        "{} line(s) sized, {} already sized, {} left without a size; {} packument(s), {} tarball request(s) ({} answered with a range), {:.1} KiB of tarballs in {:.1} s",
+        "{} line(s) sized, {} already sized, {} left without a size; {} packument(s) ({:.1} KiB), {} tarball request(s) ({} answered with a range), {:.1} KiB of tarballs in {:.1} s",
         sum.sized,
         sum.already,
         sum.left,
         sum.packuments,
+        sum.packument_bytes as f64 / 1024.0,
         sum.requests,
         sum.ranged,
         sum.bytes as f64 / 1024.0,
