@@ -7,7 +7,7 @@
 # Platforms: linux x64/arm64 (glibc and musl), darwin x64/arm64. About 2 s and 90 MiB per
 # package; six months of releases (~1,000 packages) take about 40 minutes. Every line ends in
 # the binary's size (`size=BYTES`). To add sizes to a list made without them, without
-# downloading the packages again: interdict hashes sizes FILE > FILE.new (about 3 minutes).
+# downloading the packages again: interdict hashes sizes FILE > FILE.new (1 to 2 minutes).
 set -eu
 since=${1:?usage: $0 VERSION   (e.g. 2.1.160: every release since that one)}
 here=$(dirname "$0")

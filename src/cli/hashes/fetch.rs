@@ -564,15 +564,23 @@ impl Registries {
             }
         };
         let mut bytes = Vec::new();
+        // A range is read to its end (so that the connection is reused); a whole file only as
+        // far as asked.
+        let ranged = status == 206;
         resp.into_body()
             .into_reader()
-            .take(n)
+            .take(if ranged { n + 1 } else { n })
             .read_to_end(&mut bytes)
             .map_err(|e| http(e.to_string()))?;
         let got = bytes.len() as u64;
+        if got > n {
+            return Err(http(format!(
+                "asked for the first {n} bytes, the server sent more"
+            )));
+        }
         Ok(Prefix {
             bytes,
-            ranged: status == 206,
+            ranged,
             complete: match total {
                 Some(t) => got >= t,
                 None => status == 200 && got < n,

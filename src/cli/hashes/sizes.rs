@@ -182,34 +182,50 @@ fn size_by_prefix(
     }
 }
 
-enum Sized {
-    Already,
-    Size(u64),
+/// What is to be done with one line.
+enum Plan {
+    /// Copied as it is (blank, comment, or already sized).
+    Copy,
+    /// Copied as it is, with a warning: it cannot be sized.
     Cannot(String),
+    /// Sized from the beginning of the tarball at `url`.
+    Fetch {
+        /// The file's name in the list.
+        name: String,
+        /// The tarball.
+        url: String,
+        /// The file's path in it.
+        path: String,
+    },
 }
 
-/// The size for one digest line (`trimmed`: no blank or comment).
-fn size_line(
+/// What to do with one line (`trimmed`: the line without surrounding blanks), fetching each
+/// package's packument the first time it is named.
+fn plan_line(
     reg: &Registries,
     trimmed: &str,
     packuments: &mut HashMap<String, Result<NpmPackument, String>>,
     sum: &mut SizesSummary,
-) -> Sized {
+) -> Plan {
+    if trimmed.is_empty() || trimmed.starts_with('#') {
+        return Plan::Copy;
+    }
     let Some((_, name)) = digest_line(trimmed) else {
-        return Sized::Cannot("not a `SHA256  NAME` line".into());
+        return Plan::Cannot("not a `SHA256  NAME` line".into());
     };
     if name.is_empty() {
-        return Sized::Cannot("a bare digest: no `npm:` name to size".into());
+        return Plan::Cannot("a bare digest: no `npm:` name to size".into());
     }
     if name
         .split_whitespace()
         .last()
         .is_some_and(|t| t.starts_with("size="))
     {
-        return Sized::Already;
+        sum.already += 1;
+        return Plan::Copy;
     }
     let Some((pkg, version, path)) = parse_npm_name(name) else {
-        return Sized::Cannot(format!("`{name}` is not named `npm:PACKAGE@VERSION:PATH`"));
+        return Plan::Cannot(format!("`{name}` is not named `npm:PACKAGE@VERSION:PATH`"));
     };
     let doc = packuments.entry(pkg.to_string()).or_insert_with(|| {
         sum.packuments += 1;
@@ -218,53 +234,97 @@ fn size_line(
         doc
     });
     let url = match doc {
-        Ok(doc) => doc
-            .artifact(version)
-            .map(|a| a.url)
-            .map_err(|e| e.to_string()),
-        Err(e) => Err(e.clone()),
+        Ok(doc) => doc.artifact(version).map(|a| a.url),
+        Err(e) => return Plan::Cannot(format!("{name}: {e}")),
     };
-    match url.and_then(|u| size_by_prefix(reg, &u, path, sum)) {
-        Ok(size) => Sized::Size(size),
-        Err(why) => Sized::Cannot(format!("{name}: {why}")),
+    match url {
+        Ok(url) => Plan::Fetch {
+            name: name.to_string(),
+            url,
+            path: path.to_string(),
+        },
+        Err(e) => Plan::Cannot(format!("{name}: {e}")),
     }
 }
 
 /// Copy the hash list `text` (named `file` in messages) to `out`, adding `  size=BYTES` to each
 /// `npm:` digest line without a size; every other line is copied unchanged. A digest line left
-/// without a size gets a warning on `log`.
+/// without a size gets a warning on `log`. Up to `jobs` tarball prefixes are fetched at once
+/// (each request waits mostly on the registry); the output keeps the list's order.
 pub fn add_sizes(
     reg: &Registries,
     file: &str,
     text: &str,
+    jobs: usize,
     out: &mut impl io::Write,
     log: &mut impl io::Write,
 ) -> io::Result<SizesSummary> {
     let mut sum = SizesSummary::default();
     let mut packuments: HashMap<String, Result<NpmPackument, String>> = HashMap::new();
-    for (i, line) in text.split_inclusive('\n').enumerate() {
+    let lines: Vec<&str> = text.split_inclusive('\n').collect();
+    let plans: Vec<Plan> = lines
+        .iter()
+        .map(|l| plan_line(reg, l.trim(), &mut packuments, &mut sum))
+        .collect();
+    // The prefixes, fetched by `jobs` threads taking the next line to size in turn.
+    let todo: Vec<usize> = (0..plans.len())
+        .filter(|&i| matches!(plans[i], Plan::Fetch { .. }))
+        .collect();
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let results: Vec<(usize, Result<u64, String>, SizesSummary)> = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..jobs.clamp(1, 64).min(todo.len().max(1)))
+            .map(|_| {
+                s.spawn(|| {
+                    let mut done = Vec::new();
+                    loop {
+                        let k = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some(&i) = todo.get(k) else {
+                            return done;
+                        };
+                        let Plan::Fetch { url, path, .. } = &plans[i] else {
+                            continue;
+                        };
+                        let mut part = SizesSummary::default();
+                        let r = size_by_prefix(reg, url, path, &mut part);
+                        done.push((i, r, part));
+                    }
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().expect("a sizing thread panicked"))
+            .collect()
+    });
+    let mut sized: HashMap<usize, Result<u64, String>> = HashMap::new();
+    for (i, r, part) in results {
+        sum.requests += part.requests;
+        sum.ranged += part.ranged;
+        sum.bytes += part.bytes;
+        sized.insert(i, r);
+    }
+    for (i, (line, plan)) in lines.iter().zip(&plans).enumerate() {
         let body = line.trim_end_matches(['\n', '\r']);
         let ending = &line[body.len()..];
-        let trimmed = body.trim();
-        if trimmed.is_empty() || trimmed.starts_with('#') {
-            out.write_all(line.as_bytes())?;
-            continue;
-        }
-        match size_line(reg, trimmed, &mut packuments, &mut sum) {
-            Sized::Already => {
-                sum.already += 1;
+        let why = match plan {
+            Plan::Copy => {
                 out.write_all(line.as_bytes())?;
+                continue;
             }
-            Sized::Size(size) => {
-                sum.sized += 1;
-                write!(out, "{}  size={size}{ending}", body.trim_end())?;
-            }
-            Sized::Cannot(why) => {
-                sum.left += 1;
-                writeln!(log, "{file}:{}: warning: {why}; left without a size", i + 1)?;
-                out.write_all(line.as_bytes())?;
-            }
-        }
+            Plan::Cannot(why) => why.clone(),
+            Plan::Fetch { name, .. } => match sized.remove(&i) {
+                Some(Ok(size)) => {
+                    sum.sized += 1;
+                    write!(out, "{}  size={size}{ending}", body.trim_end())?;
+                    continue;
+                }
+                Some(Err(why)) => format!("{name}: {why}"),
+                None => format!("{name}: not sized"),
+            },
+        };
+        sum.left += 1;
+        writeln!(log, "{file}:{}: warning: {why}; left without a size", i + 1)?;
+        out.write_all(line.as_bytes())?;
     }
     Ok(sum)
 }
@@ -281,6 +341,10 @@ pub struct SizesArgs {
     /// Trust the CAs in this PEM file (default: `$SSL_CERT_FILE`, else the system's bundle).
     #[arg(long, value_name = "FILE")]
     pub ca_file: Option<std::path::PathBuf>,
+    /// Tarball prefixes fetched at once (1 to 64).
+    #[arg(long, value_name = "N", default_value_t = 8,
+          value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub jobs: u16,
 }
 
 /// Run `interdict hashes sizes`: the exit code (0 every digest line has a size, 1 some line
@@ -315,6 +379,7 @@ pub fn sizes_command(args: &SizesArgs) -> anyhow::Result<u8> {
         &reg,
         &name,
         &text,
+        usize::from(args.jobs),
         &mut io::BufWriter::new(stdout.lock()),
         &mut io::stderr().lock(),
     )?;
@@ -449,7 +514,7 @@ mod tests {
             "# comment\n\n{a}  npm:x@1:package/x  size=12\n{a}  claude\n{a}\nnot a digest\n"
         );
         let (mut out, mut log) = (Vec::new(), Vec::new());
-        let sum = add_sizes(&reg, "h.sha256", &text, &mut out, &mut log).unwrap();
+        let sum = add_sizes(&reg, "h.sha256", &text, 4, &mut out, &mut log).unwrap();
         assert_eq!(String::from_utf8(out).unwrap(), text);
         let log = String::from_utf8(log).unwrap();
         assert_eq!((sum.already, sum.left, sum.sized), (1, 3, 0), "{log}");
