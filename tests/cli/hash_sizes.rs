@@ -167,14 +167,14 @@ fn issue_14_shipped_list_sizes_equal_every_cached_release_and_codex_build() {
 }
 
 /// A registry on loopback serving a packument and one tarball of `total` bytes, of which it has
-/// the beginning `body`; with `ranges = Some(at)`, a `Range: bytes=0-N` request gets `206` and
-/// N+1 bytes from `at` (0 for an honest server), else the whole tarball is announced and `body`
-/// sent. Each request's path, Range
-/// header and bytes sent are recorded.
+/// the beginning `body`; with `ranges = Some((at, extra))`, a `Range: bytes=0-N` request gets
+/// `206` and N+1 bytes from `at` and `extra` more (0 and 0 for an honest server), else the whole
+/// tarball is announced and `body` sent. Each request's path, Range header and bytes sent are
+/// recorded.
 #[allow(clippy::type_complexity)]
 fn registry(
     (body, total): (Vec<u8>, u64),
-    ranges: Option<usize>,
+    ranges: Option<(usize, usize)>,
 ) -> (String, Arc<Mutex<Vec<(String, Option<String>, usize)>>>) {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let base = format!("http://{}", l.local_addr().unwrap());
@@ -221,14 +221,15 @@ fn registry(
                         .and_then(|e| e.parse::<usize>().ok())
                         .zip(ranges)
                     {
-                        Some((end, at)) => {
+                        Some((end, (at, extra))) => {
                             let end = (at + end).min(body.len() - 1);
+                            let sent = (end + extra).min(body.len() - 1);
                             (
                                 format!(
                                 "206 Partial Content\r\nContent-Range: bytes {at}-{end}/{total}"
                             ),
-                                &body[at..=end],
-                                (end - at) as u64 + 1,
+                                &body[at..=sent],
+                                (sent - at) as u64 + 1,
                             )
                         }
                         None => ("200 OK".into(), &body[..], total),
@@ -310,7 +311,7 @@ fn issue_14_sizes_come_from_a_real_tarball_prefix() {
         1,
     );
     for ranges in [true, false] {
-        let (base, log) = registry(tarball.clone(), ranges.then_some(0));
+        let (base, log) = registry(tarball.clone(), ranges.then_some((0, 0)));
         let r = sizes(&list, &base);
         r.expect_code(0);
         assert_eq!(r.stdout, want, "ranges {ranges}\n{}", r.stderr);
@@ -353,7 +354,7 @@ fn issue_14_sizes_come_from_a_real_tarball_prefix() {
     );
     std::fs::write(&list, &text).unwrap();
     for ranges in [true, false] {
-        let (base, log) = registry(tarball.clone(), ranges.then_some(0));
+        let (base, log) = registry(tarball.clone(), ranges.then_some((0, 0)));
         let r = sizes(&list, &base);
         r.expect_code(1);
         assert_eq!(
@@ -407,7 +408,7 @@ fn issue_14_sizes_refuses_bytes_that_are_not_the_tarball_start() {
     let list = tmp.path().join("h.sha256");
     let text = format!("{}  {MUSL}:package/claude\n", "c".repeat(64));
     std::fs::write(&list, &text).unwrap();
-    let (base, _) = registry(tarball, Some(512));
+    let (base, _) = registry(tarball.clone(), Some((512, 0)));
     let r = sizes(&list, &base);
     r.expect_code(1);
     assert_eq!(r.stdout, text, "{}", r.stderr);
@@ -415,6 +416,17 @@ fn issue_14_sizes_refuses_bytes_that_are_not_the_tarball_start() {
         r.stderr
             .contains("asked for the first 4096 bytes, the server sent `bytes 512-4607/")
             && r.stderr.contains("h.sha256:1: warning:"),
+        "{}",
+        r.stderr
+    );
+    // One that says it sends the range asked for and sends more.
+    let (base, _) = registry(tarball, Some((0, 100)));
+    let r = sizes(&list, &base);
+    r.expect_code(1);
+    assert_eq!(r.stdout, text, "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains("asked for the first 4096 bytes, the server sent more"),
         "{}",
         r.stderr
     );
