@@ -257,12 +257,24 @@ impl StateArgs {
 #[derive(Debug, Subcommand)]
 enum HashesCommand {
     /// Download releases from npm or PyPI, verify them against the registry's integrity value
-    /// and print `sha256sum` lines of the files inside, for `policies/hashes/*.sha256`. For IT
+    /// and print `sha256sum` lines (`HEX  NAME  size=BYTES`) of the files inside, for `policies/hashes/*.sha256`. For IT
     /// on a machine with registry access; the agent never does this.
     ///
     /// Exit status: 0 all fetched, 1 some file is identified by no family rule of --policy,
     /// 2 some spec or download failed (nothing is printed for it).
     Fetch(hashes::fetch::FetchArgs),
+    /// Print a hash list again with `  size=BYTES` added to each `npm:PKG@VERSION:PATH` line
+    /// that has no size, reading only the beginning of each release's tarball (an HTTP Range
+    /// request: the tar header gives the size) instead of downloading it. Comments, other lines
+    /// and existing sizes are copied unchanged. For IT on a machine with registry access; the
+    /// agent never does this.
+    ///
+    /// The sizes are not checked against the registry's integrity value (that needs the whole
+    /// tarball; `interdict hashes fetch` prints verified sizes).
+    ///
+    /// Exit status: 0 every digest line has a size, 1 some line was left without one (a
+    /// warning names each), 2 error.
+    Sizes(hashes::sizes::SizesArgs),
     /// List learned hashes: rule, digest, size, where and how each was first seen.
     List {
         #[command(flatten)]
@@ -428,6 +440,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         }
         Command::Logs(cmd) => logs::run(cmd),
         Command::Hashes(HashesCommand::Fetch(args)) => hashes::fetch::fetch_command(&args),
+        Command::Hashes(HashesCommand::Sizes(args)) => hashes::sizes::sizes_command(&args),
         Command::Hashes(HashesCommand::List { state, format }) => {
             hashes::list(&state.path()?, format)
         }

@@ -10,6 +10,7 @@ mod doctor;
 mod evasion;
 mod family_rules;
 mod fleet;
+mod hash_sizes;
 mod install_watch;
 mod notify;
 mod npm_packages;

@@ -14,14 +14,22 @@ fn fetch(args: &[&str]) -> Run {
     run(&mut c)
 }
 
-/// The digest lines of a run: (sha256, label).
+/// The digest lines of a run: (sha256, label); each ends in `  size=BYTES`.
 fn lines(r: &Run) -> Vec<(String, String)> {
+    sized_lines(r).into_iter().map(|(h, n, _)| (h, n)).collect()
+}
+
+/// The digest lines of a run: (sha256, label, size).
+fn sized_lines(r: &Run) -> Vec<(String, String, u64)> {
     r.stdout
         .lines()
         .filter(|l| !l.starts_with('#') && !l.is_empty())
         .map(|l| {
-            let (h, name) = l.split_once("  ").expect("sha256sum format");
-            (h.to_string(), name.to_string())
+            let (h, rest) = l.split_once("  ").expect("sha256sum format");
+            let (name, size) = rest
+                .rsplit_once("  size=")
+                .unwrap_or_else(|| panic!("no size: {l}"));
+            (h.to_string(), name.to_string(), size.parse().unwrap())
         })
         .collect()
 }
@@ -37,12 +45,15 @@ fn issue_14_npm_release_digests_match_the_files_npm_installs() {
         shipped_pack().to_str().unwrap(),
     ]);
     r.expect_code(0);
-    let want = sha256sum(&npm_package("@anthropic-ai/claude-code@1.0.0").join("package/cli.js"));
+    let cli_js = npm_package("@anthropic-ai/claude-code@1.0.0").join("package/cli.js");
+    let want = sha256sum(&cli_js);
+    let size = std::fs::metadata(&cli_js).unwrap().len();
     assert_eq!(
-        lines(&r),
+        sized_lines(&r),
         [(
             want,
-            "npm:@anthropic-ai/claude-code@1.0.0:package/cli.js".to_string()
+            "npm:@anthropic-ai/claude-code@1.0.0:package/cli.js".to_string(),
+            size
         )]
     );
     assert!(
@@ -56,6 +67,10 @@ fn issue_14_npm_release_digests_match_the_files_npm_installs() {
     std::fs::write(tmp.path().join("h.sha256"), &r.stdout).unwrap();
     let policy = one_rule_policy(tmp.path(), "block", r#"sha256_files = ["h.sha256"]"#);
     run(interdict().args(["policy", "check"]).arg(&policy)).expect_code(0);
+    // ... whose digests carry their sizes: only a file of that size may match.
+    let p = interdict::policy::load(&policy).unwrap().policy;
+    assert!(p.may_match_size(size));
+    assert!(!p.may_match_size(size + 1), "issue 14: fetch prints sizes");
 }
 
 #[test]
@@ -68,7 +83,9 @@ fn issue_14_pypi_wheel_digests_match_the_bundled_binary_pip_installs() {
     r.expect_code(0);
     let got = lines(&r);
     assert_eq!(got.len(), 1, "{}", r.stdout);
-    assert_eq!(got[0].0, sha256sum(&crate::channels::pypi_sdk_binary()));
+    let sdk = crate::channels::pypi_sdk_binary();
+    assert_eq!(got[0].0, sha256sum(&sdk));
+    assert_eq!(sized_lines(&r)[0].2, std::fs::metadata(&sdk).unwrap().len());
     assert!(
         got[0].1.ends_with(":claude_agent_sdk/_bundled/claude"),
         "{:?}",

@@ -255,6 +255,18 @@ pub struct Fetched {
     pub entries: Vec<Entry>,
 }
 
+/// The beginning of a download ([`Registries::get_prefix`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Prefix {
+    /// The bytes received, from the first.
+    pub bytes: Vec<u8>,
+    /// True when the server honoured the Range request (206), false when it sent the whole
+    /// file (200) and the transfer was cut off.
+    pub ranged: bool,
+    /// True when `bytes` is the whole file.
+    pub complete: bool,
+}
+
 /// A registry client.
 #[derive(Debug, Clone)]
 pub struct Registries {
@@ -293,6 +305,48 @@ struct Packument {
     dist_tags: std::collections::HashMap<String, String>,
     #[serde(default)]
     versions: std::collections::HashMap<String, NpmVersion>,
+}
+
+/// An npm package's abbreviated packument, as [`Registries::npm_packument`] fetched it.
+pub struct NpmPackument {
+    name: String,
+    url: String,
+    doc: Packument,
+    /// Bytes of the packument downloaded.
+    pub bytes: u64,
+}
+
+impl NpmPackument {
+    /// Release `v`'s tarball, with the registry's sha512 integrity value (a release without
+    /// one is refused: its tarball could not be verified).
+    pub fn artifact(&self, v: &str) -> Result<Artifact, RegistryError> {
+        let name = &self.name;
+        let Some(meta) = self.doc.versions.get(v) else {
+            return Err(RegistryError::NotFound {
+                spec: format!("npm:{name}"),
+                reason: format!("no version {v}"),
+            });
+        };
+        let integrity = meta
+            .dist
+            .integrity
+            .as_deref()
+            .and_then(|i| i.split_whitespace().find_map(|x| x.strip_prefix("sha512-")))
+            .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
+            .ok_or_else(|| RegistryError::Metadata {
+                url: self.url.clone(),
+                reason: format!(
+                    "{name}@{v} has no sha512 integrity value: refusing to trust its tarball"
+                ),
+            })?;
+        Ok(Artifact {
+            label: format!("npm:{name}@{v}"),
+            version: v.to_string(),
+            url: join_url(&self.url, &meta.dist.tarball),
+            integrity: Integrity::Sha512(integrity),
+            packing: Packing::TarGz,
+        })
+    }
 }
 
 #[derive(Deserialize)]
@@ -369,6 +423,20 @@ pub fn join_url(base: &str, href: &str) -> String {
         }
     }
     format!("{scheme}://{authority}/{}{tail}", segs.join("/"))
+}
+
+/// A reader that counts what passes through it.
+struct Counted<R> {
+    inner: R,
+    n: u64,
+}
+
+impl<R: Read> Read for Counted<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.n += n as u64;
+        Ok(n)
+    }
 }
 
 /// A reader that hashes what passes through it and counts it.
@@ -450,6 +518,76 @@ impl Registries {
         Ok(resp.into_body())
     }
 
+    /// The first `n` bytes of `url`: asked for with `Range: bytes=0-(n-1)`; a server that
+    /// ignores the range and sends the whole file is read only up to `n` bytes, and the
+    /// connection is then dropped.
+    pub fn get_prefix(&self, url: &str, n: u64) -> Result<Prefix, RegistryError> {
+        let http = |reason: String| RegistryError::Http {
+            url: url.to_string(),
+            reason,
+        };
+        let resp = self
+            .agent
+            .get(url)
+            .header("Accept", "application/octet-stream")
+            .header("Range", &format!("bytes=0-{}", n.saturating_sub(1)))
+            .call()
+            .map_err(|e| http(e.to_string()))?;
+        let status = resp.status().as_u16();
+        // `bytes 0-END/TOTAL` (TOTAL may be `*`): anything else is not the prefix asked for.
+        let total = match status {
+            200 => None,
+            206 => {
+                let cr = resp
+                    .headers()
+                    .get("content-range")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("");
+                let (range, total) = cr
+                    .strip_prefix("bytes ")
+                    .and_then(|r| r.split_once('/'))
+                    .ok_or_else(|| {
+                        http(format!("206 with Content-Range `{cr}`: not a byte range"))
+                    })?;
+                if !range.starts_with("0-") {
+                    return Err(http(format!(
+                        "asked for the first {n} bytes, the server sent `{cr}`"
+                    )));
+                }
+                total.parse::<u64>().ok()
+            }
+            status => {
+                return Err(RegistryError::Status {
+                    url: url.to_string(),
+                    status,
+                })
+            }
+        };
+        let mut bytes = Vec::new();
+        // A range is read to its end (so that the connection is reused); a whole file only as
+        // far as asked.
+        let ranged = status == 206;
+        resp.into_body()
+            .into_reader()
+            .take(if ranged { n + 1 } else { n })
+            .read_to_end(&mut bytes)
+            .map_err(|e| http(e.to_string()))?;
+        let got = bytes.len() as u64;
+        if got > n {
+            return Err(http(format!(
+                "asked for the first {n} bytes, the server sent more"
+            )));
+        }
+        Ok(Prefix {
+            bytes,
+            ranged,
+            complete: match total {
+                Some(t) => got >= t,
+                None => status == 200 && got < n,
+            },
+        })
+    }
+
     fn get_json<T: serde::de::DeserializeOwned>(
         &self,
         url: &str,
@@ -510,44 +648,36 @@ impl Registries {
     }
 
     fn resolve_npm(&self, name: &str, which: &Releases) -> Result<Vec<Artifact>, RegistryError> {
-        let url = format!("{}/{}", self.npm, name.replace('/', "%2f"));
-        let doc: Packument = self.get_json(&url, "application/vnd.npm.install-v1+json")?;
-        let label = format!("npm:{name}");
+        let doc = self.npm_packument(name)?;
         let versions = Registries::pick(
-            &label,
-            doc.versions.keys().cloned().collect(),
-            doc.dist_tags.get("latest").map(String::as_str),
+            &format!("npm:{name}"),
+            doc.doc.versions.keys().cloned().collect(),
+            doc.doc.dist_tags.get("latest").map(String::as_str),
             which,
         )?;
-        let mut out = Vec::new();
-        for v in versions {
-            let Some(meta) = doc.versions.get(&v) else {
-                return Err(RegistryError::NotFound {
-                    spec: label,
-                    reason: format!("the latest tag names {v}, which is not listed"),
-                });
-            };
-            let integrity = meta
-                .dist
-                .integrity
-                .as_deref()
-                .and_then(|i| i.split_whitespace().find_map(|x| x.strip_prefix("sha512-")))
-                .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
-                .ok_or_else(|| RegistryError::Metadata {
-                    url: url.clone(),
-                    reason: format!(
-                        "{name}@{v} has no sha512 integrity value: refusing to trust its tarball"
-                    ),
-                })?;
-            out.push(Artifact {
-                label: format!("npm:{name}@{v}"),
-                version: v.clone(),
-                url: join_url(&url, &meta.dist.tarball),
-                integrity: Integrity::Sha512(integrity),
-                packing: Packing::TarGz,
-            });
-        }
-        Ok(out)
+        versions.iter().map(|v| doc.artifact(v)).collect()
+    }
+
+    /// The abbreviated packument of npm package `name` (one request; [`NpmPackument::artifact`]
+    /// then gives each release's tarball).
+    pub fn npm_packument(&self, name: &str) -> Result<NpmPackument, RegistryError> {
+        let url = format!("{}/{}", self.npm, name.replace('/', "%2f"));
+        let body = self.get(&url, "application/vnd.npm.install-v1+json")?;
+        let mut counted = Counted {
+            inner: body.into_with_config().limit(MAX_METADATA_BYTES).reader(),
+            n: 0,
+        };
+        let doc: Packument =
+            serde_json::from_reader(&mut counted).map_err(|e| RegistryError::Metadata {
+                url: url.clone(),
+                reason: e.to_string(),
+            })?;
+        Ok(NpmPackument {
+            name: name.to_string(),
+            url,
+            doc,
+            bytes: counted.n,
+        })
     }
 
     fn resolve_pypi(&self, name: &str, which: &Releases) -> Result<Vec<Artifact>, RegistryError> {
@@ -784,7 +914,8 @@ pub fn fetch_hashes(
             }
             writeln!(out, "# {} ({})", a.label, a.integrity.kind()).map_err(io_err)?;
             for e in chosen {
-                writeln!(out, "{}  {}:{}", e.sha256, a.label, e.path).map_err(io_err)?;
+                writeln!(out, "{}  {}:{}  size={}", e.sha256, a.label, e.path, e.size)
+                    .map_err(io_err)?;
                 sum.lines += 1;
                 if let (Some(p), Some(s)) = (&opts.policy, searcher) {
                     let facts = crate::inventory::facts::FactsBuilder::default()

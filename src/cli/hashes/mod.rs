@@ -1,7 +1,9 @@
 //! `interdict hashes`: the digests learned on this host (`list`, `forget`) and release digests
-//! fetched from the package registries ([`fetch`]).
+//! fetched from the package registries ([`fetch`]), and sizes added to existing hash lists
+//! ([`sizes`]).
 
 pub mod fetch;
+pub mod sizes;
 
 use std::path::Path;
 

@@ -148,3 +148,33 @@ pub fn place(src: &Path, dst: &Path) {
         std::fs::set_permissions(dst, std::fs::Permissions::from_mode(0o755)).unwrap();
     }
 }
+
+/// How much of a tarball [`npm_tarball_head`] keeps.
+pub const TARBALL_HEAD: usize = 1 << 20;
+
+/// The first [`TARBALL_HEAD`] bytes of an npm package's tarball exactly as the registry serves
+/// it (`npm pack`), and the whole tarball's size; the rest is not kept.
+pub fn npm_tarball_head(spec: &str) -> (Vec<u8>, u64) {
+    let dir = cached(&format!("npm-tgz-head-{}", safe(spec)), |dir| {
+        sh(Command::new("npm")
+            .args(["pack", "--silent", "--pack-destination"])
+            .arg(dir)
+            .arg(spec));
+        let tgz = std::fs::read_dir(dir)
+            .unwrap()
+            .flatten()
+            .find(|e| e.file_name().to_string_lossy().ends_with(".tgz"))
+            .expect("npm pack wrote a tarball")
+            .path();
+        let mut head = std::fs::read(&tgz).unwrap();
+        std::fs::write(dir.join("size"), head.len().to_string()).unwrap();
+        head.truncate(TARBALL_HEAD);
+        std::fs::write(dir.join("head.tgz"), head).unwrap();
+        std::fs::remove_file(tgz).unwrap();
+    });
+    let size = std::fs::read_to_string(dir.join("size")).unwrap();
+    (
+        std::fs::read(dir.join("head.tgz")).unwrap(),
+        size.trim().parse().unwrap(),
+    )
+}
