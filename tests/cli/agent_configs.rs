@@ -340,7 +340,7 @@ fn issue_14_the_install_watcher_reports_agent_configuration_once_with_its_server
             r#"configs = ["~/.claude.json", "**/.mcp.json"]"#
         )
     );
-    let agent = Agent::start(
+    let mut agent = Agent::start(
         &policy,
         &format!(
             "fanotify = false\nproc_connector = false\n\n[install]\nroots = [\"{}\"]\nconfig_homes = [\"{}\"]\nrescan_interval_s = 1",
@@ -355,7 +355,7 @@ fn issue_14_the_install_watcher_reports_agent_configuration_once_with_its_server
             .cloned()
             .collect()
     };
-    let wait_rescans = |n: u64| {
+    let wait_rescans = |agent: &Agent, n: u64| {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let c = agent.status()["counters"].clone();
@@ -406,7 +406,7 @@ fn issue_14_the_install_watcher_reports_agent_configuration_once_with_its_server
     let before = agent.status()["counters"]["install_rescans"]
         .as_u64()
         .unwrap();
-    wait_rescans(before + 2);
+    wait_rescans(&agent, before + 2);
     let events = agent.events();
     assert_eq!(of(&events, &claude_json).len(), 1, "{events:#?}");
     assert_eq!(of(&events, &mcp_json).len(), 1, "{events:#?}");
@@ -423,6 +423,34 @@ fn issue_14_the_install_watcher_reports_agent_configuration_once_with_its_server
                 .as_str()
                 .is_some_and(|m| m.contains("\"local\""))
     });
+    // A restart reports nothing again that is unchanged...
+    let before = agent.status()["counters"]["install_rescans"]
+        .as_u64()
+        .unwrap();
+    wait_rescans(&agent, before + 1);
+    agent.restart();
+    wait_rescans(&agent, 3);
+    let events = agent.events();
+    assert_eq!(of(&events, &claude_json).len(), 1, "{events:#?}");
+    assert_eq!(of(&events, &mcp_json).len(), 2, "{events:#?}");
+    // ... but what changed while the agent was stopped.
+    agent.stop();
+    write(
+        &claude_json,
+        br#"{"numStartups": 9, "mcpServers": {"fs": {"command": "npx", "args": ["-y", "@modelcontextprotocol/server-filesystem", "/"]}}}"#,
+        0o600,
+    );
+    agent.restart();
+    agent.wait_event(
+        "config_detected for ~/.claude.json changed while stopped",
+        |e| {
+            e["kind"] == "config_detected"
+                && e["file"]["path"] == *claude_json.to_string_lossy()
+                && e["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("server-filesystem"))
+        },
+    );
     let text = std::fs::read_to_string(agent.dir.path().join("events.jsonl")).unwrap();
     for s in SECRETS {
         assert!(!text.contains(s), "secret {s} in the event log:\n{text}");

@@ -387,7 +387,7 @@ fn run(
     let rescan_every = Duration::from_secs(shared.config.install.rescan_interval_s.max(1));
     let mut seen: Seen = HashMap::new();
     let mut known = load_known(&shared);
-    let mut configs: ConfigsSeen = HashMap::new();
+    let mut configs = load_configs(&shared);
     // What the watcher changed is recorded at most every 2 s (a rescan records at once).
     let mut unsaved: Option<Instant> = None;
     let mut pending = Pending {
@@ -940,15 +940,21 @@ fn examine(
     again.into_iter().collect()
 }
 
-/// AI-agent configuration files reported by this run: canonical path → what they declared (the
-/// JSON of the event's message).
-type ConfigsSeen = HashMap<PathBuf, String>;
+/// AI-agent configuration files reported (by this run or an earlier one): canonical path → what
+/// they declared (the JSON of the event's message).
+#[derive(Debug, Default)]
+struct ConfigsSeen {
+    reported: HashMap<PathBuf, String>,
+    /// Reported since the record was last written.
+    unsaved: bool,
+}
 
 /// The AI-agent configuration files the policy's `configs` name, looked for at start-up and at
 /// each rescan in the homes of `[install] config_homes` (unset: every user's home and the
-/// absolute globs): a `config_detected` for each one new to this run or whose declarations
-/// changed (not for a file rewritten with the same servers, as `~/.claude.json` is all the
-/// time). Not watched between rescans; reported again after a restart.
+/// absolute globs): a `config_detected` for each one not reported before (by this run or, as
+/// recorded in `STATE_DIR/configs.json`, an earlier one) or whose declarations changed (not for
+/// a file rewritten with the same servers, as `~/.claude.json` is all the time). Not watched
+/// between rescans.
 fn report_configs(shared: &Shared, reported: &mut ConfigsSeen) {
     let active = shared.policy.active();
     let policy = &active.loaded.policy;
@@ -978,7 +984,7 @@ fn report_configs(shared: &Shared, reported: &mut ConfigsSeen) {
     );
     for c in found.configs {
         let declared = serde_json::to_string(&c.config).unwrap_or_default();
-        if reported.get(&c.canonical) == Some(&declared) {
+        if reported.reported.get(&c.canonical) == Some(&declared) {
             continue;
         }
         let meta = std::fs::metadata(&c.canonical).ok();
@@ -992,7 +998,62 @@ fn report_configs(shared: &Shared, reported: &mut ConfigsSeen) {
             size: meta.map(|m| m.len()),
         };
         if verdict::config_detected(shared, &c, file, Part::InstallScan) {
-            reported.insert(c.canonical.clone(), declared);
+            reported.reported.insert(c.canonical.clone(), declared);
+            reported.unsaved = true;
+        }
+    }
+    // (Recorded once the events saying so are written; else at the next rescan.)
+    if reported.unsaved && writer_caught_up(shared) {
+        reported.unsaved = false;
+        let list: Vec<ConfigRecord> = reported
+            .reported
+            .iter()
+            .map(|(path, declared)| ConfigRecord {
+                path: path.clone(),
+                declared: declared.clone(),
+            })
+            .collect();
+        let written = serde_json::to_vec(&list)
+            .map_err(std::io::Error::other)
+            .and_then(|b| crate::fsutil::write_atomic(&configs_path(shared), &b, 0o600));
+        if let Err(e) = written {
+            tracing::warn!("{}: {e}", configs_path(shared).display());
+        }
+    }
+}
+
+/// One configuration file reported, as recorded in `STATE_DIR/configs.json`.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct ConfigRecord {
+    /// The canonical file.
+    #[serde(with = "crate::fsutil::any_path")]
+    path: PathBuf,
+    /// What it declared (the event's message).
+    declared: String,
+}
+
+fn configs_path(shared: &Shared) -> PathBuf {
+    shared.config.agent.state_dir.join("configs.json")
+}
+
+/// The configuration files earlier runs reported, with what they declared; nothing when there is
+/// no record or it is damaged (then they are reported again, which loses nothing).
+fn load_configs(shared: &Shared) -> ConfigsSeen {
+    let path = configs_path(shared);
+    let Ok(bytes) = std::fs::read(&path) else {
+        return ConfigsSeen::default();
+    };
+    match serde_json::from_slice::<Vec<ConfigRecord>>(&bytes) {
+        Ok(list) => ConfigsSeen {
+            reported: list.into_iter().map(|r| (r.path, r.declared)).collect(),
+            unsaved: false,
+        },
+        Err(e) => {
+            tracing::warn!(
+                "{}: {e}; configuration files will be reported again",
+                path.display()
+            );
+            ConfigsSeen::default()
         }
     }
 }
