@@ -987,6 +987,23 @@ fn in_dependency_tree(path: &Path) -> bool {
         .any(|c| CONFIG_PRUNE.contains(&c.as_os_str().to_string_lossy().as_ref()))
 }
 
+/// One file, if it is an AI-agent configuration file the policy's `configs` name (outside any
+/// dependency tree): its decision and what it declares. For the install watcher, when a
+/// configuration file it watches changes.
+pub fn config_file(
+    policy: &Policy,
+    path: &Path,
+    scope: &ConfigScope,
+    accounts: &Accounts,
+    host: &str,
+) -> Result<Option<ConfigFound>, Skipped> {
+    let homes = scope.homes.as_slice();
+    if !policy.is_config_path(path, home_path(path, homes).as_deref()) || in_dependency_tree(path) {
+        return Ok(None);
+    }
+    config_item(policy, path, homes, accounts, host)
+}
+
 /// Evaluate one configuration file: the policy's decision and the servers it declares.
 fn config_item(
     policy: &Policy,

@@ -543,3 +543,99 @@ fn issue_14_the_processes_a_killed_banned_agent_started_are_killed_with_it() {
         }
     }
 }
+
+/// Between rescans (here an hour apart), a configuration file changed in a home or in the folder
+/// of a file already found is reported after the debounce; one in a folder never seen before
+/// waits for the next rescan.
+#[test]
+fn issue_14_configuration_changed_between_rescans_is_reported_at_once() {
+    use crate::support::agent::{rule, Agent, POLICY_HEAD};
+    let tmp = tempfile::tempdir().unwrap();
+    let base = std::fs::canonicalize(tmp.path()).unwrap();
+    let home = base.join("home");
+    let claude_json = home.join(".claude.json");
+    let settings = home.join(".claude/settings.json");
+    write(
+        &claude_json,
+        br#"{"mcpServers": {"github": {"command": "npx", "args": ["-y", "@modelcontextprotocol/server-github"]}}}"#,
+        0o600,
+    );
+    write(&settings, br#"{"permissions": {}}"#, 0o600);
+    std::fs::create_dir_all(base.join("installs")).unwrap();
+    let policy = format!(
+        "{POLICY_HEAD}{}",
+        rule(
+            "claude-code-config",
+            "report",
+            r#"configs = ["~/.claude.json", "~/.claude/settings.json", "**/.mcp.json"]"#
+        )
+    );
+    let agent = Agent::start(
+        &policy,
+        &format!(
+            "fanotify = false\nproc_connector = false\n\n[install]\nroots = [\"{}\"]\nconfig_homes = [\"{}\"]\nrescan_interval_s = 3600\ndebounce_ms = 200",
+            base.join("installs").display(),
+            home.display()
+        ),
+    );
+    let detected = |p: &Path, needle: &'static str| {
+        let p = p.to_string_lossy().into_owned();
+        move |e: &serde_json::Value| {
+            e["kind"] == "config_detected"
+                && e["file"]["path"] == p.as_str()
+                && e["message"].as_str().is_some_and(|m| m.contains(needle))
+        }
+    };
+    agent.wait_event(
+        "~/.claude.json at start-up",
+        detected(&claude_json, "server-github"),
+    );
+    agent.wait_event(
+        "~/.claude/settings.json at start-up",
+        detected(&settings, ""),
+    );
+    // A server added to each.
+    write(
+        &claude_json,
+        br#"{"mcpServers": {"fs": {"command": "npx", "args": ["-y", "@modelcontextprotocol/server-filesystem", "/"]}}}"#,
+        0o600,
+    );
+    write(
+        &settings,
+        br#"{"mcpServers": {"db": {"command": "uvx", "args": ["mcp-server-sqlite"]}}}"#,
+        0o600,
+    );
+    agent.wait_event(
+        "~/.claude.json changed",
+        detected(&claude_json, "server-filesystem"),
+    );
+    agent.wait_event(
+        "~/.claude/settings.json changed",
+        detected(&settings, "mcp-server-sqlite"),
+    );
+    // A new file in the home.
+    let home_mcp = home.join(".mcp.json");
+    write(
+        &home_mcp,
+        br#"{"mcpServers": {"web": {"url": "https://mcp.example.com/"}}}"#,
+        0o644,
+    );
+    agent.wait_event("a new ~/.mcp.json", detected(&home_mcp, "mcp.example.com"));
+    // A project folder never seen before: not watched, found by the next rescan.
+    let project = home.join("src/new-project/.mcp.json");
+    write(
+        &project,
+        br#"{"mcpServers": {"p": {"command": "node", "args": ["srv.js"]}}}"#,
+        0o644,
+    );
+    let s = agent.status();
+    assert_eq!(
+        s["counters"]["install_rescans"], 1,
+        "no rescan came between: {s:#}"
+    );
+    agent.settle_installs();
+    agent.wait_event(
+        "the project's .mcp.json after a rescan",
+        detected(&project, "srv.js"),
+    );
+}

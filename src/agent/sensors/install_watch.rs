@@ -408,7 +408,8 @@ fn run(
                     watcher: &mut notify::RecommendedWatcher,
                     seen: &mut Seen,
                     known: &mut Known,
-                    pending: &mut Pending| {
+                    pending: &mut Pending,
+                    configs: &mut ConfigsSeen| {
         if loses_events(why) {
             // Closes may have been lost with the rest.
             pending.writing.clear();
@@ -431,7 +432,7 @@ fn run(
         let hashed = shared.metrics.c.install_hashed_bytes.load(Relaxed) - hashed_before;
         walks.finish(&shared, pass, hashed, started);
         pending.retry(again);
-        report_configs(&shared, &mut configs);
+        report_configs(&shared, configs, watcher, roots);
         pass
     };
     loop {
@@ -451,14 +452,19 @@ fn run(
         {
             unsaved = None;
         }
-        let wait = if pending.units.is_empty() {
+        let mut wait = if pending.units.is_empty() {
             Duration::from_millis(500).min(next_rescan.saturating_duration_since(Instant::now()))
         } else {
             debounce.saturating_sub(pending.last_change.elapsed())
         };
+        if let Some(t) = configs.last_change {
+            wait = wait.min(debounce.saturating_sub(t.elapsed()));
+        }
         match rx.recv_timeout(wait) {
             Ok(WatchMsg::Changed(p, w)) => {
-                pending.note(p, w);
+                if !configs.note(&p, &roots) {
+                    pending.note(p, w);
+                }
                 continue;
             }
             Ok(WatchMsg::Rescan(why)) => {
@@ -469,6 +475,7 @@ fn run(
                     &mut seen,
                     &mut known,
                     &mut pending,
+                    &mut configs,
                 );
                 if why == "start-up" && pass == Pass::Quick {
                     // What changed in place while the agent was stopped is seen only by a
@@ -480,6 +487,7 @@ fn run(
                         &mut seen,
                         &mut known,
                         &mut pending,
+                        &mut configs,
                     );
                 }
                 // (Recorded by the rescan; again later should the writer have lagged.)
@@ -516,6 +524,11 @@ fn run(
             unsaved.get_or_insert_with(Instant::now);
             pending.retry(again);
         }
+        if configs.last_change.is_some_and(|t| t.elapsed() >= debounce) {
+            configs.last_change = None;
+            let due: Vec<PathBuf> = configs.due.drain().collect();
+            report_config_files(&shared, &mut configs, &due);
+        }
         if Instant::now() >= next_rescan {
             full(
                 "periodic",
@@ -524,6 +537,7 @@ fn run(
                 &mut seen,
                 &mut known,
                 &mut pending,
+                &mut configs,
             );
             unsaved.get_or_insert_with(Instant::now);
             next_rescan = Instant::now() + rescan_every;
@@ -947,20 +961,82 @@ struct ConfigsSeen {
     reported: HashMap<PathBuf, String>,
     /// Reported since the record was last written.
     unsaved: bool,
+    /// Folders watched (not recursively) for changes to configuration files: the homes searched
+    /// and the folder of every configuration file found.
+    watched: HashSet<PathBuf>,
+    /// Files changed in those folders, looked at after the debounce.
+    due: HashSet<PathBuf>,
+    last_change: Option<Instant>,
+}
+
+impl ConfigsSeen {
+    /// A change in a watched configuration folder (outside the install roots): looked at after
+    /// the debounce. False for any other path.
+    fn note(&mut self, p: &Path, roots: &[PathBuf]) -> bool {
+        let watched = p.parent().is_some_and(|d| self.watched.contains(d));
+        if !watched || roots.iter().any(|r| p.starts_with(r)) {
+            return false;
+        }
+        self.due.insert(p.to_path_buf());
+        self.last_change = Some(Instant::now());
+        true
+    }
 }
 
 /// The AI-agent configuration files the policy's `configs` name, looked for at start-up and at
 /// each rescan in the homes of `[install] config_homes` (unset: every user's home and the
 /// absolute globs): a `config_detected` for each one not reported before (by this run or, as
 /// recorded in `STATE_DIR/configs.json`, an earlier one) or whose declarations changed (not for
-/// a file rewritten with the same servers, as `~/.claude.json` is all the time). Not watched
-/// between rescans.
-fn report_configs(shared: &Shared, reported: &mut ConfigsSeen) {
+/// a file rewritten with the same servers, as `~/.claude.json` is all the time). Between
+/// rescans, the homes searched and the folder of each file found are watched (not recursively):
+/// a change there is looked at after the debounce; a file in a new project folder waits for the
+/// next rescan.
+fn report_configs(
+    shared: &Shared,
+    reported: &mut ConfigsSeen,
+    watcher: &mut notify::RecommendedWatcher,
+    roots: &[PathBuf],
+) {
     let active = shared.policy.active();
     let policy = &active.loaded.policy;
     if !policy.has_configs() {
         return;
     }
+    let (accounts, scope) = config_scope(shared);
+    let found = installed::scan_with(
+        policy,
+        &[],
+        Some(&scope),
+        &accounts,
+        &shared.origin.hostname,
+        &shared.memo,
+        &Progress::default(),
+    );
+    // Changes to these files are seen between rescans: their folders, and the homes (where
+    // `~/.claude.json` and its like are created), are watched.
+    let mut folders: Vec<PathBuf> = scope.search.clone();
+    folders.extend(
+        found
+            .configs
+            .iter()
+            .filter_map(|c| c.path.parent().map(Path::to_path_buf)),
+    );
+    for d in folders {
+        let under_root = roots.iter().any(|r| d.starts_with(r));
+        if !under_root
+            && !reported.watched.contains(&d)
+            && watcher
+                .watch(&d, notify::RecursiveMode::NonRecursive)
+                .is_ok()
+        {
+            reported.watched.insert(d);
+        }
+    }
+    record_configs(shared, reported, found.configs);
+}
+
+/// The accounts, and where configuration files are looked for.
+fn config_scope(shared: &Shared) -> (crate::inventory::host::Accounts, installed::ConfigScope) {
     let accounts = crate::inventory::host::Accounts::load();
     let (search, absolute) = match &shared.config.install.config_homes {
         Some(h) => (h.clone(), false),
@@ -973,16 +1049,30 @@ fn report_configs(shared: &Shared, reported: &mut ConfigsSeen) {
         search,
         absolute,
     };
-    let found = installed::scan_with(
-        policy,
-        &[],
-        Some(&scope),
-        &accounts,
-        &shared.origin.hostname,
-        &shared.memo,
-        &Progress::default(),
-    );
-    for c in found.configs {
+    (accounts, scope)
+}
+
+/// Configuration files that changed in a watched folder: each reported if it is one the
+/// policy's `configs` name and what it declares is new.
+fn report_config_files(shared: &Shared, reported: &mut ConfigsSeen, paths: &[PathBuf]) {
+    let active = shared.policy.active();
+    let policy = &active.loaded.policy;
+    let (accounts, scope) = config_scope(shared);
+    let found = paths
+        .iter()
+        .filter_map(|p| {
+            installed::config_file(policy, p, &scope, &accounts, &shared.origin.hostname)
+                .ok()
+                .flatten()
+        })
+        .collect();
+    record_configs(shared, reported, found);
+}
+
+/// Report each configuration file not reported before with what it declares now, and record
+/// what was reported.
+fn record_configs(shared: &Shared, reported: &mut ConfigsSeen, found: Vec<installed::ConfigFound>) {
+    for c in found {
         let declared = serde_json::to_string(&c.config).unwrap_or_default();
         if reported.reported.get(&c.canonical) == Some(&declared) {
             continue;
@@ -1046,7 +1136,7 @@ fn load_configs(shared: &Shared) -> ConfigsSeen {
     match serde_json::from_slice::<Vec<ConfigRecord>>(&bytes) {
         Ok(list) => ConfigsSeen {
             reported: list.into_iter().map(|r| (r.path, r.declared)).collect(),
-            unsaved: false,
+            ..ConfigsSeen::default()
         },
         Err(e) => {
             tracing::warn!(
