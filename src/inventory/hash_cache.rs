@@ -17,13 +17,14 @@ use interdict_policy::{ContentMatch, FileFormat, Sha256};
 use sha2::Digest as _;
 
 use crate::inventory::hash::{Digest, FileKey};
+use crate::inventory::records::LeReader;
 
 const MAGIC_V1: &[u8; 8] = b"IDHC0001";
 const MAGIC: &[u8; 8] = b"IDHC0002";
 const FIXED: usize = 8 * 3 + 16 * 2 + 32;
 
 /// Why a cache file was not used.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum CacheError {
     /// No cache yet.
     #[error("no cache file")]
@@ -71,38 +72,6 @@ pub fn encode(entries: &[(FileKey, Digest)]) -> Vec<u8> {
     out
 }
 
-/// Reads little-endian fields from a record area, failing on a short one.
-struct Reader<'a> {
-    b: &'a [u8],
-    at: usize,
-}
-
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], CacheError> {
-        let end = self
-            .at
-            .checked_add(n)
-            .filter(|e| *e <= self.b.len())
-            .ok_or(CacheError::Corrupt("truncated record"))?;
-        let s = &self.b[self.at..end];
-        self.at = end;
-        Ok(s)
-    }
-    fn u8(&mut self) -> Result<u8, CacheError> {
-        Ok(self.take(1)?[0])
-    }
-    fn u64(&mut self) -> Result<u64, CacheError> {
-        Ok(u64::from_le_bytes(
-            self.take(8)?.try_into().expect("8 bytes"),
-        ))
-    }
-    fn i128(&mut self) -> Result<i128, CacheError> {
-        Ok(i128::from_le_bytes(
-            self.take(16)?.try_into().expect("16 bytes"),
-        ))
-    }
-}
-
 /// Decode a cache file's bytes, checking everything.
 pub fn decode(bytes: &[u8]) -> Result<Vec<(FileKey, Digest)>, CacheError> {
     if bytes.len() < 16 + 32 {
@@ -126,10 +95,11 @@ pub fn decode(bytes: &[u8]) -> Result<Vec<(FileKey, Digest)>, CacheError> {
     {
         return Err(CacheError::Corrupt("bad length"));
     }
-    let mut r = Reader {
-        b: &bytes[16..body_len],
-        at: 0,
-    };
+    let mut r = LeReader::new(
+        &bytes[16..body_len],
+        0,
+        CacheError::Corrupt("truncated record"),
+    );
     let mut out = Vec::with_capacity(n as usize);
     for _ in 0..n {
         let key = FileKey {
@@ -139,7 +109,7 @@ pub fn decode(bytes: &[u8]) -> Result<Vec<(FileKey, Digest)>, CacheError> {
             mtime_ns: r.i128()?,
             ctime_ns: r.i128()?,
         };
-        let sha256 = Sha256(r.take(32)?.try_into().expect("32 bytes"));
+        let sha256 = Sha256(r.array()?);
         let content = if v1 || r.u8()? == 0 {
             None
         } else {
@@ -158,7 +128,7 @@ pub fn decode(bytes: &[u8]) -> Result<Vec<(FileKey, Digest)>, CacheError> {
         };
         out.push((key, Digest { sha256, content }));
     }
-    if r.at != r.b.len() {
+    if r.remaining() != 0 {
         return Err(CacheError::Corrupt("truncated or extended"));
     }
     Ok(out)

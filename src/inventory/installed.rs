@@ -368,14 +368,7 @@ pub fn scan_with(
     memo: &HashMemo,
     progress: &Progress,
 ) -> InstalledScan {
-    let s = Scanner {
-        policy,
-        accounts,
-        host,
-        memo,
-        progress,
-    };
-    s.scan(roots, config, None)
+    Scanner::new(policy, accounts, host, memo, progress).scan(roots, config, None)
 }
 
 /// How a walk uses what the walk before it recorded in a [`WalkState`].
@@ -405,14 +398,7 @@ pub fn scan_walk(
     memo: &HashMemo,
     progress: &Progress,
 ) -> InstalledScan {
-    let s = Scanner {
-        policy,
-        accounts,
-        host,
-        memo,
-        progress,
-    };
-    s.scan(roots, None, Some(walk))
+    Scanner::new(policy, accounts, host, memo, progress).scan(roots, None, Some(walk))
 }
 
 /// A walk that uses and records a [`WalkState`] (see [`scan_walk`]).
@@ -463,7 +449,23 @@ struct Scanner<'a> {
     progress: &'a Progress,
 }
 
-impl Scanner<'_> {
+impl<'a> Scanner<'a> {
+    fn new(
+        policy: &'a Policy,
+        accounts: &'a Accounts,
+        host: &'a str,
+        memo: &'a HashMemo,
+        progress: &'a Progress,
+    ) -> Scanner<'a> {
+        Scanner {
+            policy,
+            accounts,
+            host,
+            memo,
+            progress,
+        }
+    }
+
     fn scan(
         &self,
         roots: &[PathBuf],

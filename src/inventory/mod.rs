@@ -9,4 +9,5 @@ pub mod host;
 pub mod installed;
 pub mod packages;
 pub mod procs;
+pub mod records;
 pub mod walk_state;

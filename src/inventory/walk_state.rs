@@ -24,6 +24,8 @@ use std::path::{Path, PathBuf};
 
 use sha2::Digest as _;
 
+use crate::inventory::records::LeReader;
+
 const MAGIC: &[u8; 8] = b"IDWS0001";
 
 /// A folder read less than this long after its last change is read again next time: a change
@@ -80,7 +82,7 @@ pub struct WalkState {
 }
 
 /// Why a state file was not used.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum StateError {
     /// No state yet.
     #[error("no walk state file")]
@@ -147,14 +149,11 @@ impl WalkState {
         if sum[..] != bytes[body..] {
             return Err(StateError::Corrupt("checksum mismatch"));
         }
-        let mut r = Reader {
-            b: &bytes[..body],
-            at: 8,
-        };
-        let fingerprint: [u8; 32] = r.take(32)?.try_into().expect("32 bytes");
+        let mut r = LeReader::new(&bytes[..body], 8, StateError::Corrupt("truncated record"));
+        let fingerprint: [u8; 32] = r.array()?;
         let n = r.u64()?;
         // A folder takes at least 4 + 56 + 1 + 8 bytes: a count that cannot fit is a lie.
-        if n.checked_mul(69).is_none_or(|m| m > (body - r.at) as u64) {
+        if n.checked_mul(69).is_none_or(|m| m > r.remaining() as u64) {
             return Err(StateError::Corrupt("bad length"));
         }
         let mut dirs = HashMap::with_capacity(n as usize);
@@ -168,8 +167,8 @@ impl WalkState {
                 ctime_ns: r.i128()?,
             };
             let racy = r.take(1)?[0] != 0;
-            let subdirs = r.names()?;
-            let keep = r.names()?;
+            let subdirs = names(&mut r)?;
+            let keep = names(&mut r)?;
             dirs.insert(
                 path,
                 DirState {
@@ -180,7 +179,7 @@ impl WalkState {
                 },
             );
         }
-        if r.at != body {
+        if r.remaining() != 0 {
             return Err(StateError::Corrupt("truncated or extended"));
         }
         Ok(WalkState { fingerprint, dirs })
@@ -196,50 +195,18 @@ impl WalkState {
     }
 }
 
-/// Reads little-endian fields, failing on a short file.
-struct Reader<'a> {
-    b: &'a [u8],
-    at: usize,
-}
-
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], StateError> {
-        let end = self
-            .at
-            .checked_add(n)
-            .filter(|e| *e <= self.b.len())
-            .ok_or(StateError::Corrupt("truncated record"))?;
-        let s = &self.b[self.at..end];
-        self.at = end;
-        Ok(s)
+/// The names of a list: a u32 count of u16 length + bytes.
+fn names(r: &mut LeReader<'_, StateError>) -> Result<Vec<OsString>, StateError> {
+    let n = r.u32()? as usize;
+    if n > r.remaining() {
+        return Err(StateError::Corrupt("bad length"));
     }
-    fn u32(&mut self) -> Result<u32, StateError> {
-        Ok(u32::from_le_bytes(
-            self.take(4)?.try_into().expect("4 bytes"),
-        ))
-    }
-    fn u64(&mut self) -> Result<u64, StateError> {
-        Ok(u64::from_le_bytes(
-            self.take(8)?.try_into().expect("8 bytes"),
-        ))
-    }
-    fn i128(&mut self) -> Result<i128, StateError> {
-        Ok(i128::from_le_bytes(
-            self.take(16)?.try_into().expect("16 bytes"),
-        ))
-    }
-    fn names(&mut self) -> Result<Vec<OsString>, StateError> {
-        let n = self.u32()? as usize;
-        if n > self.b.len() - self.at {
-            return Err(StateError::Corrupt("bad length"));
-        }
-        (0..n)
-            .map(|_| {
-                let len = u16::from_le_bytes(self.take(2)?.try_into().expect("2 bytes"));
-                Ok(OsString::from_vec(self.take(usize::from(len))?.to_vec()))
-            })
-            .collect()
-    }
+    (0..n)
+        .map(|_| {
+            let len = r.u16()?;
+            Ok(OsString::from_vec(r.take(usize::from(len))?.to_vec()))
+        })
+        .collect()
 }
 
 #[cfg(test)]

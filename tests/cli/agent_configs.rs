@@ -311,9 +311,37 @@ paths = ["**/bin/banned"]"#,
 /// file while what it declares stays the same (rescans do not repeat it, nor does a rewrite
 /// with the same servers), again when its MCP servers change; servers listed, secrets redacted;
 /// the file left where it is.
+/// An agent watching an empty install root and searching only `home` for the configuration files
+/// `configs` names (rule `claude-code-config`), with `extra` lines for `[install]`.
+fn config_agent(
+    base: &Path,
+    home: &Path,
+    configs: &str,
+    extra: &str,
+) -> crate::support::agent::Agent {
+    use crate::support::agent::{rule, Agent, POLICY_HEAD};
+    std::fs::create_dir_all(base.join("installs")).unwrap();
+    let policy = format!(
+        "{POLICY_HEAD}{}",
+        rule(
+            "claude-code-config",
+            "report",
+            &format!("configs = {configs}")
+        )
+    );
+    Agent::start(
+        &policy,
+        &format!(
+            "fanotify = false\nproc_connector = false\n\n[install]\nroots = [\"{}\"]\nconfig_homes = [\"{}\"]\n{extra}",
+            base.join("installs").display(),
+            home.display()
+        ),
+    )
+}
+
 #[test]
 fn issue_14_the_install_watcher_reports_agent_configuration_once_with_its_servers() {
-    use crate::support::agent::{rule, Agent, POLICY_HEAD};
+    use crate::support::agent::Agent;
     use std::time::{Duration, Instant};
     let tmp = tempfile::tempdir().unwrap();
     let base = std::fs::canonicalize(tmp.path()).unwrap();
@@ -331,22 +359,11 @@ fn issue_14_the_install_watcher_reports_agent_configuration_once_with_its_server
         br#"{"mcpServers": {"remote": {"type": "http", "url": "https://user:hunter2@mcp.example.com/mcp?api_key=SECRET123"}}}"#,
         0o644,
     );
-    std::fs::create_dir_all(base.join("installs")).unwrap();
-    let policy = format!(
-        "{POLICY_HEAD}{}",
-        rule(
-            "claude-code-config",
-            "report",
-            r#"configs = ["~/.claude.json", "**/.mcp.json"]"#
-        )
-    );
-    let mut agent = Agent::start(
-        &policy,
-        &format!(
-            "fanotify = false\nproc_connector = false\n\n[install]\nroots = [\"{}\"]\nconfig_homes = [\"{}\"]\nrescan_interval_s = 1",
-            base.join("installs").display(),
-            home.display()
-        ),
+    let mut agent = config_agent(
+        &base,
+        &home,
+        r#"["~/.claude.json", "**/.mcp.json"]"#,
+        "rescan_interval_s = 1",
     );
     let of = |events: &[serde_json::Value], p: &Path| -> Vec<serde_json::Value> {
         events
@@ -549,7 +566,6 @@ fn issue_14_the_processes_a_killed_banned_agent_started_are_killed_with_it() {
 /// waits for the next rescan.
 #[test]
 fn issue_14_configuration_changed_between_rescans_is_reported_at_once() {
-    use crate::support::agent::{rule, Agent, POLICY_HEAD};
     let tmp = tempfile::tempdir().unwrap();
     let base = std::fs::canonicalize(tmp.path()).unwrap();
     let home = base.join("home");
@@ -561,22 +577,11 @@ fn issue_14_configuration_changed_between_rescans_is_reported_at_once() {
         0o600,
     );
     write(&settings, br#"{"permissions": {}}"#, 0o600);
-    std::fs::create_dir_all(base.join("installs")).unwrap();
-    let policy = format!(
-        "{POLICY_HEAD}{}",
-        rule(
-            "claude-code-config",
-            "report",
-            r#"configs = ["~/.claude.json", "~/.claude/settings.json", "**/.mcp.json"]"#
-        )
-    );
-    let agent = Agent::start(
-        &policy,
-        &format!(
-            "fanotify = false\nproc_connector = false\n\n[install]\nroots = [\"{}\"]\nconfig_homes = [\"{}\"]\nrescan_interval_s = 3600\ndebounce_ms = 200",
-            base.join("installs").display(),
-            home.display()
-        ),
+    let agent = config_agent(
+        &base,
+        &home,
+        r#"["~/.claude.json", "~/.claude/settings.json", "**/.mcp.json"]"#,
+        "rescan_interval_s = 3600\ndebounce_ms = 200",
     );
     let detected = |p: &Path, needle: &'static str| {
         let p = p.to_string_lossy().into_owned();

@@ -444,6 +444,22 @@ fn max_queued_events() -> usize {
         .unwrap()
 }
 
+/// While the agent cannot read (stopped), more events than its inotify queue holds, so that the
+/// kernel drops the rest and queues an overflow; what `meanwhile` does is lost with them.
+/// (Alternating between two files, so that no event repeats the one before it, which the kernel
+/// would merge.)
+fn overflow_while_paused(agent: &Agent, noisy: &[PathBuf; 2], meanwhile: impl FnOnce()) {
+    let _paused = Paused::new(agent.pid());
+    for i in 0..max_queued_events() + 1000 {
+        std::fs::set_permissions(
+            &noisy[i % 2],
+            std::os::unix::fs::PermissionsExt::from_mode(0o600 | (i as u32 & 0o44)),
+        )
+        .unwrap();
+    }
+    meanwhile();
+}
+
 #[test]
 fn issue_10_an_inotify_overflow_makes_the_watcher_rescan_and_find_what_was_lost() {
     let (_outside, original, digest) = banned_outside("lost-in-overflow");
@@ -458,21 +474,10 @@ fn issue_10_an_inotify_overflow_makes_the_watcher_rescan_and_find_what_was_lost(
         .as_u64()
         .unwrap();
     let lost = r.join("noise/banned");
-    {
-        // While the agent cannot read, more events than its inotify queue holds: the kernel
-        // drops the rest and queues an overflow. (Alternating between two files, so that no
-        // event repeats the one before it, which the kernel would merge.)
-        let _paused = Paused::new(agent.pid());
-        for i in 0..max_queued_events() + 1000 {
-            std::fs::set_permissions(
-                &noisy[i % 2],
-                std::os::unix::fs::PermissionsExt::from_mode(0o600 | (i as u32 & 0o44)),
-            )
-            .unwrap();
-        }
-        // Its events are lost with the rest: only a rescan can find it.
+    // Its events are lost with the rest: only a rescan can find it.
+    overflow_while_paused(&agent, &noisy, || {
         std::fs::copy(&original, &lost).unwrap();
-    }
+    });
     let e = agent.wait_event("the banned file whose events were lost", |e| {
         is_event(e, "installed_detected", &lost)
     });
@@ -1009,19 +1014,7 @@ fn issue_14_after_lost_events_the_rescan_is_full_and_finds_a_program_rewritten_i
         &format!("{}\nrescan_interval_s = 1", watch_only(r)),
     );
     agent.wait_counter("install_rescans", 1);
-    {
-        // While the agent cannot read, more events than its inotify queue holds; the rewrite's
-        // events are lost with the rest.
-        let _paused = Paused::new(agent.pid());
-        for i in 0..max_queued_events() + 1000 {
-            std::fs::set_permissions(
-                &noisy[i % 2],
-                std::os::unix::fs::PermissionsExt::from_mode(0o600 | (i as u32 & 0o44)),
-            )
-            .unwrap();
-        }
-        rewrite_in_place(&victim, &banned);
-    }
+    overflow_while_paused(&agent, &noisy, || rewrite_in_place(&victim, &banned));
     let e = agent.wait_event(
         "the program rewritten in place while events were lost",
         |e| is_event(e, "installed_detected", &victim),

@@ -402,7 +402,9 @@ fn run(
     let mut next_rescan = Instant::now() + rescan_every;
     let mut walks = Walks::new(&shared, blind);
     // A rescan: changes queued before and during the walk are taken in, so that a file still
-    // being written is left to the watcher rather than reported half-written.
+    // being written is left to the watcher rather than reported half-written. A quick one at
+    // start-up is followed at once by a full one: what changed in place while the agent was
+    // stopped is seen only by that.
     let mut full = |why: &str,
                     roots: &mut Vec<PathBuf>,
                     watcher: &mut notify::RecommendedWatcher,
@@ -410,30 +412,36 @@ fn run(
                     known: &mut Known,
                     pending: &mut Pending,
                     configs: &mut ConfigsSeen| {
-        if loses_events(why) {
-            // Closes may have been lost with the rest.
-            pending.writing.clear();
-            pending.lost = true;
-            pending.watch_failed |= why == "watch error";
+        let mut why = why;
+        loop {
+            if loses_events(why) {
+                // Closes may have been lost with the rest.
+                pending.writing.clear();
+                pending.lost = true;
+                pending.watch_failed |= why == "watch error";
+            }
+            pending.absorb(&rx);
+            watch_new_roots(&shared, roots, watcher, &mut walks.blind);
+            let started = Instant::now();
+            let pass = walks.begin(&shared, why, pending);
+            let hashed_before = shared.metrics.c.install_hashed_bytes.load(Relaxed);
+            let found = scan_paths(&shared, roots, Some(walks.request(pass)));
+            pending.absorb(&rx);
+            let settle = Settle {
+                writing: &pending.writing,
+                quiet: debounce,
+                installing: std::cell::OnceCell::new(),
+            };
+            let again = rescan(&shared, found, (seen, known), why, &settle, guard);
+            let hashed = shared.metrics.c.install_hashed_bytes.load(Relaxed) - hashed_before;
+            walks.finish(&shared, pass, hashed, started);
+            pending.retry(again);
+            report_configs(&shared, configs, watcher, roots);
+            if why != "start-up" || pass == Pass::Full {
+                return;
+            }
+            why = "start-up verification";
         }
-        pending.absorb(&rx);
-        watch_new_roots(&shared, roots, watcher, &mut walks.blind);
-        let started = Instant::now();
-        let pass = walks.begin(&shared, why, pending);
-        let hashed_before = shared.metrics.c.install_hashed_bytes.load(Relaxed);
-        let found = scan_paths(&shared, roots, Some(walks.request(pass)));
-        pending.absorb(&rx);
-        let settle = Settle {
-            writing: &pending.writing,
-            quiet: debounce,
-            installing: std::cell::OnceCell::new(),
-        };
-        let again = rescan(&shared, found, (seen, known), why, &settle, guard);
-        let hashed = shared.metrics.c.install_hashed_bytes.load(Relaxed) - hashed_before;
-        walks.finish(&shared, pass, hashed, started);
-        pending.retry(again);
-        report_configs(&shared, configs, watcher, roots);
-        pass
     };
     loop {
         if shared.shutdown.is_triggered() {
@@ -468,7 +476,7 @@ fn run(
                 continue;
             }
             Ok(WatchMsg::Rescan(why)) => {
-                let pass = full(
+                full(
                     why,
                     &mut roots,
                     &mut watcher,
@@ -477,19 +485,6 @@ fn run(
                     &mut pending,
                     &mut configs,
                 );
-                if why == "start-up" && pass == Pass::Quick {
-                    // What changed in place while the agent was stopped is seen only by a
-                    // full pass: one follows at once.
-                    full(
-                        "start-up verification",
-                        &mut roots,
-                        &mut watcher,
-                        &mut seen,
-                        &mut known,
-                        &mut pending,
-                        &mut configs,
-                    );
-                }
                 // (Recorded by the rescan; again later should the writer have lagged.)
                 unsaved.get_or_insert_with(Instant::now);
                 next_rescan = Instant::now() + rescan_every;

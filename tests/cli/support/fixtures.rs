@@ -79,20 +79,25 @@ fn safe(spec: &str) -> String {
     spec.replace(['/', '@', ':'], "_")
 }
 
+/// `npm pack SPEC` into `dir`: the tarball as the registry serves it.
+fn npm_pack(spec: &str, dir: &Path) -> PathBuf {
+    sh(Command::new("npm")
+        .args(["pack", "--silent", "--pack-destination"])
+        .arg(dir)
+        .arg(spec));
+    std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .find(|e| e.file_name().to_string_lossy().ends_with(".tgz"))
+        .expect("npm pack wrote a tarball")
+        .path()
+}
+
 /// The unpacked tarball of an npm package (`SPEC` as `npm pack` takes it): the folder holding
 /// `package/`. Install scripts are not run.
 pub fn npm_package(spec: &str) -> PathBuf {
     cached(&format!("npm-{}", safe(spec)), |dir| {
-        sh(Command::new("npm")
-            .args(["pack", "--silent", "--pack-destination"])
-            .arg(dir)
-            .arg(spec));
-        let tgz = std::fs::read_dir(dir)
-            .unwrap()
-            .flatten()
-            .find(|e| e.file_name().to_string_lossy().ends_with(".tgz"))
-            .expect("npm pack wrote a tarball")
-            .path();
+        let tgz = npm_pack(spec, dir);
         sh(Command::new("tar").arg("xzf").arg(&tgz).arg("-C").arg(dir));
         std::fs::remove_file(tgz).unwrap();
     })
@@ -156,16 +161,7 @@ pub const TARBALL_HEAD: usize = 1 << 20;
 /// it (`npm pack`), and the whole tarball's size; the rest is not kept.
 pub fn npm_tarball_head(spec: &str) -> (Vec<u8>, u64) {
     let dir = cached(&format!("npm-tgz-head-{}", safe(spec)), |dir| {
-        sh(Command::new("npm")
-            .args(["pack", "--silent", "--pack-destination"])
-            .arg(dir)
-            .arg(spec));
-        let tgz = std::fs::read_dir(dir)
-            .unwrap()
-            .flatten()
-            .find(|e| e.file_name().to_string_lossy().ends_with(".tgz"))
-            .expect("npm pack wrote a tarball")
-            .path();
+        let tgz = npm_pack(spec, dir);
         let mut head = std::fs::read(&tgz).unwrap();
         std::fs::write(dir.join("size"), head.len().to_string()).unwrap();
         head.truncate(TARBALL_HEAD);
