@@ -360,3 +360,30 @@ fn issue_14_an_ordinary_projects_node_modules_yields_nothing_but_the_agents_in_i
         j["scanned_files"]
     );
 }
+
+#[test]
+fn issue_14_no_other_agent_is_taken_for_claude_code() {
+    // The shipped pack's family rule read every executable of the fixture (the native binaries
+    // of Amp, Cline, Kilo, Copilot and Codex among them): none is Claude Code, and nothing in
+    // the fixture is blocked.
+    let j = report();
+    for v in violations(j) {
+        assert_ne!(v["rule_id"], "claude-code", "a false positive: {v:#}");
+        assert_eq!(v["action"], "report", "{v:#}");
+    }
+    let natives = [
+        "amp/lib/node_modules/@sourcegraph/amp/node_modules/@ampcode/cli-linux-x64/amp",
+        "cline/lib/node_modules/cline/node_modules/@cline/cli-linux-x64/bin/cline",
+        "kilo/lib/node_modules/@kilocode/cli/node_modules/@kilocode/cli-linux-x64/bin/kilo",
+        "copilot/lib/node_modules/@github/copilot/node_modules/@github/copilot-linux-x64/copilot",
+    ];
+    let size: u64 = natives
+        .iter()
+        .map(|n| std::fs::metadata(fixture().join(n)).unwrap().len())
+        .sum();
+    assert!(
+        j["hashed_bytes"].as_u64().unwrap() >= size,
+        "read {} bytes, the native binaries alone are {size}",
+        j["hashed_bytes"]
+    );
+}
