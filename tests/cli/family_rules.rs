@@ -253,7 +253,7 @@ pub const FP_PACKAGES: &[&str] = &[
     "eslint@9",
 ];
 
-fn fp_corpus() -> PathBuf {
+pub fn fp_corpus() -> PathBuf {
     cached("fp-corpus-2", |dir| {
         // --omit=optional: the Agent SDK's platform packages carry the Claude Code binary
         // itself, which is not a false positive. Cline's native CLI, an optional dependency of

@@ -3,6 +3,7 @@
 mod agent;
 mod agent_configs;
 mod agent_guards;
+mod agent_packages;
 mod agent_queues;
 mod channels;
 mod collector;
