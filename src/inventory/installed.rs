@@ -165,6 +165,8 @@ pub fn system_roots() -> Vec<PathBuf> {
 /// | `npx` | `.npm/_npx` |
 /// | `pnpm dlx`, pnpm's global store | `.cache/pnpm`, `.local/share/pnpm` |
 /// | `bunx`, `bun add -g` | `.bun/install`, `.bun/bin` |
+/// | `yarn global add` (v1: packages under `.local/share/yarn/global`), Yarn's cache | `.yarn/bin`, `.cache/yarn` |
+/// | `cargo install` | `.cargo/bin` |
 /// | `uvx` | `.cache/uv` |
 /// | legacy pipx | `.local/pipx` |
 /// | nvm, volta, asdf, legacy fnm, pyenv | `.nvm/versions`, `.volta/tools`, `.asdf/installs`, `.fnm/node-versions`, `.pyenv/versions` |
@@ -182,6 +184,9 @@ pub fn home_roots(home: &Path) -> Vec<PathBuf> {
         ".cache/pnpm",
         ".bun/install",
         ".bun/bin",
+        ".yarn/bin",
+        ".cache/yarn",
+        ".cargo/bin",
         ".cache/uv",
         ".nvm/versions",
         ".volta/tools",

@@ -154,6 +154,74 @@ pub fn home() -> &'static Path {
     })
 }
 
+/// A home where the real Yarn (classic) ran `yarn global add` of the cli.js release: packages in
+/// `~/.local/share/yarn/global`, the bin link in `~/.yarn/bin` (`--prefix`: as root, Yarn would
+/// otherwise link into node's own prefix, `/usr/local/bin`), a copy in Yarn's cache.
+fn yarn_home() -> &'static Path {
+    static HOME: OnceLock<PathBuf> = OnceLock::new();
+    HOME.get_or_init(|| {
+        let yarn = npm_package("yarn@1.22.22").join("package/bin/yarn.js");
+        cached("home-channels-yarn-1", |h| {
+            sh(tool("node", h)
+                .arg(&yarn)
+                .args(["global", "add", "--ignore-scripts", "--silent", "--prefix"])
+                .arg(h.join(".yarn"))
+                .arg(CLI_JS_RELEASE));
+            assert!(
+                h.join(".yarn/bin/claude").symlink_metadata().is_ok(),
+                "yarn linked its bin elsewhere"
+            );
+        })
+    })
+}
+
+#[test]
+fn issue_14_yarn_global_and_its_cache_are_found() {
+    let mut c = interdict();
+    c.args(["scan", "--no-processes", "--format", "json", "--policy"])
+        .arg(shipped_pack())
+        .arg("--home")
+        .arg(yarn_home());
+    let r = run(&mut c);
+    r.expect_code(1);
+    let report = r.json();
+    let home = std::fs::canonicalize(yarn_home()).unwrap();
+    let under = |rel: &str| -> Vec<serde_json::Value> {
+        let dir = home.join(rel);
+        violations(&report)
+            .into_iter()
+            .filter(|v| {
+                v["rule_id"] == "claude-code"
+                    && v["path"]
+                        .as_str()
+                        .unwrap()
+                        .starts_with(dir.to_str().unwrap())
+            })
+            .collect()
+    };
+    let global = under(".local/share/yarn/global");
+    assert!(
+        global
+            .iter()
+            .any(|v| ends(v, "node_modules/@anthropic-ai/claude-code/cli.js")),
+        "{global:#?}"
+    );
+    assert!(
+        global
+            .iter()
+            .any(|v| v["selector"] == "package" && v["package"] == "npm:@anthropic-ai/claude-code"),
+        "{global:#?}"
+    );
+    // The cache's copy: no node_modules path rule reaches it, the family rule does.
+    let cache = under(".cache/yarn");
+    assert!(
+        cache
+            .iter()
+            .any(|v| ends(v, "/cli.js") && v["selector"] == "contains"),
+        "{cache:#?}\n{report:#}"
+    );
+}
+
 /// The Claude Code binary the PyPI Agent SDK bundles, as `pip install --user` put it.
 pub fn pypi_sdk_binary() -> PathBuf {
     find_file(&home().join(".local/lib"), |p| {
