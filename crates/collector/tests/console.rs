@@ -1635,6 +1635,9 @@ fn issue_17_a_case_file_policy_texts_paging_keyboard_and_contrast_in_a_browser(b
     let pack = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../../policies/ai-coding-agents.toml");
     let v1_text = std::fs::read_to_string(&pack).unwrap();
+    // The pack's own version, whatever it is today.
+    let v1_doc: toml::Table = v1_text.parse().unwrap();
+    let v1_version = v1_doc["policy"]["version"].as_str().unwrap().to_string();
     let v2 = dir.path().join("policy.toml");
     let v2_text = "[policy]\nname = \"ai-coding-agents\"\nversion = \"2026.12\"\nmode = \"enforce\"\nmessage = \"</pre><script>alert(5)</script> is not approved\"\n\n[[rule]]\nid = \"claude-code\"\nname = \"Claude Code\"\nrisk = \"high\"\nreason = \"SEC-2026-114\"\naction = \"block\"\n\n[rule.match]\npaths = [\"**/.local/bin/claude\"]\n";
     std::fs::write(&v2, v2_text).unwrap();
@@ -1642,7 +1645,7 @@ fn issue_17_a_case_file_policy_texts_paging_keyboard_and_contrast_in_a_browser(b
     let (k1, new1) = console::policies::add_file(&store, &pack).unwrap();
     let (k2, _) = console::policies::add_file(&store, &v2).unwrap();
     assert!(new1);
-    assert_eq!(k1.version, "2026.11.26");
+    assert_eq!(k1.version, v1_version);
     let sha = |t: &str| interdict_chain::hex(&interdict_chain::sha256(t.as_bytes()));
     assert_eq!(k1.sha256, sha(&v1_text), "the digest the agent reports");
     assert_eq!(k2.sha256, sha(v2_text));
@@ -1686,7 +1689,7 @@ fn issue_17_a_case_file_policy_texts_paging_keyboard_and_contrast_in_a_browser(b
         p.sha256 = policy.1.into();
         e
     };
-    let p1 = ("2026.11.26", k1.sha256.as_str());
+    let p1 = (v1_version.as_str(), k1.sha256.as_str());
     let p2 = ("2026.12", k2.sha256.as_str());
     let p3 = ("2026.13", v3_sha.as_str());
     let p4 = ("2026.14", v4_sha.as_str());
@@ -1822,7 +1825,7 @@ fn issue_17_a_case_file_policy_texts_paging_keyboard_and_contrast_in_a_browser(b
     b.goto(&format!("{}/console/person?user=dana", s.url));
     let spans = b.text("#person-policies");
     assert!(
-        spans.contains("2026.11.26")
+        spans.contains(v1_version.as_str())
             && spans.contains("2026.12")
             && spans.contains("2026.13")
             && spans.contains("2026.14"),
