@@ -59,7 +59,7 @@ impl DirKey {
 }
 
 /// One folder as the last walk saw it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct DirState {
     /// Its identity and times when it was read.
     pub key: DirKey,
@@ -103,6 +103,27 @@ impl WalkState {
         if let Some(parent) = path.parent() {
             self.dirs.remove(parent);
         }
+    }
+
+    /// A digest of the whole state that does not depend on the order folders were visited in:
+    /// equal states have equal digests, so an unchanged state need not be written again (nor
+    /// kept twice in memory to find out).
+    pub fn digest(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let one = |h: &dyn Fn(&mut std::collections::hash_map::DefaultHasher)| {
+            let mut s = std::collections::hash_map::DefaultHasher::new();
+            h(&mut s);
+            s.finish()
+        };
+        self.dirs
+            .iter()
+            .map(|(p, d)| {
+                one(&|s| {
+                    p.hash(s);
+                    d.hash(s);
+                })
+            })
+            .fold(one(&|s| self.fingerprint.hash(s)), u64::wrapping_add)
     }
 
     /// Encode for the state file.
@@ -255,6 +276,25 @@ mod tests {
             WalkState::decode(b"short"),
             Err(StateError::Corrupt("truncated"))
         );
+    }
+
+    #[test]
+    fn the_digest_depends_on_the_content_not_the_order() {
+        let a = state(30);
+        let mut b = WalkState {
+            fingerprint: a.fingerprint,
+            dirs: HashMap::new(),
+        };
+        let mut entries: Vec<_> = a.dirs.clone().into_iter().collect();
+        entries.reverse();
+        b.dirs.extend(entries);
+        assert_eq!(a.digest(), b.digest());
+        let some = b.dirs.keys().next().unwrap().clone();
+        b.dirs.get_mut(&some).unwrap().keep.push("new".into());
+        assert_ne!(a.digest(), b.digest());
+        let mut c = a.clone();
+        c.fingerprint = [8; 32];
+        assert_ne!(a.digest(), c.digest());
     }
 
     #[test]

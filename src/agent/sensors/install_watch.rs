@@ -592,8 +592,8 @@ impl Blind {
 /// rescan is full: the first ever, after lost events, after a policy change.
 struct Walks {
     state: WalkState,
-    /// What the state file holds, so that an unchanged state is not written again.
-    saved: Option<WalkState>,
+    /// The digest of what the state file holds, so that an unchanged state is not written again.
+    saved: Option<u64>,
     /// When the last full pass began.
     last_full: Option<Instant>,
     full_every: Duration,
@@ -617,8 +617,8 @@ impl Walks {
             }
         };
         Walks {
-            state: state.clone().unwrap_or_default(),
-            saved: state,
+            saved: state.as_ref().map(WalkState::digest),
+            state: state.unwrap_or_default(),
             last_full: None,
             full_every: Duration::from_secs(shared.config.install.full_rescan_interval_s.max(1)),
             blind,
@@ -685,10 +685,11 @@ impl Walks {
     /// A rescan is done: record its time, and store the walk state and the hash cache when
     /// they changed.
     fn finish(&mut self, shared: &Shared, pass: Pass, hashed: u64, started: Instant) {
-        if self.saved.as_ref() != Some(&self.state) {
+        let digest = self.state.digest();
+        if self.saved != Some(digest) {
             let bytes = self.state.encode();
             match crate::fsutil::write_atomic(&Self::path(shared), &bytes, 0o600) {
-                Ok(()) => self.saved = Some(self.state.clone()),
+                Ok(()) => self.saved = Some(digest),
                 Err(e) => tracing::warn!("{}: {e}", Self::path(shared).display()),
             }
         }
