@@ -455,6 +455,27 @@ impl<R: Read, H: sha2::Digest> Read for Tee<R, H> {
     }
 }
 
+/// Unpack an artifact from `reader` while `hasher` takes in every byte of the download (read to
+/// its end whatever the archive's state): the entries, the bytes read and the digest.
+fn unpack_hashing<H: sha2::Digest>(
+    a: &Artifact,
+    reader: impl Read,
+    hasher: H,
+    searcher: Option<&ContentSearcher>,
+) -> (Result<Vec<Entry>, RegistryError>, u64, Vec<u8>) {
+    let mut tee = Tee {
+        inner: reader,
+        hasher,
+        n: 0,
+    };
+    let unpacked = unpack(&a.url, a.packing, &mut tee, searcher);
+    let drained = io::copy(&mut tee, &mut io::sink()).map_err(|e| RegistryError::Http {
+        url: a.url.clone(),
+        reason: e.to_string(),
+    });
+    (drained.and(unpacked), tee.n, tee.hasher.finalize().to_vec())
+}
+
 impl Registries {
     /// A client for these registries, trusting the CAs of `ca_file` (PEM), else of the system's
     /// bundle, else the public web roots.
@@ -736,42 +757,12 @@ impl Registries {
         // reported as such, not as the damaged archive it may also be.
         let (unpacked, bytes, actual) = match &a.integrity {
             Integrity::Sha512(_) => {
-                let mut tee = Tee {
-                    inner: reader,
-                    hasher: sha2::Sha512::new(),
-                    n: 0,
-                };
-                let unpacked = unpack(&a.url, a.packing, &mut tee, searcher);
-                let drained = io::copy(&mut tee, &mut io::sink());
-                (
-                    drained
-                        .map_err(|e| RegistryError::Http {
-                            url: a.url.clone(),
-                            reason: e.to_string(),
-                        })
-                        .and(unpacked),
-                    tee.n,
-                    Integrity::Sha512(tee.hasher.finalize().to_vec()),
-                )
+                let (u, n, d) = unpack_hashing(a, reader, sha2::Sha512::new(), searcher);
+                (u, n, Integrity::Sha512(d))
             }
             Integrity::Sha256(_) => {
-                let mut tee = Tee {
-                    inner: reader,
-                    hasher: sha2::Sha256::new(),
-                    n: 0,
-                };
-                let unpacked = unpack(&a.url, a.packing, &mut tee, searcher);
-                let drained = io::copy(&mut tee, &mut io::sink());
-                (
-                    drained
-                        .map_err(|e| RegistryError::Http {
-                            url: a.url.clone(),
-                            reason: e.to_string(),
-                        })
-                        .and(unpacked),
-                    tee.n,
-                    Integrity::Sha256(tee.hasher.finalize().to_vec()),
-                )
+                let (u, n, d) = unpack_hashing(a, reader, sha2::Sha256::new(), searcher);
+                (u, n, Integrity::Sha256(d))
             }
         };
         if actual != a.integrity {
