@@ -15,11 +15,6 @@ impl<'a, E: Clone> LeReader<'a, E> {
         LeReader { bytes, at, short }
     }
 
-    /// The offset of the next read.
-    pub fn at(&self) -> usize {
-        self.at
-    }
-
     /// Bytes not read yet.
     pub fn remaining(&self) -> usize {
         self.bytes.len() - self.at
@@ -81,7 +76,7 @@ mod tests {
         assert_eq!(r.u32(), Ok(3));
         assert_eq!(r.remaining(), 1);
         assert_eq!(r.u64(), Err("short"));
-        assert_eq!((r.at(), r.u8()), (7, Ok(9)));
+        assert_eq!(r.u8(), Ok(9));
         assert_eq!(r.take(usize::MAX), Err("short"));
     }
 }

@@ -201,16 +201,7 @@ fn issue_14_agent_configuration_is_reported_with_its_mcp_servers_and_no_secret()
     let gh = server(&claude, "github");
     assert_eq!(gh["transport"], "stdio");
     assert_eq!(gh["command"], "npx");
-    assert_eq!(
-        gh["args"],
-        serde_json::json!([
-            "-y",
-            "@modelcontextprotocol/server-github",
-            "--token",
-            "[REDACTED]"
-        ])
-    );
-    assert_eq!(gh["env"], serde_json::json!(["GITHUB_TOKEN=[REDACTED]"]));
+    assert_github_redacted(gh);
     let db = server(&claude, "db");
     assert_eq!(db["scope"], format!("projects.{}", proj.display()));
     assert_eq!(
@@ -339,6 +330,25 @@ fn config_agent(
     )
 }
 
+/// The fixture's GitHub MCP server as reported: its token argument and environment redacted.
+fn assert_github_redacted(gh: &serde_json::Value) {
+    assert_eq!(
+        gh["args"],
+        serde_json::json!([
+            "-y",
+            "@modelcontextprotocol/server-github",
+            "--token",
+            "[REDACTED]"
+        ]),
+        "{gh:#}"
+    );
+    assert_eq!(
+        gh["env"],
+        serde_json::json!(["GITHUB_TOKEN=[REDACTED]"]),
+        "{gh:#}"
+    );
+}
+
 #[test]
 fn issue_14_the_install_watcher_reports_agent_configuration_once_with_its_servers() {
     use crate::support::agent::Agent;
@@ -398,16 +408,7 @@ fn issue_14_the_install_watcher_reports_agent_configuration_once_with_its_server
     let gh = &declared["mcp_servers"][0];
     assert_eq!(gh["name"], "github", "{declared:#}");
     assert_eq!(gh["command"], "npx", "{declared:#}");
-    assert_eq!(
-        gh["args"],
-        serde_json::json!([
-            "-y",
-            "@modelcontextprotocol/server-github",
-            "--token",
-            "[REDACTED]"
-        ])
-    );
-    assert_eq!(gh["env"], serde_json::json!(["GITHUB_TOKEN=[REDACTED]"]));
+    assert_github_redacted(gh);
     let e = agent.wait_event("config_detected for .mcp.json", |e| {
         e["kind"] == "config_detected" && e["file"]["path"] == *mcp_json.to_string_lossy()
     });
